@@ -1,0 +1,1 @@
+"""edgefleet agent: the offline-first daemon on each gateway."""

@@ -1,0 +1,1 @@
+"""The agent's local tamper-evident audit log."""

@@ -1,0 +1,144 @@
+"""`edgefleet-agent`: enroll the device, run the daemon, inspect the registry, chat locally."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.config import DEFAULT_DATA_DIR, load_agent_config
+from agent.enroll import AgentPaths, enroll
+from agent.service import LocalState, run
+from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY
+from edgefleet.cli_support import run_command
+from edgefleet.errors import ConfigError, TransportError
+from edgefleet.logging import configure_logging
+
+PROG = "edgefleet-agent"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The edgefleet agent on a gateway.")
+    parser.add_argument(
+        "--data-dir", type=Path,
+        default=Path(os.environ.get("EDGEFLEET_AGENT_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="state directory (env EDGEFLEET_AGENT_DATA_DIR)",
+    )  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    enroll_cmd = commands.add_parser("enroll", help="join the fleet with a one-time token")
+    enroll_cmd.add_argument("--controller", required=True, help="enrollment HOST:PORT")
+    enroll_cmd.add_argument("--token", required=True)
+    enroll_cmd.add_argument("--root-fingerprint", required=True)
+    run_cmd = commands.add_parser("run", help="serve the local API and sync with the controller")
+    run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
+    run_cmd.add_argument("--sync-interval", type=int, help="seconds between syncs")
+    run_cmd.add_argument("--log-level", default="INFO")
+    models = commands.add_parser("models", help="the local registry").add_subparsers(
+        dest="action", required=True
+    )
+    models.add_parser("list", help="installed versions; * marks the active one")
+    chat = commands.add_parser("chat", help="ask a model through the running agent's local API")
+    chat.add_argument("model")
+    chat.add_argument("prompt")
+    chat.add_argument("--max-tokens", type=int, default=128)
+    commands.add_parser("status", help="identity, registry and sync state")
+    return parser
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    enrollment = enroll(AgentPaths(args.data_dir), args.controller, args.token, args.root_fingerprint)
+    print(f"enrolled as {enrollment.device_id}; controller {enrollment.controller_host}:{enrollment.sync_port}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    configure_logging("json", args.log_level)
+    config = load_agent_config(
+        args.data_dir, api_listen=args.api_listen, sync_interval_seconds=args.sync_interval
+    )
+    asyncio.run(run(config))
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    state = LocalState.open(args.data_dir)
+    try:
+        installed = state.registry.installed()
+    finally:
+        state.db.dispose()
+    if not installed:
+        print("no models installed")
+    for model in installed:
+        print(f"{'*' if model.active else ' '} {model.name}@{model.version}  sha256:{model.sha256[:16]}…")
+    return 0
+
+
+def _api_base(data_dir: Path) -> str:
+    address_file = data_dir / "api.addr"
+    if address_file.exists():
+        return "http://" + address_file.read_text().strip()
+    return "http://" + load_agent_config(data_dir).api_listen
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    body = {"model": args.model, "stream": True, "max_tokens": args.max_tokens,
+            "messages": [{"role": "user", "content": args.prompt}]}  # fmt: skip
+    url = _api_base(args.data_dir) + "/v1/chat/completions"
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 - local API
+            for raw in response:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                print(delta.get("content", ""), end="", flush=True)
+    except urllib.error.HTTPError as e:
+        message = json.loads(e.read() or b"{}").get("error", {}).get("message", e.reason)
+        raise ConfigError(f"the agent refused: {message}") from e
+    except urllib.error.URLError as e:
+        raise TransportError(f"the agent is not reachable at {url}: {e.reason}") from e
+    print()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    state = LocalState.open(args.data_dir)
+    try:
+        enrollment = state.paths.identity.load()
+        print(f"device:        {enrollment.device_id}")
+        print(f"controller:    {enrollment.controller_host}:{enrollment.sync_port}")
+        print(f"last sync:     {state.db.get_state(LAST_SYNC_KEY) or 'never'}")
+        print(f"last error:    {state.db.get_state(LAST_ERROR_KEY) or '-'}")
+        print(f"audit:         {state.audit.head_seq()} written, {state.audit.acked_seq()} acknowledged")
+        for model in state.registry.installed():
+            print(f"model:         {model.name}@{model.version}{' (active)' if model.active else ''}")
+    finally:
+        state.db.dispose()
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command != "run":
+        configure_logging("console", "WARNING")
+    handlers = {"enroll": _cmd_enroll, "run": _cmd_run, "chat": _cmd_chat, "status": _cmd_status}
+    if args.command == "models":
+        return _cmd_models_list(args)
+    return handlers[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `edgefleet-agent`."""
+    return run_command(PROG, _parser(), argv, _dispatch)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

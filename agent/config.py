@@ -1,0 +1,57 @@
+"""Agent configuration: a frozen dataclass loaded once (file, environment, flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.config_files import coerce, environment_overrides, read_toml, split_address
+from edgefleet.errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_AGENT"
+CONFIG_FILE = "agent.toml"
+DEFAULT_DATA_DIR = Path("/var/lib/edgefleet-agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs, with bounded defaults sized for a Raspberry Pi."""
+
+    data_dir: Path
+    api_listen: str = "127.0.0.1:8080"
+    sync_interval_seconds: int = 30
+    sync_jitter_seconds: int = 5
+    rpc_timeout_seconds: int = 30
+    max_model_bytes: int = 16 * 1024**3
+    max_message_bytes: int = 4 * 1024 * 1024
+    audit_batch: int = 500
+    n_ctx: int = 2048
+    n_threads: int = max(1, (os.cpu_count() or 2) - 1)
+    max_tokens_limit: int = 1024
+    max_request_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        split_address(self.api_listen)
+        for name in ("sync_interval_seconds", "rpc_timeout_seconds", "n_ctx", "n_threads",
+                     "max_tokens_limit", "audit_batch", "max_request_bytes"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.sync_jitter_seconds < 0:
+            raise ConfigError("sync_jitter_seconds must not be negative")
+
+
+def load_agent_config(data_dir: Path, **flags: Any) -> AgentConfig:
+    """Load ``<data_dir>/agent.toml``, then environment, then non-None flags."""
+    types = {f.name: {"int": int, "str": str}[str(f.type)]
+             for f in dataclasses.fields(AgentConfig) if f.name != "data_dir"}  # fmt: skip
+    values: dict[str, Any] = {}
+    for key, value in read_toml(data_dir / CONFIG_FILE).items():
+        if key not in types:
+            raise ConfigError(f"{data_dir / CONFIG_FILE}: unknown setting {key!r}")
+        values[key] = coerce(key, value, types[key])
+    values.update(environment_overrides(ENV_PREFIX, types))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return AgentConfig(data_dir=data_dir, **values)

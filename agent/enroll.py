@@ -1,0 +1,104 @@
+"""Enrollment: verify the controller against the pinned root, then trade a token for a certificate.
+
+The agent knows only the controller's address, a one-time token and the fleet's root
+fingerprint. It pins the enrollment listener's certificate for one call to fetch the
+root chain and CA, and sends the token only after checking that the root chain starts at
+the pinned fingerprint, that the root names this CA, and that the CA issued the server's
+certificate.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.audit.log import AuditLog
+from agent.database import AgentDatabase
+from agent.identity import Enrollment, IdentityFiles
+from agent.registry.blobs import BlobStore
+from agent.registry.registry import Registry
+from agent.sync.client import EnrollmentClient
+from edgefleet import __version__
+from edgefleet.audit import AuditEvent
+from edgefleet.config_files import split_address
+from edgefleet.errors import ConfigError, SignatureError, TransportError
+from edgefleet.tls import cert_sha256, common_name, is_issued_by, key_pem, make_csr, new_tls_key
+from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.verifier import TrustedState
+
+FINGERPRINT_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    """Where the agent keeps things under its data directory."""
+
+    data_dir: Path
+
+    @property
+    def identity(self) -> IdentityFiles:
+        return IdentityFiles(self.data_dir / "identity")
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "agent.db"
+
+    @property
+    def blobs(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def fetch_server_certificate(host: str, port: int, timeout: float) -> bytes:
+    """The certificate the enrollment listener presents (not yet trusted)."""
+    try:
+        return ssl.get_server_certificate((host, port), timeout=timeout).encode("ascii")
+    except (OSError, ssl.SSLError) as e:
+        raise TransportError(f"cannot reach the controller at {host}:{port}: {e}") from e
+
+
+def enroll(
+    paths: AgentPaths, controller: str, token: str, fingerprint: str, timeout: float = 30.0
+) -> Enrollment:
+    """Enroll this device; on success every identity file and the trusted root are stored."""
+    fingerprint = fingerprint.strip().lower()
+    if len(fingerprint) != FINGERPRINT_LENGTH or any(c not in "0123456789abcdef" for c in fingerprint):
+        raise ConfigError("the root fingerprint must be 64 hex characters")
+    if paths.identity.exists():
+        raise ConfigError(f"{paths.data_dir} is already enrolled")
+    host, port = split_address(controller)
+    server_pem = fetch_server_certificate(host, port, timeout)
+    client = EnrollmentClient(controller, server_pem, timeout)
+    try:
+        bootstrap = client.bootstrap()
+        state = TrustedState.bootstrap(fingerprint, bootstrap.root_chain, datetime.now(UTC))
+        if cert_sha256(bootstrap.ca_pem) != state.root.ca_sha256:
+            raise SignatureError("the controller's CA is not the one the fleet root names")
+        if not is_issued_by(server_pem, bootstrap.ca_pem):
+            raise SignatureError("the controller's certificate was not issued by the fleet CA")
+        tls_key, audit_key = new_tls_key(), SigningKey.generate()
+        result = client.enroll(
+            token, make_csr(tls_key), socket.gethostname(), __version__, audit_key.public.hex
+        )
+    finally:
+        client.close()
+    if not is_issued_by(result.certificate_pem, bootstrap.ca_pem) or (
+        common_name(result.certificate_pem) != f"device:{result.device_id}"
+    ):
+        raise SignatureError("the issued certificate does not belong to this device")
+    enrollment = Enrollment(result.device_id, host, result.sync_port, fingerprint)
+    db = AgentDatabase(paths.database)
+    try:
+        audit = AuditLog(db, result.device_id)
+        Registry(db, BlobStore(paths.blobs), audit).save_trust(state)
+        paths.identity.save(enrollment, key_pem(tls_key), result.certificate_pem, bootstrap.ca_pem, audit_key)
+        audit.append(
+            AuditEvent("agent", "device.enroll", f"device:{result.device_id}", "success",
+                       {"controller": controller, "labels": result.labels,
+                        "root_version": state.root.version})
+        )  # fmt: skip
+    finally:
+        db.dispose()
+    return enrollment

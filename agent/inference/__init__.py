@@ -1,0 +1,1 @@
+"""Local inference: the model pool and the OpenAI-compatible HTTP API."""

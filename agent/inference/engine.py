@@ -1,0 +1,186 @@
+"""Model workers: one thread owns each llama.cpp context and hands results back to the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgefleet.errors import InferenceError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation parameters accepted by the API, already validated."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """A finished (or streamed) generation's text and token counts."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    pieces: list[str] = field(default_factory=list)
+
+
+class ChatBackend(Protocol):
+    """What a loaded model can do; llama.cpp in production, a fake in unit tests."""
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[tuple[str, Generation]]:
+        """Yield (piece, running totals) per generated piece; stop early when ``cancel`` is set."""
+        ...
+
+
+class LlamaBackend:
+    """llama-cpp-python behind :class:`ChatBackend`; only its worker thread touches it."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+        import llama_cpp  # imported here so unit tests and the controller never load it
+
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise InferenceError(f"cannot load {path.name}: {e}") from e
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[tuple[str, Generation]]:
+        totals = Generation()
+        stream = self._llama.create_chat_completion(
+            messages=[dict(m) for m in messages],
+            stream=True,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+        )
+        try:
+            for chunk in stream:
+                if cancel.is_set():
+                    totals.finish_reason = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason"):
+                    totals.finish_reason = choice["finish_reason"]
+                if "content" in choice["delta"]:  # one chunk per sampled token
+                    piece = choice["delta"]["content"] or ""
+                    totals.completion_tokens += 1
+                    totals.text += piece
+                    yield piece, totals
+        finally:
+            stream.close()
+        # The context holds the prompt and every sampled token but the last one when the
+        # length limit stopped generation (an end-of-generation token is never evaluated).
+        evaluated_sampled = totals.completion_tokens - (1 if totals.finish_reason == "length" else 0)
+        totals.prompt_tokens = max(0, self._llama.n_tokens - evaluated_sampled)
+        yield "", totals
+
+
+BackendFactory = Callable[[Path], ChatBackend]
+
+
+class ModelWorker:
+    """One loaded model and the single thread allowed to use it."""
+
+    def __init__(self, name: str, executor: ThreadPoolExecutor, backend: ChatBackend) -> None:
+        self.name = name
+        self.executor = executor
+        self.backend = backend
+
+    @classmethod
+    async def load(cls, name: str, factory: BackendFactory, path: Path) -> ModelWorker:
+        """Create the model's thread and load the model on it."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        try:
+            backend = await asyncio.get_running_loop().run_in_executor(executor, factory, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(name, executor, backend)
+
+    async def stream(
+        self, messages: Sequence[Mapping[str, str]], params: SamplingParams
+    ) -> AsyncIterator[tuple[str, Generation]]:
+        """Yield pieces as the worker thread produces them; stop it when the consumer leaves."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                for item in self.backend.chat(messages, params, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+            except Exception as e:  # noqa: BLE001 - handed to the loop and re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+
+        future = loop.run_in_executor(self.executor, work)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise InferenceError(f"generation failed: {value}") from value
+                yield value
+        finally:
+            cancel.set()
+            await asyncio.shield(future)
+
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], params: SamplingParams
+    ) -> Generation:
+        """Run a whole generation and return its text and counts."""
+        result = Generation()
+        async for _piece, totals in self.stream(messages, params):
+            result = totals
+        return result
+
+    def close(self) -> None:
+        """Stop accepting work."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ModelPool:
+    """Loads a model's worker on first use (in its own thread) and keeps it."""
+
+    def __init__(self, factory: BackendFactory) -> None:
+        self._factory = factory
+        self._workers: dict[tuple[str, str], ModelWorker] = {}
+        self._lock = asyncio.Lock()
+
+    async def worker(self, name: str, sha256: str, path: Path) -> ModelWorker:
+        """The worker for this exact blob, loading it if needed (older versions are unloaded)."""
+        key = (name, sha256)
+        async with self._lock:
+            worker = self._workers.get(key)
+            if worker is not None:
+                return worker
+            for stale in [k for k in self._workers if k[0] == name]:
+                self._workers.pop(stale).close()
+            worker = await ModelWorker.load(name, self._factory, path)
+            self._workers[key] = worker
+            return worker
+
+    def close(self) -> None:
+        """Unload every model."""
+        for worker in self._workers.values():
+            worker.close()
+        self._workers.clear()

@@ -1,0 +1,115 @@
+"""Composition root of `edgefleet-agent run`: one asyncio loop hosting API, sync and scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from agent.audit.log import AuditLog
+from agent.config import AgentConfig
+from agent.database import AgentDatabase
+from agent.enroll import AgentPaths
+from agent.inference.api import ApiContext, build_app
+from agent.inference.engine import ChatBackend, LlamaBackend, ModelPool
+from agent.registry.blobs import BlobStore
+from agent.registry.registry import Registry
+from agent.sync.client import SyncClient
+from agent.sync.worker import Syncer
+from edgefleet.config_files import split_address
+from edgefleet.errors import ConfigError
+
+log = structlog.get_logger("agent")
+
+
+@dataclass
+class LocalState:
+    """The agent's local stores, opened from its data directory."""
+
+    paths: AgentPaths
+    db: AgentDatabase
+    audit: AuditLog
+    blobs: BlobStore
+    registry: Registry
+
+    @classmethod
+    def open(cls, data_dir: Path) -> LocalState:
+        """Open the stores of an enrolled device."""
+        paths = AgentPaths(data_dir)
+        enrollment = paths.identity.load()
+        db = AgentDatabase(paths.database)
+        audit = AuditLog(db, enrollment.device_id)
+        blobs = BlobStore(paths.blobs)
+        return cls(paths, db, audit, blobs, Registry(db, blobs, audit))
+
+
+def _sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
+    identity = state.paths.identity
+    enrollment = identity.load()
+    return SyncClient(
+        f"{enrollment.controller_host}:{enrollment.sync_port}",
+        identity.read(identity.ca), identity.read(identity.tls_key), identity.read(identity.certificate),
+        timeout=config.rpc_timeout_seconds, max_message_bytes=config.max_message_bytes,
+    )  # fmt: skip
+
+
+async def _start_api(config: AgentConfig, ctx: ApiContext) -> tuple[web.AppRunner, str]:
+    host, port = split_address(config.api_listen)
+    runner = web.AppRunner(build_app(ctx), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {config.api_listen}: {e.strerror}") from e
+    bound = runner.addresses[0]
+    return runner, f"{bound[0]}:{bound[1]}"
+
+
+async def run(config: AgentConfig) -> None:
+    """Serve the local API and sync on a schedule until SIGINT/SIGTERM."""
+    state = await asyncio.to_thread(LocalState.open, config.data_dir)
+    enrollment = state.paths.identity.load()
+    trust = await asyncio.to_thread(state.registry.load_trust, enrollment.root_fingerprint)
+    client = _sync_client(config, state)
+    syncer = Syncer(config, client, state.registry, state.blobs, state.audit, trust)
+
+    def load_model(path: Path) -> ChatBackend:
+        return LlamaBackend(path, config.n_ctx, config.n_threads)
+
+    pool = ModelPool(load_model)
+    runner, api_address = await _start_api(
+        config, ApiContext(config, state.registry, pool, state.audit)
+    )
+    (config.data_dir / "api.addr").write_text(api_address + "\n")
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(
+        syncer.run_once, "interval", seconds=config.sync_interval_seconds,
+        jitter=config.sync_jitter_seconds, next_run_time=datetime.now(UTC), max_instances=1,
+        coalesce=True, id="sync",
+    )  # fmt: skip
+    scheduler.start()
+    log.info("agent.running", device_id=enrollment.device_id, api=api_address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("agent.stopping")
+        scheduler.shutdown(wait=False)
+        await runner.cleanup()
+        await client.close()
+        pool.close()
+        with contextlib.suppress(FileNotFoundError):
+            (config.data_dir / "api.addr").unlink()
+        state.db.dispose()

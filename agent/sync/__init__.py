@@ -1,0 +1,1 @@
+"""Sync with the controller over gRPC/mTLS: status, desired state, blobs, audit."""

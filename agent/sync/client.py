@@ -1,0 +1,125 @@
+"""The agent's gRPC clients: a TLS-only one for enrollment and an mTLS one for sync."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from edgefleet import serde
+from edgefleet.errors import EdgefleetError, error_from_status
+from edgefleet.fleet import DesiredState, StatusReport
+from edgefleet.trust.envelope import Envelope
+from edgefleet.v1 import device_pb2, device_pb2_grpc
+
+
+def _error(e: grpc.RpcError) -> EdgefleetError:
+    return error_from_status(e.code().name, e.details() or "")
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Trust material as received; the caller verifies it before use."""
+
+    root_chain: tuple[Envelope, ...]
+    ca_pem: bytes
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """The controller's answer to a successful enrollment."""
+
+    device_id: str
+    certificate_pem: bytes
+    ca_pem: bytes
+    labels: dict[str, str]
+    sync_port: int
+
+
+class EnrollmentClient:
+    """Blocking client for the enrollment listener, trusting one given certificate."""
+
+    def __init__(self, address: str, trusted_pem: bytes, timeout: float) -> None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=trusted_pem)
+        self._channel = grpc.secure_channel(address, credentials)
+        self._stub = device_pb2_grpc.DeviceServiceStub(self._channel)
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def bootstrap(self) -> Bootstrap:
+        """The controller's root chain and CA certificate (unverified)."""
+        try:
+            r = self._stub.GetTrustBootstrap(device_pb2.GetTrustBootstrapRequest(), timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        return Bootstrap(tuple(serde.envelope_from_pb(e) for e in r.root_chain), bytes(r.ca_certificate_pem))
+
+    def enroll(
+        self, token: str, csr_pem: bytes, hostname: str, agent_version: str, audit_key: str
+    ) -> EnrollResult:
+        """Spend the token for a certificate."""
+        request = device_pb2.EnrollRequest(
+            token=token, csr_pem=csr_pem, hostname=hostname, agent_version=agent_version,
+            audit_public_key=audit_key,
+        )  # fmt: skip
+        try:
+            r = self._stub.Enroll(request, timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        return EnrollResult(r.device_id, bytes(r.certificate_pem), bytes(r.ca_certificate_pem),
+                            dict(r.labels), r.sync_port)  # fmt: skip
+
+
+class SyncClient:
+    """Async mTLS client used by the running agent."""
+
+    def __init__(
+        self, address: str, ca_pem: bytes, key_pem: bytes, cert_pem: bytes, timeout: float,
+        max_message_bytes: int,
+    ) -> None:  # fmt: skip
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
+        self._channel = grpc.aio.secure_channel(
+            address, credentials,
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.max_send_message_length", max_message_bytes)],
+        )  # fmt: skip
+        self._stub = device_pb2_grpc.DeviceServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def sync(self, report: StatusReport) -> DesiredState:
+        """Report status and receive the desired state."""
+        try:
+            response = await self._stub.Sync(serde.status_to_pb(report), timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        return serde.desired_from_pb(response)
+
+    async def read_blob(self, sha256: str, offset: int) -> AsyncIterator[tuple[int, bytes]]:
+        """Stream (offset, bytes) from ``offset`` to the end of the blob."""
+        call = self._stub.ReadBlob(device_pb2.ReadBlobRequest(sha256=sha256, offset=offset))
+        try:
+            async for chunk in call:
+                yield chunk.offset, bytes(chunk.data)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        finally:
+            call.cancel()
+
+    async def push_audit(self, records: Sequence[tuple[int, bytes]]) -> int:
+        """Ship records; return the acknowledged sequence number."""
+        request = device_pb2.PushAuditRequest(
+            records=[device_pb2.AuditRecord(seq=s, canonical=c) for s, c in records]
+        )
+        try:
+            response = await self._stub.PushAudit(request, timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        return int(response.acked_seq)

@@ -1,0 +1,164 @@
+"""One sync pass: report status, verify desired state, fetch and install models, ship audit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from agent.audit.log import AuditLog
+from agent.config import AgentConfig
+from agent.registry.blobs import BlobStore
+from agent.registry.registry import Registry
+from agent.sync.client import SyncClient
+from edgefleet import __version__
+from edgefleet.audit import AuditEvent
+from edgefleet.errors import (
+    EdgefleetError,
+    HashMismatchError,
+    MalformedInputError,
+    ResourceError,
+    UntrustedInputError,
+)
+from edgefleet.fleet import ModelAssignment, StatusReport
+from edgefleet.trust.digest import BoundedDigest
+from edgefleet.trust.envelope import Envelope
+from edgefleet.trust.metadata import ModelManifest, format_time
+from edgefleet.trust.verifier import TrustedState
+
+log = structlog.get_logger("agent.sync")
+
+LAST_SYNC_KEY = "last_sync"
+LAST_ERROR_KEY = "last_error"
+
+
+def _hash_existing(path: Path, digest: BoundedDigest) -> None:
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(block)
+
+
+def _append(handle: BinaryIO, digest: BoundedDigest, data: bytes) -> None:
+    digest.update(data)  # refuses bytes past the manifest's length before writing them
+    handle.write(data)
+
+
+def _close_durably(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+class Syncer:
+    """Converges the device towards the controller's desired state, verifying everything."""
+
+    def __init__(
+        self, config: AgentConfig, client: SyncClient, registry: Registry, blobs: BlobStore,
+        audit: AuditLog, trust: TrustedState,
+    ) -> None:  # fmt: skip
+        self.config = config
+        self.client = client
+        self.registry = registry
+        self.blobs = blobs
+        self.audit = audit
+        self.trust = trust
+        self._lock = asyncio.Lock()
+
+    async def run_once(self) -> None:
+        """A whole pass; errors are logged and reported at the next pass, never raised."""
+        async with self._lock:
+            try:
+                await self._pass()
+                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, "")
+            except EdgefleetError as e:
+                log.warning("sync.failed", error=type(e).__name__, reason=str(e))
+                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, str(e))
+            finally:
+                await self._push_audit()
+
+    async def _pass(self) -> None:
+        db = self.registry.db
+        report = StatusReport(
+            agent_version=__version__,
+            models=tuple(await asyncio.to_thread(self.registry.installed)),
+            audit_head_seq=await asyncio.to_thread(self.audit.head_seq),
+            last_error=await asyncio.to_thread(db.get_state, LAST_ERROR_KEY),
+        )
+        desired = await self.client.sync(report)
+        await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))
+        await self._accept_trust(desired.root_chain, desired.targets)
+        for assignment in desired.assignments:
+            await self._converge(assignment)
+
+    async def _accept_trust(self, root_chain: tuple[Envelope, ...], targets: Envelope) -> None:
+        now = datetime.now(UTC)
+        try:
+            state = self.trust.update_root_chain(root_chain, now).update_targets(targets, now)
+        except UntrustedInputError as e:
+            await self._audit_failure("trust.verify", "metadata", e)
+            raise
+        if state is not self.trust:
+            await asyncio.to_thread(self.registry.save_trust, state)
+            self.trust = state
+            log.info("trust.updated", root_version=state.root.version,
+                     targets_version=state.targets.version if state.targets else 0)  # fmt: skip
+
+    async def _converge(self, assignment: ModelAssignment) -> None:
+        manifest = self.trust.manifest(assignment.name, assignment.version)
+        if not await asyncio.to_thread(self.registry.is_installed, manifest):
+            await self._download(manifest)
+            await asyncio.to_thread(self.registry.record_installed, manifest)
+            log.info("model.installed", model=manifest.ref)
+        if await asyncio.to_thread(self.registry.active_version, manifest.name) != manifest.version:
+            await asyncio.to_thread(self.registry.activate, manifest)
+            log.info("model.activated", model=manifest.ref)
+
+    async def _download(self, manifest: ModelManifest) -> None:
+        """Fetch the blob from where a previous attempt stopped; verify before committing it."""
+        if manifest.length > self.config.max_model_bytes:
+            raise ResourceError(
+                f"{manifest.ref} has {manifest.length} bytes, over max_model_bytes "
+                f"{self.config.max_model_bytes}"
+            )
+        partial = self.blobs.partial_of(manifest.sha256)
+        digest = BoundedDigest(manifest.sha256, manifest.length)
+        try:
+            if partial.exists():
+                await asyncio.to_thread(_hash_existing, partial, digest)
+            handle = partial.open("ab")
+            try:
+                async for offset, data in self.client.read_blob(manifest.sha256, digest.received):
+                    if offset != digest.received:
+                        raise MalformedInputError(f"chunk at {offset}, expected {digest.received}")
+                    await asyncio.to_thread(_append, handle, digest, data)
+            finally:
+                await asyncio.to_thread(_close_durably, handle)
+            digest.finish()
+        except HashMismatchError as e:
+            self.blobs.discard_partial(manifest.sha256)
+            await self._audit_failure("model.install", manifest.ref, e)
+            raise
+        await asyncio.to_thread(self.blobs.commit, manifest.sha256)
+
+    async def _audit_failure(self, action: str, target: str, error: Exception) -> None:
+        event = AuditEvent("agent", action, target, "verification_failed", {"reason": str(error)})
+        await asyncio.to_thread(self.audit.append, event)
+
+    async def _push_audit(self) -> None:
+        """Ship every unacknowledged record in batches until the controller stops advancing."""
+        try:
+            while True:
+                batch = await asyncio.to_thread(self.audit.pending, self.config.audit_batch)
+                if not batch:
+                    return
+                acked = await self.client.push_audit(batch)
+                before = await asyncio.to_thread(self.audit.acked_seq)
+                await asyncio.to_thread(self.audit.set_acked, acked)
+                if acked <= before:
+                    return
+        except EdgefleetError as e:
+            log.warning("audit.push_failed", reason=str(e))

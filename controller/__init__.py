@@ -1,0 +1,1 @@
+"""edgefleet controller: the fleet's control plane."""

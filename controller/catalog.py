@@ -1,0 +1,174 @@
+"""The model catalog: receive a GGUF upload, verify it, store the blob, sign new targets."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.auditlog import record_event
+from controller.blobs import BlobStore
+from controller.store.database import Database
+from controller.store.schema import Model, TargetsVersion
+from edgefleet.audit import AuditEvent
+from edgefleet.errors import ConflictError, MalformedInputError
+from edgefleet.gguf import read_gguf_file
+from edgefleet.trust.envelope import Envelope, sign_envelope
+from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.metadata import (
+    TARGETS_TYPE,
+    ModelManifest,
+    Targets,
+    check_model_name,
+    check_model_version,
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A model version now in signed targets metadata."""
+
+    manifest: ModelManifest
+    targets_version: int
+
+
+def latest_targets(session: Session) -> tuple[Targets, Envelope] | None:
+    """The newest signed targets metadata, or None before the first."""
+    row = session.execute(
+        select(TargetsVersion).order_by(TargetsVersion.version.desc()).limit(1)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    envelope = Envelope.from_json(row.envelope)
+    return Targets.from_payload(envelope.payload), envelope
+
+
+class Catalog:
+    """Publishes models: one publish at a time, so targets versions never collide."""
+
+    def __init__(
+        self, db: Database, blobs: BlobStore, targets_key: SigningKey, expiry: timedelta,
+        max_model_bytes: int,
+    ) -> None:  # fmt: skip
+        self.db = db
+        self.blobs = blobs
+        self.targets_key = targets_key
+        self.expiry = expiry
+        self.max_model_bytes = max_model_bytes
+        self._lock = threading.Lock()
+
+    def start_upload(self, name: str, version: str, length: int) -> Upload:
+        """Check the name, version and declared size before any byte is accepted."""
+        check_model_name(name)
+        check_model_version(version)
+        if not 0 < length <= self.max_model_bytes:
+            raise MalformedInputError(
+                f"declared length {length} is outside 1..{self.max_model_bytes} bytes"
+            )
+        with self.db.session() as session:
+            if self._find(session, name, version) is not None:
+                raise ConflictError(f"{name}@{version} is already published")
+        return Upload(self, name, version, length)
+
+    @staticmethod
+    def _find(session: Session, name: str, version: str) -> Model | None:
+        return session.execute(
+            select(Model).where(Model.name == name, Model.version == version)
+        ).scalar_one_or_none()
+
+    def ensure_targets(self) -> None:
+        """Sign an empty targets version 1 on a new controller, so devices always get one."""
+        with self._lock, self.db.session() as session:
+            if latest_targets(session) is None:
+                self.sign_targets(session, None)
+
+    def sign_targets(self, session: Session, add: ModelManifest | None) -> int:
+        """Sign a new targets version that adds ``add``; return its version."""
+        current = latest_targets(session)
+        models = dict(current[0].models) if current else {}
+        if add is not None:
+            models[add.ref] = add
+        version = current[0].version + 1 if current else 1
+        expires = datetime.now(UTC).replace(microsecond=0) + self.expiry
+        targets = Targets(version, expires, models)
+        envelope = sign_envelope(TARGETS_TYPE, targets.to_payload(), [self.targets_key])
+        session.add(
+            TargetsVersion(version=version, envelope=envelope.to_json(), created_at=datetime.now(UTC))
+        )
+        return version
+
+    def register(self, operator: str, manifest: ModelManifest) -> Published:
+        """Record the model and sign targets naming it, with its audit record, atomically."""
+        with self._lock, self.db.session() as session:
+            if self._find(session, manifest.name, manifest.version) is not None:
+                raise ConflictError(f"{manifest.ref} is already published")
+            session.add(
+                Model(
+                    name=manifest.name, version=manifest.version, sha256=manifest.sha256,
+                    manifest=manifest.to_dict(), published_at=datetime.now(UTC),
+                )
+            )  # fmt: skip
+            version = self.sign_targets(session, manifest)
+            record_event(
+                session,
+                AuditEvent(f"operator:{operator}", "model.publish", manifest.ref, "success",
+                           {"sha256": manifest.sha256, "length": manifest.length,
+                            "targets_version": version}),
+            )  # fmt: skip
+        return Published(manifest, version)
+
+
+class Upload:
+    """One model upload in progress: bounded, hashed as it arrives, removed on failure."""
+
+    def __init__(self, catalog: Catalog, name: str, version: str, length: int) -> None:
+        self.catalog = catalog
+        self.name, self.version, self.length = name, version, length
+        fd, self.path = catalog.blobs.open_incoming()
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        """Append bytes; refuse anything past the declared length."""
+        if self.received + len(data) > self.length:
+            raise MalformedInputError(f"upload is longer than the declared {self.length} bytes")
+        self._file.write(data)
+        self._hash.update(data)
+        self.received += len(data)
+
+    def finish(self, operator: str) -> Published:
+        """Check length and GGUF header, store the blob, and publish signed metadata."""
+        try:
+            if self.received != self.length:
+                raise MalformedInputError(
+                    f"upload ended after {self.received} of {self.length} bytes"
+                )
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            info = read_gguf_file(self.path)
+            sha256 = self._hash.hexdigest()
+            manifest = ModelManifest(
+                name=self.name, version=self.version, sha256=sha256, length=self.length,
+                architecture=info.architecture, parameter_count=info.parameter_count,
+                quantization=info.quantization, context_length=info.context_length,
+            )  # fmt: skip
+            if not self.catalog.blobs.path_of(sha256).exists():
+                self.catalog.blobs.commit(self.path, sha256)
+            return self.catalog.register(operator, manifest)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the temporary file (no-op once committed)."""
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.path).unlink()

@@ -1,0 +1,121 @@
+"""The operator's gRPC client, configured by an edgefleetctl.toml credential file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from edgefleet import serde
+from edgefleet.config_files import read_toml, split_address
+from edgefleet.errors import ConfigError, EdgefleetError, error_from_status
+from edgefleet.fleet import DeviceView
+from edgefleet.v1 import operator_pb2, operator_pb2_grpc
+
+UPLOAD_CHUNK = 1024 * 1024
+CALL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class OperatorCredential:
+    """Where the controller is and the operator's mTLS material."""
+
+    controller: str
+    ca_pem: bytes
+    certificate_pem: bytes
+    key_pem: bytes
+
+    @classmethod
+    def load(cls, path: Path, controller_override: str | None = None) -> OperatorCredential:
+        """Read an edgefleetctl.toml; its paths are absolute or relative to the file."""
+        doc = read_toml(path)
+        if not doc:
+            raise ConfigError(f"operator config {path} is missing or empty")
+
+        def read(key: str) -> bytes:
+            value = doc.get(key)
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: {key!r} must name a file")
+            target = (path.parent / value).resolve()
+            try:
+                return target.read_bytes()
+            except OSError as e:
+                raise ConfigError(f"{path}: cannot read {key} file {target}: {e.strerror}") from e
+
+        controller = controller_override or doc.get("controller")
+        if not isinstance(controller, str):
+            raise ConfigError(f"{path}: 'controller' must be HOST:PORT")
+        split_address(controller)
+        return cls(controller, read("ca"), read("certificate"), read("key"))
+
+
+def _raise_from(error: grpc.RpcError) -> EdgefleetError:
+    return error_from_status(error.code().name, error.details() or "")
+
+
+class OperatorClient:
+    """Calls the OperatorService; every failure surfaces as an EdgefleetError."""
+
+    def __init__(self, credential: OperatorCredential) -> None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=credential.ca_pem,
+            private_key=credential.key_pem,
+            certificate_chain=credential.certificate_pem,
+        )
+        self._channel = grpc.secure_channel(credential.controller, credentials)
+        self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise _raise_from(e) from e
+
+    def create_token(self, labels: dict[str, str], ttl_seconds: int) -> tuple[str, str]:
+        """A one-time enrollment token and its expiry."""
+        request = operator_pb2.CreateEnrollmentTokenRequest(labels=labels, ttl_seconds=ttl_seconds)
+        response = self._call(self._stub.CreateEnrollmentToken, request)
+        return response.token, response.expires_at
+
+    def publish(self, path: Path, name: str, version: str) -> operator_pb2.PublishModelResponse:
+        """Upload a GGUF file; the controller hashes, checks, signs and stores it."""
+        try:
+            length = path.stat().st_size
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+
+        def parts() -> Iterator[operator_pb2.PublishModelRequest]:
+            header = operator_pb2.PublishModelHeader(name=name, version=version, length=length)
+            yield operator_pb2.PublishModelRequest(header=header)
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(UPLOAD_CHUNK), b""):
+                    yield operator_pb2.PublishModelRequest(data=block)
+
+        return self._call(self._stub.PublishModel, parts(), timeout=3600)
+
+    def create_rollout(self, name: str, version: str, selector: dict[str, str]) -> tuple[int, list[str]]:
+        """Assign name@version to the matching devices."""
+        request = operator_pb2.CreateRolloutRequest(name=name, version=version, selector=selector)
+        response = self._call(self._stub.CreateRollout, request)
+        return response.rollout_id, list(response.device_ids)
+
+    def list_devices(self) -> list[DeviceView]:
+        """Every enrolled device."""
+        response = self._call(self._stub.ListDevices, operator_pb2.ListDevicesRequest())
+        return [serde.device_view_from_pb(d) for d in response.devices]
+
+    def export_audit(self, device_id: str | None) -> Iterator[tuple[str, int, bytes]]:
+        """Stream (chain, seq, canonical bytes), verbatim."""
+        request = operator_pb2.ExportAuditRequest(device_id=device_id or "")
+        try:
+            for record in self._stub.ExportAudit(request, timeout=3600):
+                yield record.device_id, record.seq, bytes(record.canonical)
+        except grpc.RpcError as e:
+            raise _raise_from(e) from e

@@ -1,0 +1,62 @@
+"""Controller configuration: a frozen dataclass loaded once (file, environment, flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.config_files import coerce, environment_overrides, read_toml, split_address
+from edgefleet.errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_CONTROLLER"
+CONFIG_FILE = "controller.toml"
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Everything `edgefleetctl serve` needs, with bounded defaults."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:7443"
+    enroll_listen: str = "127.0.0.1:7444"
+    database_url: str = ""
+    max_model_bytes: int = 16 * 1024**3
+    max_message_bytes: int = 4 * 1024 * 1024
+    blob_chunk_bytes: int = 1024 * 1024
+    targets_expiry_days: int = 365
+    token_ttl_seconds: int = 3600
+    max_audit_batch: int = 1000
+
+    def __post_init__(self) -> None:
+        split_address(self.listen)
+        split_address(self.enroll_listen)
+        if not 64 * 1024 <= self.blob_chunk_bytes <= self.max_message_bytes - 1024:
+            raise ConfigError("blob_chunk_bytes must be >= 64 KiB and below max_message_bytes")
+        for name in ("max_model_bytes", "targets_expiry_days", "token_ttl_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'controller.db'}"
+
+
+def load_controller_config(data_dir: Path, **flags: Any) -> ControllerConfig:
+    """Load ``<data_dir>/controller.toml``, then environment, then non-None flags."""
+    types = {f.name: _field_type(f) for f in dataclasses.fields(ControllerConfig)}
+    del types["data_dir"]
+    values: dict[str, Any] = {}
+    for key, value in read_toml(data_dir / CONFIG_FILE).items():
+        if key not in types:
+            raise ConfigError(f"{data_dir / CONFIG_FILE}: unknown setting {key!r}")
+        values[key] = coerce(key, value, types[key])
+    values.update(environment_overrides(ENV_PREFIX, types))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return ControllerConfig(data_dir=data_dir, **values)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    return {"int": int, "str": str, "Path": Path, "bool": bool}[str(f.type)]

@@ -1,0 +1,65 @@
+"""Devices as the controller sees them: status reports in, desired state out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from controller.auditlog import acked_seq
+from controller.catalog import latest_targets
+from controller.store.database import Database
+from controller.store.schema import Assignment, Device
+from edgefleet.errors import NotFoundError, StorageError
+from edgefleet.fleet import DesiredState, DeviceView, InstalledModel, ModelAssignment, StatusReport
+from edgefleet.trust.envelope import Envelope
+
+MAX_REPORTED_MODELS = 256
+
+
+def sync_device(
+    db: Database, device_id: str, report: StatusReport, root_chain: Sequence[Envelope]
+) -> DesiredState:
+    """Store the device's report and return its desired state."""
+    with db.session() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            raise NotFoundError(f"device {device_id} is not enrolled")
+        device.last_seen = datetime.now(UTC)
+        device.agent_version = report.agent_version[:64]
+        device.installed = [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]]
+        device.last_error = report.last_error[:1024]
+        targets = latest_targets(session)
+        if targets is None:
+            raise StorageError("the controller has no targets metadata")
+        assignments = session.execute(
+            select(Assignment).where(Assignment.device_id == device_id).order_by(Assignment.model_name)
+        ).scalars()
+        return DesiredState(
+            root_chain=tuple(root_chain),
+            targets=targets[1],
+            assignments=tuple(ModelAssignment(a.model_name, a.version) for a in assignments),
+            audit_acked_seq=acked_seq(session, device_id),
+        )
+
+
+def list_devices(db: Database) -> list[DeviceView]:
+    """Every enrolled device with its last report."""
+    with db.session() as session:
+        views = []
+        for device in session.execute(select(Device).order_by(Device.device_id)).scalars():
+            views.append(
+                DeviceView(
+                    device_id=device.device_id,
+                    hostname=device.hostname,
+                    labels=dict(device.labels),
+                    last_seen=device.last_seen.isoformat() if device.last_seen else "",
+                    agent_version=device.agent_version,
+                    models=tuple(InstalledModel(**m) for m in device.installed),  # type: ignore[arg-type]
+                    audit_stored_seq=acked_seq(session, device.device_id),
+                    last_error=device.last_error,
+                )
+            )
+        return views

@@ -1,0 +1,1 @@
+"""The controller's gRPC edge: server, servicers, authorization and error mapping."""

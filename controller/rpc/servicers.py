@@ -1,0 +1,163 @@
+"""gRPC servicers: decode messages, call the controller's services off the event loop, encode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import grpc
+
+from controller.auditlog import export_page, ingest
+from controller.devices import list_devices, sync_device
+from controller.rollouts import create_rollout
+from controller.rpc.guard import caller
+from edgefleet import serde
+from edgefleet.errors import MalformedInputError
+from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
+
+if TYPE_CHECKING:
+    from controller.service import ControllerApp
+
+
+class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
+    """The agent-facing API."""
+
+    def __init__(self, app: ControllerApp) -> None:
+        self.app = app
+
+    async def GetTrustBootstrap(
+        self, request: device_pb2.GetTrustBootstrapRequest, context: grpc.aio.ServicerContext
+    ) -> device_pb2.TrustBootstrap:
+        return device_pb2.TrustBootstrap(
+            root_chain=[serde.envelope_to_pb(e) for e in self.app.root_chain],
+            ca_certificate_pem=self.app.ca_pem,
+        )
+
+    async def Enroll(
+        self, request: device_pb2.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> device_pb2.EnrollResponse:
+        enrolled = await asyncio.to_thread(
+            self.app.enrollment.enroll,
+            request.token,
+            bytes(request.csr_pem),
+            request.hostname,
+            request.agent_version,
+            request.audit_public_key,
+        )
+        return device_pb2.EnrollResponse(
+            device_id=enrolled.device_id,
+            certificate_pem=enrolled.certificate_pem,
+            ca_certificate_pem=self.app.ca_pem,
+            labels=enrolled.labels,
+            sync_port=self.app.sync_port,
+        )
+
+    async def Sync(
+        self, request: device_pb2.StatusReport, context: grpc.aio.ServicerContext
+    ) -> device_pb2.DesiredState:
+        report = serde.status_from_pb(request)
+        state = await asyncio.to_thread(
+            sync_device, self.app.db, caller().name, report, self.app.root_chain
+        )
+        return serde.desired_to_pb(state)
+
+    async def ReadBlob(
+        self, request: device_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[device_pb2.BlobChunk]:
+        chunks = self.app.blobs.read(
+            request.sha256, request.offset, request.limit, self.app.config.blob_chunk_bytes
+        )
+        while True:
+            item = await asyncio.to_thread(next, chunks, None)
+            if item is None:
+                return
+            yield device_pb2.BlobChunk(offset=item[0], data=item[1])
+
+    async def PushAudit(
+        self, request: device_pb2.PushAuditRequest, context: grpc.aio.ServicerContext
+    ) -> device_pb2.PushAuditResponse:
+        if len(request.records) > self.app.config.max_audit_batch:
+            raise MalformedInputError(f"at most {self.app.config.max_audit_batch} records a push")
+        records = [(r.seq, bytes(r.canonical)) for r in request.records]
+        result = await asyncio.to_thread(ingest, self.app.db, caller().name, records)
+        return device_pb2.PushAuditResponse(acked_seq=result.acked_seq)
+
+
+class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
+    """The edgefleetctl-facing API."""
+
+    def __init__(self, app: ControllerApp) -> None:
+        self.app = app
+
+    async def CreateEnrollmentToken(
+        self, request: operator_pb2.CreateEnrollmentTokenRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.CreateEnrollmentTokenResponse:
+        ttl = request.ttl_seconds or self.app.config.token_ttl_seconds
+        token, expires = await asyncio.to_thread(
+            self.app.enrollment.create_token, caller().name, dict(request.labels), timedelta(seconds=ttl)
+        )
+        return operator_pb2.CreateEnrollmentTokenResponse(token=token, expires_at=expires.isoformat())
+
+    async def PublishModel(
+        self,
+        request_iterator: AsyncIterator[operator_pb2.PublishModelRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> operator_pb2.PublishModelResponse:
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise MalformedInputError("the first message of a publish must be its header")
+        header = first.header
+        upload = await asyncio.to_thread(
+            self.app.catalog.start_upload, header.name, header.version, header.length
+        )
+        try:
+            async for part in stream:
+                if part.WhichOneof("part") != "data":
+                    raise MalformedInputError("only data may follow the publish header")
+                await asyncio.to_thread(upload.write, part.data)
+        except BaseException:
+            upload.abort()
+            raise
+        published = await asyncio.to_thread(upload.finish, caller().name)
+        m = published.manifest
+        return operator_pb2.PublishModelResponse(
+            name=m.name, version=m.version, sha256=m.sha256, length=m.length,
+            architecture=m.architecture, parameter_count=m.parameter_count,
+            quantization=m.quantization, context_length=m.context_length,
+            targets_version=published.targets_version,
+        )  # fmt: skip
+
+    async def CreateRollout(
+        self, request: operator_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.CreateRolloutResponse:
+        created = await asyncio.to_thread(
+            create_rollout, self.app.db, caller().name, request.name, request.version,
+            dict(request.selector),
+        )  # fmt: skip
+        return operator_pb2.CreateRolloutResponse(
+            rollout_id=created.rollout_id, device_ids=created.device_ids
+        )
+
+    async def ListDevices(
+        self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ListDevicesResponse:
+        views = await asyncio.to_thread(list_devices, self.app.db)
+        return operator_pb2.ListDevicesResponse(devices=[serde.device_view_to_pb(v) for v in views])
+
+    async def ExportAudit(
+        self, request: operator_pb2.ExportAuditRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[operator_pb2.ExportedAuditRecord]:
+        chain = request.device_id or None
+        after: tuple[str, int] | None = None
+        while True:
+            page = await asyncio.to_thread(export_page, self.app.db, chain, after)
+            for record_chain, seq, canonical in page:
+                yield operator_pb2.ExportedAuditRecord(
+                    device_id=record_chain, seq=seq, canonical=canonical
+                )
+            if not page:
+                return
+            after = (page[-1][0], page[-1][1])

@@ -1,0 +1,115 @@
+"""Composition root of `edgefleetctl serve`: build the services and run the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import structlog
+
+from controller.blobs import BlobStore
+from controller.catalog import Catalog
+from controller.config import ControllerConfig
+from controller.datadir import DataDir
+from controller.enrollment import Enrollment
+from controller.rpc.guard import GuardInterceptor
+from controller.rpc.servicers import DeviceServicer, OperatorServicer
+from controller.store.database import Database
+from edgefleet.config_files import split_address
+from edgefleet.errors import ConfigError
+from edgefleet.tls import cert_pem
+from edgefleet.trust.envelope import Envelope
+from edgefleet.v1 import device_pb2_grpc, operator_pb2_grpc
+
+log = structlog.get_logger("controller")
+
+
+@dataclass
+class ControllerApp:
+    """Everything a servicer needs, built once from the configuration."""
+
+    config: ControllerConfig
+    data: DataDir
+    db: Database
+    blobs: BlobStore
+    catalog: Catalog
+    enrollment: Enrollment
+    root_chain: tuple[Envelope, ...]
+    ca_pem: bytes
+    sync_port: int = 0
+
+    @classmethod
+    def build(cls, config: ControllerConfig) -> ControllerApp:
+        """Open the data directory and database; sign targets v1 on a new controller."""
+        data = DataDir(config.data_dir)
+        root_chain = tuple(data.root_chain())
+        ca = data.load_ca()
+        db = Database(config.resolved_database_url)
+        db.create_schema()
+        blobs = BlobStore(data.blobs)
+        catalog = Catalog(
+            db, blobs, data.load_role_key("targets"), timedelta(days=config.targets_expiry_days),
+            config.max_model_bytes,
+        )  # fmt: skip
+        catalog.ensure_targets()
+        return cls(
+            config=config, data=data, db=db, blobs=blobs, catalog=catalog,
+            enrollment=Enrollment(db, ca), root_chain=root_chain, ca_pem=cert_pem(ca.cert),
+        )  # fmt: skip
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+
+
+def build_server(app: ControllerApp) -> tuple[grpc.aio.Server, int, int]:
+    """A grpc.aio server with an mTLS listener and a TLS-only enrollment listener."""
+    limit = app.config.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[GuardInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(app), server)
+    operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(app), server)
+    key_pair = [(_read(app.data.tls / "server.key"), _read(app.data.tls / "server.pem"))]
+    mtls = grpc.ssl_server_credentials(key_pair, root_certificates=app.ca_pem, require_client_auth=True)
+    tls_only = grpc.ssl_server_credentials(key_pair)
+    try:
+        sync_port = server.add_secure_port(app.config.listen, mtls)
+        enroll_port = server.add_secure_port(app.config.enroll_listen, tls_only)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on {app.config.listen} / {app.config.enroll_listen}: {e}") from e
+    return server, sync_port, enroll_port
+
+
+async def serve(config: ControllerConfig) -> None:
+    """Run until SIGINT/SIGTERM, then drain calls for up to 5 seconds."""
+    app = await asyncio.to_thread(ControllerApp.build, config)
+    server, sync_port, enroll_port = build_server(app)
+    app.sync_port = sync_port
+    await server.start()
+    host, _ = split_address(config.listen)
+    enroll_host, _ = split_address(config.enroll_listen)
+    app.data.listening_file.write_text(f"{host}:{sync_port}\n{enroll_host}:{enroll_port}\n")
+    log.info("controller.listening", sync=f"{host}:{sync_port}", enroll=f"{enroll_host}:{enroll_port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("controller.stopping")
+    await server.stop(grace=5)
+    with contextlib.suppress(FileNotFoundError):
+        app.data.listening_file.unlink()
+    app.db.dispose()

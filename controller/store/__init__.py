@@ -1,0 +1,1 @@
+"""Controller persistence: SQLAlchemy schema and transactional sessions."""

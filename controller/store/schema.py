@@ -1,0 +1,115 @@
+"""The controller's tables (SQLAlchemy 2.0 declarative)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every controller table."""
+
+
+class EnrollmentToken(Base):
+    """A one-time enrollment token, stored only as its hash."""
+
+    __tablename__ = "enrollment_tokens"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Device(Base):
+    """An enrolled device and what it last reported."""
+
+    __tablename__ = "devices"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    certificate_serial: Mapped[str] = mapped_column(String(64))
+    audit_public_key: Mapped[str] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    installed: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str] = mapped_column(String(1024), default="")
+
+
+class Model(Base):
+    """A published model version and its signed manifest fields."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    manifest: Mapped[dict[str, object]] = mapped_column(JSON)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TargetsVersion(Base):
+    """Every signed targets metadata version, newest served to devices."""
+
+    __tablename__ = "targets_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Rollout(Base):
+    """An operator's request to run a model version on matching devices."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    selector: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Assignment(Base):
+    """Which version of a model a device should run."""
+
+    __tablename__ = "assignments"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"))
+
+
+class AuditRecordRow(Base):
+    """One audit record of one chain (a device's, or the controller's own), stored verbatim."""
+
+    __tablename__ = "audit_records"
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    canonical: Mapped[bytes] = mapped_column(LargeBinary)
+    record_sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditHead(Base):
+    """The last verified record of each chain, and whether tampering was seen."""
+
+    __tablename__ = "audit_heads"
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_sha256: Mapped[str] = mapped_column(String(64))
+    tamper_alert: Mapped[bool] = mapped_column(Boolean, default=False)
+    tamper_reason: Mapped[str] = mapped_column(String(1024), default="")

@@ -1,0 +1,112 @@
+"""Audit records: canonical bytes written once, hash-chained, verified by re-hashing bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.canonical import canonical_bytes, parse_object
+from edgefleet.errors import AuditChainError, MalformedInputError
+
+GENESIS_HASH = "0" * 64
+MAX_RECORD_BYTES = 64 * 1024
+RECORD_KEYS = frozenset(
+    {"seq", "device", "time", "actor", "action", "target", "outcome", "details", "prev"}
+)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What happened, before it is numbered and chained."""
+
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored record: its exact canonical bytes and the fields read from them."""
+
+    seq: int
+    device: str
+    prev: str
+    canonical: bytes
+    fields: Mapping[str, Any]
+
+    @property
+    def hash(self) -> str:
+        """Hex SHA-256 of the canonical bytes; the next record's ``prev``."""
+        return record_hash(self.canonical)
+
+
+def record_hash(canonical: bytes) -> str:
+    """Hash of a record's exact bytes."""
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def encode_record(device: str, seq: int, time: str, event: AuditEvent, prev: str) -> bytes:
+    """Encode a new record once; these bytes are stored, shipped and exported verbatim."""
+    return canonical_bytes(
+        {
+            "seq": seq,
+            "device": device,
+            "time": time,
+            "actor": event.actor,
+            "action": event.action,
+            "target": event.target,
+            "outcome": event.outcome,
+            "details": dict(event.details),
+            "prev": prev,
+        }
+    )
+
+
+def parse_record(canonical: bytes) -> AuditRecord:
+    """Read a record's fields, refusing bytes that are not its canonical encoding."""
+    if len(canonical) > MAX_RECORD_BYTES:
+        raise MalformedInputError(f"audit record is larger than {MAX_RECORD_BYTES} bytes")
+    doc = parse_object(canonical, "audit record")
+    if set(doc) != RECORD_KEYS:
+        raise MalformedInputError("audit record has missing or unknown fields")
+    seq, device, prev = doc["seq"], doc["device"], doc["prev"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise MalformedInputError("audit record seq must be a positive integer")
+    if not isinstance(device, str) or not isinstance(prev, str):
+        raise MalformedInputError("audit record device and prev must be strings")
+    if canonical_bytes(doc) != canonical:
+        raise MalformedInputError(f"audit record {seq} is not in canonical form")
+    return AuditRecord(seq, device, prev, canonical, doc)
+
+
+class ChainVerifier:
+    """Check records of one device arrive in sequence and each links to its predecessor."""
+
+    def __init__(self, device: str, last_seq: int = 0, last_hash: str = GENESIS_HASH) -> None:
+        self.device = device
+        self.last_seq = last_seq
+        self.last_hash = last_hash
+
+    def add(self, canonical: bytes) -> AuditRecord:
+        """Verify the next record and advance; raise AuditChainError naming the record."""
+        record = parse_record(canonical)
+        if record.device != self.device:
+            raise AuditChainError(f"record {record.seq} names device {record.device!r}")
+        if record.seq != self.last_seq + 1:
+            raise AuditChainError(f"record {record.seq} follows {self.last_seq}: sequence gap")
+        if record.prev != self.last_hash:
+            raise AuditChainError(f"record {record.seq} does not link to record {self.last_seq}")
+        self.last_seq, self.last_hash = record.seq, record.hash
+        return record
+
+
+def verify_chain(device: str, records: Iterable[bytes]) -> int:
+    """Verify a whole chain from genesis; return the number of records."""
+    verifier = ChainVerifier(device)
+    for canonical in records:
+        verifier.add(canonical)
+    return verifier.last_seq

@@ -1,0 +1,38 @@
+"""What both command-line tools share: `k=v` parsing and the one-line error exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from edgefleet.errors import EdgefleetError
+
+EXIT_FAILURE = 1
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type for ``key=value``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    return key, value
+
+
+def run_command(
+    prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+    dispatch: Callable[[argparse.Namespace], int],
+) -> int:  # fmt: skip
+    """Parse, run, and turn any edgefleet error into ``prog: error: reason`` and exit 1."""
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except EdgefleetError as e:
+        structlog.get_logger(prog).debug("command.failed", error=type(e).__name__)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,106 @@
+"""The one place protobuf messages become dataclasses and back (both sides use it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edgefleet.fleet import DesiredState, DeviceView, InstalledModel, ModelAssignment, StatusReport
+from edgefleet.trust.envelope import Envelope, Signature
+from edgefleet.v1 import device_pb2, envelope_pb2, operator_pb2
+
+
+def envelope_to_pb(envelope: Envelope) -> envelope_pb2.SignedEnvelope:
+    """Dataclass → message."""
+    return envelope_pb2.SignedEnvelope(
+        payload_type=envelope.payload_type,
+        payload=envelope.payload,
+        signatures=[envelope_pb2.Signature(keyid=s.keyid, sig=s.sig) for s in envelope.signatures],
+    )
+
+
+def envelope_from_pb(message: envelope_pb2.SignedEnvelope) -> Envelope:
+    """Message → dataclass (signatures are checked later, by the verifier)."""
+    return Envelope(
+        payload_type=message.payload_type,
+        payload=bytes(message.payload),
+        signatures=tuple(Signature(s.keyid, bytes(s.sig)) for s in message.signatures),
+    )
+
+
+def _models_to_pb(models: Iterable[InstalledModel]) -> list[device_pb2.InstalledModel]:
+    return [
+        device_pb2.InstalledModel(name=m.name, version=m.version, sha256=m.sha256, active=m.active)
+        for m in models
+    ]
+
+
+def _models_from_pb(models: Iterable[device_pb2.InstalledModel]) -> tuple[InstalledModel, ...]:
+    return tuple(InstalledModel(m.name, m.version, m.sha256, m.active) for m in models)
+
+
+def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
+    """Dataclass → message."""
+    return device_pb2.StatusReport(
+        agent_version=report.agent_version,
+        models=_models_to_pb(report.models),
+        audit_head_seq=report.audit_head_seq,
+        last_error=report.last_error,
+    )
+
+
+def status_from_pb(message: device_pb2.StatusReport) -> StatusReport:
+    """Message → dataclass."""
+    return StatusReport(
+        agent_version=message.agent_version,
+        models=_models_from_pb(message.models),
+        audit_head_seq=message.audit_head_seq,
+        last_error=message.last_error,
+    )
+
+
+def desired_to_pb(state: DesiredState) -> device_pb2.DesiredState:
+    """Dataclass → message."""
+    return device_pb2.DesiredState(
+        root_chain=[envelope_to_pb(e) for e in state.root_chain],
+        targets=envelope_to_pb(state.targets),
+        assignments=[device_pb2.Assignment(name=a.name, version=a.version) for a in state.assignments],
+        audit_acked_seq=state.audit_acked_seq,
+    )
+
+
+def desired_from_pb(message: device_pb2.DesiredState) -> DesiredState:
+    """Message → dataclass."""
+    return DesiredState(
+        root_chain=tuple(envelope_from_pb(e) for e in message.root_chain),
+        targets=envelope_from_pb(message.targets),
+        assignments=tuple(ModelAssignment(a.name, a.version) for a in message.assignments),
+        audit_acked_seq=message.audit_acked_seq,
+    )
+
+
+def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
+    """Dataclass → message."""
+    return operator_pb2.DeviceView(
+        device_id=view.device_id,
+        hostname=view.hostname,
+        labels=view.labels,
+        last_seen=view.last_seen,
+        agent_version=view.agent_version,
+        models=_models_to_pb(view.models),
+        audit_stored_seq=view.audit_stored_seq,
+        last_error=view.last_error,
+    )
+
+
+def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
+    """Message → dataclass."""
+    return DeviceView(
+        device_id=message.device_id,
+        hostname=message.hostname,
+        labels=dict(message.labels),
+        last_seen=message.last_seen,
+        agent_version=message.agent_version,
+        models=_models_from_pb(message.models),
+        audit_stored_seq=message.audit_stored_seq,
+        last_error=message.last_error,
+    )

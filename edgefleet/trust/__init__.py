@@ -1,0 +1,1 @@
+"""Keys, signed envelopes, role metadata and the pure verifier state machine."""

@@ -1,0 +1,133 @@
+"""The pure trust state machine: bytes in, verified metadata out, no I/O.
+
+An agent pins the fingerprint of root version 1 (given out of band), follows root
+rotations one version at a time, refuses lower versions (rollback) and newly received
+metadata that has expired (freeze), and accepts targets only when signed by a threshold
+of the keys the trusted root names for the targets role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from edgefleet.errors import (
+    ExpiredMetadataError,
+    MalformedInputError,
+    NotFoundError,
+    RollbackError,
+    SignatureError,
+)
+from edgefleet.trust.envelope import Envelope, verify_envelope
+from edgefleet.trust.metadata import ROOT_TYPE, TARGETS_TYPE, ModelManifest, Root, Targets
+
+MAX_ROOT_CHAIN = 1024
+
+
+def root_fingerprint(root_v1: Envelope) -> str:
+    """The value an operator hands a device out of band: hex SHA-256 of root v1's payload."""
+    return hashlib.sha256(root_v1.payload).hexdigest()
+
+
+def _verify_root(envelope: Envelope, signer: Root) -> Root:
+    """Check ``envelope`` is signed by a threshold of ``signer``'s root keys and parse it."""
+    root_keys = signer.roles["root"]
+    payload = verify_envelope(
+        envelope, ROOT_TYPE, signer.keys, root_keys.keyids, root_keys.threshold, "root"
+    )
+    return Root.from_payload(payload)
+
+
+@dataclass(frozen=True)
+class TrustedState:
+    """Metadata verified so far; every update returns a new state or raises."""
+
+    root: Root
+    root_chain: tuple[Envelope, ...]
+    targets: Targets | None = None
+    targets_envelope: Envelope | None = None
+
+    @classmethod
+    def bootstrap(cls, fingerprint: str, chain: Sequence[Envelope], now: datetime) -> TrustedState:
+        """Start from root v1 matching the pinned fingerprint, then follow ``chain``."""
+        if not chain:
+            raise MalformedInputError("root chain is empty")
+        first = chain[0]
+        if root_fingerprint(first) != fingerprint.lower():
+            raise SignatureError("root v1 does not match the pinned root fingerprint")
+        root = Root.from_payload(first.payload)
+        if root.version != 1:
+            raise MalformedInputError("the root chain must start at version 1")
+        root = _verify_root(first, root)
+        state = cls(root=root, root_chain=(first,))
+        return state.update_root_chain(chain, now)
+
+    def update_root_chain(self, chain: Sequence[Envelope], now: datetime) -> TrustedState:
+        """Apply root versions newer than the trusted one, one version at a time."""
+        if len(chain) > MAX_ROOT_CHAIN:
+            raise MalformedInputError("root chain is too long")
+        root = self.root
+        accepted = list(self.root_chain)
+        for envelope in chain:
+            claimed = Root.from_payload(envelope.payload)
+            if claimed.version <= root.version:
+                known = self.root_chain[claimed.version - 1] if claimed.version >= 1 else None
+                if known is None or known.payload != envelope.payload:
+                    raise RollbackError(
+                        f"root version {claimed.version} differs from the trusted one"
+                    )
+                continue
+            if claimed.version != root.version + 1:
+                raise MalformedInputError(
+                    f"root chain skips from version {root.version} to {claimed.version}"
+                )
+            _verify_root(envelope, root)  # a threshold of the old root keys
+            root = _verify_root(envelope, claimed)  # and of the new ones
+            accepted.append(envelope)
+        if root.version != self.root.version and root.expires <= now:
+            raise ExpiredMetadataError(f"root version {root.version} expired {root.expires}")
+        if root is self.root:
+            return self
+        state = TrustedState(root=root, root_chain=tuple(accepted))
+        if self.targets_envelope is not None:
+            try:
+                return state.update_targets(self.targets_envelope, now=None)
+            except SignatureError:
+                return state  # the targets keys rotated: wait for targets signed by new keys
+        return state
+
+    def update_targets(self, envelope: Envelope, now: datetime | None) -> TrustedState:
+        """Accept new targets metadata; ``now=None`` skips expiry for re-verification."""
+        role = self.root.roles["targets"]
+        payload = verify_envelope(
+            envelope, TARGETS_TYPE, self.root.keys, role.keyids, role.threshold, "targets"
+        )
+        targets = Targets.from_payload(payload)
+        if self.targets is not None:
+            if targets.version < self.targets.version:
+                raise RollbackError(
+                    f"targets version {targets.version} is lower than trusted "
+                    f"version {self.targets.version}"
+                )
+            if targets.version == self.targets.version:
+                if self.targets_envelope is not None and envelope.payload != (
+                    self.targets_envelope.payload
+                ):
+                    raise RollbackError(f"targets version {targets.version} was reused")
+                return self
+        if now is not None and targets.expires <= now:
+            raise ExpiredMetadataError(
+                f"targets version {targets.version} expired {targets.expires}"
+            )
+        return TrustedState(self.root, self.root_chain, targets, envelope)
+
+    def manifest(self, name: str, version: str) -> ModelManifest:
+        """The trusted manifest of ``name@version``."""
+        if self.targets is None:
+            raise NotFoundError("no trusted targets metadata yet")
+        manifest = self.targets.models.get(f"{name}@{version}")
+        if manifest is None:
+            raise NotFoundError(f"{name}@{version} is not in trusted targets metadata")
+        return manifest
