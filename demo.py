@@ -1,0 +1,255 @@
+"""`make demo`: the main job end to end on embedded defaults, as real processes on loopback.
+
+A controller and an agent in a throwaway directory: init, publish the bundled SmolLM2
+model, enroll, roll out, wait for the verified install, ask one question through the
+local OpenAI-compatible API, export the audit trail, stop both. The integration tests
+drive the same :class:`Fleet`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgefleet.bundled import bundled_model_path
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    """Poll ``probe`` until it returns something other than None, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Fleet:
+    """A controller and agents as child processes under one directory."""
+
+    def __init__(self, root: Path, echo: bool = False) -> None:
+        self.root = root
+        self.echo = echo
+        self.controller_dir = root / "controller"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.fingerprint = ""
+        self.sync_address = ""
+        self.enroll_address = ""
+
+    # --- commands ---------------------------------------------------------------------
+    def run(
+        self, tool: str, *args: str, check: bool = True, quiet: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a CLI command to completion."""
+        command = [str(BIN / tool), *args]
+        if self.echo and not quiet:
+            print(f"  $ {tool} {' '.join(args)}")
+        env = {**os.environ, "EDGEFLEETCTL_CONFIG": str(self.operator_config)}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def ctl(self, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run an `edgefleetctl` operator command against the running controller."""
+        return self.run("edgefleetctl", "--controller", self.sync_address, *args, check=check, quiet=quiet)
+
+    def agent(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run an `edgefleet-agent` command on one agent's data directory."""
+        return self.run("edgefleet-agent", "--data-dir", str(self.agent_dir(name)), *args, check=check)
+
+    @property
+    def operator_config(self) -> Path:
+        return self.controller_dir / "operators" / "admin" / "edgefleetctl.toml"
+
+    def agent_dir(self, name: str) -> Path:
+        return self.root / f"agent-{name}"
+
+    # --- lifecycle --------------------------------------------------------------------
+    def init_controller(self) -> str:
+        """`edgefleetctl init`; return the root fingerprint."""
+        out = self.run("edgefleetctl", "init", "--data-dir", str(self.controller_dir)).stdout
+        self.fingerprint = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("root fingerprint")
+        )
+        return self.fingerprint
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("wb")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = process
+        return process
+
+    def start_controller(self) -> None:
+        """`edgefleetctl serve` on loopback (the same ports on a restart); wait until it listens."""
+        addr_file = self.controller_dir / "serve.addr"
+        addr_file.unlink(missing_ok=True)
+        listen = self.sync_address or f"127.0.0.1:{free_port()}"
+        enroll_listen = self.enroll_address or f"127.0.0.1:{free_port()}"
+        process = self._spawn("controller", [
+            str(BIN / "edgefleetctl"), "serve", "--data-dir", str(self.controller_dir),
+            "--listen", listen, "--enroll-listen", enroll_listen,
+        ])  # fmt: skip
+
+        def listening() -> list[str] | None:
+            if process.poll() is not None:
+                raise RuntimeError(f"controller exited: {self.log('controller')[-2000:]}")
+            lines = addr_file.read_text().split() if addr_file.exists() else []
+            return lines if len(lines) == 2 else None
+
+        self.sync_address, self.enroll_address = wait_for("the controller", listening, 30)
+
+    def start_agent(self, name: str, sync_interval: int = 2) -> str:
+        """`edgefleet-agent run` with its API on a free loopback port; return that address."""
+        addr_file = self.agent_dir(name) / "api.addr"
+        addr_file.unlink(missing_ok=True)
+        process = self._spawn(f"agent-{name}", [
+            str(BIN / "edgefleet-agent"), "--data-dir", str(self.agent_dir(name)), "run",
+            "--api-listen", "127.0.0.1:0", "--sync-interval", str(sync_interval),
+        ])  # fmt: skip
+
+        def listening() -> str | None:
+            if process.poll() is not None:
+                raise RuntimeError(f"agent exited: {self.log(f'agent-{name}')[-2000:]}")
+            return addr_file.read_text().strip() or None if addr_file.exists() else None
+
+        return wait_for(f"agent {name}", listening, 30)
+
+    def stop(self, name: str) -> int:
+        """SIGTERM one process and wait for it."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def stop_all(self) -> None:
+        """Stop every process this fleet started."""
+        for name in list(self.processes):
+            self.stop(name)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- conveniences -----------------------------------------------------------------
+    def enroll(self, name: str, labels: dict[str, str]) -> str:
+        """Create a token with ``labels`` and enroll agent ``name``; return its device id."""
+        label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        token = self.ctl("token", "create", *label_args).stdout.strip()
+        out = self.agent(name, "enroll", "--controller", self.enroll_address, "--token", token,
+                         "--root-fingerprint", self.fingerprint).stdout  # fmt: skip
+        return out.split()[2].rstrip(";")
+
+    def devices(self) -> list[dict[str, Any]]:
+        """`edgefleetctl devices list --json`."""
+        return list(json.loads(self.ctl("devices", "list", "--json", quiet=True).stdout))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
+    """GET (or POST ``body``) and decode JSON."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+def active_models(api: str) -> list[dict[str, Any]] | None:
+    """The agent's /v1/models list, or None while it has no active model."""
+    try:
+        data = http_json(f"http://{api}/v1/models", timeout=5)["data"]
+    except OSError:
+        return None
+    return list(data) or None
+
+
+def step(number: int, text: str) -> None:
+    print(f"\n[{number}] {text}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="keep the throwaway directory")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    fleet = Fleet(root, echo=True)
+    started = time.monotonic()
+    try:
+        step(1, f"Initialize a controller in {root}: fleet root key, role keys, CA, operator credential")
+        print(f"  root fingerprint {fleet.init_controller()}")
+        step(2, "Start the controller (gRPC over mTLS, SQLite) on loopback")
+        fleet.start_controller()
+        print(f"  sync (mTLS) on {fleet.sync_address}, enrollment (TLS) on {fleet.enroll_address}")
+        model = bundled_model_path()
+        step(3, f"Publish the bundled model {model.name}: hash, read GGUF header, sign targets")
+        print("  " + fleet.ctl("models", "publish", str(model), "--name", "smollm2", "--version", "1.0").stdout.strip())
+        step(4, "Enroll an agent with a one-time token, pinning the root fingerprint")
+        device_id = fleet.enroll("gw1", {"site": "demo"})
+        print(f"  enrolled {device_id}")
+        step(5, "Roll smollm2@1.0 out to devices labelled site=demo")
+        print("  " + fleet.ctl("rollout", "create", "smollm2@1.0", "--selector", "site=demo").stdout.strip())
+        step(6, "Run the agent: it syncs, streams the blob, verifies signature chain, length and SHA-256, activates")
+        api = fleet.start_agent("gw1")
+        models = wait_for("the model to be installed and active", lambda: active_models(api), 120)
+        print(f"  active on the device: {models[0]['id']}@{models[0]['version']} (sha256 {models[0]['sha256'][:16]}…)")
+        step(7, f"Ask a question through the local OpenAI-compatible API at http://{api}/v1")
+        question = "What is the capital of France? Answer in one sentence."
+        answer = http_json(f"http://{api}/v1/chat/completions", {
+            "model": "smollm2", "messages": [{"role": "user", "content": question}],
+            "max_tokens": 48, "temperature": 0.2, "seed": 7,
+        })  # fmt: skip
+        print(f"  Q: {question}\n  A: {answer['choices'][0]['message']['content'].strip()}")
+        print(f"  usage: {answer['usage']}")
+        step(8, "Wait for the agent to ship its audit records, then export the trail from the controller")
+        head = int(fleet.agent("gw1", "status").stdout.split("audit:")[1].split()[0])
+        wait_for("audit records to reach the controller",
+                 lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None, 60)  # fmt: skip
+        out = root / "audit.jsonl"
+        print("  " + fleet.ctl("audit", "export", "--out", str(out)).stdout.strip())
+        for line in out.read_text().splitlines():
+            record = json.loads(line)
+            print(f"  {record['device']:<22} #{record['seq']:<3} {record['action']:<16} "
+                  f"{record['actor']:<22} {record['target']} {record['outcome']}")  # fmt: skip
+        step(9, "Stop the agent and the controller")
+    except Exception as e:
+        print(f"\ndemo failed: {e}", file=sys.stderr)
+        for name in fleet.processes:
+            print(f"--- {name} log (tail) ---\n{fleet.log(name)[-3000:]}", file=sys.stderr)
+        return 1
+    finally:
+        fleet.stop_all()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Fixtures that run a real controller and real agents as processes on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demo import Fleet, active_models, wait_for
+from edgefleet.bundled import bundled_model_path
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, str, str]]:
+    """The demo path: controller, bundled model published and rolled out, agent gw1 serving it.
+
+    Yields (fleet, device id, agent API address).
+    """
+    fleet = Fleet(tmp_path_factory.mktemp("model-fleet"))
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        fleet.ctl("models", "publish", str(bundled_model_path()), "--name", "smollm2", "--version", "1.0")
+        device_id = fleet.enroll("gw1", {"site": "lab"})
+        fleet.ctl("rollout", "create", "smollm2@1.0", "--selector", "site=lab")
+        api = fleet.start_agent("gw1")
+        wait_for("smollm2 to become active", lambda: active_models(api), 120)
+        yield fleet, device_id, api
+    finally:
+        fleet.stop_all()
+
+
+@pytest.fixture
+def small_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
+    """A fresh controller and one running agent (site=lab) with nothing rolled out yet."""
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        device_id = fleet.enroll("gw", {"site": "lab"})
+        fleet.start_agent("gw", sync_interval=1)
+        yield fleet, device_id
+    finally:
+        fleet.stop_all()
