@@ -66,13 +66,19 @@ class Fleet:
             raise RuntimeError(f"{tool} {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def ctl(self, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, check: bool = True, quiet: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run an `edgefleetctl` operator command against the running controller."""
-        return self.run("edgefleetctl", "--controller", self.sync_address, *args, check=check, quiet=quiet)
+        return self.run(
+            "edgefleetctl", "--controller", self.sync_address, *args, check=check, quiet=quiet
+        )
 
     def agent(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run an `edgefleet-agent` command on one agent's data directory."""
-        return self.run("edgefleet-agent", "--data-dir", str(self.agent_dir(name)), *args, check=check)
+        return self.run(
+            "edgefleet-agent", "--data-dir", str(self.agent_dir(name)), *args, check=check
+        )
 
     @property
     def operator_config(self) -> Path:
@@ -86,7 +92,9 @@ class Fleet:
         """`edgefleetctl init`; return the root fingerprint."""
         out = self.run("edgefleetctl", "init", "--data-dir", str(self.controller_dir)).stdout
         self.fingerprint = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("root fingerprint")
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("root fingerprint")
         )
         return self.fingerprint
 
@@ -102,10 +110,19 @@ class Fleet:
         addr_file.unlink(missing_ok=True)
         listen = self.sync_address or f"127.0.0.1:{free_port()}"
         enroll_listen = self.enroll_address or f"127.0.0.1:{free_port()}"
-        process = self._spawn("controller", [
-            str(BIN / "edgefleetctl"), "serve", "--data-dir", str(self.controller_dir),
-            "--listen", listen, "--enroll-listen", enroll_listen,
-        ])  # fmt: skip
+        process = self._spawn(
+            "controller",
+            [
+                str(BIN / "edgefleetctl"),
+                "serve",
+                "--data-dir",
+                str(self.controller_dir),
+                "--listen",
+                listen,
+                "--enroll-listen",
+                enroll_listen,
+            ],
+        )
 
         def listening() -> list[str] | None:
             if process.poll() is not None:
@@ -119,10 +136,19 @@ class Fleet:
         """`edgefleet-agent run` with its API on a free loopback port; return that address."""
         addr_file = self.agent_dir(name) / "api.addr"
         addr_file.unlink(missing_ok=True)
-        process = self._spawn(f"agent-{name}", [
-            str(BIN / "edgefleet-agent"), "--data-dir", str(self.agent_dir(name)), "run",
-            "--api-listen", "127.0.0.1:0", "--sync-interval", str(sync_interval),
-        ])  # fmt: skip
+        process = self._spawn(
+            f"agent-{name}",
+            [
+                str(BIN / "edgefleet-agent"),
+                "--data-dir",
+                str(self.agent_dir(name)),
+                "run",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--sync-interval",
+                str(sync_interval),
+            ],
+        )
 
         def listening() -> str | None:
             if process.poll() is not None:
@@ -157,8 +183,16 @@ class Fleet:
         """Create a token with ``labels`` and enroll agent ``name``; return its device id."""
         label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
         token = self.ctl("token", "create", *label_args).stdout.strip()
-        out = self.agent(name, "enroll", "--controller", self.enroll_address, "--token", token,
-                         "--root-fingerprint", self.fingerprint).stdout  # fmt: skip
+        out = self.agent(
+            name,
+            "enroll",
+            "--controller",
+            self.enroll_address,
+            "--token",
+            token,
+            "--root-fingerprint",
+            self.fingerprint,
+        ).stdout
         return out.split()[2].rstrip(";")
 
     def devices(self) -> list[dict[str, Any]]:
@@ -176,8 +210,8 @@ def free_port() -> int:
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
     """GET (or POST ``body``) and decode JSON."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         return json.loads(response.read())
 
 
@@ -202,41 +236,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     fleet = Fleet(root, echo=True)
     started = time.monotonic()
     try:
-        step(1, f"Initialize a controller in {root}: fleet root key, role keys, CA, operator credential")
+        step(
+            1,
+            f"Initialize a controller in {root}: root and role keys, CA, operator credential",
+        )
         print(f"  root fingerprint {fleet.init_controller()}")
         step(2, "Start the controller (gRPC over mTLS, SQLite) on loopback")
         fleet.start_controller()
         print(f"  sync (mTLS) on {fleet.sync_address}, enrollment (TLS) on {fleet.enroll_address}")
         model = bundled_model_path()
         step(3, f"Publish the bundled model {model.name}: hash, read GGUF header, sign targets")
-        print("  " + fleet.ctl("models", "publish", str(model), "--name", "smollm2", "--version", "1.0").stdout.strip())
+        print(
+            "  "
+            + fleet.ctl(
+                "models", "publish", str(model), "--name", "smollm2", "--version", "1.0"
+            ).stdout.strip()
+        )
         step(4, "Enroll an agent with a one-time token, pinning the root fingerprint")
         device_id = fleet.enroll("gw1", {"site": "demo"})
         print(f"  enrolled {device_id}")
         step(5, "Roll smollm2@1.0 out to devices labelled site=demo")
-        print("  " + fleet.ctl("rollout", "create", "smollm2@1.0", "--selector", "site=demo").stdout.strip())
-        step(6, "Run the agent: it syncs, streams the blob, verifies signature chain, length and SHA-256, activates")
+        print(
+            "  "
+            + fleet.ctl(
+                "rollout", "create", "smollm2@1.0", "--selector", "site=demo"
+            ).stdout.strip()
+        )
+        step(
+            6,
+            "Run the agent: it syncs, streams the blob, verifies signatures, length, SHA-256",
+        )
         api = fleet.start_agent("gw1")
         models = wait_for("the model to be installed and active", lambda: active_models(api), 120)
-        print(f"  active on the device: {models[0]['id']}@{models[0]['version']} (sha256 {models[0]['sha256'][:16]}…)")
+        active = models[0]
+        print(f"  active: {active['id']}@{active['version']} (sha256 {active['sha256'][:16]}…)")
         step(7, f"Ask a question through the local OpenAI-compatible API at http://{api}/v1")
         question = "What is the capital of France? Answer in one sentence."
-        answer = http_json(f"http://{api}/v1/chat/completions", {
-            "model": "smollm2", "messages": [{"role": "user", "content": question}],
-            "max_tokens": 48, "temperature": 0.2, "seed": 7,
-        })  # fmt: skip
+        answer = http_json(
+            f"http://{api}/v1/chat/completions",
+            {
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 48,
+                "temperature": 0.2,
+                "seed": 7,
+            },
+        )
         print(f"  Q: {question}\n  A: {answer['choices'][0]['message']['content'].strip()}")
         print(f"  usage: {answer['usage']}")
-        step(8, "Wait for the agent to ship its audit records, then export the trail from the controller")
+        step(
+            8,
+            "Wait for the agent to ship its audit records, then export the trail",
+        )
         head = int(fleet.agent("gw1", "status").stdout.split("audit:")[1].split()[0])
-        wait_for("audit records to reach the controller",
-                 lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None, 60)  # fmt: skip
+        wait_for(
+            "audit records to reach the controller",
+            lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
+            60,
+        )
         out = root / "audit.jsonl"
         print("  " + fleet.ctl("audit", "export", "--out", str(out)).stdout.strip())
         for line in out.read_text().splitlines():
             record = json.loads(line)
-            print(f"  {record['device']:<22} #{record['seq']:<3} {record['action']:<16} "
-                  f"{record['actor']:<22} {record['target']} {record['outcome']}")  # fmt: skip
+            print(
+                f"  {record['device']:<22} #{record['seq']:<3} {record['action']:<16} "
+                f"{record['actor']:<22} {record['target']} {record['outcome']}"
+            )
         step(9, "Stop the agent and the controller")
     except Exception as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)

@@ -26,10 +26,11 @@ PROG = "edgefleet-agent"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="The edgefleet agent on a gateway.")
     parser.add_argument(
-        "--data-dir", type=Path,
+        "--data-dir",
+        type=Path,
         default=Path(os.environ.get("EDGEFLEET_AGENT_DATA_DIR", DEFAULT_DATA_DIR)),
         help="state directory (env EDGEFLEET_AGENT_DATA_DIR)",
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     enroll_cmd = commands.add_parser("enroll", help="join the fleet with a one-time token")
     enroll_cmd.add_argument("--controller", required=True, help="enrollment HOST:PORT")
@@ -52,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
-    enrollment = enroll(AgentPaths(args.data_dir), args.controller, args.token, args.root_fingerprint)
-    print(f"enrolled as {enrollment.device_id}; controller {enrollment.controller_host}:{enrollment.sync_port}")
+    enrollment = enroll(
+        AgentPaths(args.data_dir), args.controller, args.token, args.root_fingerprint
+    )
+    controller = f"{enrollment.controller_host}:{enrollment.sync_port}"
+    print(f"enrolled as {enrollment.device_id}; controller {controller}")
     return 0
 
 
@@ -75,7 +79,8 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     if not installed:
         print("no models installed")
     for model in installed:
-        print(f"{'*' if model.active else ' '} {model.name}@{model.version}  sha256:{model.sha256[:16]}…")
+        marker = "*" if model.active else " "
+        print(f"{marker} {model.name}@{model.version}  sha256:{model.sha256[:16]}…")
     return 0
 
 
@@ -87,14 +92,17 @@ def _api_base(data_dir: Path) -> str:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    body = {"model": args.model, "stream": True, "max_tokens": args.max_tokens,
-            "messages": [{"role": "user", "content": args.prompt}]}  # fmt: skip
+    body = {
+        "model": args.model,
+        "stream": True,
+        "max_tokens": args.max_tokens,
+        "messages": [{"role": "user", "content": args.prompt}],
+    }
     url = _api_base(args.data_dir) + "/v1/chat/completions"
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 - local API
+        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310
             for raw in response:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data: ") or line == "data: [DONE]":
@@ -118,9 +126,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"controller:    {enrollment.controller_host}:{enrollment.sync_port}")
         print(f"last sync:     {state.db.get_state(LAST_SYNC_KEY) or 'never'}")
         print(f"last error:    {state.db.get_state(LAST_ERROR_KEY) or '-'}")
-        print(f"audit:         {state.audit.head_seq()} written, {state.audit.acked_seq()} acknowledged")
+        written, acked = state.audit.head_seq(), state.audit.acked_seq()
+        print(f"audit:         {written} written, {acked} acknowledged")
         for model in state.registry.installed():
-            print(f"model:         {model.name}@{model.version}{' (active)' if model.active else ''}")
+            print(
+                f"model:         {model.name}@{model.version}{' (active)' if model.active else ''}"
+            )
     finally:
         state.db.dispose()
     return 0

@@ -35,8 +35,15 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         split_address(self.api_listen)
-        for name in ("sync_interval_seconds", "rpc_timeout_seconds", "n_ctx", "n_threads",
-                     "max_tokens_limit", "audit_batch", "max_request_bytes"):  # fmt: skip
+        for name in (
+            "sync_interval_seconds",
+            "rpc_timeout_seconds",
+            "n_ctx",
+            "n_threads",
+            "max_tokens_limit",
+            "audit_batch",
+            "max_request_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.sync_jitter_seconds < 0:
@@ -45,8 +52,11 @@ class AgentConfig:
 
 def load_agent_config(data_dir: Path, **flags: Any) -> AgentConfig:
     """Load ``<data_dir>/agent.toml``, then environment, then non-None flags."""
-    types = {f.name: {"int": int, "str": str}[str(f.type)]
-             for f in dataclasses.fields(AgentConfig) if f.name != "data_dir"}  # fmt: skip
+    types = {
+        f.name: {"int": int, "str": str}[str(f.type)]
+        for f in dataclasses.fields(AgentConfig)
+        if f.name != "data_dir"
+    }
     values: dict[str, Any] = {}
     for key, value in read_toml(data_dir / CONFIG_FILE).items():
         if key not in types:

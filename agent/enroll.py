@@ -64,7 +64,9 @@ def enroll(
 ) -> Enrollment:
     """Enroll this device; on success every identity file and the trusted root are stored."""
     fingerprint = fingerprint.strip().lower()
-    if len(fingerprint) != FINGERPRINT_LENGTH or any(c not in "0123456789abcdef" for c in fingerprint):
+    if len(fingerprint) != FINGERPRINT_LENGTH or any(
+        c not in "0123456789abcdef" for c in fingerprint
+    ):
         raise ConfigError("the root fingerprint must be 64 hex characters")
     if paths.identity.exists():
         raise ConfigError(f"{paths.data_dir} is already enrolled")
@@ -93,12 +95,22 @@ def enroll(
     try:
         audit = AuditLog(db, result.device_id)
         Registry(db, BlobStore(paths.blobs), audit).save_trust(state)
-        paths.identity.save(enrollment, key_pem(tls_key), result.certificate_pem, bootstrap.ca_pem, audit_key)
+        paths.identity.save(
+            enrollment, key_pem(tls_key), result.certificate_pem, bootstrap.ca_pem, audit_key
+        )
         audit.append(
-            AuditEvent("agent", "device.enroll", f"device:{result.device_id}", "success",
-                       {"controller": controller, "labels": result.labels,
-                        "root_version": state.root.version})
-        )  # fmt: skip
+            AuditEvent(
+                "agent",
+                "device.enroll",
+                f"device:{result.device_id}",
+                "success",
+                {
+                    "controller": controller,
+                    "labels": result.labels,
+                    "root_version": state.root.version,
+                },
+            )
+        )
     finally:
         db.dispose()
     return enrollment

@@ -50,9 +50,13 @@ class IdentityFiles:
         return self.enrollment.exists()
 
     def save(
-        self, enrollment: Enrollment, tls_key_pem: bytes, cert_pem: bytes, ca_pem: bytes,
+        self,
+        enrollment: Enrollment,
+        tls_key_pem: bytes,
+        cert_pem: bytes,
+        ca_pem: bytes,
         audit_key: SigningKey,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Write every file; the enrollment record last, so a half-done enroll is not taken."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private_file(self.tls_key, tls_key_pem)

@@ -55,9 +55,12 @@ def _sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
     enrollment = identity.load()
     return SyncClient(
         f"{enrollment.controller_host}:{enrollment.sync_port}",
-        identity.read(identity.ca), identity.read(identity.tls_key), identity.read(identity.certificate),
-        timeout=config.rpc_timeout_seconds, max_message_bytes=config.max_message_bytes,
-    )  # fmt: skip
+        identity.read(identity.ca),
+        identity.read(identity.tls_key),
+        identity.read(identity.certificate),
+        timeout=config.rpc_timeout_seconds,
+        max_message_bytes=config.max_message_bytes,
+    )
 
 
 async def _start_api(config: AgentConfig, ctx: ApiContext) -> tuple[web.AppRunner, str]:
@@ -92,10 +95,15 @@ async def run(config: AgentConfig) -> None:
     (config.data_dir / "api.addr").write_text(api_address + "\n")
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
-        syncer.run_once, "interval", seconds=config.sync_interval_seconds,
-        jitter=config.sync_jitter_seconds, next_run_time=datetime.now(UTC), max_instances=1,
-        coalesce=True, id="sync",
-    )  # fmt: skip
+        syncer.run_once,
+        "interval",
+        seconds=config.sync_interval_seconds,
+        jitter=config.sync_jitter_seconds,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        id="sync",
+    )
     scheduler.start()
     log.info("agent.running", device_id=enrollment.device_id, api=api_address)
     stop = asyncio.Event()

@@ -44,10 +44,13 @@ def record_event(session: Session, event: AuditEvent) -> int:
     digest = record_hash(canonical)
     session.add(
         AuditRecordRow(
-            chain=CONTROLLER_CHAIN, seq=seq, canonical=canonical, record_sha256=digest,
+            chain=CONTROLLER_CHAIN,
+            seq=seq,
+            canonical=canonical,
+            record_sha256=digest,
             received_at=now,
         )
-    )  # fmt: skip
+    )
     head.last_seq, head.last_sha256 = seq, digest
     return seq
 
@@ -85,19 +88,27 @@ def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -
                 break
             session.add(
                 AuditRecordRow(
-                    chain=device_id, seq=record.seq, canonical=canonical,
-                    record_sha256=record.hash, received_at=datetime.now(UTC),
+                    chain=device_id,
+                    seq=record.seq,
+                    canonical=canonical,
+                    record_sha256=record.hash,
+                    received_at=datetime.now(UTC),
                 )
-            )  # fmt: skip
+            )
             stored += 1
         head.last_seq, head.last_sha256 = verifier.last_seq, verifier.last_hash
         if reason:
             head.tamper_alert, head.tamper_reason = True, reason
             record_event(
                 session,
-                AuditEvent("controller", "audit.tamper_detected", f"device:{device_id}",
-                           "alert", {"reason": reason}),
-            )  # fmt: skip
+                AuditEvent(
+                    "controller",
+                    "audit.tamper_detected",
+                    f"device:{device_id}",
+                    "alert",
+                    {"reason": reason},
+                ),
+            )
         return IngestResult(head.last_seq, stored, reason)
 
 

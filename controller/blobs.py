@@ -6,8 +6,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgefleet.files import publish_read_only
 from edgefleet.errors import MalformedInputError, NotFoundError, StorageError
+from edgefleet.files import publish_read_only
 from edgefleet.trust.metadata import SHA256_PATTERN
 
 
@@ -59,4 +59,3 @@ class BlobStore:
                     raise StorageError(f"blob {sha256[:16]}… shrank while being read")
                 yield position, data
                 position += len(data)
-

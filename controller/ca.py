@@ -51,14 +51,20 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
             .sign(key, hashes.SHA256())
-        )  # fmt: skip
+        )
         return cls(cert, key)
 
     @classmethod
@@ -138,4 +144,3 @@ class CertificateAuthority:
         ):
             raise MalformedInputError("certificate signing request must hold a P-256 key")
         return self.issue_client(public_key, principal)
-

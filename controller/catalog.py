@@ -54,9 +54,13 @@ class Catalog:
     """Publishes models: one publish at a time, so targets versions never collide."""
 
     def __init__(
-        self, db: Database, blobs: BlobStore, targets_key: SigningKey, expiry: timedelta,
+        self,
+        db: Database,
+        blobs: BlobStore,
+        targets_key: SigningKey,
+        expiry: timedelta,
         max_model_bytes: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.targets_key = targets_key
@@ -100,7 +104,9 @@ class Catalog:
         targets = Targets(version, expires, models)
         envelope = sign_envelope(TARGETS_TYPE, targets.to_payload(), [self.targets_key])
         session.add(
-            TargetsVersion(version=version, envelope=envelope.to_json(), created_at=datetime.now(UTC))
+            TargetsVersion(
+                version=version, envelope=envelope.to_json(), created_at=datetime.now(UTC)
+            )
         )
         return version
 
@@ -111,17 +117,28 @@ class Catalog:
                 raise ConflictError(f"{manifest.ref} is already published")
             session.add(
                 Model(
-                    name=manifest.name, version=manifest.version, sha256=manifest.sha256,
-                    manifest=manifest.to_dict(), published_at=datetime.now(UTC),
+                    name=manifest.name,
+                    version=manifest.version,
+                    sha256=manifest.sha256,
+                    manifest=manifest.to_dict(),
+                    published_at=datetime.now(UTC),
                 )
-            )  # fmt: skip
+            )
             version = self.sign_targets(session, manifest)
             record_event(
                 session,
-                AuditEvent(f"operator:{operator}", "model.publish", manifest.ref, "success",
-                           {"sha256": manifest.sha256, "length": manifest.length,
-                            "targets_version": version}),
-            )  # fmt: skip
+                AuditEvent(
+                    f"operator:{operator}",
+                    "model.publish",
+                    manifest.ref,
+                    "success",
+                    {
+                        "sha256": manifest.sha256,
+                        "length": manifest.length,
+                        "targets_version": version,
+                    },
+                ),
+            )
         return Published(manifest, version)
 
 
@@ -157,10 +174,15 @@ class Upload:
             info = read_gguf_file(self.path)
             sha256 = self._hash.hexdigest()
             manifest = ModelManifest(
-                name=self.name, version=self.version, sha256=sha256, length=self.length,
-                architecture=info.architecture, parameter_count=info.parameter_count,
-                quantization=info.quantization, context_length=info.context_length,
-            )  # fmt: skip
+                name=self.name,
+                version=self.version,
+                sha256=sha256,
+                length=self.length,
+                architecture=info.architecture,
+                parameter_count=info.parameter_count,
+                quantization=info.quantization,
+                context_length=info.context_length,
+            )
             if not self.catalog.blobs.path_of(sha256).exists():
                 self.catalog.blobs.commit(self.path, sha256)
             return self.catalog.register(operator, manifest)

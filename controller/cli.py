@@ -97,9 +97,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging("json", args.log_level)
     config = load_controller_config(
-        args.data_dir, listen=args.listen, enroll_listen=args.enroll_listen,
+        args.data_dir,
+        listen=args.listen,
+        enroll_listen=args.enroll_listen,
         database_url=args.database_url,
-    )  # fmt: skip
+    )
     asyncio.run(serve(config))
     return 0
 
@@ -153,8 +155,10 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
     print(f"{'DEVICE':<22} {'HOSTNAME':<20} {'LAST SEEN':<27} {'AUDIT':>6}  MODELS")
     for v in views:
         models = ", ".join(f"{m.name}@{m.version}{'*' if m.active else ''}" for m in v.models)
-        print(f"{v.device_id:<22} {v.hostname[:20]:<20} {v.last_seen or 'never':<27} "
-              f"{v.audit_stored_seq:>6}  {models or '-'}")  # fmt: skip
+        print(
+            f"{v.device_id:<22} {v.hostname[:20]:<20} {v.last_seen or 'never':<27} "
+            f"{v.audit_stored_seq:>6}  {models or '-'}"
+        )
         if v.last_error:
             print(f"{'':<22} last error: {v.last_error}")
     return 0

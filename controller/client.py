@@ -98,9 +98,14 @@ class OperatorClient:
                 for block in iter(lambda: f.read(UPLOAD_CHUNK), b""):
                     yield operator_pb2.PublishModelRequest(data=block)
 
-        return self._call(self._stub.PublishModel, parts(), timeout=3600)
+        response: operator_pb2.PublishModelResponse = self._call(
+            self._stub.PublishModel, parts(), timeout=3600
+        )
+        return response
 
-    def create_rollout(self, name: str, version: str, selector: dict[str, str]) -> tuple[int, list[str]]:
+    def create_rollout(
+        self, name: str, version: str, selector: dict[str, str]
+    ) -> tuple[int, list[str]]:
         """Assign name@version to the matching devices."""
         request = operator_pb2.CreateRolloutRequest(name=name, version=version, selector=selector)
         response = self._call(self._stub.CreateRollout, request)

@@ -119,7 +119,9 @@ def issue_operator_credential(
     folder = data.operators / name
     folder.mkdir(mode=0o700)
     write_private_file(folder / "key.pem", key_pem(key))
-    (folder / "cert.pem").write_bytes(cert_pem(ca.issue_client(key.public_key(), f"operator:{name}")))
+    (folder / "cert.pem").write_bytes(
+        cert_pem(ca.issue_client(key.public_key(), f"operator:{name}"))
+    )
     (folder / "ca.pem").write_bytes(cert_pem(ca.cert))
     config = folder / "edgefleetctl.toml"
     config.write_text(

@@ -35,7 +35,9 @@ def sync_device(
         if targets is None:
             raise StorageError("the controller has no targets metadata")
         assignments = session.execute(
-            select(Assignment).where(Assignment.device_id == device_id).order_by(Assignment.model_name)
+            select(Assignment)
+            .where(Assignment.device_id == device_id)
+            .order_by(Assignment.model_name)
         ).scalars()
         return DesiredState(
             root_chain=tuple(root_chain),

@@ -54,7 +54,9 @@ class Enrollment:
         self.db = db
         self.ca = ca
 
-    def create_token(self, operator: str, labels: dict[str, str], ttl: timedelta) -> tuple[str, datetime]:
+    def create_token(
+        self, operator: str, labels: dict[str, str], ttl: timedelta
+    ) -> tuple[str, datetime]:
         """A new single-use token; only its hash is stored."""
         if not timedelta(seconds=1) <= ttl <= MAX_TOKEN_TTL:
             raise MalformedInputError(f"token lifetime must be between 1 s and {MAX_TOKEN_TTL}")
@@ -64,15 +66,22 @@ class Enrollment:
         with self.db.session() as session:
             session.add(
                 EnrollmentToken(
-                    token_sha256=_token_hash(token), labels=check_labels(labels),
-                    created_at=now, expires_at=expires,
+                    token_sha256=_token_hash(token),
+                    labels=check_labels(labels),
+                    created_at=now,
+                    expires_at=expires,
                 )
-            )  # fmt: skip
+            )
             record_event(
                 session,
-                AuditEvent(f"operator:{operator}", "token.create", _token_hash(token)[:16],
-                           "success", {"labels": labels, "expires": expires.isoformat()}),
-            )  # fmt: skip
+                AuditEvent(
+                    f"operator:{operator}",
+                    "token.create",
+                    _token_hash(token)[:16],
+                    "success",
+                    {"labels": labels, "expires": expires.isoformat()},
+                ),
+            )
         return token, expires
 
     def enroll(
@@ -85,9 +94,14 @@ class Enrollment:
             with self.db.session() as session:
                 record_event(
                     session,
-                    AuditEvent("anonymous", "device.enroll", f"host:{hostname[:64]}", "denied",
-                               {"reason": str(e)}),
-                )  # fmt: skip
+                    AuditEvent(
+                        "anonymous",
+                        "device.enroll",
+                        f"host:{hostname[:64]}",
+                        "denied",
+                        {"reason": str(e)},
+                    ),
+                )
             raise
 
     def _enroll(
@@ -114,18 +128,27 @@ class Enrollment:
             labels = dict(row.labels)
             session.add(
                 Device(
-                    device_id=device_id, hostname=hostname, labels=labels,
+                    device_id=device_id,
+                    hostname=hostname,
+                    labels=labels,
                     certificate_serial=format(cert.serial_number, "x"),
-                    audit_public_key=audit_key, enrolled_at=now, agent_version=agent_version,
-                    installed=[], last_error="",
+                    audit_public_key=audit_key,
+                    enrolled_at=now,
+                    agent_version=agent_version,
+                    installed=[],
+                    last_error="",
                 )
-            )  # fmt: skip
+            )
             session.flush()
             assign_matching_rollouts(session, device_id, labels)
             record_event(
                 session,
-                AuditEvent(f"token:{row.token_sha256[:16]}", "device.enroll", f"device:{device_id}",
-                           "success",
-                           {"hostname": hostname, "labels": labels}),
-            )  # fmt: skip
+                AuditEvent(
+                    f"token:{row.token_sha256[:16]}",
+                    "device.enroll",
+                    f"device:{device_id}",
+                    "success",
+                    {"hostname": hostname, "labels": labels},
+                ),
+            )
         return Enrolled(device_id, cert_pem(cert), labels)

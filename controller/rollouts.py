@@ -25,9 +25,13 @@ def _assign(session: Session, device_id: str, rollout: Rollout) -> None:
     current = session.get(Assignment, (device_id, rollout.name))
     if current is None:
         session.add(
-            Assignment(device_id=device_id, model_name=rollout.name, version=rollout.version,
-                       rollout_id=rollout.id)
-        )  # fmt: skip
+            Assignment(
+                device_id=device_id,
+                model_name=rollout.name,
+                version=rollout.version,
+                rollout_id=rollout.id,
+            )
+        )
     else:
         current.version, current.rollout_id = rollout.version, rollout.id
 
@@ -43,7 +47,7 @@ class RolloutCreated:
 def create_rollout(
     db: Database, operator: str, name: str, version: str, selector: dict[str, str]
 ) -> RolloutCreated:
-    """Assign ``name@version`` to every matching device now (and to matching ones that enroll later)."""
+    """Assign ``name@version`` to matching devices now (and to matching ones enrolling later)."""
     check_model_name(name)
     check_model_version(version)
     with db.session() as session:
@@ -53,9 +57,12 @@ def create_rollout(
         if exists is None:
             raise NotFoundError(f"{name}@{version} is not published")
         rollout = Rollout(
-            name=name, version=version, selector=dict(selector), created_by=operator,
+            name=name,
+            version=version,
+            selector=dict(selector),
+            created_by=operator,
             created_at=datetime.now(UTC),
-        )  # fmt: skip
+        )
         session.add(rollout)
         session.flush()
         matched = []
@@ -65,9 +72,14 @@ def create_rollout(
                 matched.append(device.device_id)
         record_event(
             session,
-            AuditEvent(f"operator:{operator}", "rollout.create", f"{name}@{version}", "success",
-                       {"rollout_id": rollout.id, "selector": selector, "devices": matched}),
-        )  # fmt: skip
+            AuditEvent(
+                f"operator:{operator}",
+                "rollout.create",
+                f"{name}@{version}",
+                "success",
+                {"rollout_id": rollout.id, "selector": selector, "devices": matched},
+            ),
+        )
         return RolloutCreated(rollout.id, matched)
 
 

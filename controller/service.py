@@ -53,14 +53,23 @@ class ControllerApp:
         db.create_schema()
         blobs = BlobStore(data.blobs)
         catalog = Catalog(
-            db, blobs, data.load_role_key("targets"), timedelta(days=config.targets_expiry_days),
+            db,
+            blobs,
+            data.load_role_key("targets"),
+            timedelta(days=config.targets_expiry_days),
             config.max_model_bytes,
-        )  # fmt: skip
+        )
         catalog.ensure_targets()
         return cls(
-            config=config, data=data, db=db, blobs=blobs, catalog=catalog,
-            enrollment=Enrollment(db, ca), root_chain=root_chain, ca_pem=cert_pem(ca.cert),
-        )  # fmt: skip
+            config=config,
+            data=data,
+            db=db,
+            blobs=blobs,
+            catalog=catalog,
+            enrollment=Enrollment(db, ca),
+            root_chain=root_chain,
+            ca_pem=cert_pem(ca.cert),
+        )
 
 
 def _read(path: Path) -> bytes:
@@ -83,13 +92,17 @@ def build_server(app: ControllerApp) -> tuple[grpc.aio.Server, int, int]:
     device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(app), server)
     operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(app), server)
     key_pair = [(_read(app.data.tls / "server.key"), _read(app.data.tls / "server.pem"))]
-    mtls = grpc.ssl_server_credentials(key_pair, root_certificates=app.ca_pem, require_client_auth=True)
+    mtls = grpc.ssl_server_credentials(
+        key_pair, root_certificates=app.ca_pem, require_client_auth=True
+    )
     tls_only = grpc.ssl_server_credentials(key_pair)
     try:
         sync_port = server.add_secure_port(app.config.listen, mtls)
         enroll_port = server.add_secure_port(app.config.enroll_listen, tls_only)
     except RuntimeError as e:
-        raise ConfigError(f"cannot listen on {app.config.listen} / {app.config.enroll_listen}: {e}") from e
+        raise ConfigError(
+            f"cannot listen on {app.config.listen} / {app.config.enroll_listen}: {e}"
+        ) from e
     return server, sync_port, enroll_port
 
 
@@ -102,7 +115,9 @@ async def serve(config: ControllerConfig) -> None:
     host, _ = split_address(config.listen)
     enroll_host, _ = split_address(config.enroll_listen)
     app.data.listening_file.write_text(f"{host}:{sync_port}\n{enroll_host}:{enroll_port}\n")
-    log.info("controller.listening", sync=f"{host}:{sync_port}", enroll=f"{enroll_host}:{enroll_port}")
+    log.info(
+        "controller.listening", sync=f"{host}:{sync_port}", enroll=f"{enroll_host}:{enroll_port}"
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

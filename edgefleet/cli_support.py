@@ -22,9 +22,11 @@ def key_value(text: str) -> tuple[str, str]:
 
 
 def run_command(
-    prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
     dispatch: Callable[[argparse.Namespace], int],
-) -> int:  # fmt: skip
+) -> int:
     """Parse, run, and turn any edgefleet error into ``prog: error: reason`` and exit 1."""
     args = parser.parse_args(argv)
     try:

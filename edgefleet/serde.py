@@ -63,7 +63,9 @@ def desired_to_pb(state: DesiredState) -> device_pb2.DesiredState:
     return device_pb2.DesiredState(
         root_chain=[envelope_to_pb(e) for e in state.root_chain],
         targets=envelope_to_pb(state.targets),
-        assignments=[device_pb2.Assignment(name=a.name, version=a.version) for a in state.assignments],
+        assignments=[
+            device_pb2.Assignment(name=a.name, version=a.version) for a in state.assignments
+        ],
         audit_acked_seq=state.audit_acked_seq,
     )
 

@@ -31,13 +31,17 @@ class AuditLog:
             canonical = encode_record(
                 self.device_id, seq, format_time(datetime.now(UTC)), event, prev
             )
-            session.add(AuditRow(seq=seq, canonical=canonical, record_sha256=record_hash(canonical)))
+            session.add(
+                AuditRow(seq=seq, canonical=canonical, record_sha256=record_hash(canonical))
+            )
             return seq
 
     def head_seq(self) -> int:
         """The highest sequence number written."""
         with self.db.session() as session:
-            return int(session.execute(select(func.coalesce(func.max(AuditRow.seq), 0))).scalar_one())
+            return int(
+                session.execute(select(func.coalesce(func.max(AuditRow.seq), 0))).scalar_one()
+            )
 
     def acked_seq(self) -> int:
         """The highest sequence number the controller has acknowledged."""

@@ -34,8 +34,9 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
     def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param,
-                          "code": None}}  # fmt: skip
+        body = {
+            "error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}
+        }
         return web.json_response(body, status=self.status)
 
 
@@ -52,7 +53,9 @@ def _number(body: Mapping[str, Any], key: str, default: float, low: float, high:
     return float(value)
 
 
-def parse_chat_request(body: Any, max_tokens_limit: int) -> tuple[str, list[dict[str, str]], SamplingParams, bool]:
+def parse_chat_request(
+    body: Any, max_tokens_limit: int
+) -> tuple[str, list[dict[str, str]], SamplingParams, bool]:
     """Validate a chat completion request; raise ApiError(400) naming the bad field."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
@@ -64,20 +67,32 @@ def parse_chat_request(body: Any, max_tokens_limit: int) -> tuple[str, list[dict
         raise _bad(f"messages must be a list of 1 to {MAX_MESSAGES} messages", "messages")
     parsed = []
     for message in messages:
-        if (not isinstance(message, dict) or message.get("role") not in ROLES
-                or not isinstance(message.get("content"), str)):  # fmt: skip
-            raise _bad("each message needs a role (system, user, assistant) and string content",
-                       "messages")  # fmt: skip
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise _bad(
+                "each message needs a role (system, user, assistant) and string content", "messages"
+            )
         parsed.append({"role": message["role"], "content": message["content"]})
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 256))
     if max_tokens is None:
         max_tokens = 256
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= max_tokens_limit:
+    if (
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not 1 <= max_tokens <= max_tokens_limit
+    ):
         raise _bad(f"max_tokens must be an integer from 1 to {max_tokens_limit}", "max_tokens")
     stop = body.get("stop") or ()
     if isinstance(stop, str):
         stop = (stop,)
-    if not isinstance(stop, list | tuple) or len(stop) > MAX_STOP or not all(isinstance(s, str) for s in stop):
+    if (
+        not isinstance(stop, list | tuple)
+        or len(stop) > MAX_STOP
+        or not all(isinstance(s, str) for s in stop)
+    ):
         raise _bad(f"stop must be a string or a list of up to {MAX_STOP} strings", "stop")
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -108,20 +123,39 @@ class ApiContext:
     audit: AuditLog
 
 
-def _completion_body(request_id: str, created: int, model: str, result: Generation) -> dict[str, Any]:
+def _completion_body(
+    request_id: str, created: int, model: str, result: Generation
+) -> dict[str, Any]:
     return {
-        "id": request_id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": result.finish_reason}],
-        "usage": {"prompt_tokens": result.prompt_tokens,
-                  "completion_tokens": result.completion_tokens,
-                  "total_tokens": result.prompt_tokens + result.completion_tokens},
-    }  # fmt: skip
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
+    }
 
 
-def _chunk(request_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> bytes:
-    body = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+def _chunk(
+    request_id: str, created: int, model: str, delta: dict[str, str], finish: str | None
+) -> bytes:
+    body = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + json.dumps(body).encode("utf-8") + b"\n\n"
 
 
@@ -147,7 +181,9 @@ class ChatHandler:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _bad("the request body is not valid JSON").response()
         try:
-            model, messages, params, stream = parse_chat_request(body, self.ctx.config.max_tokens_limit)
+            model, messages, params, stream = parse_chat_request(
+                body, self.ctx.config.max_tokens_limit
+            )
         except ApiError as e:
             return e.response()
         active = await asyncio.to_thread(self._find, model)
@@ -155,8 +191,12 @@ class ChatHandler:
         try:
             if active is None:
                 outcome = "not_found"
-                return ApiError(404, f"model {model!r} is not installed and active on this device",
-                                "invalid_request_error", "model").response()  # fmt: skip
+                return ApiError(
+                    404,
+                    f"model {model!r} is not installed and active on this device",
+                    "invalid_request_error",
+                    "model",
+                ).response()
             worker = await self.ctx.pool.worker(model, active.manifest.sha256, Path(active.path))
             if stream:
                 async with contextlib.aclosing(worker.stream(messages, params)) as pieces:
@@ -164,7 +204,9 @@ class ChatHandler:
             else:
                 result = await worker.complete(messages, params)
                 response = web.json_response(
-                    _completion_body(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model, result)
+                    _completion_body(
+                        f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model, result
+                    )
                 )
             outcome = "success" if result.finish_reason != "cancelled" else "cancelled"
             return response
@@ -175,9 +217,12 @@ class ChatHandler:
             digest = active.manifest.sha256 if active else ""
             await asyncio.to_thread(self._audit, target, digest, result, outcome, stream, started)
 
-    async def _stream(self, request: web.Request, model: str, pieces: Any) -> tuple[web.StreamResponse, Generation]:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})  # fmt: skip
+    async def _stream(
+        self, request: web.Request, model: str, pieces: Any
+    ) -> tuple[web.StreamResponse, Generation]:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         result = Generation()
@@ -186,9 +231,13 @@ class ChatHandler:
             async for piece, totals in pieces:
                 result = totals
                 if piece:
-                    await response.write(_chunk(request_id, created, model, {"content": piece}, None))
+                    await response.write(
+                        _chunk(request_id, created, model, {"content": piece}, None)
+                    )
         except (ConnectionResetError, ConnectionError):
-            result.finish_reason = "cancelled"  # the client left: the generator's finally stops the worker
+            result.finish_reason = (
+                "cancelled"  # the client left: the generator's finally stops the worker
+            )
             return response, result
         await response.write(_chunk(request_id, created, model, {}, result.finish_reason))
         await response.write(b"data: [DONE]\n\n")
@@ -196,18 +245,29 @@ class ChatHandler:
         return response, result
 
     def _audit(
-        self, target: str, sha256: str, result: Generation, outcome: str, stream: bool,
+        self,
+        target: str,
+        sha256: str,
+        result: Generation,
+        outcome: str,
+        stream: bool,
         started: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.ctx.audit.append(
             AuditEvent(
-                actor="local:anonymous", action="inference.chat", target=target,
+                actor="local:anonymous",
+                action="inference.chat",
+                target=target,
                 outcome=outcome,
-                details={"sha256": sha256, "prompt_tokens": result.prompt_tokens,
-                         "completion_tokens": result.completion_tokens, "stream": stream,
-                         "latency_ms": round((time.monotonic() - started) * 1000)},
+                details={
+                    "sha256": sha256,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "stream": stream,
+                    "latency_ms": round((time.monotonic() - started) * 1000),
+                },
             )
-        )  # fmt: skip
+        )
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -215,10 +275,16 @@ async def list_models(request: web.Request) -> web.Response:
     ctx: ApiContext = request.app[CONTEXT]
     active_models = await asyncio.to_thread(ctx.registry.active_models)
     data = [
-        {"id": m.manifest.name, "object": "model", "created": 0, "owned_by": "edgefleet",
-         "version": m.manifest.version, "sha256": m.manifest.sha256}
+        {
+            "id": m.manifest.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "edgefleet",
+            "version": m.manifest.version,
+            "sha256": m.manifest.sha256,
+        }
         for m in active_models
-    ]  # fmt: skip
+    ]
     return web.json_response({"object": "list", "data": data})
 
 

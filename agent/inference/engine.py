@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ class LlamaBackend:
         import llama_cpp  # imported here so unit tests and the controller never load it
 
         try:
-            self._llama = llama_cpp.Llama(
+            self._llama: Any = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
             )
         except (ValueError, RuntimeError, OSError) as e:
@@ -88,7 +88,9 @@ class LlamaBackend:
             stream.close()
         # The context holds the prompt and every sampled token but the last one when the
         # length limit stopped generation (an end-of-generation token is never evaluated).
-        evaluated_sampled = totals.completion_tokens - (1 if totals.finish_reason == "length" else 0)
+        evaluated_sampled = totals.completion_tokens - (
+            1 if totals.finish_reason == "length" else 0
+        )
         totals.prompt_tokens = max(0, self._llama.n_tokens - evaluated_sampled)
         yield "", totals
 
@@ -117,7 +119,7 @@ class ModelWorker:
 
     async def stream(
         self, messages: Sequence[Mapping[str, str]], params: SamplingParams
-    ) -> AsyncIterator[tuple[str, Generation]]:
+    ) -> AsyncGenerator[tuple[str, Generation], None]:
         """Yield pieces as the worker thread produces them; stop it when the consumer leaves."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from edgefleet.files import publish_read_only
 from edgefleet.errors import MalformedInputError
+from edgefleet.files import publish_read_only
 from edgefleet.trust.metadata import SHA256_PATTERN
 
 

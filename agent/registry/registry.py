@@ -52,7 +52,9 @@ class Registry:
     def save_trust(self, state: TrustedState) -> None:
         """Persist the verified root chain and targets, exactly as received."""
         with self.db.session() as session:
-            session.merge(TrustRow(name="root", envelopes=_encode_envelopes(list(state.root_chain))))
+            session.merge(
+                TrustRow(name="root", envelopes=_encode_envelopes(list(state.root_chain)))
+            )
             if state.targets_envelope is not None:
                 session.merge(
                     TrustRow(name="targets", envelopes=_encode_envelopes([state.targets_envelope]))
@@ -85,15 +87,23 @@ class Registry:
         with self.db.session() as session:
             session.merge(
                 InstalledRow(
-                    name=manifest.name, version=manifest.version, sha256=manifest.sha256,
-                    length=manifest.length, manifest=json.dumps(manifest.to_dict()).encode(),
+                    name=manifest.name,
+                    version=manifest.version,
+                    sha256=manifest.sha256,
+                    length=manifest.length,
+                    manifest=json.dumps(manifest.to_dict()).encode(),
                     installed_at=datetime.now(UTC),
                 )
-            )  # fmt: skip
+            )
         self.audit.append(
-            AuditEvent("agent", "model.install", manifest.ref, "success",
-                       {"sha256": manifest.sha256, "length": manifest.length})
-        )  # fmt: skip
+            AuditEvent(
+                "agent",
+                "model.install",
+                manifest.ref,
+                "success",
+                {"sha256": manifest.sha256, "length": manifest.length},
+            )
+        )
 
     def activate(self, manifest: ModelManifest) -> None:
         """Make an installed version the active one, keeping the previous version."""
@@ -105,13 +115,22 @@ class Registry:
             if previous == manifest.version:
                 return
             session.merge(
-                ActiveRow(name=manifest.name, version=manifest.version,
-                          previous_version=previous, activated_at=datetime.now(UTC))
-            )  # fmt: skip
+                ActiveRow(
+                    name=manifest.name,
+                    version=manifest.version,
+                    previous_version=previous,
+                    activated_at=datetime.now(UTC),
+                )
+            )
         self.audit.append(
-            AuditEvent("agent", "model.activate", manifest.ref, "success",
-                       {"sha256": manifest.sha256, "previous_version": previous})
-        )  # fmt: skip
+            AuditEvent(
+                "agent",
+                "model.activate",
+                manifest.ref,
+                "success",
+                {"sha256": manifest.sha256, "previous_version": previous},
+            )
+        )
 
     def active_version(self, name: str) -> str | None:
         """The active version of ``name``, if any."""
@@ -124,8 +143,11 @@ class Registry:
         with self.db.session() as session:
             rows = session.execute(
                 select(InstalledRow)
-                .join(ActiveRow, (ActiveRow.name == InstalledRow.name)
-                      & (ActiveRow.version == InstalledRow.version))  # fmt: skip
+                .join(
+                    ActiveRow,
+                    (ActiveRow.name == InstalledRow.name)
+                    & (ActiveRow.version == InstalledRow.version),
+                )
                 .order_by(InstalledRow.name)
             ).scalars()
             manifests = [ModelManifest.from_dict(json.loads(r.manifest)) for r in rows]

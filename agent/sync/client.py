@@ -52,42 +52,62 @@ class EnrollmentClient:
     def bootstrap(self) -> Bootstrap:
         """The controller's root chain and CA certificate (unverified)."""
         try:
-            r = self._stub.GetTrustBootstrap(device_pb2.GetTrustBootstrapRequest(), timeout=self._timeout)
+            r = self._stub.GetTrustBootstrap(
+                device_pb2.GetTrustBootstrapRequest(), timeout=self._timeout
+            )
         except grpc.RpcError as e:
             raise _error(e) from e
-        return Bootstrap(tuple(serde.envelope_from_pb(e) for e in r.root_chain), bytes(r.ca_certificate_pem))
+        return Bootstrap(
+            tuple(serde.envelope_from_pb(e) for e in r.root_chain), bytes(r.ca_certificate_pem)
+        )
 
     def enroll(
         self, token: str, csr_pem: bytes, hostname: str, agent_version: str, audit_key: str
     ) -> EnrollResult:
         """Spend the token for a certificate."""
         request = device_pb2.EnrollRequest(
-            token=token, csr_pem=csr_pem, hostname=hostname, agent_version=agent_version,
+            token=token,
+            csr_pem=csr_pem,
+            hostname=hostname,
+            agent_version=agent_version,
             audit_public_key=audit_key,
-        )  # fmt: skip
+        )
         try:
             r = self._stub.Enroll(request, timeout=self._timeout)
         except grpc.RpcError as e:
             raise _error(e) from e
-        return EnrollResult(r.device_id, bytes(r.certificate_pem), bytes(r.ca_certificate_pem),
-                            dict(r.labels), r.sync_port)  # fmt: skip
+        return EnrollResult(
+            r.device_id,
+            bytes(r.certificate_pem),
+            bytes(r.ca_certificate_pem),
+            dict(r.labels),
+            r.sync_port,
+        )
 
 
 class SyncClient:
     """Async mTLS client used by the running agent."""
 
     def __init__(
-        self, address: str, ca_pem: bytes, key_pem: bytes, cert_pem: bytes, timeout: float,
+        self,
+        address: str,
+        ca_pem: bytes,
+        key_pem: bytes,
+        cert_pem: bytes,
+        timeout: float,
         max_message_bytes: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
         self._channel = grpc.aio.secure_channel(
-            address, credentials,
-            options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", max_message_bytes)],
-        )  # fmt: skip
+            address,
+            credentials,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
         self._stub = device_pb2_grpc.DeviceServiceStub(self._channel)
         self._timeout = timeout
 

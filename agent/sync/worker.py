@@ -57,9 +57,14 @@ class Syncer:
     """Converges the device towards the controller's desired state, verifying everything."""
 
     def __init__(
-        self, config: AgentConfig, client: SyncClient, registry: Registry, blobs: BlobStore,
-        audit: AuditLog, trust: TrustedState,
-    ) -> None:  # fmt: skip
+        self,
+        config: AgentConfig,
+        client: SyncClient,
+        registry: Registry,
+        blobs: BlobStore,
+        audit: AuditLog,
+        trust: TrustedState,
+    ) -> None:
         self.config = config
         self.client = client
         self.registry = registry
@@ -104,8 +109,11 @@ class Syncer:
         if state is not self.trust:
             await asyncio.to_thread(self.registry.save_trust, state)
             self.trust = state
-            log.info("trust.updated", root_version=state.root.version,
-                     targets_version=state.targets.version if state.targets else 0)  # fmt: skip
+            log.info(
+                "trust.updated",
+                root_version=state.root.version,
+                targets_version=state.targets.version if state.targets else 0,
+            )
 
     async def _converge(self, assignment: ModelAssignment) -> None:
         manifest = self.trust.manifest(assignment.name, assignment.version)

@@ -96,9 +96,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     ) -> operator_pb2.CreateEnrollmentTokenResponse:
         ttl = request.ttl_seconds or self.app.config.token_ttl_seconds
         token, expires = await asyncio.to_thread(
-            self.app.enrollment.create_token, caller().name, dict(request.labels), timedelta(seconds=ttl)
+            self.app.enrollment.create_token,
+            caller().name,
+            dict(request.labels),
+            timedelta(seconds=ttl),
         )
-        return operator_pb2.CreateEnrollmentTokenResponse(token=token, expires_at=expires.isoformat())
+        return operator_pb2.CreateEnrollmentTokenResponse(
+            token=token, expires_at=expires.isoformat()
+        )
 
     async def PublishModel(
         self,
@@ -124,19 +129,28 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         published = await asyncio.to_thread(upload.finish, caller().name)
         m = published.manifest
         return operator_pb2.PublishModelResponse(
-            name=m.name, version=m.version, sha256=m.sha256, length=m.length,
-            architecture=m.architecture, parameter_count=m.parameter_count,
-            quantization=m.quantization, context_length=m.context_length,
+            name=m.name,
+            version=m.version,
+            sha256=m.sha256,
+            length=m.length,
+            architecture=m.architecture,
+            parameter_count=m.parameter_count,
+            quantization=m.quantization,
+            context_length=m.context_length,
             targets_version=published.targets_version,
-        )  # fmt: skip
+        )
 
     async def CreateRollout(
         self, request: operator_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.CreateRolloutResponse:
         created = await asyncio.to_thread(
-            create_rollout, self.app.db, caller().name, request.name, request.version,
+            create_rollout,
+            self.app.db,
+            caller().name,
+            request.name,
+            request.version,
             dict(request.selector),
-        )  # fmt: skip
+        )
         return operator_pb2.CreateRolloutResponse(
             rollout_id=created.rollout_id, device_ids=created.device_ids
         )

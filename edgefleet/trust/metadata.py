@@ -48,7 +48,9 @@ def check_model_name(name: str) -> str:
 def check_model_version(version: str) -> str:
     """Refuse model versions with characters outside a safe set."""
     if not VERSION_PATTERN.match(version):
-        raise MalformedInputError(f"model version {version!r} has characters outside [A-Za-z0-9._+-]")
+        raise MalformedInputError(
+            f"model version {version!r} has characters outside [A-Za-z0-9._+-]"
+        )
     return version
 
 

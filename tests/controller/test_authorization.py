@@ -14,8 +14,10 @@ from controller.rpc.authorization import (
 from edgefleet.errors import AuthenticationError, PermissionDeniedError
 from edgefleet.v1 import device_pb2, operator_pb2
 
-SERVICES = [device_pb2.DESCRIPTOR.services_by_name["DeviceService"],
-            operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]]  # fmt: skip
+SERVICES = [
+    device_pb2.DESCRIPTOR.services_by_name["DeviceService"],
+    operator_pb2.DESCRIPTOR.services_by_name["OperatorService"],
+]
 ALL_METHODS = [f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods]
 
 

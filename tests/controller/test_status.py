@@ -10,7 +10,10 @@ from edgefleet import errors
 
 def test_untrusted_input_is_invalid_argument() -> None:
     """A bad signature is the caller's fault and says why."""
-    assert status_for(errors.SignatureError("bad sig")) == (grpc.StatusCode.INVALID_ARGUMENT, "bad sig")
+    assert status_for(errors.SignatureError("bad sig")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bad sig",
+    )
 
 
 def test_enrollment_errors_are_permission_denied() -> None:
@@ -27,8 +30,12 @@ def test_storage_errors_hide_details() -> None:
 
 def test_round_trip_through_status_names() -> None:
     """The client side turns status names back into the same error kinds."""
-    for error in (errors.AuthenticationError("a"), errors.PermissionDeniedError("p"),
-                  errors.NotFoundError("n"), errors.ConflictError("c")):  # fmt: skip
+    for error in (
+        errors.AuthenticationError("a"),
+        errors.PermissionDeniedError("p"),
+        errors.NotFoundError("n"),
+        errors.ConflictError("c"),
+    ):
         code, message = status_for(error)
         assert type(errors.error_from_status(code.name, message)) is type(error)
     assert isinstance(errors.error_from_status("UNAVAILABLE", "down"), errors.TransportError)

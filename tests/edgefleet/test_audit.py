@@ -76,8 +76,25 @@ def test_non_canonical_bytes_are_refused() -> None:
 
 def test_malformed_records_are_refused() -> None:
     """Garbage, missing fields and bad sequence numbers are MalformedInputError."""
-    for bad in (b"\xff", b"[]", b'{"seq": 1}', json.dumps(
-        {"seq": 0, "device": "d", "time": "", "actor": "", "action": "", "target": "",
-         "outcome": "", "details": {}, "prev": ""}, sort_keys=True, separators=(",", ":")).encode()):
+    for bad in (
+        b"\xff",
+        b"[]",
+        b'{"seq": 1}',
+        json.dumps(
+            {
+                "seq": 0,
+                "device": "d",
+                "time": "",
+                "actor": "",
+                "action": "",
+                "target": "",
+                "outcome": "",
+                "details": {},
+                "prev": "",
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode(),
+    ):
         with pytest.raises(MalformedInputError):
             parse_record(bad)

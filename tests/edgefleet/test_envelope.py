@@ -68,7 +68,12 @@ def test_json_round_trip_and_malformed_json() -> None:
     key = SigningKey.generate()
     envelope = sign_envelope("t", b"\x00\xffbytes", [key])
     assert Envelope.from_json(envelope.to_json()) == envelope
-    for garbage in (b"", b"[]", b'{"payloadType": "t"}', b'{"payloadType":"t","payload":"!!","signatures":[]}'):
+    for garbage in (
+        b"",
+        b"[]",
+        b'{"payloadType": "t"}',
+        b'{"payloadType":"t","payload":"!!","signatures":[]}',
+    ):
         with pytest.raises(MalformedInputError):
             Envelope.from_json(garbage)
 

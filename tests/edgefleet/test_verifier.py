@@ -100,7 +100,9 @@ def test_root_rotation_needs_old_and_new_keys() -> None:
         state.update_root_chain([v1, fleet.sign_root(v2, fleet.keys["root"])], NOW)
     with pytest.raises(SignatureError):
         state.update_root_chain([v1, fleet.sign_root(v2, old_root_key)], NOW)
-    rotated = state.update_root_chain([v1, fleet.sign_root(v2, old_root_key, fleet.keys["root"])], NOW)
+    rotated = state.update_root_chain(
+        [v1, fleet.sign_root(v2, old_root_key, fleet.keys["root"])], NOW
+    )
     assert rotated.root.version == 2
 
 

@@ -23,7 +23,9 @@ def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flee
     try:
         fleet.init_controller()
         fleet.start_controller()
-        fleet.ctl("models", "publish", str(bundled_model_path()), "--name", "smollm2", "--version", "1.0")
+        fleet.ctl(
+            "models", "publish", str(bundled_model_path()), "--name", "smollm2", "--version", "1.0"
+        )
         device_id = fleet.enroll("gw1", {"site": "lab"})
         fleet.ctl("rollout", "create", "smollm2@1.0", "--selector", "site=lab")
         api = fleet.start_agent("gw1")

@@ -43,8 +43,13 @@ def test_model_is_installed_only_after_verification(model_fleet: tuple[Fleet, st
 def test_answer_comes_from_the_real_model(model_fleet: tuple[Fleet, str, str]) -> None:
     """A chat completion returns the model's text with token usage; same seed, same answer."""
     _fleet, _device, api = model_fleet
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
-            "max_tokens": 24, "temperature": 0, "seed": 1}  # fmt: skip
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "seed": 1,
+    }
     first = http_json(f"http://{api}/v1/chat/completions", body)
     second = http_json(f"http://{api}/v1/chat/completions", body)
     text = first["choices"][0]["message"]["content"]
@@ -60,9 +65,12 @@ def test_openai_client_streams_from_the_agent(model_fleet: tuple[Fleet, str, str
     _fleet, _device, api = model_fleet
     client = openai.OpenAI(base_url=f"http://{api}/v1", api_key="unused")
     stream = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "Name a colour."}],
-        max_tokens=12, temperature=0, stream=True,
-    )  # fmt: skip
+        model="smollm2",
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
@@ -75,10 +83,22 @@ def test_api_errors_use_openai_shape(model_fleet: tuple[Fleet, str, str]) -> Non
     import urllib.error
 
     _fleet, _device, api = model_fleet
-    cases = [({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404),
-             ({"model": "smollm2", "messages": []}, 400),
-             ({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, 400),
-             ({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400)]  # fmt: skip
+    cases = [
+        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404),
+        ({"model": "smollm2", "messages": []}, 400),
+        (
+            {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1},
+            400,
+        ),
+        (
+            {
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": "x"}],
+                "temperature": "hot",
+            },
+            400,
+        ),
+    ]
     for body, status in cases:
         with pytest.raises(urllib.error.HTTPError) as error:
             http_json(f"http://{api}/v1/chat/completions", body)
@@ -87,12 +107,18 @@ def test_api_errors_use_openai_shape(model_fleet: tuple[Fleet, str, str]) -> Non
 
 
 def test_controller_holds_intact_audit_chains(model_fleet: tuple[Fleet, str, str]) -> None:
-    """After shipping, the controller's export has enrollment, install and inference records, chains intact."""
+    """The export holds enrollment, install and inference records in intact chains."""
     fleet, device_id, api = model_fleet
-    http_json(f"http://{api}/v1/chat/completions",
-              {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})  # fmt: skip
+    http_json(
+        f"http://{api}/v1/chat/completions",
+        {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    )
     head = len(_agent_records(fleet, "gw1"))
-    wait_for("audit shipping", lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None, 60)
+    wait_for(
+        "audit shipping",
+        lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
+        60,
+    )
     out = fleet.root / "export.jsonl"
     fleet.ctl("audit", "export", "--out", str(out))
     chains: dict[str, list[bytes]] = defaultdict(list)
@@ -106,7 +132,9 @@ def test_controller_holds_intact_audit_chains(model_fleet: tuple[Fleet, str, str
     assert inference["details"]["sha256"] == sha256_of_file(bundled_model_path())
     assert "prompt" not in json.dumps(inference["details"]).replace("prompt_tokens", "")
     controller_actions = [json.loads(r)["action"] for r in chains["controller"]]
-    assert {"model.publish", "token.create", "device.enroll", "rollout.create"} <= set(controller_actions)
+    assert {"model.publish", "token.create", "device.enroll", "rollout.create"} <= set(
+        controller_actions
+    )
 
 
 def test_devices_list_shows_the_active_model(model_fleet: tuple[Fleet, str, str]) -> None:

@@ -47,32 +47,49 @@ def _publish_tiny(fleet: Fleet, version: str, seed: int) -> Path:
 
 def _roll_out_and_wait_active(fleet: Fleet, version: str) -> None:
     fleet.ctl("rollout", "create", f"tiny@{version}", "--selector", "site=lab")
-    wait_for(f"tiny@{version} active", lambda: True if f"* tiny@{version}" in _models(fleet, "gw") else None, 30)
+    wait_for(
+        f"tiny@{version} active",
+        lambda: True if f"* tiny@{version}" in _models(fleet, "gw") else None,
+        30,
+    )
 
 
-def test_blob_differing_from_its_manifest_is_never_installed(small_fleet: tuple[Fleet, str]) -> None:
-    """A blob changed on the controller after signing fails SHA-256; the old version keeps serving."""
+def test_blob_differing_from_its_manifest_is_never_installed(
+    small_fleet: tuple[Fleet, str],
+) -> None:
+    """A blob changed after signing fails its SHA-256; the old version keeps serving."""
     fleet, _device = small_fleet
     _publish_tiny(fleet, "1", seed=1)
     _roll_out_and_wait_active(fleet, "1")
     _publish_tiny(fleet, "2", seed=2)
-    blob = max((fleet.controller_dir / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
+    blob = max(
+        (fleet.controller_dir / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime
+    )
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF  # same length, one bit pattern changed at the end of the weights
     blob.write_bytes(bytes(data))
     fleet.ctl("rollout", "create", "tiny@2", "--selector", "site=lab")
-    wait_for("the mismatch to be reported", lambda: True if "does not match manifest" in _status(fleet, "gw") else None, 30)
+    wait_for(
+        "the mismatch to be reported",
+        lambda: True if "does not match manifest" in _status(fleet, "gw") else None,
+        30,
+    )
     models = _models(fleet, "gw")
     assert "* tiny@1" in models and "tiny@2" not in models
     assert not (fleet.agent_dir("gw") / "blobs" / "sha256" / blob.name).exists()
     assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
     assert ("model.install", "tiny@2", "verification_failed") in _agent_actions(fleet, "gw")
-    wait_for("the controller to see the error",
-             lambda: True if "does not match manifest" in fleet.devices()[0]["last_error"] else None, 30)  # fmt: skip
+    wait_for(
+        "the controller to see the error",
+        lambda: True if "does not match manifest" in fleet.devices()[0]["last_error"] else None,
+        30,
+    )
 
 
-def test_targets_signed_by_a_key_the_root_does_not_name_are_refused(small_fleet: tuple[Fleet, str]) -> None:
+def test_targets_signed_by_a_key_the_root_does_not_name_are_refused(
+    small_fleet: tuple[Fleet, str],
+) -> None:
     """A controller whose targets key was swapped cannot get a device to install anything."""
     fleet, _device = small_fleet
     _publish_tiny(fleet, "1", seed=1)
@@ -84,19 +101,25 @@ def test_targets_signed_by_a_key_the_root_does_not_name_are_refused(small_fleet:
     fleet.start_controller()
     _publish_tiny(fleet, "2", seed=2)
     fleet.ctl("rollout", "create", "tiny@2", "--selector", "site=lab")
-    wait_for("the refusal", lambda: True if "targets: 0 valid signature" in _status(fleet, "gw") else None, 30)
+    wait_for(
+        "the refusal",
+        lambda: True if "targets: 0 valid signature" in _status(fleet, "gw") else None,
+        30,
+    )
     assert "* tiny@1" in _models(fleet, "gw") and "tiny@2" not in _models(fleet, "gw")
     assert ("trust.verify", "metadata", "verification_failed") in _agent_actions(fleet, "gw")
 
 
 def test_clients_without_a_valid_certificate_are_refused(small_fleet: tuple[Fleet, str]) -> None:
-    """No certificate, a foreign CA's certificate, or a device certificate on operator calls: all refused."""
+    """No certificate, a foreign CA's, or a device's on operator calls: all refused."""
     fleet, _device = small_fleet
     ca_pem = (fleet.controller_dir / "tls" / "ca.pem").read_bytes()
     report = device_pb2.StatusReport(agent_version="x")
 
     def sync_with(address: str, **credentials: bytes) -> grpc.StatusCode:
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem, **credentials))
+        channel = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca_pem, **credentials)
+        )
         try:
             device_pb2_grpc.DeviceServiceStub(channel).Sync(report, timeout=5)
         except grpc.RpcError as e:
@@ -109,15 +132,25 @@ def test_clients_without_a_valid_certificate_are_refused(small_fleet: tuple[Flee
     foreign = CertificateAuthority.create("elsewhere")
     key = new_tls_key()
     forged = cert_pem(foreign.issue_client(key.public_key(), "device:dev-0000000000000000"))
-    assert sync_with(fleet.sync_address, private_key=key_pem(key), certificate_chain=forged) == grpc.StatusCode.UNAVAILABLE
+    assert (
+        sync_with(fleet.sync_address, private_key=key_pem(key), certificate_chain=forged)
+        == grpc.StatusCode.UNAVAILABLE
+    )
     assert sync_with(fleet.enroll_address) == grpc.StatusCode.UNAUTHENTICATED
 
     identity = fleet.agent_dir("gw") / "identity"
-    channel = grpc.secure_channel(fleet.sync_address, grpc.ssl_channel_credentials(
-        root_certificates=ca_pem, private_key=(identity / "device.key").read_bytes(),
-        certificate_chain=(identity / "device.pem").read_bytes()))  # fmt: skip
+    channel = grpc.secure_channel(
+        fleet.sync_address,
+        grpc.ssl_channel_credentials(
+            root_certificates=ca_pem,
+            private_key=(identity / "device.key").read_bytes(),
+            certificate_chain=(identity / "device.pem").read_bytes(),
+        ),
+    )
     with pytest.raises(grpc.RpcError) as denied:
-        operator_pb2_grpc.OperatorServiceStub(channel).ListDevices(operator_pb2.ListDevicesRequest(), timeout=5)
+        operator_pb2_grpc.OperatorServiceStub(channel).ListDevices(
+            operator_pb2.ListDevicesRequest(), timeout=5
+        )
     channel.close()
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -126,7 +159,14 @@ def test_reused_and_expired_tokens_are_refused(small_fleet: tuple[Fleet, str]) -
     """A spent token and an expired one fail enrollment with a one-line reason and exit 1."""
     fleet, _device = small_fleet
     token = fleet.ctl("token", "create", "--label", "site=lab").stdout.strip()
-    enroll = ["enroll", "--controller", fleet.enroll_address, "--root-fingerprint", fleet.fingerprint, "--token"]
+    enroll = [
+        "enroll",
+        "--controller",
+        fleet.enroll_address,
+        "--root-fingerprint",
+        fleet.fingerprint,
+        "--token",
+    ]
     assert fleet.agent("a", *enroll, token).returncode == 0
     reused = fleet.agent("b", *enroll, token, check=False)
     assert reused.returncode == 1
@@ -139,14 +179,31 @@ def test_reused_and_expired_tokens_are_refused(small_fleet: tuple[Fleet, str]) -
 
 
 def test_wrong_root_fingerprint_keeps_the_token_secret(small_fleet: tuple[Fleet, str]) -> None:
-    """With the wrong pinned fingerprint the agent stops before sending the token, which stays usable."""
+    """With a wrong pinned fingerprint the agent never sends the token, which stays usable."""
     fleet, _device = small_fleet
     token = fleet.ctl("token", "create").stdout.strip()
-    wrong = fleet.agent("x", "enroll", "--controller", fleet.enroll_address, "--token", token,
-                        "--root-fingerprint", "0" * 64, check=False)  # fmt: skip
+    wrong = fleet.agent(
+        "x",
+        "enroll",
+        "--controller",
+        fleet.enroll_address,
+        "--token",
+        token,
+        "--root-fingerprint",
+        "0" * 64,
+        check=False,
+    )
     assert wrong.returncode == 1 and "pinned root fingerprint" in wrong.stderr
-    right = fleet.agent("x", "enroll", "--controller", fleet.enroll_address, "--token", token,
-                        "--root-fingerprint", fleet.fingerprint)  # fmt: skip
+    right = fleet.agent(
+        "x",
+        "enroll",
+        "--controller",
+        fleet.enroll_address,
+        "--token",
+        token,
+        "--root-fingerprint",
+        fleet.fingerprint,
+    )
     assert right.returncode == 0
 
 
@@ -155,13 +212,17 @@ def test_files_that_are_not_gguf_are_refused_at_publish(small_fleet: tuple[Fleet
     fleet, _device = small_fleet
     text = fleet.root / "readme.gguf"
     text.write_text("this is not a model\n" * 100)
-    refused = fleet.ctl("models", "publish", str(text), "--name", "bad", "--version", "1", check=False)
+    refused = fleet.ctl(
+        "models", "publish", str(text), "--name", "bad", "--version", "1", check=False
+    )
     assert refused.returncode == 1
     assert refused.stderr.strip() == "edgefleetctl: error: not a GGUF file (bad magic)"
     tiny = write_tiny_gguf(fleet.root / "t.gguf")
     truncated = fleet.root / "truncated.gguf"
     truncated.write_bytes(tiny.read_bytes()[:100])
-    cut = fleet.ctl("models", "publish", str(truncated), "--name", "bad", "--version", "2", check=False)
+    cut = fleet.ctl(
+        "models", "publish", str(truncated), "--name", "bad", "--version", "2", check=False
+    )
     assert cut.returncode == 1 and "truncated" in cut.stderr
     assert not list((fleet.controller_dir / "blobs" / "incoming").iterdir())
     ok = fleet.ctl("models", "publish", str(tiny), "--name", "good", "--version", "1").stdout
@@ -178,10 +239,23 @@ def test_bad_cli_input_gets_one_line_errors(small_fleet: tuple[Fleet, str]) -> N
         (["rollout", "create", "tiny@9"], "tiny@9 is not published"),
         (["models", "publish", str(tiny), "--name", "tiny", "--version", "1"], "already published"),
         (["models", "publish", str(tiny), "--name", "../etc", "--version", "1"], "model name"),
-        (["models", "publish", str(fleet.root / "missing.gguf"), "--name", "x", "--version", "1"], "cannot read"),
+        (
+            [
+                "models",
+                "publish",
+                str(fleet.root / "missing.gguf"),
+                "--name",
+                "x",
+                "--version",
+                "1",
+            ],
+            "cannot read",
+        ),
         (["token", "create", "--label", "Bad Key=x"], "label"),
     ]
     for args, reason in cases:
         result = fleet.ctl(*args, check=False)
         assert result.returncode == 1, args
-        assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+            result.stderr
+        )
