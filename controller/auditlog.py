@@ -73,7 +73,7 @@ def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -
         verifier = ChainVerifier(device_id, head.last_seq, head.last_sha256)
         stored, reason = 0, ""
         for seq, canonical in sorted(records):
-            if seq <= head.last_seq:
+            if seq <= verifier.last_seq:
                 known = session.get(AuditRecordRow, (device_id, seq))
                 if known is not None and known.canonical != canonical:
                     reason = f"record {seq} differs from the copy already stored"

@@ -48,7 +48,8 @@ class AuditLog:
         return int(self.db.get_state(ACKED_KEY, "0"))
 
     def set_acked(self, seq: int) -> None:
-        """Remember the controller's acknowledgement (never moves backwards)."""
+        """Remember the controller's acknowledgement (never backwards, never past our head)."""
+        seq = min(seq, self.head_seq())
         if seq > self.acked_seq():
             self.db.set_state(ACKED_KEY, str(seq))
 

@@ -174,12 +174,17 @@ class ChatHandler:
                 return active
         return None
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _bad("the request body is not valid JSON").response()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.ctx.config.max_request_bytes
+            return ApiError(
+                413, f"the request body exceeds {limit} bytes", "invalid_request_error"
+            ).response()
         try:
             model, messages, params, stream = parse_chat_request(
                 body, self.ctx.config.max_tokens_limit
@@ -212,6 +217,9 @@ class ChatHandler:
             return response
         except InferenceError as e:
             return ApiError(500, str(e), "server_error").response()
+        except (asyncio.CancelledError, ConnectionError):
+            outcome = "cancelled"  # the client went away; the worker was told to stop
+            raise
         finally:
             target = active.manifest.ref if active else model[:64]
             digest = active.manifest.sha256 if active else ""
@@ -299,5 +307,5 @@ def build_app(ctx: ApiContext) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", list_models)
-    app.router.add_post("/v1/chat/completions", ChatHandler(ctx))
+    app.router.add_post("/v1/chat/completions", ChatHandler(ctx).handle)
     return app

@@ -10,8 +10,6 @@ import pytest
 from demo import Fleet, active_models, wait_for
 from edgefleet.bundled import bundled_model_path
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, str, str]]:

@@ -1,0 +1,81 @@
+"""The controller stores each (device, seq) once, checks links, and flags tampering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.auditlog import export_page, ingest
+from controller.store.database import Database
+from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash, verify_chain
+from edgefleet.canonical import canonical_bytes
+
+
+def _chain(count: int, device: str = "dev-1") -> list[tuple[int, bytes]]:
+    records, prev = [], GENESIS_HASH
+    for seq in range(1, count + 1):
+        event = AuditEvent("agent", "inference.chat", "m@1", "success", {})
+        canonical = encode_record(device, seq, "2026-01-01T00:00:00Z", event, prev)
+        records.append((seq, canonical))
+        prev = record_hash(canonical)
+    return records
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    database.create_schema()
+    return database
+
+
+def _stored(db: Database, chain: str) -> list[bytes]:
+    return [c for _chain, _seq, c in export_page(db, chain, None)]
+
+
+def test_batches_and_resends_store_each_record_once(db: Database) -> None:
+    """Records pushed twice (a retry after a lost ack) are stored once, verbatim."""
+    records = _chain(6)
+    assert ingest(db, "dev-1", records[:4]).acked_seq == 4
+    again = ingest(db, "dev-1", records[2:] + records[2:3])
+    assert (again.acked_seq, again.stored, again.tamper_reason) == (6, 2, "")
+    assert _stored(db, "dev-1") == [c for _s, c in records]
+
+
+def test_gap_stops_the_ack_where_records_are_missing(db: Database) -> None:
+    """With record 3 missing, the controller acknowledges 2 and stores nothing past it."""
+    records = _chain(5)
+    result = ingest(db, "dev-1", records[:2] + records[3:])
+    assert (result.acked_seq, result.tamper_reason) == (2, "")
+    assert ingest(db, "dev-1", records[2:]).acked_seq == 5
+
+
+def test_broken_link_raises_a_tamper_alert_that_is_itself_audited(db: Database) -> None:
+    """An edited record stops ingest, marks the chain and adds a controller audit record."""
+    records = _chain(3)
+    doc = json.loads(records[1][1])
+    doc["outcome"] = "denied"
+    records[1] = (2, canonical_bytes(doc))
+    ingest(db, "dev-1", records[:2])
+    result = ingest(db, "dev-1", _chain(3)[2:])
+    assert result.acked_seq == 2 and "does not link" in result.tamper_reason
+    controller = _stored(db, "controller")
+    assert verify_chain("controller", controller) == 1
+    assert b"audit.tamper_detected" in controller[0]
+
+
+def test_rewriting_a_stored_record_is_tampering(db: Database) -> None:
+    """Re-sending an already stored seq with other bytes is detected, not silently ignored."""
+    ingest(db, "dev-1", _chain(2))
+    other = _chain(2, device="dev-1")[0]
+    doc = json.loads(other[1])
+    doc["actor"] = "someone-else"
+    result = ingest(db, "dev-1", [(1, canonical_bytes(doc))])
+    assert "differs from the copy already stored" in result.tamper_reason
+
+
+def test_records_of_another_device_are_refused(db: Database) -> None:
+    """A device cannot push records that name another device."""
+    result = ingest(db, "dev-1", _chain(1, device="dev-2"))
+    assert result.acked_seq == 0 and "names device" in result.tamper_reason
