@@ -142,3 +142,33 @@ def test_devices_list_shows_the_active_model(model_fleet: tuple[Fleet, str, str]
     fleet, device_id, _api = model_fleet
     out = fleet.ctl("devices", "list").stdout
     assert device_id in out and "smollm2@1.0*" in out
+
+
+def test_agent_keeps_serving_while_the_controller_is_down(
+    model_fleet: tuple[Fleet, str, str],
+) -> None:
+    """Offline-first: with the controller stopped the agent answers and audits; records ship later."""
+    fleet, device_id, api = model_fleet
+    fleet.stop("controller")
+    try:
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+        }
+        assert http_json(f"http://{api}/v1/chat/completions", body)["choices"][0]["message"][
+            "content"
+        ]
+        wait_for(
+            "the agent to notice the outage",
+            lambda: True if "unavailable" in fleet.agent("gw1", "status").stdout else None,
+            30,
+        )
+    finally:
+        fleet.start_controller()
+    head = len(_agent_records(fleet, "gw1"))
+    wait_for(
+        "the offline records to ship",
+        lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
+        60,
+    )
