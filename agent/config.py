@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.config_files import coerce, environment_overrides, read_toml, split_address
+from edgefleet.config_files import load_layered, split_address
 from edgefleet.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_AGENT"
@@ -52,16 +51,4 @@ class AgentConfig:
 
 def load_agent_config(data_dir: Path, **flags: Any) -> AgentConfig:
     """Load ``<data_dir>/agent.toml``, then environment, then non-None flags."""
-    types = {
-        f.name: {"int": int, "str": str}[str(f.type)]
-        for f in dataclasses.fields(AgentConfig)
-        if f.name != "data_dir"
-    }
-    values: dict[str, Any] = {}
-    for key, value in read_toml(data_dir / CONFIG_FILE).items():
-        if key not in types:
-            raise ConfigError(f"{data_dir / CONFIG_FILE}: unknown setting {key!r}")
-        values[key] = coerce(key, value, types[key])
-    values.update(environment_overrides(ENV_PREFIX, types))
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return AgentConfig(data_dir=data_dir, **values)
+    return load_layered(AgentConfig, data_dir, CONFIG_FILE, ENV_PREFIX, flags)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.config_files import coerce, environment_overrides, read_toml, split_address
+from edgefleet.config_files import load_layered, split_address
 from edgefleet.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_CONTROLLER"
@@ -46,17 +45,4 @@ class ControllerConfig:
 
 def load_controller_config(data_dir: Path, **flags: Any) -> ControllerConfig:
     """Load ``<data_dir>/controller.toml``, then environment, then non-None flags."""
-    types = {f.name: _field_type(f) for f in dataclasses.fields(ControllerConfig)}
-    del types["data_dir"]
-    values: dict[str, Any] = {}
-    for key, value in read_toml(data_dir / CONFIG_FILE).items():
-        if key not in types:
-            raise ConfigError(f"{data_dir / CONFIG_FILE}: unknown setting {key!r}")
-        values[key] = coerce(key, value, types[key])
-    values.update(environment_overrides(ENV_PREFIX, types))
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return ControllerConfig(data_dir=data_dir, **values)
-
-
-def _field_type(f: dataclasses.Field[Any]) -> type:
-    return {"int": int, "str": str, "Path": Path, "bool": bool}[str(f.type)]
+    return load_layered(ControllerConfig, data_dir, CONFIG_FILE, ENV_PREFIX, flags)

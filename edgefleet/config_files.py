@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.errors import ConfigError
 
@@ -65,3 +66,28 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"address {address!r} is not HOST:PORT")
     return host.strip("[]"), int(port_text)
+
+
+_FIELD_TYPES: dict[str, type] = {"int": int, "str": str, "bool": bool, "Path": Path}
+C = TypeVar("C")
+
+
+def load_layered(
+    kind: type[C], data_dir: Path, file_name: str, prefix: str, flags: Mapping[str, Any]
+) -> C:
+    """Build a frozen config dataclass from ``data_dir/file_name``, then ``PREFIX_*``, then flags.
+
+    Unknown keys in the file are refused; flags that are None are not set.
+    """
+    fields = dataclasses.fields(kind)  # type: ignore[arg-type]
+    types = {f.name: _FIELD_TYPES[str(f.type)] for f in fields if f.name != "data_dir"}
+    path = data_dir / file_name
+    values: dict[str, Any] = {}
+    for key, value in read_toml(path).items():
+        if key not in types:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        values[key] = coerce(key, value, types[key])
+    values.update(environment_overrides(prefix, types))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    factory: Any = kind
+    return factory(data_dir=data_dir, **values)  # type: ignore[no-any-return]

@@ -147,7 +147,7 @@ def test_devices_list_shows_the_active_model(model_fleet: tuple[Fleet, str, str]
 def test_agent_keeps_serving_while_the_controller_is_down(
     model_fleet: tuple[Fleet, str, str],
 ) -> None:
-    """Offline-first: with the controller stopped the agent answers and audits; records ship later."""
+    """Offline-first: with no controller the agent answers and audits; records ship later."""
     fleet, device_id, api = model_fleet
     fleet.stop("controller")
     try:
