@@ -37,7 +37,7 @@ proto: $(STAMP)
 		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
 bench: $(STAMP)
-	@echo "no benchmarks yet"
+	$(BIN)/python -m benchmarks.inference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -162,6 +162,27 @@ def _chunk(
 CONTEXT = web.AppKey("ctx", ApiContext)
 
 
+def _chunk_prefix(request_id: str, created: int, model: str) -> bytes:
+    fields = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+    }
+    return json.dumps(fields)[:-1].encode("utf-8")
+
+
+def _content_chunk(prefix: bytes, piece: str) -> bytes:
+    """One SSE event for a piece of content, without re-encoding the constant fields."""
+    return (
+        b"data: "
+        + prefix
+        + b', "choices": [{"index": 0, "delta": {"content": '
+        + json.dumps(piece).encode("utf-8")
+        + b'}, "finish_reason": null}]}\n\n'
+    )
+
+
 class ChatHandler:
     """POST /v1/chat/completions, streaming or not, audited either way."""
 
@@ -235,13 +256,13 @@ class ChatHandler:
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         result = Generation()
         await response.write(_chunk(request_id, created, model, {"role": "assistant"}, None))
+        prefix = _chunk_prefix(request_id, created, model)
         try:
-            async for piece, totals in pieces:
-                result = totals
-                if piece:
-                    await response.write(
-                        _chunk(request_id, created, model, {"content": piece}, None)
-                    )
+            async for batch in pieces:
+                result = batch[-1][1]
+                data = b"".join(_content_chunk(prefix, piece) for piece, _totals in batch if piece)
+                if data:
+                    await response.write(data)
         except (ConnectionResetError, ConnectionError):
             result.finish_reason = (
                 "cancelled"  # the client left: the generator's finally stops the worker

@@ -98,6 +98,46 @@ class LlamaBackend:
 BackendFactory = Callable[[Path], ChatBackend]
 
 
+class _Handoff:
+    """Worker thread → event loop handoff that wakes the loop once per batch of items."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[str, Generation]] = []
+        self._finished = False
+        self._error: Exception | None = None
+        self._woken = False
+        self._ready = asyncio.Event()
+
+    def _wake(self) -> None:
+        # called with the lock held
+        if not self._woken:
+            self._woken = True
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    def put(self, item: tuple[str, Generation]) -> None:
+        """From the worker thread: hand over one item."""
+        with self._lock:
+            self._items.append(item)
+            self._wake()
+
+    def close(self, error: Exception | None) -> None:
+        """From the worker thread: no more items (``error`` if it failed)."""
+        with self._lock:
+            self._finished, self._error = True, error
+            self._wake()
+
+    async def take(self) -> tuple[list[tuple[str, Generation]], bool, Exception | None]:
+        """On the loop: wait for items, then take all of them."""
+        await self._ready.wait()
+        with self._lock:
+            items, self._items = self._items, []
+            self._ready.clear()
+            self._woken = False
+            return items, self._finished, self._error
+
+
 class ModelWorker:
     """One loaded model and the single thread allowed to use it."""
 
@@ -119,29 +159,33 @@ class ModelWorker:
 
     async def stream(
         self, messages: Sequence[Mapping[str, str]], params: SamplingParams
-    ) -> AsyncGenerator[tuple[str, Generation], None]:
-        """Yield pieces as the worker thread produces them; stop it when the consumer leaves."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    ) -> AsyncGenerator[list[tuple[str, Generation]], None]:
+        """Yield batches of pieces as the worker thread produces them.
+
+        The loop is woken once per batch, not once per token: while the loop is busy,
+        pieces accumulate. The worker stops when the consumer leaves.
+        """
+        handoff = _Handoff(asyncio.get_running_loop())
         cancel = threading.Event()
 
         def work() -> None:
             try:
                 for item in self.backend.chat(messages, params, cancel):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+                    handoff.put(item)
+                handoff.close(None)
             except Exception as e:  # noqa: BLE001 - handed to the loop and re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+                handoff.close(e)
 
-        future = loop.run_in_executor(self.executor, work)
+        future = asyncio.get_running_loop().run_in_executor(self.executor, work)
         try:
             while True:
-                kind, value = await queue.get()
-                if kind == "done":
+                batch, finished, error = await handoff.take()
+                if batch:
+                    yield batch
+                if error is not None:
+                    raise InferenceError(f"generation failed: {error}") from error
+                if finished:
                     return
-                if kind == "error":
-                    raise InferenceError(f"generation failed: {value}") from value
-                yield value
         finally:
             cancel.set()
             await asyncio.shield(future)
@@ -151,8 +195,8 @@ class ModelWorker:
     ) -> Generation:
         """Run a whole generation and return its text and counts."""
         result = Generation()
-        async for _piece, totals in self.stream(messages, params):
-            result = totals
+        async for batch in self.stream(messages, params):
+            result = batch[-1][1]
         return result
 
     def close(self) -> None:
