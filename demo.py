@@ -98,9 +98,12 @@ class Fleet:
         )
         return self.fingerprint
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("wb")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    def _spawn(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        environment = {**os.environ, **(env or {})}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         self.processes[name] = process
         return process
 
@@ -132,7 +135,9 @@ class Fleet:
 
         self.sync_address, self.enroll_address = wait_for("the controller", listening, 30)
 
-    def start_agent(self, name: str, sync_interval: int = 2) -> str:
+    def start_agent(
+        self, name: str, sync_interval: int = 2, env: dict[str, str] | None = None
+    ) -> str:
         """`edgefleet-agent run` with its API on a free loopback port; return that address."""
         addr_file = self.agent_dir(name) / "api.addr"
         addr_file.unlink(missing_ok=True)
@@ -148,6 +153,7 @@ class Fleet:
                 "--sync-interval",
                 str(sync_interval),
             ],
+            env,
         )
 
         def listening() -> str | None:
@@ -195,6 +201,11 @@ class Fleet:
         ).stdout
         return out.split()[2].rstrip(";")
 
+    def app_token(self, name: str, subject: str, *models: str) -> str:
+        """`edgefleet-agent tokens create`: a bearer token for an application on agent ``name``."""
+        args = [a for m in models for a in ("--model", m)]
+        return self.agent(name, "tokens", "create", subject, *args).stdout.strip()
+
     def devices(self) -> list[dict[str, Any]]:
         """`edgefleetctl devices list --json`."""
         return list(json.loads(self.ctl("devices", "list", "--json", quiet=True).stdout))
@@ -207,18 +218,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
-    """GET (or POST ``body``) and decode JSON."""
+def http_json(
+    url: str, body: dict[str, Any] | None = None, timeout: float = 120, token: str = ""
+) -> Any:
+    """GET (or POST ``body``) with an optional bearer token, and decode JSON."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         return json.loads(response.read())
 
 
-def active_models(api: str) -> list[dict[str, Any]] | None:
+def active_models(api: str, token: str) -> list[dict[str, Any]] | None:
     """The agent's /v1/models list, or None while it has no active model."""
     try:
-        data = http_json(f"http://{api}/v1/models", timeout=5)["data"]
+        data = http_json(f"http://{api}/v1/models", timeout=5, token=token)["data"]
     except OSError:
         return None
     return list(data) or None
@@ -262,32 +278,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rollout", "create", "smollm2@1.0", "--selector", "site=demo"
             ).stdout.strip()
         )
-        step(
-            6,
-            "Run the agent: it syncs, streams the blob, verifies signatures, length, SHA-256",
-        )
+        step(6, "Create an API token for an application on the device (inference on smollm2*)")
+        token = fleet.app_token("gw1", "app:demo", "smollm2*")
+        print(f"  token {token[:16]}… (the device keeps only its SHA-256)")
+        step(7, "Run the agent: it syncs, streams the blob, verifies signatures, length, SHA-256")
         api = fleet.start_agent("gw1")
-        models = wait_for("the model to be installed and active", lambda: active_models(api), 120)
+        models = wait_for("the model to be active", lambda: active_models(api, token), 120)
         active = models[0]
         print(f"  active: {active['id']}@{active['version']} (sha256 {active['sha256'][:16]}…)")
-        step(7, f"Ask a question through the local OpenAI-compatible API at http://{api}/v1")
+        step(8, f"Ask a question through the local OpenAI-compatible API at http://{api}/v1")
         question = "What is the capital of France? Answer in one sentence."
-        answer = http_json(
-            f"http://{api}/v1/chat/completions",
-            {
-                "model": "smollm2",
-                "messages": [{"role": "user", "content": question}],
-                "max_tokens": 48,
-                "temperature": 0.2,
-                "seed": 7,
-            },
-        )
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 48,
+            "temperature": 0.2,
+            "seed": 7,
+        }
+        answer = http_json(f"http://{api}/v1/chat/completions", body, token=token)
         print(f"  Q: {question}\n  A: {answer['choices'][0]['message']['content'].strip()}")
         print(f"  usage: {answer['usage']}")
-        step(
-            8,
-            "Wait for the agent to ship its audit records, then export the trail",
-        )
+        step(9, "Wait for the agent to ship its audit records, then export the trail")
         head = int(fleet.agent("gw1", "status").stdout.split("audit:")[1].split()[0])
         wait_for(
             "audit records to reach the controller",
@@ -302,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {record['device']:<22} #{record['seq']:<3} {record['action']:<16} "
                 f"{record['actor']:<22} {record['target']} {record['outcome']}"
             )
-        step(9, "Stop the agent and the controller")
+        step(10, "Stop the agent and the controller")
     except Exception as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)
         for name in fleet.processes:

@@ -14,13 +14,17 @@ from pathlib import Path
 
 from agent.config import DEFAULT_DATA_DIR, load_agent_config
 from agent.enroll import AgentPaths, enroll
+from agent.policy import LocalPolicy
 from agent.service import LocalState, run
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY
+from edgefleet.audit import AuditEvent
 from edgefleet.cli_support import run_command
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
+from edgefleet.rbac import check_subject
 
 PROG = "edgefleet-agent"
+TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105 - a variable name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +48,20 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     models.add_parser("list", help="installed versions; * marks the active one")
-    chat = commands.add_parser("chat", help="ask a model through the running agent's local API")
+    chat = commands.add_parser("chat", help="talk to a model through the running agent's API")
     chat.add_argument("model")
-    chat.add_argument("prompt")
-    chat.add_argument("--max-tokens", type=int, default=128)
+    chat.add_argument("prompt", nargs="?", help="one question; without it, an interactive session")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--token", help=f"API bearer token (env {TOKEN_ENV})")
+    tokens = commands.add_parser("tokens", help="application tokens for the local API")
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="a new token (printed once)")
+    create.add_argument("subject", help="who uses it, as kind:name (e.g. app:sensor-hub)")
+    create.add_argument("--role", default="inference", help="inference (default) or reader")
+    create.add_argument("--model", action="append", default=[], help="model name pattern")
+    token_actions.add_parser("list", help="token ids and subjects")
+    revoke = token_actions.add_parser("revoke", help="remove a token")
+    revoke.add_argument("token_id")
     commands.add_parser("status", help="identity, registry and sync state")
     return parser
 
@@ -92,30 +106,91 @@ def _api_base(data_dir: Path) -> str:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    body = {
-        "model": args.model,
-        "stream": True,
-        "max_tokens": args.max_tokens,
-        "messages": [{"role": "user", "content": args.prompt}],
-    }
+    token = args.token or os.environ.get(TOKEN_ENV, "")
     url = _api_base(args.data_dir) + "/v1/chat/completions"
+    if args.prompt is not None:
+        _ask(url, token, args.model, [{"role": "user", "content": args.prompt}], args.max_tokens)
+        return 0
+    print(f"chatting with {args.model}; an empty line or Ctrl-D ends the session", file=sys.stderr)
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            return 0
+        history.append({"role": "user", "content": line})
+        answer = _ask(url, token, args.model, history, args.max_tokens)
+        history.append({"role": "assistant", "content": answer})
+
+
+def _ask(url: str, token: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> str:
+    """Stream one answer to stdout and return it."""
+    body = {"model": model, "stream": True, "max_tokens": max_tokens, "messages": messages}
     headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, json.dumps(body).encode(), headers)  # noqa: S310
+    answer = ""
     try:
         with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310
             for raw in response:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                delta = json.loads(line[6:])["choices"][0]["delta"]
-                print(delta.get("content", ""), end="", flush=True)
+                piece = json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+                answer += piece
+                print(piece, end="", flush=True)
     except urllib.error.HTTPError as e:
         message = json.loads(e.read() or b"{}").get("error", {}).get("message", e.reason)
         raise ConfigError(f"the agent refused: {message}") from e
     except urllib.error.URLError as e:
         raise TransportError(f"the agent is not reachable at {url}: {e.reason}") from e
     print()
+    return answer
+
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    policy = LocalPolicy(args.data_dir)
+    if args.action == "create":
+        subject = check_subject(args.subject)
+        token, token_id = policy.create_token(subject, args.role, tuple(args.model))
+        details = {"subject": subject, "role": args.role, "models": args.model or ["*"]}
+        _audit_local(
+            args.data_dir, AuditEvent("local:admin", "token.create", token_id, "success", details)
+        )
+        print(token)
+        print(
+            f"token {token_id} for {args.subject} ({args.role}); it is not shown again",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        current = policy.current()
+        for entry in current.tokens:
+            roles = [
+                f"{b.role}:{','.join(b.models)}"
+                for b in current.bindings
+                if b.subject == entry.subject
+            ]
+            print(f"{entry.token_id}  {entry.subject}  {' '.join(roles)}")
+    else:
+        subject = policy.revoke_token(args.token_id)
+        event = AuditEvent(
+            "local:admin", "token.revoke", args.token_id, "success", {"subject": subject}
+        )
+        _audit_local(args.data_dir, event)
+        print(f"revoked {args.token_id} ({subject})")
     return 0
+
+
+def _audit_local(data_dir: Path, event: AuditEvent) -> None:
+    state = LocalState.open(data_dir)
+    try:
+        state.audit.append(event)
+    finally:
+        state.db.dispose()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -140,7 +215,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command != "run":
         configure_logging("console", "WARNING")
-    handlers = {"enroll": _cmd_enroll, "run": _cmd_run, "chat": _cmd_chat, "status": _cmd_status}
+    handlers = {
+        "enroll": _cmd_enroll,
+        "run": _cmd_run,
+        "chat": _cmd_chat,
+        "status": _cmd_status,
+        "tokens": _cmd_tokens,
+    }
     if args.command == "models":
         return _cmd_models_list(args)
     return handlers[args.command](args)

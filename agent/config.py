@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.config_files import load_layered, split_address
+from edgefleet.config_files import is_loopback, load_layered, split_address
 from edgefleet.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_AGENT"
@@ -31,6 +31,22 @@ class AgentConfig:
     n_threads: int = max(1, (os.cpu_count() or 2) - 1)
     max_tokens_limit: int = 1024
     max_request_bytes: int = 1024 * 1024
+    # Memory for loaded models; 0 means 80% of this machine's physical memory.
+    memory_budget_bytes: int = 0
+    n_parallel: int = 1
+    keep_alive_seconds: int = 300
+    max_queued_requests: int = 16
+    # Bearer tokens and RBAC on the local API; off is allowed on loopback only.
+    api_auth: bool = True
+    # Store SHA-256 hashes of prompts and completions in inference audit records.
+    audit_content_hashes: bool = False
+
+    @property
+    def resolved_memory_budget(self) -> int:
+        """The memory budget in bytes."""
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
 
     def __post_init__(self) -> None:
         split_address(self.api_listen)
@@ -42,11 +58,20 @@ class AgentConfig:
             "max_tokens_limit",
             "audit_batch",
             "max_request_bytes",
+            "n_parallel",
+            "keep_alive_seconds",
+            "max_queued_requests",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.sync_jitter_seconds < 0:
-            raise ConfigError("sync_jitter_seconds must not be negative")
+        if self.sync_jitter_seconds < 0 or self.memory_budget_bytes < 0:
+            raise ConfigError("sync_jitter_seconds and memory_budget_bytes must not be negative")
+        host, _ = split_address(self.api_listen)
+        if not self.api_auth and not is_loopback(host):
+            raise ConfigError(
+                f"api_listen {self.api_listen} is not a loopback address: "
+                "turn api_auth on before exposing the local API"
+            )
 
 
 def load_agent_config(data_dir: Path, **flags: Any) -> AgentConfig:

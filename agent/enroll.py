@@ -90,7 +90,7 @@ def enroll(
         common_name(result.certificate_pem) != f"device:{result.device_id}"
     ):
         raise SignatureError("the issued certificate does not belong to this device")
-    enrollment = Enrollment(result.device_id, host, result.sync_port, fingerprint)
+    enrollment = Enrollment(result.device_id, host, result.sync_port, fingerprint, result.labels)
     db = AgentDatabase(paths.database)
     try:
         audit = AuditLog(db, result.device_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgefleet.errors import ConfigError
@@ -18,6 +18,7 @@ class Enrollment:
     controller_host: str
     sync_port: int
     root_fingerprint: str
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from agent.config import AgentConfig
 from agent.database import AgentDatabase
 from agent.enroll import AgentPaths
 from agent.inference.api import ApiContext, build_app
-from agent.inference.engine import ChatBackend, LlamaBackend, ModelPool
+from agent.inference.engine import ChatBackend, LlamaBackend
+from agent.inference.pool import ModelPool, PoolSettings
+from agent.policy import LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
@@ -48,6 +50,17 @@ class LocalState:
         audit = AuditLog(db, enrollment.device_id)
         blobs = BlobStore(paths.blobs)
         return cls(paths, db, audit, blobs, Registry(db, blobs, audit))
+
+
+def pool_settings(config: AgentConfig) -> PoolSettings:
+    """The model pool's limits from the configuration."""
+    return PoolSettings(
+        budget_bytes=config.resolved_memory_budget,
+        context=config.n_ctx,
+        slots=config.n_parallel,
+        keep_alive_seconds=config.keep_alive_seconds,
+        max_queued=config.max_queued_requests,
+    )
 
 
 def _sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
@@ -88,10 +101,11 @@ async def run(config: AgentConfig) -> None:
     def load_model(path: Path) -> ChatBackend:
         return LlamaBackend(path, config.n_ctx, config.n_threads)
 
-    pool = ModelPool(load_model)
-    runner, api_address = await _start_api(
-        config, ApiContext(config, state.registry, pool, state.audit)
-    )
+    pool = ModelPool(load_model, pool_settings(config))
+    syncer.preflight = pool.check_fits_budget
+    ctx = ApiContext(config, state.registry, pool, state.audit, LocalPolicy(config.data_dir),
+                     labels=dict(enrollment.labels))  # fmt: skip
+    runner, api_address = await _start_api(config, ctx)
     (config.data_dir / "api.addr").write_text(api_address + "\n")
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
@@ -104,6 +118,7 @@ async def run(config: AgentConfig) -> None:
         coalesce=True,
         id="sync",
     )
+    scheduler.add_job(pool.unload_idle, "interval", seconds=30, id="keep-alive", coalesce=True)
     scheduler.start()
     log.info("agent.running", device_id=enrollment.device_id, api=api_address)
     stop = asyncio.Event()

@@ -62,9 +62,12 @@ def in_process(threads: int, n_ctx: int, max_tokens: int) -> Callable[[], Run]:
 
     def one() -> Run:
         stream = llm.create_chat_completion(
-            messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
-            temperature=0, seed=1, stream=True,
-        )  # fmt: skip
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=max_tokens,
+            temperature=0,
+            seed=1,
+            stream=True,
+        )
         return measure(
             c["choices"][0]["delta"]["content"]
             for c in stream
@@ -81,9 +84,13 @@ def through_openai(base_url: str, model: str, max_tokens: int) -> Callable[[], R
 
     def one() -> Run:
         stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
-            temperature=0, seed=1, stream=True,
-        )  # fmt: skip
+            model=model,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=max_tokens,
+            temperature=0,
+            seed=1,
+            stream=True,
+        )
         return measure(
             c.choices[0].delta.content
             for c in stream
@@ -119,11 +126,24 @@ def start_agent(fleet: Fleet, threads: int, n_ctx: int) -> str:
 def start_llama_server(threads: int, n_ctx: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()),
-         "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(bundled_model_path()),
+            "--n_ctx",
+            str(n_ctx),
+            "--n_threads",
+            str(threads),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     wait_for("llama_cpp.server", lambda: _up(f"{url}/models"), 60)
     return server, url
@@ -169,8 +189,11 @@ def main() -> int:
 
 
 def report(results: dict[str, Run]) -> None:
-    names = {"a": "llama-cpp-python in process", "b": "edgefleet agent API (openai client)",
-             "c": "llama_cpp.server (openai client)"}  # fmt: skip
+    names = {
+        "a": "llama-cpp-python in process",
+        "b": "edgefleet agent API (openai client)",
+        "c": "llama_cpp.server (openai client)",
+    }
     print(f"{'':4}{'path':<38}{'tokens':>7}{'TTFT ms':>10}{'gen tok/s':>11}")
     for key, run in results.items():
         figures = f"{run.tokens:>7}{run.ttft * 1000:>10.1f}{run.tokens_per_second:>11.1f}"

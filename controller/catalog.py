@@ -182,6 +182,7 @@ class Upload:
                 parameter_count=info.parameter_count,
                 quantization=info.quantization,
                 context_length=info.context_length,
+                kv_bytes_per_token=info.kv_bytes_per_token,
             )
             if not self.catalog.blobs.path_of(sha256).exists():
                 self.catalog.blobs.commit(self.path, sha256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -91,3 +92,13 @@ def load_layered(
     values.update({k: v for k, v in flags.items() if v is not None})
     factory: Any = kind
     return factory(data_dir=data_dir, **values)  # type: ignore[no-any-return]
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

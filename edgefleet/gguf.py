@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from edgefleet.errors import MalformedInputError
+from edgefleet.memory import kv_bytes_per_token
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -46,6 +47,7 @@ class GgufInfo:
     parameter_count: int
     quantization: str
     context_length: int
+    kv_bytes_per_token: int
     tensor_count: int
     metadata: dict[str, Any] = field(repr=False)
 
@@ -132,6 +134,7 @@ def _summarize(version: int, tensors: int, parameters: int, metadata: dict[str, 
         parameter_count=parameters,
         quantization=quantization,
         context_length=int(context_length) if isinstance(context_length, int) else 0,
+        kv_bytes_per_token=kv_bytes_per_token(metadata, architecture),
         tensor_count=tensors,
         metadata=metadata,
     )

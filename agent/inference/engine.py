@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,16 +32,23 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
-    pieces: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Chat messages (for chat completions) or plain text (for text completions)."""
+
+    messages: tuple[Mapping[str, str], ...] = ()
+    text: str | None = None
 
 
 class ChatBackend(Protocol):
     """What a loaded model can do; llama.cpp in production, a fake in unit tests."""
 
-    def chat(
-        self, messages: Sequence[Mapping[str, str]], params: SamplingParams, cancel: threading.Event
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[tuple[str, Generation]]:
-        """Yield (piece, running totals) per generated piece; stop early when ``cancel`` is set."""
+        """Yield (piece, running totals) per token; stop early when ``cancel`` is set."""
         ...
 
 
@@ -58,19 +65,26 @@ class LlamaBackend:
         except (ValueError, RuntimeError, OSError) as e:
             raise InferenceError(f"cannot load {path.name}: {e}") from e
 
-    def chat(
-        self, messages: Sequence[Mapping[str, str]], params: SamplingParams, cancel: threading.Event
+    def _stream(self, prompt: Prompt, params: SamplingParams) -> Any:
+        options = {
+            "stream": True,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(params.stop) or None,
+            "seed": params.seed,
+        }
+        if prompt.text is not None:
+            return self._llama.create_completion(prompt=prompt.text, **options)
+        return self._llama.create_chat_completion(
+            messages=[dict(m) for m in prompt.messages], **options
+        )
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[tuple[str, Generation]]:
         totals = Generation()
-        stream = self._llama.create_chat_completion(
-            messages=[dict(m) for m in messages],
-            stream=True,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-        )
+        stream = self._stream(prompt, params)
         try:
             for chunk in stream:
                 if cancel.is_set():
@@ -79,11 +93,20 @@ class LlamaBackend:
                 choice = chunk["choices"][0]
                 if choice.get("finish_reason"):
                     totals.finish_reason = choice["finish_reason"]
-                if "content" in choice["delta"]:  # one chunk per sampled token
+                # llama-cpp-python streams one chunk per sampled token: chat chunks carry a
+                # "content" key, text chunks a "text" key; the closing chunk carries neither
+                # content nor a token (it only has the finish reason).
+                if prompt.text is None:
+                    if "content" not in choice["delta"]:
+                        continue
                     piece = choice["delta"]["content"] or ""
-                    totals.completion_tokens += 1
-                    totals.text += piece
-                    yield piece, totals
+                elif choice.get("finish_reason") is None:
+                    piece = choice["text"]
+                else:
+                    continue
+                totals.completion_tokens += 1
+                totals.text += piece
+                yield piece, totals
         finally:
             stream.close()
         # The context holds the prompt and every sampled token but the last one when the
@@ -158,7 +181,7 @@ class ModelWorker:
         return cls(name, executor, backend)
 
     async def stream(
-        self, messages: Sequence[Mapping[str, str]], params: SamplingParams
+        self, prompt: Prompt, params: SamplingParams
     ) -> AsyncGenerator[list[tuple[str, Generation]], None]:
         """Yield batches of pieces as the worker thread produces them.
 
@@ -170,7 +193,7 @@ class ModelWorker:
 
         def work() -> None:
             try:
-                for item in self.backend.chat(messages, params, cancel):
+                for item in self.backend.generate(prompt, params, cancel):
                     handoff.put(item)
                 handoff.close(None)
             except Exception as e:  # noqa: BLE001 - handed to the loop and re-raised there
@@ -190,43 +213,13 @@ class ModelWorker:
             cancel.set()
             await asyncio.shield(future)
 
-    async def complete(
-        self, messages: Sequence[Mapping[str, str]], params: SamplingParams
-    ) -> Generation:
+    async def complete(self, prompt: Prompt, params: SamplingParams) -> Generation:
         """Run a whole generation and return its text and counts."""
         result = Generation()
-        async for batch in self.stream(messages, params):
+        async for batch in self.stream(prompt, params):
             result = batch[-1][1]
         return result
 
     def close(self) -> None:
         """Stop accepting work."""
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-class ModelPool:
-    """Loads a model's worker on first use (in its own thread) and keeps it."""
-
-    def __init__(self, factory: BackendFactory) -> None:
-        self._factory = factory
-        self._workers: dict[tuple[str, str], ModelWorker] = {}
-        self._lock = asyncio.Lock()
-
-    async def worker(self, name: str, sha256: str, path: Path) -> ModelWorker:
-        """The worker for this exact blob, loading it if needed (older versions are unloaded)."""
-        key = (name, sha256)
-        async with self._lock:
-            worker = self._workers.get(key)
-            if worker is not None:
-                return worker
-            for stale in [k for k in self._workers if k[0] == name]:
-                self._workers.pop(stale).close()
-            worker = await ModelWorker.load(name, self._factory, path)
-            self._workers[key] = worker
-            return worker
-
-    def close(self) -> None:
-        """Unload every model."""
-        for worker in self._workers.values():
-            worker.close()
-        self._workers.clear()

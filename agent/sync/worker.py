@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +27,7 @@ from edgefleet.errors import (
     UntrustedInputError,
 )
 from edgefleet.fleet import ModelAssignment, StatusReport
+from edgefleet.memory import MIB
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import ModelManifest, format_time
@@ -32,6 +35,7 @@ from edgefleet.trust.verifier import TrustedState
 
 log = structlog.get_logger("agent.sync")
 
+DISK_RESERVE = 256 * MIB
 LAST_SYNC_KEY = "last_sync"
 LAST_ERROR_KEY = "last_error"
 
@@ -72,6 +76,10 @@ class Syncer:
         self.audit = audit
         self.trust = trust
         self._lock = asyncio.Lock()
+        # Raises ResourceError when a model can never fit the memory budget (set by the
+        # service from the model pool), checked before any byte is downloaded.
+        self._refusals: dict[str, str] = {}
+        self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
 
     async def run_once(self) -> None:
         """A whole pass; errors are logged and reported at the next pass, never raised."""
@@ -125,13 +133,35 @@ class Syncer:
             await asyncio.to_thread(self.registry.activate, manifest)
             log.info("model.activated", model=manifest.ref)
 
-    async def _download(self, manifest: ModelManifest) -> None:
-        """Fetch the blob from where a previous attempt stopped; verify before committing it."""
+    def _check_resources(self, manifest: ModelManifest) -> None:
+        """Before downloading: refuse a model over the size limit, memory budget or free disk."""
         if manifest.length > self.config.max_model_bytes:
             raise ResourceError(
                 f"{manifest.ref} has {manifest.length} bytes, over max_model_bytes "
                 f"{self.config.max_model_bytes}"
             )
+        self.preflight(manifest)
+        partial = self.blobs.partial_of(manifest.sha256)
+        have = partial.stat().st_size if partial.exists() else 0
+        free = shutil.disk_usage(self.blobs.partials).free
+        if manifest.length - have + DISK_RESERVE > free:
+            raise ResourceError(
+                f"{manifest.ref} needs {(manifest.length - have) / MIB:.0f} MiB more disk, "
+                f"{free / MIB:.0f} MiB free (keeping {DISK_RESERVE / MIB:.0f} MiB in reserve)"
+            )
+
+    async def _download(self, manifest: ModelManifest) -> None:
+        """Fetch the blob from where a previous attempt stopped; verify before committing it."""
+        try:
+            self._check_resources(manifest)
+        except ResourceError as e:
+            if self._refusals.get(manifest.ref) != str(e):  # audit each new reason once
+                self._refusals[manifest.ref] = str(e)
+                event = AuditEvent(
+                    "agent", "model.install", manifest.ref, "refused", {"reason": str(e)}
+                )
+                await asyncio.to_thread(self.audit.append, event)
+            raise
         partial = self.blobs.partial_of(manifest.sha256)
         digest = BoundedDigest(manifest.sha256, manifest.length)
         try:

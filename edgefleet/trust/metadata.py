@@ -142,6 +142,7 @@ class ModelManifest:
     parameter_count: int
     quantization: str
     context_length: int
+    kv_bytes_per_token: int
 
     @property
     def ref(self) -> str:
@@ -159,6 +160,7 @@ class ModelManifest:
             "parameter_count": self.parameter_count,
             "quantization": self.quantization,
             "context_length": self.context_length,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
         }
 
     @classmethod
@@ -171,6 +173,8 @@ class ModelManifest:
         length = _field(doc, "length", int, what)
         if length <= 0:
             raise MalformedInputError(f"{what}: length must be positive")
+        if _field(doc, "kv_bytes_per_token", int, what) < 0:
+            raise MalformedInputError(f"{what}: kv_bytes_per_token must not be negative")
         return cls(
             name=check_model_name(_field(doc, "name", str, what)),
             version=check_model_version(_field(doc, "version", str, what)),
@@ -180,6 +184,7 @@ class ModelManifest:
             parameter_count=_field(doc, "parameter_count", int, what),
             quantization=_field(doc, "quantization", str, what),
             context_length=_field(doc, "context_length", int, what),
+            kv_bytes_per_token=_field(doc, "kv_bytes_per_token", int, what),
         )
 
 

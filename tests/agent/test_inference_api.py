@@ -1,4 +1,4 @@
-"""The local API over a fake model: OpenAI shapes, streaming, cancellation and auditing."""
+"""The local API over a fake model: OpenAI shapes, auth, queueing, memory, cancellation, audit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +16,31 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.database import AgentDatabase
-from agent.inference.api import ApiContext, build_app, parse_chat_request
-from agent.inference.engine import ChatBackend, Generation, ModelPool, SamplingParams
+from agent.inference.api import ApiContext, build_app
+from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
+from agent.inference.pool import ModelPool, PoolSettings
+from agent.inference.requests import ApiError, parse_request
+from agent.policy import LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
+from edgefleet.errors import ConfigError
+from edgefleet.memory import MIB
 from tests.edgefleet.trustkit import manifest
 
 
 class FakeBackend:
-    """Emits `tok0 tok1 …` slowly; records whether it was cancelled."""
+    """Emits `tok0 tok1 …`, optionally slowly; records loads, output and cancellation."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.cancelled = threading.Event()
         self.produced = 0
+        self.loads = 0
 
-    def chat(
-        self, messages: Sequence[Mapping[str, str]], params: SamplingParams, cancel: threading.Event
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[tuple[str, Generation]]:
-        totals = Generation(prompt_tokens=len(messages) * 3, finish_reason="length")
+        totals = Generation(prompt_tokens=len(prompt.messages) * 3 or 5, finish_reason="length")
         for i in range(params.max_tokens):
             if cancel.is_set():
                 self.cancelled.set()
@@ -48,139 +54,290 @@ class FakeBackend:
         yield "", totals
 
 
-def _context(tmp_path: Path, backend: FakeBackend) -> ApiContext:
-    db = AgentDatabase(tmp_path / "agent.db")
-    audit = AuditLog(db, "dev-1")
-    blobs = BlobStore(tmp_path / "blobs")
-    registry = Registry(db, blobs, audit)
-    m = manifest("tiny", "1")
-    registry.record_installed(m)
-    registry.activate(m)
+class Harness:
+    """An ApiContext over a fake backend with model `tiny@1` active and one app token."""
 
-    def factory(path: Path) -> ChatBackend:
-        return backend
+    def __init__(self, tmp_path: Path, backend: FakeBackend, **settings: Any) -> None:
+        self.backend = backend
+        db = AgentDatabase(tmp_path / "agent.db")
+        self.audit = AuditLog(db, "dev-1")
+        registry = Registry(db, BlobStore(tmp_path / "blobs"), self.audit)
+        m = manifest("tiny", "1")
+        registry.record_installed(m)
+        registry.activate(m)
+        policy = LocalPolicy(tmp_path)
+        self.token, _ = policy.create_token("app:test", "inference", ("tiny*",))
+        self.reader, _ = policy.create_token("app:reader", "reader", ("*",))
+        pool_settings = PoolSettings(
+            budget_bytes=settings.pop("budget", 1024 * MIB),
+            context=2048,
+            slots=settings.pop("slots", 1),
+            keep_alive_seconds=300,
+            max_queued=settings.pop("max_queued", 16),
+        )
 
-    return ApiContext(AgentConfig(data_dir=tmp_path), registry, ModelPool(factory), audit)
+        def factory(path: Path) -> ChatBackend:
+            backend.loads += 1
+            return backend
+
+        config = AgentConfig(data_dir=tmp_path, **settings)
+        self.ctx = ApiContext(
+            config, registry, ModelPool(factory, pool_settings), self.audit, policy
+        )
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def last_audit(self) -> dict[str, Any]:
+        return dict(json.loads(self.audit.all_records()[-1]))
+
+    def run(self, scenario: Any) -> Any:
+        async def main() -> Any:
+            async with TestClient(TestServer(build_app(self.ctx))) as client:
+                return await scenario(client)
+
+        return asyncio.run(main())
 
 
-def _run(tmp_path: Path, backend: FakeBackend, scenario: Any) -> Any:
-    async def main() -> Any:
-        ctx = _context(tmp_path, backend)
-        async with TestClient(TestServer(build_app(ctx))) as client:
-            return await scenario(client, ctx)
-
-    return asyncio.run(main())
-
-
-def _last_audit(ctx: ApiContext) -> dict[str, Any]:
-    return dict(json.loads(ctx.audit.all_records()[-1]))
+def chat(max_tokens: int = 3, stream: bool = False, model: str = "tiny") -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "secret prompt"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
 
 
-def test_non_streaming_completion_has_usage_and_is_audited(tmp_path: Path) -> None:
-    """A plain completion returns text and usage; its audit record has counts, not the prompt."""
+def test_chat_completion_has_usage_and_is_audited_without_the_prompt(tmp_path: Path) -> None:
+    """A completion returns text and usage; its audit has principal, model, digest, counts."""
+    h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient, ctx: ApiContext) -> None:
-        body = {
-            "model": "tiny",
-            "messages": [{"role": "user", "content": "secret prompt"}],
-            "max_tokens": 3,
-        }
-        response = await client.post("/v1/chat/completions", json=body)
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
         data = await response.json()
         assert response.status == 200
         assert data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
         assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
-        record = _last_audit(ctx)
-        assert (record["action"], record["target"], record["outcome"]) == (
-            "inference.chat",
-            "tiny@1",
-            "success",
-        )
-        assert record["details"]["completion_tokens"] == 3
-        assert b"secret prompt" not in b"".join(ctx.audit.all_records())
 
-    _run(tmp_path, FakeBackend(), scenario)
+    h.run(scenario)
+    record = h.last_audit()
+    assert (record["actor"], record["action"], record["target"], record["outcome"]) == (
+        "app:test", "inference.chat", "tiny@1", "success",
+    )  # fmt: skip
+    assert record["details"]["completion_tokens"] == 3 and record["details"]["sha256"] == "cd" * 32
+    assert b"secret prompt" not in b"".join(h.audit.all_records())
+    assert "prompt_sha256" not in record["details"]
+
+
+def test_content_hashes_are_opt_in(tmp_path: Path) -> None:
+    """With audit_content_hashes on, the record holds hashes of prompt and completion, not text."""
+    h = Harness(tmp_path, FakeBackend(), audit_content_hashes=True)
+
+    async def scenario(client: TestClient) -> None:
+        await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
+
+    h.run(scenario)
+    details = h.last_audit()["details"]
+    assert len(details["prompt_sha256"]) == 64 and len(details["completion_sha256"]) == 64
+    assert b"secret prompt" not in b"".join(h.audit.all_records())
 
 
 def test_streaming_uses_server_sent_events(tmp_path: Path) -> None:
-    """Streaming sends a role chunk, one chunk per piece, a finish chunk and [DONE]."""
+    """Streaming sends a role chunk, one chunk per token, a finish chunk and [DONE]."""
+    h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient, ctx: ApiContext) -> None:
-        body = {
-            "model": "tiny",
-            "messages": [{"role": "user", "content": "x"}],
-            "max_tokens": 2,
-            "stream": True,
-        }
-        response = await client.post("/v1/chat/completions", json=body)
+    async def scenario(client: TestClient) -> None:
+        response = await client.post(
+            "/v1/chat/completions", json=chat(2, stream=True), headers=h.auth()
+        )
         assert response.headers["Content-Type"].startswith("text/event-stream")
         events = [line for line in (await response.text()).split("\n\n") if line]
         assert events[-1] == "data: [DONE]"
         chunks = [json.loads(e[6:]) for e in events[:-1]]
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
-        assert [c["choices"][0]["delta"].get("content") for c in chunks[1:3]] == ["tok0 ", "tok1 "]
+        pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:3]]
+        assert pieces == ["tok0 ", "tok1 "]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
 
-    _run(tmp_path, FakeBackend(), scenario)
+    h.run(scenario)
 
 
-def test_client_disconnect_stops_generation(tmp_path: Path) -> None:
-    """When a streaming client goes away, the worker stops instead of generating to max_tokens."""
+def test_text_completions_stream_and_not(tmp_path: Path) -> None:
+    """/v1/completions answers in the text_completion shape, whole or streamed."""
+    h = Harness(tmp_path, FakeBackend())
+
+    async def scenario(client: TestClient) -> None:
+        body = {"model": "tiny", "prompt": "Once", "max_tokens": 2}
+        whole = await (await client.post("/v1/completions", json=body, headers=h.auth())).json()
+        assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "tok0 tok1 "
+        assert whole["usage"]["completion_tokens"] == 2
+        streamed = await client.post(
+            "/v1/completions", json={**body, "stream": True}, headers=h.auth()
+        )
+        events = [e for e in (await streamed.text()).split("\n\n") if e]
+        texts = [json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]]
+        assert texts == ["tok0 ", "tok1 ", ""] and events[-1] == "data: [DONE]"
+
+    h.run(scenario)
+    assert h.last_audit()["action"] == "inference.completions"
+
+
+def test_client_disconnect_stops_generation_and_shows_in_metrics(tmp_path: Path) -> None:
+    """When a streaming client leaves, the worker stops; metrics and audit say cancelled."""
     backend = FakeBackend(delay=0.02)
+    h = Harness(tmp_path, backend)
 
-    async def scenario(client: TestClient, ctx: ApiContext) -> None:
-        body = {
-            "model": "tiny",
-            "messages": [{"role": "user", "content": "x"}],
-            "max_tokens": 500,
-            "stream": True,
-        }
-        response = await client.post("/v1/chat/completions", json=body)
+    async def scenario(client: TestClient) -> str:
+        response = await client.post(
+            "/v1/chat/completions", json=chat(500, stream=True), headers=h.auth()
+        )
         await response.content.readline()
         response.close()
         for _ in range(100):
-            if backend.cancelled.is_set():
+            if backend.cancelled.is_set() and h.last_audit()["action"] == "inference.chat":
                 break
             await asyncio.sleep(0.05)
-        assert backend.cancelled.is_set()
-        assert backend.produced < 500
-        for _ in range(40):
-            if _last_audit(ctx)["action"] == "inference.chat":
-                break
-            await asyncio.sleep(0.05)
-        assert _last_audit(ctx)["outcome"] == "cancelled"
+        return await (await client.get("/metrics")).text()
 
-    _run(tmp_path, backend, scenario)
+    metrics = h.run(scenario)
+    assert backend.cancelled.is_set() and backend.produced < 500
+    assert h.last_audit()["outcome"] == "cancelled"
+    assert (
+        'edgefleet_inference_requests_total{endpoint="chat",model="tiny",outcome="cancelled"} 1.0'
+        in metrics
+    )
 
 
-def test_unknown_model_is_404_and_audited(tmp_path: Path) -> None:
-    """A request for a model that is not active is a 404 in OpenAI's shape, and audited."""
+def test_authentication_and_authorization_are_distinct(tmp_path: Path) -> None:
+    """No token or a wrong one is 401; a valid token without the permission is 403; both audited."""
+    h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient, ctx: ApiContext) -> None:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={"model": "gone", "messages": [{"role": "user", "content": "x"}]},
+    async def scenario(client: TestClient) -> None:
+        missing = await client.post("/v1/chat/completions", json=chat())
+        assert missing.status == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await missing.json())["error"]["code"] == "invalid_api_key"
+        wrong = await client.post(
+            "/v1/chat/completions", json=chat(), headers=h.auth("efk_000000000000.nope")
         )
-        assert response.status == 404
-        assert (await response.json())["error"]["param"] == "model"
-        assert _last_audit(ctx)["outcome"] == "not_found"
+        assert wrong.status == 401
+        reader = await client.post("/v1/chat/completions", json=chat(), headers=h.auth(h.reader))
+        assert (
+            reader.status == 403 and (await reader.json())["error"]["code"] == "permission_denied"
+        )
+        listed = await (await client.get("/v1/models", headers=h.auth(h.reader))).json()
+        assert [m["id"] for m in listed["data"]] == ["tiny"]
 
-    _run(tmp_path, FakeBackend(), scenario)
+    h.run(scenario)
+    outcomes = [(r["action"], r["outcome"]) for r in map(json.loads, h.audit.all_records())]
+    assert outcomes.count(("api.authenticate", "denied")) == 2
+    assert ("inference.chat", "denied") in outcomes
+    assert h.backend.loads == 0  # nothing was loaded for refused callers
+
+
+def test_token_scoped_to_other_models_is_forbidden(tmp_path: Path) -> None:
+    """A token bound to `tiny*` cannot invoke another model (404 if absent is not leaked as 200)."""
+    h = Harness(tmp_path, FakeBackend())
+    other, _ = h.ctx.policy.create_token("app:other", "inference", ("big*",))
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth(other))
+        assert response.status == 403
+
+    h.run(scenario)
+
+
+def test_queue_limit_gives_429_and_no_slot_leaks(tmp_path: Path) -> None:
+    """One slot and one waiting place: further concurrent requests get 429, the rest succeed."""
+    h = Harness(tmp_path, FakeBackend(delay=0.01), slots=1, max_queued=1)
+
+    async def scenario(client: TestClient) -> list[int]:
+        async def one() -> int:
+            response = await client.post("/v1/chat/completions", json=chat(30), headers=h.auth())
+            if response.status == 429:
+                assert response.headers["Retry-After"] == "1"
+            await response.read()
+            return response.status
+
+        first = asyncio.create_task(one())
+        await asyncio.sleep(0.1)  # the first holds the slot
+        statuses = await asyncio.gather(first, one(), one(), one())
+        again = await one()  # everything was released
+        return [*statuses, again]
+
+    statuses = h.run(scenario)
+    assert sorted(statuses[:4]) == [200, 200, 429, 429] and statuses[4] == 200
+    assert h.ctx.pool.waiting == 0 and all(m.busy == 0 for m in h.ctx.pool.loaded())
+
+
+def test_parallel_clients_share_slots(tmp_path: Path) -> None:
+    """Eight clients with two slots all complete with their own full answers."""
+    h = Harness(tmp_path, FakeBackend(delay=0.002), slots=2, max_queued=8)
+
+    async def scenario(client: TestClient) -> list[str]:
+        async def one(n: int) -> str:
+            response = await client.post("/v1/chat/completions", json=chat(5 + n), headers=h.auth())
+            return str((await response.json())["choices"][0]["message"]["content"])
+
+        return await asyncio.gather(*(one(n) for n in range(8)))
+
+    answers = h.run(scenario)
+    assert [len(a.split()) for a in answers] == [5 + n for n in range(8)]
+    assert h.backend.loads == 2  # one context per slot
+
+
+def test_model_over_the_memory_budget_is_refused_before_loading(tmp_path: Path) -> None:
+    """A model whose estimate exceeds the budget gets 503 with the numbers, and is never loaded."""
+    h = Harness(tmp_path, FakeBackend(), budget=32 * MIB)
+
+    async def scenario(client: TestClient) -> dict[str, Any]:
+        response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
+        assert response.status == 503
+        return dict(await response.json())
+
+    body = h.run(scenario)
+    assert body["error"]["code"] == "insufficient_memory"
+    assert "MiB" in body["error"]["message"] and "budget of 32 MiB" in body["error"]["message"]
+    assert h.backend.loads == 0 and h.last_audit()["outcome"] == "refused"
+
+
+def test_metrics_and_health_are_public_other_routes_are_denied(tmp_path: Path) -> None:
+    """/healthz and /metrics need no token; unknown routes and methods answer in OpenAI's shape."""
+    h = Harness(tmp_path, FakeBackend())
+
+    async def scenario(client: TestClient) -> None:
+        assert (await client.get("/healthz")).status == 200
+        text = await (await client.get("/metrics")).text()
+        assert "edgefleet_queue_depth" in text and "edgefleet_memory_budget_bytes" in text
+        missing = await client.get("/v1/nothing")
+        assert missing.status == 404 and "error" in await missing.json()
+        put = await client.put("/v1/models")
+        assert put.status == 405 and "error" in await put.json()
+
+    h.run(scenario)
 
 
 def test_oversized_and_invalid_bodies(tmp_path: Path) -> None:
     """A body over the size limit is 413; invalid JSON is 400; both in OpenAI's shape."""
+    h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient, ctx: ApiContext) -> None:
-        big = await client.post("/v1/chat/completions", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
-                                headers={"Content-Type": "application/json"})  # fmt: skip
-        assert big.status == 413 and "error" in await big.json()
-        bad = await client.post(
-            "/v1/chat/completions", data=b"{nope", headers={"Content-Type": "application/json"}
+    async def scenario(client: TestClient) -> None:
+        headers = {**h.auth(), "Content-Type": "application/json"}
+        big = await client.post(
+            "/v1/chat/completions", data=b"{" + b" " * (2 * MIB) + b"}", headers=headers
         )
+        assert big.status == 413 and "error" in await big.json()
+        bad = await client.post("/v1/chat/completions", data=b"{nope", headers=headers)
         assert bad.status == 400 and (await bad.json())["error"]["type"] == "invalid_request_error"
 
-    _run(tmp_path, FakeBackend(), scenario)
+    h.run(scenario)
+
+
+def test_auth_off_is_refused_off_loopback(tmp_path: Path) -> None:
+    """api_auth=false is allowed on 127.0.0.1 and refused on any other address."""
+    AgentConfig(data_dir=tmp_path, api_auth=False, api_listen="127.0.0.1:8080")
+    with pytest.raises(ConfigError, match="turn api_auth on"):
+        AgentConfig(data_dir=tmp_path, api_auth=False, api_listen="0.0.0.0:8080")
 
 
 @pytest.mark.parametrize(
@@ -200,8 +357,6 @@ def test_oversized_and_invalid_bodies(tmp_path: Path) -> None:
 )
 def test_invalid_parameters_name_the_field(body: dict[str, Any], param: str) -> None:
     """Each invalid parameter is refused naming that parameter."""
-    from agent.inference.api import ApiError
-
     with pytest.raises(ApiError) as error:
-        parse_chat_request(body, 1024)
+        parse_request(body, chat=True, max_tokens_limit=1024)
     assert error.value.param == param and error.value.status == 400

@@ -18,8 +18,12 @@ def test_init_creates_private_keys_and_the_printed_fingerprint(tmp_path: Path) -
     """Every private key is 0600, and the fingerprint is SHA-256 of root v1, which names the CA."""
     result = initialize(tmp_path / "c", "test", [], "127.0.0.1:7443")
     data = DataDir((tmp_path / "c").resolve())
-    keys = [*data.keys.glob("*.key"), data.tls / "ca.key", data.tls / "server.key",
-            data.operators / "admin" / "key.pem"]  # fmt: skip
+    keys = [
+        *data.keys.glob("*.key"),
+        data.tls / "ca.key",
+        data.tls / "server.key",
+        data.operators / "admin" / "key.pem",
+    ]
     assert len(keys) == 7
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
     root_v1 = data.root_chain()[0]

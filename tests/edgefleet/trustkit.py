@@ -24,7 +24,7 @@ CA_SHA = "ab" * 32
 def manifest(
     name: str = "m", version: str = "1", sha: str = "cd" * 32, length: int = 10
 ) -> ModelManifest:
-    return ModelManifest(name, version, sha, length, "llama", 100, "Q4_0", 2048)
+    return ModelManifest(name, version, sha, length, "llama", 100, "Q4_0", 2048, 1024)
 
 
 @dataclass

@@ -9,26 +9,24 @@ import pytest
 
 from demo import Fleet, active_models, wait_for
 from edgefleet.bundled import bundled_model_path
+from tests.integration.fleets import ModelFleet
 
 
 @pytest.fixture(scope="session")
-def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, str, str]]:
-    """The demo path: controller, bundled model published and rolled out, agent gw1 serving it.
-
-    Yields (fleet, device id, agent API address).
-    """
+def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelFleet]:
+    """The demo path: controller, bundled model published and rolled out, agent gw1 serving it."""
     fleet = Fleet(tmp_path_factory.mktemp("model-fleet"))
     try:
         fleet.init_controller()
         fleet.start_controller()
-        fleet.ctl(
-            "models", "publish", str(bundled_model_path()), "--name", "smollm2", "--version", "1.0"
-        )
+        model = str(bundled_model_path())
+        fleet.ctl("models", "publish", model, "--name", "smollm2", "--version", "1.0")
         device_id = fleet.enroll("gw1", {"site": "lab"})
+        token = fleet.app_token("gw1", "app:tests", "smollm2*")
         fleet.ctl("rollout", "create", "smollm2@1.0", "--selector", "site=lab")
         api = fleet.start_agent("gw1")
-        wait_for("smollm2 to become active", lambda: active_models(api), 120)
-        yield fleet, device_id, api
+        wait_for("smollm2 to become active", lambda: active_models(api, token), 120)
+        yield ModelFleet(fleet, device_id, api, token)
     finally:
         fleet.stop_all()
 

@@ -259,3 +259,25 @@ def test_bad_cli_input_gets_one_line_errors(small_fleet: tuple[Fleet, str]) -> N
         assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
             result.stderr
         )
+
+
+def test_model_over_the_memory_budget_is_never_downloaded(small_fleet: tuple[Fleet, str]) -> None:
+    """Pre-flight: a model whose estimate exceeds the device's budget is refused before download."""
+    fleet, _device = small_fleet
+    fleet.stop("agent-gw")
+    fleet.start_agent(
+        "gw", sync_interval=1, env={"EDGEFLEET_AGENT_MEMORY_BUDGET_BYTES": str(16 * 1024 * 1024)}
+    )
+    _publish_tiny(fleet, "1", seed=1)
+    fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
+    wait_for(
+        "the refusal to reach the controller",
+        lambda: (
+            True if "over the memory budget of 16 MiB" in fleet.devices()[0]["last_error"] else None
+        ),
+        30,
+    )
+    assert "tiny" not in _models(fleet, "gw")
+    assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
+    refusals = [a for a in _agent_actions(fleet, "gw") if a[2] == "refused"]
+    assert refusals == [("model.install", "tiny@1", "refused")]  # audited once, not every pass

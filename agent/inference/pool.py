@@ -1,0 +1,180 @@
+"""The model pool: load on demand within a memory budget, slots per model, a bounded queue.
+
+A model is loaded only if its estimate (weights + KV cache + overhead) fits the budget
+beside the models already loaded; idle models are evicted least recently used first, and
+unloaded after the keep-alive. Each model has ``slots`` workers (one llama.cpp context and
+thread each); requests wait for a free slot in a queue of bounded length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.inference.engine import BackendFactory, ModelWorker
+from edgefleet.errors import ResourceError
+from edgefleet.memory import MIB, MemoryEstimate, estimate_memory
+from edgefleet.trust.metadata import ModelManifest
+
+log = structlog.get_logger("agent.pool")
+
+
+class QueueFullError(ResourceError):
+    """Every slot is busy and the waiting line is full; try again shortly."""
+
+
+@dataclass
+class LoadedModel:
+    """One model version in memory with its slots."""
+
+    manifest: ModelManifest
+    estimate: MemoryEstimate
+    workers: list[ModelWorker]
+    free: asyncio.Queue[ModelWorker] = field(default_factory=asyncio.Queue)
+    busy: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Limits of the pool."""
+
+    budget_bytes: int
+    context: int
+    slots: int
+    keep_alive_seconds: float
+    max_queued: int
+
+
+class ModelPool:
+    """Owns every loaded model; all methods run on the event loop."""
+
+    def __init__(self, factory: BackendFactory, settings: PoolSettings) -> None:
+        self._factory = factory
+        self.settings = settings
+        self._models: dict[str, LoadedModel] = {}
+        self._retiring: list[LoadedModel] = []  # replaced while serving; closed when idle
+        self._load_lock = asyncio.Lock()
+        self.waiting = 0
+
+    def estimate(self, manifest: ModelManifest) -> MemoryEstimate:
+        """What ``manifest`` would need with this pool's context and slots."""
+        return estimate_memory(
+            manifest.length, manifest.kv_bytes_per_token, self.settings.context, self.settings.slots
+        )
+
+    def check_fits_budget(self, manifest: ModelManifest) -> MemoryEstimate:
+        """Raise ResourceError (with the numbers) if the model can never fit the budget."""
+        estimate = self.estimate(manifest)
+        if estimate.total > self.settings.budget_bytes:
+            raise ResourceError(
+                f"{manifest.ref} needs {estimate}, over the memory budget of "
+                f"{self.settings.budget_bytes / MIB:.0f} MiB"
+            )
+        return estimate
+
+    @property
+    def in_use(self) -> int:
+        """Estimated bytes of every loaded model (including replaced ones still serving)."""
+        return sum(m.estimate.total for m in [*self._models.values(), *self._retiring])
+
+    def loaded(self) -> list[LoadedModel]:
+        """The loaded models."""
+        return list(self._models.values())
+
+    @asynccontextmanager
+    async def slot(self, manifest: ModelManifest, path: Path) -> AsyncIterator[ModelWorker]:
+        """A worker of ``manifest`` for one request: admitted, loaded, then a free slot."""
+        if self.waiting >= self.settings.max_queued:
+            raise QueueFullError(f"{self.waiting} requests are already waiting; retry shortly")
+        self.waiting += 1
+        try:
+            model = await self._ensure_loaded(manifest, path)
+            model.busy += 1
+            try:
+                worker = await model.free.get()
+            except BaseException:
+                model.busy -= 1
+                raise
+        finally:
+            self.waiting -= 1
+        try:
+            yield worker
+        finally:
+            model.free.put_nowait(worker)
+            model.busy -= 1
+            model.last_used = time.monotonic()
+            if model in self._retiring and model.busy == 0:
+                self._retiring.remove(model)
+                model.close()
+
+    async def _ensure_loaded(self, manifest: ModelManifest, path: Path) -> LoadedModel:
+        async with self._load_lock:
+            current = self._models.get(manifest.name)
+            if current is not None and current.manifest.sha256 == manifest.sha256:
+                return current
+            if current is not None and current.busy == 0:
+                self._unload(manifest.name, "replaced")
+            elif current is not None:
+                self._retiring.append(self._models.pop(manifest.name))
+            estimate = self.check_fits_budget(manifest)
+            self._evict_for(estimate)
+            workers = []
+            try:
+                for _ in range(self.settings.slots):
+                    workers.append(await ModelWorker.load(manifest.name, self._factory, path))
+            except BaseException:
+                for worker in workers:
+                    worker.close()
+                raise
+            model = LoadedModel(manifest, estimate, workers)
+            for worker in workers:
+                model.free.put_nowait(worker)
+            self._models[manifest.name] = model
+            log.info("model.loaded", model=manifest.ref, estimate_mib=round(estimate.total / MIB))
+            return model
+
+    def _evict_for(self, estimate: MemoryEstimate) -> None:
+        """Unload idle models, least recently used first, until ``estimate`` fits."""
+        budget = self.settings.budget_bytes
+        for name in sorted(self._models, key=lambda n: self._models[n].last_used):
+            if estimate.total + self.in_use <= budget:
+                return
+            if self._models[name].busy == 0:
+                self._unload(name, "evicted")
+        if estimate.total + self.in_use > budget:
+            raise ResourceError(
+                f"needs {estimate}, but {self.in_use / MIB:.0f} MiB of the "
+                f"{budget / MIB:.0f} MiB budget is held by models serving requests"
+            )
+
+    def _unload(self, name: str, reason: str) -> None:
+        model = self._models.pop(name)
+        model.close()
+        log.info("model.unloaded", model=model.manifest.ref, reason=reason)
+
+    def unload_idle(self) -> list[str]:
+        """Unload models idle longer than the keep-alive; return their names."""
+        cutoff = time.monotonic() - self.settings.keep_alive_seconds
+        idle = [n for n, m in self._models.items() if m.busy == 0 and m.last_used < cutoff]
+        for name in idle:
+            self._unload(name, "keep-alive expired")
+        return idle
+
+    def close(self) -> None:
+        """Unload everything."""
+        for name in list(self._models):
+            self._unload(name, "shutdown")
+        for model in self._retiring:
+            model.close()
+        self._retiring.clear()

@@ -1,0 +1,80 @@
+"""The device's RBAC policy for the local API, kept in ``policy.json`` in the data directory.
+
+Until the controller distributes signed policy bundles, a device's administrator manages
+application tokens here with `edgefleet-agent tokens ...`. The running agent picks up
+changes without a restart (it re-reads the file when its modification time changes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from edgefleet.errors import ConfigError, NotFoundError
+from edgefleet.files import write_atomically
+from edgefleet.rbac import Binding, Policy, new_token
+
+POLICY_FILE = "policy.json"
+DEFAULT_ROLES = {
+    "inference": frozenset({"inference.invoke", "models.read"}),
+    "reader": frozenset({"models.read"}),
+}
+
+
+def empty_policy() -> Policy:
+    """No tokens, the built-in local roles."""
+    return Policy(version=0, roles=DEFAULT_ROLES)
+
+
+class LocalPolicy:
+    """Reads and changes ``policy.json``; caches the parsed policy by modification time."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / POLICY_FILE
+        self._cached: tuple[float, Policy] | None = None
+
+    def current(self) -> Policy:
+        """The policy in force (re-read only if the file changed)."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return empty_policy()
+        if self._cached is None or self._cached[0] != mtime:
+            try:
+                self._cached = (mtime, Policy.from_payload(self.path.read_bytes()))
+            except OSError as e:
+                raise ConfigError(f"cannot read {self.path}: {e.strerror}") from e
+        return self._cached[1]
+
+    def _save(self, policy: Policy) -> None:
+        write_atomically(self.path, policy.to_payload())
+        os.chmod(self.path, 0o600)
+
+    def create_token(self, subject: str, role: str, models: tuple[str, ...]) -> tuple[str, str]:
+        """Add a token for ``subject`` bound to ``role`` on ``models``; return (token, id)."""
+        policy = self.current()
+        if role not in policy.roles:
+            raise ConfigError(f"unknown role {role!r}; roles: {', '.join(sorted(policy.roles))}")
+        token, entry = new_token(subject)
+        binding = Binding(subject, role, models or ("*",))
+        bindings = policy.bindings if binding in policy.bindings else (*policy.bindings, binding)
+        self._save(
+            replace(
+                policy,
+                version=policy.version + 1,
+                bindings=bindings,
+                tokens=(*policy.tokens, entry),
+            )
+        )
+        return token, entry.token_id
+
+    def revoke_token(self, token_id: str) -> str:
+        """Remove a token; return its subject."""
+        policy = self.current()
+        kept = tuple(t for t in policy.tokens if t.token_id != token_id)
+        if len(kept) == len(policy.tokens):
+            raise NotFoundError(f"no token with id {token_id}")
+        subject = next(t.subject for t in policy.tokens if t.token_id == token_id)
+        self._save(replace(policy, version=policy.version + 1, tokens=kept))
+        return subject

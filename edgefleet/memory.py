@@ -1,0 +1,70 @@
+"""How much RAM a model needs: weights + KV cache for the context and slots + runtime overhead.
+
+Computed from GGUF header facts (carried in the signed manifest), so a device can refuse
+a model that will not fit *before* downloading it, and again before loading it.
+Calibrated on SmolLM2-135M Q4_1 (llama.cpp via llama-cpp-python 0.3.36): resident memory
+after a generation was weights + f16 KV cache + 30-31 MiB at n_ctx 512, 2048 and 8192;
+the overhead term is a deliberately generous upper bound on that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MIB = 1024 * 1024
+BASE_OVERHEAD = 64 * MIB
+F16_BYTES = 2
+
+
+def _int(metadata: Mapping[str, Any], key: str, default: int = 0) -> int:
+    value = metadata.get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def kv_bytes_per_token(metadata: Mapping[str, Any], architecture: str) -> int:
+    """Bytes of f16 K and V cache one token of context costs, from the GGUF header."""
+    layers = _int(metadata, f"{architecture}.block_count")
+    embedding = _int(metadata, f"{architecture}.embedding_length")
+    heads = _int(metadata, f"{architecture}.attention.head_count")
+    if not (layers and embedding and heads):
+        return 0  # not an attention model (or no header facts): no KV cache to reserve
+    kv_heads = _int(metadata, f"{architecture}.attention.head_count_kv", heads) or heads
+    key_length = _int(metadata, f"{architecture}.attention.key_length", embedding // heads)
+    value_length = _int(metadata, f"{architecture}.attention.value_length", embedding // heads)
+    return layers * kv_heads * (key_length + value_length) * F16_BYTES
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """An upper bound on the resident memory of one loaded model."""
+
+    weights: int
+    kv_cache: int
+    overhead: int
+    context: int
+    slots: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    def __str__(self) -> str:
+        return (
+            f"weights {self.weights / MIB:.0f} MiB + KV cache {self.kv_cache / MIB:.0f} MiB "
+            f"({self.context} tokens x {self.slots} slot(s)) "
+            f"+ overhead {self.overhead / MIB:.0f} MiB"
+            f" = {self.total / MIB:.0f} MiB"
+        )
+
+
+def estimate_memory(weights: int, kv_per_token: int, context: int, slots: int) -> MemoryEstimate:
+    """Estimate for ``slots`` contexts of ``context`` tokens sharing one mmapped weight file."""
+    overhead = slots * max(BASE_OVERHEAD, weights // 10)
+    return MemoryEstimate(weights, kv_per_token * context * slots, overhead, context, slots)
+
+
+def fits(estimate: MemoryEstimate, budget: int, in_use: int = 0) -> bool:
+    """Tell whether the model fits beside ``in_use`` bytes within ``budget``."""
+    return estimate.total + in_use <= budget

@@ -1,0 +1,63 @@
+"""Memory estimates from GGUF headers bound what llama.cpp really uses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgefleet.bundled import bundled_model_path
+from edgefleet.gguf import read_gguf_file
+from edgefleet.memory import MIB, estimate_memory, fits, kv_bytes_per_token
+
+MEASURE = """
+import llama_cpp, sys
+def rss():
+    lines = open('/proc/self/status').read().splitlines()
+    return next(int(l.split()[1]) * 1024 for l in lines if l.startswith('VmRSS'))
+base = rss()
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=2, verbose=False)
+llm.create_chat_completion(messages=[{'role': 'user', 'content': 'hi ' * 300}], max_tokens=16)
+print(rss() - base)
+"""
+
+
+def test_kv_cache_of_the_bundled_model() -> None:
+    """SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) dims x 2 bytes per token."""
+    info = read_gguf_file(bundled_model_path())
+    assert info.kv_bytes_per_token == 30 * 3 * 128 * 2
+
+
+def test_grouped_query_attention_and_missing_facts() -> None:
+    """KV heads default to heads; a header without attention facts reserves no KV cache."""
+    meta = {"x.block_count": 2, "x.embedding_length": 64, "x.attention.head_count": 4}
+    assert kv_bytes_per_token(meta, "x") == 2 * 4 * (16 + 16) * 2
+    assert kv_bytes_per_token({"x.block_count": 2}, "x") == 0
+
+
+def test_estimate_scales_with_context_and_slots() -> None:
+    """Doubling slots doubles the KV cache and the per-context overhead, not the weights."""
+    one = estimate_memory(100 * MIB, 1000, 2048, 1)
+    two = estimate_memory(100 * MIB, 1000, 2048, 2)
+    assert two.weights == one.weights and two.kv_cache == 2 * one.kv_cache
+    assert "weights 100 MiB" in str(one) and "2048 tokens x 1 slot(s)" in str(one)
+    assert fits(one, one.total) and not fits(one, one.total, in_use=1)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("context", [512, 4096])
+def test_estimate_bounds_measured_resident_memory(context: int) -> None:
+    """The estimate is above the memory llama.cpp really uses, and not wildly above it."""
+    path = bundled_model_path()
+    info = read_gguf_file(path)
+    estimate = estimate_memory(path.stat().st_size, info.kv_bytes_per_token, context, 1)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), str(context)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    measured = int(out.stdout.strip().splitlines()[-1])
+    assert measured <= estimate.total <= 1.6 * measured, (measured / MIB, str(estimate))
