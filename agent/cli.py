@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent.config import DEFAULT_DATA_DIR, load_agent_config
 from agent.enroll import AgentPaths, enroll
+from agent.inference.bench import run_bench, save_result
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_actions.add_parser("revoke", help="remove a token")
     revoke.add_argument("token_id")
     commands.add_parser("status", help="identity, registry and sync state")
+    bench = commands.add_parser("bench", help="measure prompt and generation tokens/s of a model")
+    bench.add_argument("model")
+    bench.add_argument("--threads", type=int, help="default: the agent's n_threads")
+    bench.add_argument("--prompt-tokens", type=int, default=512)
+    bench.add_argument("--gen-tokens", type=int, default=128)
+    bench.add_argument("--repetitions", type=int, default=3)
     return parser
 
 
@@ -185,6 +192,44 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    for name in ("prompt_tokens", "gen_tokens", "repetitions"):
+        if not 1 <= getattr(args, name) <= 8192:
+            raise ConfigError(f"--{name.replace('_', '-')} must be between 1 and 8192")
+    config = load_agent_config(args.data_dir)
+    state = LocalState.open(args.data_dir)
+    try:
+        active = next(
+            (m for m in state.registry.active_models() if m.manifest.name == args.model), None
+        )
+        if active is None:
+            raise ConfigError(f"model {args.model!r} is not installed and active")
+        threads = args.threads or config.n_threads
+        print(f"benchmarking {active.manifest.ref} with {threads} thread(s)…", file=sys.stderr)
+        result = run_bench(
+            active.manifest,
+            Path(active.path),
+            threads,
+            args.prompt_tokens,
+            args.gen_tokens,
+            args.repetitions,
+        )
+        save_result(state.db, result)
+    finally:
+        state.db.dispose()
+    print(f"{'model':<24}{'threads':>8}{'test':>8}{'tokens/s':>12}")
+    print(
+        f"{result.model:<24}{threads:>8}{'pp' + str(result.prompt_tokens):>8}"
+        f"{result.prompt_tokens_per_second:>12.1f}"
+    )
+    print(
+        f"{result.model:<24}{threads:>8}{'tg' + str(result.generated_tokens):>8}"
+        f"{result.generation_tokens_per_second:>12.1f}"
+    )
+    print("reported to the controller at the next sync", file=sys.stderr)
+    return 0
+
+
 def _audit_local(data_dir: Path, event: AuditEvent) -> None:
     state = LocalState.open(data_dir)
     try:
@@ -221,6 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "chat": _cmd_chat,
         "status": _cmd_status,
         "tokens": _cmd_tokens,
+        "bench": _cmd_bench,
     }
     if args.command == "models":
         return _cmd_models_list(args)

@@ -159,6 +159,11 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
             f"{v.device_id:<22} {v.hostname[:20]:<20} {v.last_seen or 'never':<27} "
             f"{v.audit_stored_seq:>6}  {models or '-'}"
         )
+        for b in v.bench:
+            print(
+                f"{'':<22} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
+                f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
+            )
         if v.last_error:
             print(f"{'':<22} last error: {v.last_error}")
     return 0

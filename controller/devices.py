@@ -13,7 +13,14 @@ from controller.catalog import latest_targets
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device
 from edgefleet.errors import NotFoundError, StorageError
-from edgefleet.fleet import DesiredState, DeviceView, InstalledModel, ModelAssignment, StatusReport
+from edgefleet.fleet import (
+    BenchResult,
+    DesiredState,
+    DeviceView,
+    InstalledModel,
+    ModelAssignment,
+    StatusReport,
+)
 from edgefleet.trust.envelope import Envelope
 
 MAX_REPORTED_MODELS = 256
@@ -31,6 +38,7 @@ def sync_device(
         device.agent_version = report.agent_version[:64]
         device.installed = [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]]
         device.last_error = report.last_error[:1024]
+        device.bench = [asdict(b) for b in report.bench[:MAX_REPORTED_MODELS]]
         targets = latest_targets(session)
         if targets is None:
             raise StorageError("the controller has no targets metadata")
@@ -62,6 +70,7 @@ def list_devices(db: Database) -> list[DeviceView]:
                     models=tuple(InstalledModel(**m) for m in device.installed),  # type: ignore[arg-type]
                     audit_stored_seq=acked_seq(session, device.device_id),
                     last_error=device.last_error,
+                    bench=tuple(BenchResult(**b) for b in device.bench or []),  # type: ignore[arg-type]
                 )
             )
         return views

@@ -137,6 +137,7 @@ class Enrollment:
                     agent_version=agent_version,
                     installed=[],
                     last_error="",
+                    bench=[],
                 )
             )
             session.flush()

@@ -18,6 +18,21 @@ class InstalledModel:
 
 
 @dataclass(frozen=True)
+class BenchResult:
+    """Prompt-processing and generation speed of one model on one device."""
+
+    model: str
+    version: str
+    sha256: str
+    threads: int
+    prompt_tokens: int
+    generated_tokens: int
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+    measured_at: str
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """What a device says about itself at each sync."""
 
@@ -25,6 +40,7 @@ class StatusReport:
     models: tuple[InstalledModel, ...] = ()
     audit_head_seq: int = 0
     last_error: str = ""
+    bench: tuple[BenchResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,3 +73,4 @@ class DeviceView:
     models: tuple[InstalledModel, ...] = field(default=())
     audit_stored_seq: int = 0
     last_error: str = ""
+    bench: tuple[BenchResult, ...] = ()

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
 
-from edgefleet.fleet import DesiredState, DeviceView, InstalledModel, ModelAssignment, StatusReport
+from edgefleet.fleet import (
+    BenchResult,
+    DesiredState,
+    DeviceView,
+    InstalledModel,
+    ModelAssignment,
+    StatusReport,
+)
 from edgefleet.trust.envelope import Envelope, Signature
 from edgefleet.v1 import device_pb2, envelope_pb2, operator_pb2
 
@@ -38,6 +46,27 @@ def _models_from_pb(models: Iterable[device_pb2.InstalledModel]) -> tuple[Instal
     return tuple(InstalledModel(m.name, m.version, m.sha256, m.active) for m in models)
 
 
+def _bench_to_pb(results: Iterable[BenchResult]) -> list[device_pb2.BenchResult]:
+    return [device_pb2.BenchResult(**asdict(r)) for r in results]
+
+
+def _bench_from_pb(results: Iterable[device_pb2.BenchResult]) -> tuple[BenchResult, ...]:
+    return tuple(
+        BenchResult(
+            r.model,
+            r.version,
+            r.sha256,
+            r.threads,
+            r.prompt_tokens,
+            r.generated_tokens,
+            r.prompt_tokens_per_second,
+            r.generation_tokens_per_second,
+            r.measured_at,
+        )
+        for r in results
+    )
+
+
 def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
     """Dataclass → message."""
     return device_pb2.StatusReport(
@@ -45,6 +74,7 @@ def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
         models=_models_to_pb(report.models),
         audit_head_seq=report.audit_head_seq,
         last_error=report.last_error,
+        bench=_bench_to_pb(report.bench),
     )
 
 
@@ -55,6 +85,7 @@ def status_from_pb(message: device_pb2.StatusReport) -> StatusReport:
         models=_models_from_pb(message.models),
         audit_head_seq=message.audit_head_seq,
         last_error=message.last_error,
+        bench=_bench_from_pb(message.bench),
     )
 
 
@@ -91,6 +122,7 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         models=_models_to_pb(view.models),
         audit_stored_seq=view.audit_stored_seq,
         last_error=view.last_error,
+        bench=_bench_to_pb(view.bench),
     )
 
 
@@ -105,4 +137,5 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         models=_models_from_pb(message.models),
         audit_stored_seq=message.audit_stored_seq,
         last_error=message.last_error,
+        bench=_bench_from_pb(message.bench),
     )

@@ -14,6 +14,7 @@ import structlog
 
 from agent.audit.log import AuditLog
 from agent.config import AgentConfig
+from agent.inference.bench import load_results
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
@@ -95,11 +96,14 @@ class Syncer:
 
     async def _pass(self) -> None:
         db = self.registry.db
+        installed = tuple(await asyncio.to_thread(self.registry.installed))
+        active = {m.name: m.sha256 for m in installed if m.active}
         report = StatusReport(
             agent_version=__version__,
-            models=tuple(await asyncio.to_thread(self.registry.installed)),
+            models=installed,
             audit_head_seq=await asyncio.to_thread(self.audit.head_seq),
             last_error=await asyncio.to_thread(db.get_state, LAST_ERROR_KEY),
+            bench=await asyncio.to_thread(load_results, db, active),
         )
         desired = await self.client.sync(report)
         await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))

@@ -47,6 +47,7 @@ class Device(Base):
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     installed: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     last_error: Mapped[str] = mapped_column(String(1024), default="")
+    bench: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
 
 
 class Model(Base):

@@ -177,6 +177,51 @@ class InstalledModel(_message.Message):
 Global___InstalledModel: _TypeAlias = InstalledModel  # noqa: Y015
 
 @_typing.final
+class BenchResult(_message.Message):
+    """Speed of a model on this device, measured by `edgefleet-agent bench` (llama-bench style)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    GENERATED_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    GENERATION_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MEASURED_AT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.str
+    sha256: _builtins.str
+    threads: _builtins.int
+    prompt_tokens: _builtins.int
+    generated_tokens: _builtins.int
+    prompt_tokens_per_second: _builtins.float
+    generation_tokens_per_second: _builtins.float
+    measured_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        threads: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        generated_tokens: _builtins.int = ...,
+        prompt_tokens_per_second: _builtins.float = ...,
+        generation_tokens_per_second: _builtins.float = ...,
+        measured_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generated_tokens", b"generated_tokens", "generation_tokens_per_second", b"generation_tokens_per_second", "measured_at", b"measured_at", "model", b"model", "prompt_tokens", b"prompt_tokens", "prompt_tokens_per_second", b"prompt_tokens_per_second", "sha256", b"sha256", "threads", b"threads", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BenchResult: _TypeAlias = BenchResult  # noqa: Y015
+
+@_typing.final
 class StatusReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -184,6 +229,7 @@ class StatusReport(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    BENCH_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     audit_head_seq: _builtins.int
     """Highest audit sequence number written locally."""
@@ -191,6 +237,8 @@ class StatusReport(_message.Message):
     """Last error the agent met while converging, empty when none."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstalledModel]: ...
+    @_builtins.property
+    def bench(self) -> _containers.RepeatedCompositeFieldContainer[Global___BenchResult]: ...
     def __init__(
         self,
         *,
@@ -198,10 +246,11 @@ class StatusReport(_message.Message):
         models: _abc.Iterable[Global___InstalledModel] | None = ...,
         audit_head_seq: _builtins.int = ...,
         last_error: _builtins.str = ...,
+        bench: _abc.Iterable[Global___BenchResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "last_error", b"last_error", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "last_error", b"last_error", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -293,6 +293,7 @@ class DeviceView(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     AUDIT_STORED_SEQ_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    BENCH_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     hostname: _builtins.str
     last_seen: _builtins.str
@@ -303,6 +304,8 @@ class DeviceView(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.InstalledModel]: ...
+    @_builtins.property
+    def bench(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.BenchResult]: ...
     def __init__(
         self,
         *,
@@ -314,10 +317,11 @@ class DeviceView(_message.Message):
         models: _abc.Iterable[_device_pb2.InstalledModel] | None = ...,
         audit_stored_seq: _builtins.int = ...,
         last_error: _builtins.str = ...,
+        bench: _abc.Iterable[_device_pb2.BenchResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_stored_seq", b"audit_stored_seq", "device_id", b"device_id", "hostname", b"hostname", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "device_id", b"device_id", "hostname", b"hostname", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -218,3 +218,32 @@ def test_agent_keeps_serving_while_the_controller_is_down(model_fleet: ModelFlee
         lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
         60,
     )
+
+
+def test_bench_results_reach_the_controller(model_fleet: ModelFleet) -> None:
+    """`edgefleet-agent bench` measures pp and tg tokens/s; the controller's device view shows it."""
+    fleet = model_fleet.fleet
+    out = fleet.agent(
+        "gw1",
+        "bench",
+        "smollm2",
+        "--prompt-tokens",
+        "64",
+        "--gen-tokens",
+        "16",
+        "--repetitions",
+        "1",
+    )
+    assert "pp64" in out.stdout and "tg16" in out.stdout
+
+    def reported() -> dict[str, object] | None:
+        bench = fleet.devices()[0]["bench"]
+        return bench[0] if bench else None
+
+    result = wait_for("the bench result at the controller", reported, 30)
+    assert result["model"] == "smollm2" and result["sha256"] == sha256_of_file(bundled_model_path())
+    assert float(result["generation_tokens_per_second"]) > 1  # type: ignore[arg-type]
+    assert (
+        "tg 1" in fleet.ctl("devices", "list").stdout
+        or "tok/s" in fleet.ctl("devices", "list").stdout
+    )

@@ -1,0 +1,88 @@
+"""The model pool evicts least recently used idle models and unloads after the keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Event
+
+import pytest
+
+from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
+from agent.inference.pool import ModelPool, PoolSettings
+from edgefleet.errors import ResourceError
+from edgefleet.memory import MIB
+from edgefleet.trust.metadata import ModelManifest
+from tests.edgefleet.trustkit import manifest
+
+
+class Backend:
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: Event
+    ) -> Iterator[tuple[str, Generation]]:
+        yield "", Generation()
+
+
+def _pool(budget_mib: int, keep_alive: float = 300) -> tuple[ModelPool, list[Path]]:
+    loaded: list[Path] = []
+
+    def factory(path: Path) -> ChatBackend:
+        loaded.append(path)
+        return Backend()
+
+    settings = PoolSettings(
+        budget_mib * MIB, context=1024, slots=1, keep_alive_seconds=keep_alive, max_queued=4
+    )
+    return ModelPool(factory, settings), loaded
+
+
+def _model(name: str, mib: int) -> ModelManifest:
+    """Names are single hex letters so that the name can double as the digest."""
+    return manifest(name, "1", sha=name * 64, length=mib * MIB)
+
+
+async def _use(pool: ModelPool, name: str, mib: int) -> None:
+    async with pool.slot(_model(name, mib), Path(f"/blobs/{name}")):
+        pass
+
+
+def test_least_recently_used_idle_model_is_evicted() -> None:
+    """With room for two models, loading a third unloads the one used longest ago."""
+    pool, loaded = _pool(budget_mib=400)
+
+    async def scenario() -> list[str]:
+        await _use(pool, "a", 100)
+        await _use(pool, "b", 100)
+        await _use(pool, "a", 100)  # a is now more recent than b
+        await _use(pool, "c", 100)
+        return sorted(m.manifest.name for m in pool.loaded())
+
+    assert asyncio.run(scenario()) == ["a", "c"]
+    assert [p.name for p in loaded] == ["a", "b", "c"]
+
+
+def test_model_larger_than_the_budget_is_refused_with_numbers() -> None:
+    """A model that can never fit is refused before its backend is created."""
+    pool, loaded = _pool(budget_mib=100)
+    with pytest.raises(
+        ResourceError, match=r"weights 200 MiB .* over the memory budget of 100 MiB"
+    ):
+        asyncio.run(_use(pool, "a", 200))
+    assert loaded == []
+
+
+def test_keep_alive_unloads_idle_models() -> None:
+    """After the keep-alive an idle model is unloaded; a model serving a request never is."""
+    pool, _ = _pool(budget_mib=1000, keep_alive=0.05)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await _use(pool, "a", 10)
+        async with pool.slot(_model("b", 10), Path("/blobs/b")):
+            await asyncio.sleep(0.1)
+            unloaded = pool.unload_idle()
+            remaining = [m.manifest.name for m in pool.loaded()]
+        return unloaded, remaining
+
+    unloaded, remaining = asyncio.run(scenario())
+    assert unloaded == ["a"] and remaining == ["b"]
