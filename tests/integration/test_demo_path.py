@@ -221,7 +221,7 @@ def test_agent_keeps_serving_while_the_controller_is_down(model_fleet: ModelFlee
 
 
 def test_bench_results_reach_the_controller(model_fleet: ModelFleet) -> None:
-    """`edgefleet-agent bench` measures pp and tg tokens/s; the controller's device view shows it."""
+    """`edgefleet-agent bench` measures pp and tg speed; the controller's devices view has it."""
     fleet = model_fleet.fleet
     out = fleet.agent(
         "gw1",
