@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.config import AgentConfig
 from demo import Fleet, active_models, free_port, wait_for
 from edgefleet.bundled import bundled_model_path
 
@@ -77,10 +78,12 @@ def in_process(threads: int, n_ctx: int, max_tokens: int) -> Callable[[], Run]:
     return one
 
 
-def through_openai(base_url: str, model: str, max_tokens: int) -> Callable[[], Run]:
+def through_openai(
+    base_url: str, model: str, max_tokens: int, key: str = "unused"
+) -> Callable[[], Run]:
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
 
     def one() -> Run:
         stream = client.chat.completions.create(
@@ -108,8 +111,8 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def start_agent(fleet: Fleet, threads: int, n_ctx: int) -> str:
-    """A controller and an agent serving the bundled model; return the agent's API address."""
+def start_agent(fleet: Fleet, threads: int, n_ctx: int) -> tuple[str, str]:
+    """A controller and an agent serving the bundled model; return its API address and a token."""
     os.environ["EDGEFLEET_AGENT_N_THREADS"] = str(threads)
     os.environ["EDGEFLEET_AGENT_N_CTX"] = str(n_ctx)
     fleet.init_controller()
@@ -117,10 +120,11 @@ def start_agent(fleet: Fleet, threads: int, n_ctx: int) -> str:
     fleet.ctl("models", "publish", str(bundled_model_path()), "--name", "smollm2", "--version", "1")
     fleet.enroll("bench", {"role": "bench"})
     fleet.ctl("rollout", "create", "smollm2@1", "--selector", "role=bench")
+    token = fleet.app_token("bench", "app:bench")
     api = fleet.start_agent("bench", sync_interval=3600)
-    wait_for("the model", lambda: active_models(api), 120)
+    wait_for("the model", lambda: active_models(api, token), 120)
     fleet.stop("controller")  # idle from here on; keep the machine quiet
-    return api
+    return api, token
 
 
 def start_llama_server(threads: int, n_ctx: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -153,7 +157,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=AgentConfig(data_dir=Path(".")).n_threads,
+        help="llama.cpp threads for all three (default: the agent's default, cores - 1)",
+    )
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
@@ -166,11 +175,11 @@ def main() -> int:
         fleet = Fleet(Path(tmp))
         server = None
         try:
-            api = start_agent(fleet, args.threads, args.n_ctx)
+            api, token = start_agent(fleet, args.threads, args.n_ctx)
             server, server_url = start_llama_server(args.threads, args.n_ctx)
             paths = {
                 "a": in_process(args.threads, args.n_ctx, args.max_tokens),
-                "b": through_openai(f"http://{api}/v1", "smollm2", args.max_tokens),
+                "b": through_openai(f"http://{api}/v1", "smollm2", args.max_tokens, token),
                 "c": through_openai(server_url, str(bundled_model_path()), args.max_tokens),
             }
             runs: dict[str, list[Run]] = {key: [] for key in paths}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 import urllib.error
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from demo import Fleet, http_json, wait_for
+from demo import BIN, Fleet, http_json, wait_for
 from edgefleet.audit import verify_chain
 from edgefleet.bundled import bundled_model_path
 from edgefleet.files import sha256_of_file
@@ -247,3 +249,34 @@ def test_bench_results_reach_the_controller(model_fleet: ModelFleet) -> None:
         "tg 1" in fleet.ctl("devices", "list").stdout
         or "tok/s" in fleet.ctl("devices", "list").stdout
     )
+
+
+def test_chat_command_one_shot_and_interactive(model_fleet: ModelFleet) -> None:
+    """`edgefleet-agent chat` streams an answer, for one question or an interactive session."""
+    fleet = model_fleet.fleet
+    one = fleet.agent(
+        "gw1",
+        "chat",
+        "smollm2",
+        "Which city is the capital of France?",
+        "--token",
+        model_fleet.token,
+    )
+    assert "Paris" in one.stdout
+    session = subprocess.run(
+        [
+            str(BIN / "edgefleet-agent"),
+            "--data-dir",
+            str(fleet.agent_dir("gw1")),
+            "chat",
+            "smollm2",
+        ],
+        input="Which city is the capital of France?\nAnd of Italy?\n\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "EDGEFLEET_TOKEN": model_fleet.token},
+    )
+    assert session.returncode == 0 and "Paris" in session.stdout and session.stdout.count("> ") >= 2
+    refused = fleet.agent("gw1", "chat", "smollm2", "hi", check=False)
+    assert refused.returncode == 1 and "bearer token" in refused.stderr
