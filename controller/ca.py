@@ -121,14 +121,17 @@ class CertificateAuthority:
         )
 
     def issue_client(
-        self, public_key: ec.EllipticCurvePublicKey, principal: str
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        principal: str,
+        validity: timedelta = CLIENT_VALIDITY,
     ) -> x509.Certificate:
         """A client certificate whose common name is ``principal``."""
-        return self._issue(
-            public_key, principal, CLIENT_VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH, []
-        )
+        return self._issue(public_key, principal, validity, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
-    def issue_from_csr(self, csr_pem: bytes, principal: str) -> x509.Certificate:
+    def issue_from_csr(
+        self, csr_pem: bytes, principal: str, validity: timedelta = CLIENT_VALIDITY
+    ) -> x509.Certificate:
         """Check a CSR's self-signature and key type, then issue for ``principal``."""
         if len(csr_pem) > MAX_CSR_BYTES:
             raise MalformedInputError("certificate signing request is too large")
@@ -143,4 +146,4 @@ class CertificateAuthority:
             public_key.curve, ec.SECP256R1
         ):
             raise MalformedInputError("certificate signing request must hold a P-256 key")
-        return self.issue_client(public_key, principal)
+        return self.issue_client(public_key, principal, validity)

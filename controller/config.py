@@ -26,6 +26,8 @@ class ControllerConfig:
     blob_chunk_bytes: int = 1024 * 1024
     targets_expiry_days: int = 365
     token_ttl_seconds: int = 3600
+    device_certificate_days: int = 30
+    policy_expiry_days: int = 365
     max_audit_batch: int = 1000
 
     def __post_init__(self) -> None:
@@ -33,7 +35,13 @@ class ControllerConfig:
         split_address(self.enroll_listen)
         if not 64 * 1024 <= self.blob_chunk_bytes <= self.max_message_bytes - 1024:
             raise ConfigError("blob_chunk_bytes must be >= 64 KiB and below max_message_bytes")
-        for name in ("max_model_bytes", "targets_expiry_days", "token_ttl_seconds"):
+        for name in (
+            "max_model_bytes",
+            "targets_expiry_days",
+            "token_ttl_seconds",
+            "device_certificate_days",
+            "policy_expiry_days",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

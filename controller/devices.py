@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from controller.auditlog import acked_seq
 from controller.catalog import latest_targets
+from controller.policies import latest_policy
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device
 from edgefleet.errors import NotFoundError, StorageError
@@ -52,6 +53,7 @@ def sync_device(
             targets=targets[1],
             assignments=tuple(ModelAssignment(a.model_name, a.version) for a in assignments),
             audit_acked_seq=acked_seq(session, device_id),
+            policy=policy[1] if (policy := latest_policy(session)) else None,
         )
 
 
@@ -70,6 +72,8 @@ def list_devices(db: Database) -> list[DeviceView]:
                     models=tuple(InstalledModel(**m) for m in device.installed),  # type: ignore[arg-type]
                     audit_stored_seq=acked_seq(session, device.device_id),
                     last_error=device.last_error,
+                    state=device.state,
+                    key_fingerprint=device.key_fingerprint,
                     bench=tuple(BenchResult(**b) for b in device.bench or []),  # type: ignore[arg-type]
                 )
             )

@@ -1,4 +1,11 @@
-"""Device enrollment: one-time tokens with labels and expiry, exchanged for a certificate."""
+"""Device enrollment and identity: tokens, approval, preauthorization, renewal, revocation.
+
+A device proves possession of its TLS key with a CSR. It enrolls with a one-time token
+(labels and expiry come from the token), or without one: a key preauthorized by its
+fingerprint is accepted at once, any other becomes a pending device that an operator
+accepts or rejects. Certificates are short-lived and renewed over the device's mTLS
+channel; a revoked device is refused on every call.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +15,30 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from controller.auditlog import record_event
 from controller.ca import CertificateAuthority
 from controller.rollouts import assign_matching_rollouts
 from controller.store.database import Database
-from controller.store.schema import Device, EnrollmentToken
+from controller.store.schema import Device, EnrollmentToken, Preauthorization
 from edgefleet.audit import AuditEvent
-from edgefleet.errors import EnrollmentError, MalformedInputError
-from edgefleet.tls import cert_pem
+from edgefleet.errors import EnrollmentError, MalformedInputError, NotFoundError, ResourceError
+from edgefleet.tls import cert_pem, key_fingerprint_of_csr
 from edgefleet.trust.keys import PublicKey
+from edgefleet.trust.metadata import SHA256_PATTERN
 
 LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62})$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
 MAX_LABELS = 32
 MAX_TOKEN_TTL = timedelta(days=30)
+MAX_PENDING = 1000
+TRANSITIONS = {
+    "accept": ("pending", "active"),
+    "reject": ("pending", "rejected"),
+    "revoke": ("active", "revoked"),
+}
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -40,19 +57,34 @@ def _token_hash(token: str) -> str:
 
 @dataclass(frozen=True)
 class Enrolled:
-    """A new device's identity and certificate."""
+    """The outcome of an enrollment request."""
 
     device_id: str
-    certificate_pem: bytes
-    labels: dict[str, str]
+    status: str  # "enrolled" or "pending"
+    certificate_pem: bytes = b""
+    labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """What a device sends to enroll."""
+
+    token: str
+    csr_pem: bytes
+    hostname: str
+    agent_version: str
+    audit_key: str
 
 
 class Enrollment:
-    """Creates tokens and enrolls devices with them, each step audited."""
+    """Creates tokens, enrolls devices, and changes their state, each step audited."""
 
-    def __init__(self, db: Database, ca: CertificateAuthority) -> None:
+    def __init__(
+        self, db: Database, ca: CertificateAuthority, certificate_lifetime: timedelta
+    ) -> None:
         self.db = db
         self.ca = ca
+        self.lifetime = certificate_lifetime
 
     def create_token(
         self, operator: str, labels: dict[str, str], ttl: timedelta
@@ -84,12 +116,17 @@ class Enrollment:
             )
         return token, expires
 
-    def enroll(
-        self, token: str, csr_pem: bytes, hostname: str, agent_version: str, audit_key: str
-    ) -> Enrolled:
-        """Spend a valid token: issue a certificate and register the device, atomically."""
+    def enroll(self, request: EnrollmentRequest) -> Enrolled:
+        """Enroll with a token, a preauthorized key, or as a pending device; audit refusals."""
+        if len(request.hostname) > 255 or len(request.agent_version) > 64:
+            raise MalformedInputError("hostname or agent version is too long")
+        PublicKey.from_hex(request.audit_key)
+        fingerprint = key_fingerprint_of_csr(request.csr_pem)
         try:
-            return self._enroll(token, csr_pem, hostname, agent_version, audit_key)
+            with self.db.session() as session:
+                if request.token:
+                    return self._with_token(session, request, fingerprint)
+                return self._without_token(session, request, fingerprint)
         except EnrollmentError as e:
             with self.db.session() as session:
                 record_event(
@@ -97,59 +134,172 @@ class Enrollment:
                     AuditEvent(
                         "anonymous",
                         "device.enroll",
-                        f"host:{hostname[:64]}",
+                        f"key:{fingerprint[:16]}",
                         "denied",
-                        {"reason": str(e)},
+                        {"reason": str(e), "hostname": request.hostname[:64]},
                     ),
                 )
             raise
 
-    def _enroll(
-        self, token: str, csr_pem: bytes, hostname: str, agent_version: str, audit_key: str
+    def _issue(self, session: Session, device: Device, csr_pem: bytes, actor: str) -> Enrolled:
+        cert = self.ca.issue_from_csr(csr_pem, f"device:{device.device_id}", self.lifetime)
+        device.previous_serial = device.certificate_serial
+        device.certificate_serial = format(cert.serial_number, "x")
+        session.flush()
+        assign_matching_rollouts(session, device.device_id, device.labels)
+        record_event(
+            session,
+            AuditEvent(
+                actor,
+                "device.enroll",
+                f"device:{device.device_id}",
+                "success",
+                {"hostname": device.hostname, "labels": device.labels},
+            ),
+        )
+        return Enrolled(device.device_id, "enrolled", cert_pem(cert), dict(device.labels))
+
+    def _new_device(
+        self, request: EnrollmentRequest, fingerprint: str, labels: dict[str, str], state: str
+    ) -> Device:
+        return Device(
+            device_id="dev-" + secrets.token_hex(8),
+            hostname=request.hostname,
+            labels=labels,
+            state=state,
+            key_fingerprint=fingerprint,
+            certificate_serial="",
+            previous_serial="",
+            audit_public_key=request.audit_key,
+            enrolled_at=datetime.now(UTC),
+            agent_version=request.agent_version,
+            installed=[],
+            last_error="",
+            bench=[],
+        )
+
+    def _with_token(
+        self, session: Session, request: EnrollmentRequest, fingerprint: str
     ) -> Enrolled:
-        if len(hostname) > 255 or len(agent_version) > 64:
-            raise MalformedInputError("hostname or agent version is too long")
-        PublicKey.from_hex(audit_key)
-        now = datetime.now(UTC)
-        with self.db.session() as session:
-            row = session.get(EnrollmentToken, _token_hash(token), with_for_update=True)
-            reason = ""
-            if row is None:
-                reason = "unknown enrollment token"
-            elif row.used_at is not None:
-                reason = "enrollment token was already used"
-            elif row.expires_at.replace(tzinfo=UTC) <= now:
-                reason = "enrollment token has expired"
-            if reason or row is None:
-                raise EnrollmentError(reason)
-            device_id = "dev-" + secrets.token_hex(8)
-            cert = self.ca.issue_from_csr(csr_pem, f"device:{device_id}")
-            row.used_at, row.device_id = now, device_id
-            labels = dict(row.labels)
-            session.add(
-                Device(
-                    device_id=device_id,
-                    hostname=hostname,
-                    labels=labels,
-                    certificate_serial=format(cert.serial_number, "x"),
-                    audit_public_key=audit_key,
-                    enrolled_at=now,
-                    agent_version=agent_version,
-                    installed=[],
-                    last_error="",
-                    bench=[],
+        row = session.get(EnrollmentToken, _token_hash(request.token), with_for_update=True)
+        if row is None:
+            raise EnrollmentError("unknown enrollment token")
+        if row.used_at is not None:
+            raise EnrollmentError("enrollment token was already used")
+        if row.expires_at.replace(tzinfo=UTC) <= datetime.now(UTC):
+            raise EnrollmentError("enrollment token has expired")
+        device = self._new_device(request, fingerprint, dict(row.labels), "active")
+        session.add(device)
+        row.used_at, row.device_id = datetime.now(UTC), device.device_id
+        return self._issue(session, device, request.csr_pem, f"token:{row.token_sha256[:16]}")
+
+    def _without_token(
+        self, session: Session, request: EnrollmentRequest, fingerprint: str
+    ) -> Enrolled:
+        device = session.execute(
+            select(Device).where(Device.key_fingerprint == fingerprint)
+        ).scalar_one_or_none()
+        if device is None:
+            preauthorized = session.get(Preauthorization, fingerprint, with_for_update=True)
+            if preauthorized is not None and not preauthorized.used_by:
+                device = self._new_device(
+                    request, fingerprint, dict(preauthorized.labels), "active"
                 )
-            )
-            session.flush()
-            assign_matching_rollouts(session, device_id, labels)
+                session.add(device)
+                preauthorized.used_by = device.device_id
+                return self._issue(
+                    session, device, request.csr_pem, f"preauthorized:{fingerprint[:16]}"
+                )
+            pending = session.execute(
+                select(func.count()).select_from(Device).where(Device.state == "pending")
+            ).scalar_one()
+            if pending >= MAX_PENDING:
+                raise ResourceError("too many devices are waiting for approval")
+            device = self._new_device(request, fingerprint, {}, "pending")
+            session.add(device)
             record_event(
                 session,
                 AuditEvent(
-                    f"token:{row.token_sha256[:16]}",
+                    "anonymous",
                     "device.enroll",
-                    f"device:{device_id}",
-                    "success",
-                    {"hostname": hostname, "labels": labels},
+                    f"device:{device.device_id}",
+                    "pending",
+                    {"hostname": request.hostname, "key_fingerprint": fingerprint},
                 ),
             )
-        return Enrolled(device_id, cert_pem(cert), labels)
+            return Enrolled(device.device_id, "pending")
+        if device.state == "pending":
+            return Enrolled(device.device_id, "pending")
+        if device.state != "active" or device.certificate_serial:
+            raise EnrollmentError(
+                f"device {device.device_id} is {device.state} and cannot enroll again"
+            )
+        return self._issue(session, device, request.csr_pem, "approved")
+
+    def set_state(self, operator: str, device_id: str, action: str) -> str:
+        """accept | reject a pending device, revoke an active one; return the new state."""
+        if action not in TRANSITIONS:
+            raise MalformedInputError(f"action must be one of {', '.join(TRANSITIONS)}")
+        before, after = TRANSITIONS[action]
+        with self.db.session() as session:
+            device = session.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFoundError(f"no device {device_id}")
+            if device.state != before:
+                raise MalformedInputError(
+                    f"cannot {action} device {device_id}: it is {device.state}"
+                )
+            device.state = after
+            record_event(
+                session,
+                AuditEvent(
+                    f"operator:{operator}", f"device.{action}", f"device:{device_id}", "success", {}
+                ),
+            )
+        return after
+
+    def preauthorize(self, operator: str, fingerprint: str, labels: dict[str, str]) -> None:
+        """Let the TLS key with ``fingerprint`` enroll without a token, with ``labels``."""
+        if not SHA256_PATTERN.match(fingerprint):
+            raise MalformedInputError("a key fingerprint is 64 lowercase hex characters")
+        with self.db.session() as session:
+            session.merge(
+                Preauthorization(
+                    key_fingerprint=fingerprint,
+                    labels=check_labels(labels),
+                    created_at=datetime.now(UTC),
+                    used_by="",
+                )
+            )
+            record_event(
+                session,
+                AuditEvent(
+                    f"operator:{operator}",
+                    "device.preauthorize",
+                    f"key:{fingerprint[:16]}",
+                    "success",
+                    {"labels": labels},
+                ),
+            )
+
+    def renew(self, device_id: str, csr_pem: bytes) -> bytes:
+        """A fresh certificate for an active device; the previous one is still accepted too."""
+        with self.db.session() as session:
+            device = session.get(Device, device_id, with_for_update=True)
+            if device is None or device.state != "active":
+                raise EnrollmentError(f"device {device_id} may not renew its certificate")
+            cert = self.ca.issue_from_csr(csr_pem, f"device:{device_id}", self.lifetime)
+            device.previous_serial = device.certificate_serial
+            device.certificate_serial = format(cert.serial_number, "x")
+            device.key_fingerprint = key_fingerprint_of_csr(csr_pem)
+            record_event(
+                session,
+                AuditEvent(
+                    f"device:{device_id}",
+                    "device.renew",
+                    f"device:{device_id}",
+                    "success",
+                    {"expires": cert.not_valid_after_utc.isoformat()},
+                ),
+            )
+        return cert_pem(cert)

@@ -12,11 +12,15 @@ from pathlib import Path
 import grpc
 import structlog
 
+from controller.access import AccessControl
 from controller.blobs import BlobStore
+from controller.ca import CertificateAuthority
 from controller.catalog import Catalog
 from controller.config import ControllerConfig
 from controller.datadir import DataDir
 from controller.enrollment import Enrollment
+from controller.operators import ensure_bootstrap_admin
+from controller.policies import PolicyService
 from controller.rpc.guard import GuardInterceptor
 from controller.rpc.servicers import DeviceServicer, OperatorServicer
 from controller.store.database import Database
@@ -39,6 +43,9 @@ class ControllerApp:
     blobs: BlobStore
     catalog: Catalog
     enrollment: Enrollment
+    policies: PolicyService
+    access: AccessControl
+    ca: CertificateAuthority
     root_chain: tuple[Envelope, ...]
     ca_pem: bytes
     sync_port: int = 0
@@ -60,13 +67,19 @@ class ControllerApp:
             config.max_model_bytes,
         )
         catalog.ensure_targets()
+        ensure_bootstrap_admin(db, _read(data.operators / "admin" / "cert.pem"))
+        lifetime = timedelta(days=config.device_certificate_days)
+        policy_expiry = timedelta(days=config.policy_expiry_days)
         return cls(
             config=config,
             data=data,
             db=db,
             blobs=blobs,
             catalog=catalog,
-            enrollment=Enrollment(db, ca),
+            enrollment=Enrollment(db, ca, lifetime),
+            policies=PolicyService(db, data.load_role_key("policy"), policy_expiry),
+            access=AccessControl(db),
+            ca=ca,
             root_chain=root_chain,
             ca_pem=cert_pem(ca.cert),
         )
@@ -83,7 +96,7 @@ def build_server(app: ControllerApp) -> tuple[grpc.aio.Server, int, int]:
     """A grpc.aio server with an mTLS listener and a TLS-only enrollment listener."""
     limit = app.config.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor()],
+        interceptors=[GuardInterceptor(app.access)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

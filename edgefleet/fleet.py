@@ -41,6 +41,8 @@ class StatusReport:
     audit_head_seq: int = 0
     last_error: str = ""
     bench: tuple[BenchResult, ...] = ()
+    state: str = "active"
+    key_fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class DesiredState:
     targets: Envelope
     assignments: tuple[ModelAssignment, ...] = ()
     audit_acked_seq: int = 0
+    policy: Envelope | None = None
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,5 @@ class DeviceView:
     audit_stored_seq: int = 0
     last_error: str = ""
     bench: tuple[BenchResult, ...] = ()
+    state: str = "active"
+    key_fingerprint: str = ""

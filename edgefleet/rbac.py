@@ -15,10 +15,12 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import MalformedInputError
+from edgefleet.trust.metadata import format_time, parse_time
 
 PERMISSIONS = frozenset(
     {
@@ -27,8 +29,11 @@ PERMISSIONS = frozenset(
         "models.import",
         "models.publish",
         "rollouts.manage",
+        "devices.read",
         "devices.manage",
+        "policy.read",
         "policy.manage",
+        "operators.manage",
         "audit.read",
         "audit.export",
     }
@@ -65,11 +70,14 @@ class Policy:
     roles: Mapping[str, frozenset[str]]
     bindings: tuple[Binding, ...] = ()
     tokens: tuple[TokenEntry, ...] = ()
+    expires: datetime | None = None  # set on signed policies (freeze protection)
 
     def to_payload(self) -> bytes:
         """Canonical bytes (what the policy role signs)."""
+        expiry = {"expires": format_time(self.expires)} if self.expires else {}
         return canonical_bytes(
             {
+                **expiry,
                 "_type": "policy",
                 "version": self.version,
                 "roles": {name: sorted(perms) for name, perms in self.roles.items()},
@@ -93,6 +101,8 @@ class Policy:
     def from_payload(cls, payload: bytes) -> Policy:
         """Parse and check a policy document."""
         doc = parse_object(payload, "policy")
+        if doc.get("_type", "policy") != "policy":
+            raise MalformedInputError("policy: _type is not 'policy'")
         version = doc.get("version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise MalformedInputError("policy: version must be a non-negative integer")
@@ -101,7 +111,8 @@ class Policy:
         tokens = tuple(_parse_token(t) for t in _list(doc, "tokens"))
         if len({t.token_id for t in tokens}) != len(tokens):
             raise MalformedInputError("policy: token ids must be unique")
-        return cls(version, roles, bindings, tokens)
+        expires = parse_time(doc["expires"], "policy expires") if "expires" in doc else None
+        return cls(version, roles, bindings, tokens, expires)
 
     def subject_of_token(self, token: str) -> str | None:
         """The subject a bearer token authenticates as, or None if it is not valid."""

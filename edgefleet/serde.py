@@ -98,6 +98,7 @@ def desired_to_pb(state: DesiredState) -> device_pb2.DesiredState:
             device_pb2.Assignment(name=a.name, version=a.version) for a in state.assignments
         ],
         audit_acked_seq=state.audit_acked_seq,
+        policy=envelope_to_pb(state.policy) if state.policy else None,
     )
 
 
@@ -108,6 +109,7 @@ def desired_from_pb(message: device_pb2.DesiredState) -> DesiredState:
         targets=envelope_from_pb(message.targets),
         assignments=tuple(ModelAssignment(a.name, a.version) for a in message.assignments),
         audit_acked_seq=message.audit_acked_seq,
+        policy=envelope_from_pb(message.policy) if message.HasField("policy") else None,
     )
 
 
@@ -123,6 +125,8 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         audit_stored_seq=view.audit_stored_seq,
         last_error=view.last_error,
         bench=_bench_to_pb(view.bench),
+        state=view.state,
+        key_fingerprint=view.key_fingerprint,
     )
 
 
@@ -138,4 +142,6 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         audit_stored_seq=message.audit_stored_seq,
         last_error=message.last_error,
         bench=_bench_from_pb(message.bench),
+        state=message.state,
+        key_fingerprint=message.key_fingerprint,
     )

@@ -80,3 +80,24 @@ def is_issued_by(cert_pem_bytes: bytes, ca_pem: bytes) -> bool:
     except Exception:  # cryptography raises InvalidSignature, not a ValueError
         return False
     return True
+
+
+def key_fingerprint_of_csr(csr_pem: bytes) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo in a CSR (what preauthorization names)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise MalformedInputError("certificate signing request is not valid PEM") from e
+    return _spki_sha256(csr.public_key())
+
+
+def key_fingerprint(key: ec.EllipticCurvePrivateKey) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo of a private key's public half."""
+    return _spki_sha256(key.public_key())
+
+
+def _spki_sha256(public_key: object) -> str:
+    der = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()

@@ -1,9 +1,9 @@
-"""Default-deny authorization: every RPC method names the principal kinds it admits.
+"""Default-deny authorization: every RPC method names who may call it and what permission it needs.
 
 The principal comes from the verified mTLS peer certificate's common name, which only
 the controller's CA sets: ``device:<id>`` or ``operator:<name>``. A call with no
-certificate (the enrollment listener) is ``anonymous``. A method missing from the
-table is denied.
+certificate (the enrollment listener) is ``anonymous``. Operators additionally need the
+method's permission through their role. A method missing from the table is denied.
 """
 
 from __future__ import annotations
@@ -13,23 +13,59 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgefleet.errors import AuthenticationError, PermissionDeniedError
+from edgefleet.rbac import PERMISSIONS
 
 Kind = Literal["anonymous", "device", "operator"]
 
 _DEVICE = "/edgefleet.v1.DeviceService/"
 _OPERATOR = "/edgefleet.v1.OperatorService/"
 
-METHOD_ACCESS: Mapping[str, frozenset[Kind]] = {
-    _DEVICE + "GetTrustBootstrap": frozenset({"anonymous", "device", "operator"}),
-    _DEVICE + "Enroll": frozenset({"anonymous"}),
-    _DEVICE + "Sync": frozenset({"device"}),
-    _DEVICE + "ReadBlob": frozenset({"device"}),
-    _DEVICE + "PushAudit": frozenset({"device"}),
-    _OPERATOR + "CreateEnrollmentToken": frozenset({"operator"}),
-    _OPERATOR + "PublishModel": frozenset({"operator"}),
-    _OPERATOR + "CreateRollout": frozenset({"operator"}),
-    _OPERATOR + "ListDevices": frozenset({"operator"}),
-    _OPERATOR + "ExportAudit": frozenset({"operator"}),
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call a method, and the permission an operator needs for it."""
+
+    kinds: frozenset[Kind]
+    permission: str | None = None
+
+
+def _operator(permission: str) -> Rule:
+    assert permission in PERMISSIONS, permission
+    return Rule(frozenset({"operator"}), permission)
+
+
+METHOD_RULES: Mapping[str, Rule] = {
+    _DEVICE + "GetTrustBootstrap": Rule(frozenset({"anonymous", "device", "operator"})),
+    _DEVICE + "Enroll": Rule(frozenset({"anonymous"})),
+    _DEVICE + "Sync": Rule(frozenset({"device"})),
+    _DEVICE + "ReadBlob": Rule(frozenset({"device"})),
+    _DEVICE + "PushAudit": Rule(frozenset({"device"})),
+    _DEVICE + "RenewCertificate": Rule(frozenset({"device"})),
+    _OPERATOR + "CreateEnrollmentToken": _operator("devices.manage"),
+    _OPERATOR + "PublishModel": _operator("models.publish"),
+    _OPERATOR + "CreateRollout": _operator("rollouts.manage"),
+    _OPERATOR + "ListDevices": _operator("devices.read"),
+    _OPERATOR + "ExportAudit": _operator("audit.export"),
+    _OPERATOR + "AddOperator": _operator("operators.manage"),
+    _OPERATOR + "ApplyPolicy": _operator("policy.manage"),
+    _OPERATOR + "GetPolicy": _operator("policy.read"),
+    _OPERATOR + "CreateAppToken": _operator("policy.manage"),
+    _OPERATOR + "RevokeAppToken": _operator("policy.manage"),
+    _OPERATOR + "SetDeviceState": _operator("devices.manage"),
+    _OPERATOR + "PreauthorizeDevice": _operator("devices.manage"),
+}
+
+ALL = frozenset(PERMISSIONS)
+BUILTIN_OPERATOR_ROLES: Mapping[str, frozenset[str]] = {
+    "admin": ALL,
+    "release-manager": frozenset(
+        {"models.read", "models.publish", "rollouts.manage", "devices.read", "audit.read"}
+    ),
+    "device-manager": frozenset({"devices.read", "devices.manage", "models.read"}),
+    "auditor": frozenset(
+        {"audit.read", "audit.export", "devices.read", "models.read", "policy.read"}
+    ),
+    "viewer": frozenset({"devices.read", "models.read", "policy.read"}),
 }
 
 
@@ -59,13 +95,16 @@ def principal_from_common_name(common_name: str | None) -> Principal:
     raise AuthenticationError(f"certificate common name {common_name!r} names no principal")
 
 
-def authorize(method: str, principal: Principal) -> None:
-    """Raise unless the table admits ``principal`` to ``method``."""
-    allowed = METHOD_ACCESS.get(method)
-    if allowed is None:
+def authorize(method: str, principal: Principal, permissions: frozenset[str] = frozenset()) -> None:
+    """Raise unless the table admits ``principal`` (holding ``permissions``) to ``method``."""
+    rule = METHOD_RULES.get(method)
+    if rule is None:
         raise PermissionDeniedError(f"{method} has no authorization entry")
-    if principal.kind in allowed:
-        return
-    if principal.kind == "anonymous":
-        raise AuthenticationError(f"{method} needs a client certificate")
-    raise PermissionDeniedError(f"{principal.kind} may not call {method}")
+    if principal.kind not in rule.kinds:
+        if principal.kind == "anonymous":
+            raise AuthenticationError(f"{method} needs a client certificate")
+        raise PermissionDeniedError(f"{principal.kind} may not call {method}")
+    if principal.kind == "operator" and rule.permission not in permissions:
+        raise PermissionDeniedError(
+            f"{principal} lacks {rule.permission} for {method.rsplit('/', 1)[-1]}"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,9 +12,11 @@ from typing import Any
 import grpc
 import structlog
 
-from controller.rpc.authorization import Principal, authorize, principal_from_common_name
+from controller.access import AccessControl
+from controller.rpc.authorization import Principal, principal_from_common_name
 from controller.rpc.status import status_for
 from edgefleet.errors import EdgefleetError
+from edgefleet.tls import load_certificate
 
 log = structlog.get_logger("controller.rpc")
 
@@ -25,15 +28,20 @@ def caller() -> Principal:
     return current_principal.get()
 
 
-def _principal(context: grpc.aio.ServicerContext) -> Principal:
-    names = context.auth_context().get("x509_common_name")
-    return principal_from_common_name(names[0].decode("utf-8") if names else None)
+def _peer(context: grpc.aio.ServicerContext) -> tuple[Principal, str]:
+    """The principal and certificate serial (hex) of the verified peer certificate."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name")
+    principal = principal_from_common_name(names[0].decode("utf-8") if names else None)
+    certificates = auth.get("x509_pem_cert")
+    serial = format(load_certificate(certificates[0]).serial_number, "x") if certificates else ""
+    return principal, serial
 
 
-async def _admit(method: str, context: grpc.aio.ServicerContext) -> None:
+async def _admit(access: AccessControl, method: str, context: grpc.aio.ServicerContext) -> None:
     try:
-        principal = _principal(context)
-        authorize(method, principal)
+        principal, serial = _peer(context)
+        await asyncio.to_thread(access.admit, method, principal, serial)
     except EdgefleetError as e:
         log.warning("rpc.denied", method=method, peer=context.peer(), reason=str(e))
         code, message = status_for(e)
@@ -54,9 +62,11 @@ async def _fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
     await context.abort(code, message)
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+def _wrap_unary(
+    access: AccessControl, method: str, behavior: Callable[..., Awaitable[Any]]
+) -> Callable[..., Any]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _admit(method, context)
+        await _admit(access, method, context)
         started = time.monotonic()
         try:
             response = await behavior(request, context)
@@ -68,9 +78,11 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return guarded
 
 
-def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+def _wrap_stream(
+    access: AccessControl, method: str, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., Any]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await _admit(method, context)
+        await _admit(access, method, context)
         started = time.monotonic()
         try:
             async for item in behavior(request, context):
@@ -84,6 +96,9 @@ def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Ca
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps each method handler so that no call reaches a servicer unauthorized."""
+
+    def __init__(self, access: AccessControl) -> None:
+        self.access = access
 
     async def intercept_service(
         self,
@@ -100,16 +115,16 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary), **serializers
+                _wrap_unary(self.access, method, handler.unary_unary), **serializers
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, handler.stream_unary), **serializers
+                _wrap_unary(self.access, method, handler.stream_unary), **serializers
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream), **serializers
+                _wrap_stream(self.access, method, handler.unary_stream), **serializers
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(method, handler.stream_stream), **serializers
+            _wrap_stream(self.access, method, handler.stream_stream), **serializers
         )

@@ -11,6 +11,8 @@ import grpc
 
 from controller.auditlog import export_page, ingest
 from controller.devices import list_devices, sync_device
+from controller.enrollment import EnrollmentRequest
+from controller.operators import add_operator
 from controller.rollouts import create_rollout
 from controller.rpc.guard import caller
 from edgefleet import serde
@@ -38,21 +40,30 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     async def Enroll(
         self, request: device_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> device_pb2.EnrollResponse:
-        enrolled = await asyncio.to_thread(
-            self.app.enrollment.enroll,
-            request.token,
-            bytes(request.csr_pem),
-            request.hostname,
-            request.agent_version,
-            request.audit_public_key,
+        enrollment_request = EnrollmentRequest(
+            token=request.token,
+            csr_pem=bytes(request.csr_pem),
+            hostname=request.hostname,
+            agent_version=request.agent_version,
+            audit_key=request.audit_public_key,
         )
+        enrolled = await asyncio.to_thread(self.app.enrollment.enroll, enrollment_request)
         return device_pb2.EnrollResponse(
             device_id=enrolled.device_id,
             certificate_pem=enrolled.certificate_pem,
             ca_certificate_pem=self.app.ca_pem,
-            labels=enrolled.labels,
+            labels=enrolled.labels or {},
             sync_port=self.app.sync_port,
+            status=enrolled.status,
         )
+
+    async def RenewCertificate(
+        self, request: device_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> device_pb2.RenewCertificateResponse:
+        certificate = await asyncio.to_thread(
+            self.app.enrollment.renew, caller().name, bytes(request.csr_pem)
+        )
+        return device_pb2.RenewCertificateResponse(certificate_pem=certificate)
 
     async def Sync(
         self, request: device_pb2.StatusReport, context: grpc.aio.ServicerContext
@@ -175,3 +186,66 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             if not page:
                 return
             after = (page[-1][0], page[-1][1])
+
+    async def AddOperator(
+        self, request: operator_pb2.AddOperatorRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.AddOperatorResponse:
+        certificate = await asyncio.to_thread(
+            add_operator, self.app.db, self.app.ca, caller().name, request.name, request.role,
+            bytes(request.csr_pem), self.app.policies.current(),
+        )  # fmt: skip
+        return operator_pb2.AddOperatorResponse(
+            certificate_pem=certificate, ca_certificate_pem=self.app.ca_pem
+        )
+
+    async def ApplyPolicy(
+        self, request: operator_pb2.ApplyPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.PolicyResponse:
+        policy = await asyncio.to_thread(
+            self.app.policies.apply, caller().name, bytes(request.document)
+        )
+        return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
+
+    async def GetPolicy(
+        self, request: operator_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.PolicyResponse:
+        policy = await asyncio.to_thread(self.app.policies.current)
+        if policy is None:
+            return operator_pb2.PolicyResponse()
+        return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
+
+    async def CreateAppToken(
+        self, request: operator_pb2.CreateAppTokenRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.CreateAppTokenResponse:
+        token, token_id, policy = await asyncio.to_thread(
+            self.app.policies.create_token, caller().name, request.subject, request.role,
+            tuple(request.models), dict(request.devices),
+        )  # fmt: skip
+        return operator_pb2.CreateAppTokenResponse(
+            token=token, token_id=token_id, policy_version=policy.version
+        )
+
+    async def RevokeAppToken(
+        self, request: operator_pb2.RevokeAppTokenRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.PolicyResponse:
+        policy = await asyncio.to_thread(
+            self.app.policies.revoke_token, caller().name, request.token_id
+        )
+        return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
+
+    async def SetDeviceState(
+        self, request: operator_pb2.SetDeviceStateRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.SetDeviceStateResponse:
+        state = await asyncio.to_thread(
+            self.app.enrollment.set_state, caller().name, request.device_id, request.action
+        )
+        return operator_pb2.SetDeviceStateResponse(state=state)
+
+    async def PreauthorizeDevice(
+        self, request: operator_pb2.PreauthorizeDeviceRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.PreauthorizeDeviceResponse:
+        await asyncio.to_thread(
+            self.app.enrollment.preauthorize, caller().name, request.key_fingerprint,
+            dict(request.labels),
+        )  # fmt: skip
+        return operator_pb2.PreauthorizeDeviceResponse()

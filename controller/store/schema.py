@@ -34,13 +34,18 @@ class EnrollmentToken(Base):
 
 
 class Device(Base):
-    """An enrolled device and what it last reported."""
+    """An enrolled (or pending) device and what it last reported."""
 
     __tablename__ = "devices"
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    # pending | active | rejected | revoked
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    key_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     certificate_serial: Mapped[str] = mapped_column(String(64))
+    # The serial before the last renewal, accepted until the device uses the new one.
+    previous_serial: Mapped[str] = mapped_column(String(64), default="")
     audit_public_key: Mapped[str] = mapped_column(String(64))
     enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -48,6 +53,37 @@ class Device(Base):
     installed: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     last_error: Mapped[str] = mapped_column(String(1024), default="")
     bench: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+
+
+class Operator(Base):
+    """A person or tool that operates the controller, with one role."""
+
+    __tablename__ = "operators"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(64))
+    certificate_serial: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Preauthorization(Base):
+    """A device TLS key allowed to enroll without a token, with the labels it gets."""
+
+    __tablename__ = "preauthorizations"
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class PolicyVersion(Base):
+    """Every signed policy version; the newest is served to devices and enforced here."""
+
+    __tablename__ = "policy_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Model(Base):

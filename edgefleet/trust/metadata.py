@@ -14,6 +14,7 @@ from edgefleet.trust.keys import PublicKey
 
 ROOT_TYPE = "application/vnd.edgefleet.root+json"
 TARGETS_TYPE = "application/vnd.edgefleet.targets+json"
+POLICY_TYPE = "application/vnd.edgefleet.policy+json"
 ROLES = ("root", "targets", "policy", "timestamp")
 SPEC_VERSION = "1"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

@@ -8,9 +8,10 @@ of the keys the trusted root names for the targets role.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from edgefleet.errors import (
@@ -20,8 +21,16 @@ from edgefleet.errors import (
     RollbackError,
     SignatureError,
 )
+from edgefleet.rbac import Policy
 from edgefleet.trust.envelope import Envelope, verify_envelope
-from edgefleet.trust.metadata import ROOT_TYPE, TARGETS_TYPE, ModelManifest, Root, Targets
+from edgefleet.trust.metadata import (
+    POLICY_TYPE,
+    ROOT_TYPE,
+    TARGETS_TYPE,
+    ModelManifest,
+    Root,
+    Targets,
+)
 
 MAX_ROOT_CHAIN = 1024
 
@@ -48,6 +57,8 @@ class TrustedState:
     root_chain: tuple[Envelope, ...]
     targets: Targets | None = None
     targets_envelope: Envelope | None = None
+    policy: Policy | None = None
+    policy_envelope: Envelope | None = None
 
     @classmethod
     def bootstrap(cls, fingerprint: str, chain: Sequence[Envelope], now: datetime) -> TrustedState:
@@ -91,12 +102,33 @@ class TrustedState:
         if root is self.root:
             return self
         state = TrustedState(root=root, root_chain=tuple(accepted))
+        # Keep what the new root's keys still vouch for; after a key rotation, wait for
+        # metadata signed by the new keys.
         if self.targets_envelope is not None:
-            try:
-                return state.update_targets(self.targets_envelope, now=None)
-            except SignatureError:
-                return state  # the targets keys rotated: wait for targets signed by new keys
+            with contextlib.suppress(SignatureError):
+                state = state.update_targets(self.targets_envelope, now=None)
+        if self.policy_envelope is not None:
+            with contextlib.suppress(SignatureError):
+                state = state.update_policy(self.policy_envelope, now=None)
         return state
+
+    def _check_new_version(
+        self, role: str, version: int, expires: datetime | None, envelope: Envelope,
+        trusted_version: int | None, trusted: Envelope | None, now: datetime | None,
+    ) -> bool:  # fmt: skip
+        """Rollback and freeze checks shared by every versioned role; False means unchanged."""
+        if trusted_version is not None:
+            if version < trusted_version:
+                raise RollbackError(
+                    f"{role} version {version} is lower than trusted version {trusted_version}"
+                )
+            if version == trusted_version:
+                if trusted is not None and envelope.payload != trusted.payload:
+                    raise RollbackError(f"{role} version {version} was reused")
+                return False
+        if now is not None and expires is not None and expires <= now:
+            raise ExpiredMetadataError(f"{role} version {version} expired {expires}")
+        return True
 
     def update_targets(self, envelope: Envelope, now: datetime | None) -> TrustedState:
         """Accept new targets metadata; ``now=None`` skips expiry for re-verification."""
@@ -105,23 +137,34 @@ class TrustedState:
             envelope, TARGETS_TYPE, self.root.keys, role.keyids, role.threshold, "targets"
         )
         targets = Targets.from_payload(payload)
-        if self.targets is not None:
-            if targets.version < self.targets.version:
-                raise RollbackError(
-                    f"targets version {targets.version} is lower than trusted "
-                    f"version {self.targets.version}"
-                )
-            if targets.version == self.targets.version:
-                if self.targets_envelope is not None and envelope.payload != (
-                    self.targets_envelope.payload
-                ):
-                    raise RollbackError(f"targets version {targets.version} was reused")
-                return self
-        if now is not None and targets.expires <= now:
-            raise ExpiredMetadataError(
-                f"targets version {targets.version} expired {targets.expires}"
-            )
-        return TrustedState(self.root, self.root_chain, targets, envelope)
+        current = self.targets.version if self.targets else None
+        if not self._check_new_version(
+            "targets",
+            targets.version,
+            targets.expires,
+            envelope,
+            current,
+            self.targets_envelope,
+            now,
+        ):
+            return self
+        return replace(self, targets=targets, targets_envelope=envelope)
+
+    def update_policy(self, envelope: Envelope, now: datetime | None) -> TrustedState:
+        """Accept a new signed RBAC policy; older versions are refused (revocations stick)."""
+        role = self.root.roles["policy"]
+        payload = verify_envelope(
+            envelope, POLICY_TYPE, self.root.keys, role.keyids, role.threshold, "policy"
+        )
+        policy = Policy.from_payload(payload)
+        if policy.expires is None:
+            raise MalformedInputError("a signed policy must carry an expiry")
+        current = self.policy.version if self.policy else None
+        if not self._check_new_version(
+            "policy", policy.version, policy.expires, envelope, current, self.policy_envelope, now
+        ):
+            return self
+        return replace(self, policy=policy, policy_envelope=envelope)
 
     def manifest(self, name: str, version: str) -> ModelManifest:
         """The trusted manifest of ``name@version``."""

@@ -70,6 +70,7 @@ class EnrollRequest(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     AUDIT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     token: _builtins.str
+    """Empty asks for approval by an operator (or a preauthorized key)."""
     csr_pem: _builtins.bytes
     """PKCS#10 certificate signing request (PEM) for the device's TLS key."""
     hostname: _builtins.str
@@ -122,6 +123,7 @@ class EnrollResponse(_message.Message):
     CA_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     SYNC_PORT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     certificate_pem: _builtins.bytes
     ca_certificate_pem: _builtins.bytes
@@ -129,6 +131,8 @@ class EnrollResponse(_message.Message):
     """Port of the controller's mTLS listener on the same host; every call after
     enrollment goes there with the certificate issued here.
     """
+    status: _builtins.str
+    """"enrolled" (certificate_pem is set) or "pending" (ask again later)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -139,10 +143,11 @@ class EnrollResponse(_message.Message):
         ca_certificate_pem: _builtins.bytes = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         sync_port: _builtins.int = ...,
+        status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "device_id", b"device_id", "labels", b"labels", "sync_port", b"sync_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "device_id", b"device_id", "labels", b"labels", "status", b"status", "sync_port", b"sync_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,6 +291,7 @@ class DesiredState(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     AUDIT_ACKED_SEQ_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     audit_acked_seq: _builtins.int
     """Highest audit sequence number the controller has stored for this device."""
     @_builtins.property
@@ -294,6 +300,10 @@ class DesiredState(_message.Message):
     def targets(self) -> _envelope_pb2.SignedEnvelope: ...
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
+    @_builtins.property
+    def policy(self) -> _envelope_pb2.SignedEnvelope:
+        """The RBAC policy signed by the policy role; absent until one is applied."""
+
     def __init__(
         self,
         *,
@@ -301,10 +311,11 @@ class DesiredState(_message.Message):
         targets: _envelope_pb2.SignedEnvelope | None = ...,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
         audit_acked_seq: _builtins.int = ...,
+        policy: _envelope_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "targets", b"targets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "audit_acked_seq", b"audit_acked_seq", "root_chain", b"root_chain", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "audit_acked_seq", b"audit_acked_seq", "policy", b"policy", "root_chain", b"root_chain", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,3 +431,41 @@ class PushAuditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushAuditResponse: _TypeAlias = PushAuditResponse  # noqa: Y015
+
+@_typing.final
+class RenewCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    csr_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        csr_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa: Y015

@@ -46,6 +46,8 @@ class DeviceServiceStub:
     """Read a blob from an offset, in chunks (ByteStream-style)."""
     PushAudit: _grpc.UnaryUnaryMultiCallable[_device_pb2.PushAuditRequest, _device_pb2.PushAuditResponse]
     """Ship audit records; the reply acknowledges the highest stored sequence number."""
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_device_pb2.RenewCertificateRequest, _device_pb2.RenewCertificateResponse]
+    """Trade a CSR for a fresh certificate before the current one expires."""
 
 @_typing.type_check_only
 class DeviceServiceAsyncStub(DeviceServiceStub):
@@ -65,6 +67,8 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     """Read a blob from an offset, in chunks (ByteStream-style)."""
     PushAudit: _aio.UnaryUnaryMultiCallable[_device_pb2.PushAuditRequest, _device_pb2.PushAuditResponse]  # type: ignore[assignment]
     """Ship audit records; the reply acknowledges the highest stored sequence number."""
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_device_pb2.RenewCertificateRequest, _device_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """Trade a CSR for a fresh certificate before the current one expires."""
 
 class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API an agent uses. Enrollment calls are anonymous (the token is the
@@ -111,5 +115,13 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_device_pb2.PushAuditResponse, _abc.Awaitable[_device_pb2.PushAuditResponse]]:
         """Ship audit records; the reply acknowledges the highest stored sequence number."""
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _device_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_device_pb2.RenewCertificateResponse, _abc.Awaitable[_device_pb2.RenewCertificateResponse]]:
+        """Trade a CSR for a fresh certificate before the current one expires."""
 
 def add_DeviceServiceServicer_to_server(servicer: DeviceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import device_pb2 as edgefleet_dot_v1_dot_device__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64gefleet/v1/operator.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/device.proto\"\xaa\x01\n\x1c\x43reateEnrollmentTokenRequest\x12\x46\n\x06labels\x18\x01 \x03(\x0b\x32\x36.edgefleet.v1.CreateEnrollmentTokenRequest.LabelsEntry\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x1d\x43reateEnrollmentTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\t\"C\n\x12PublishModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06length\x18\x03 \x01(\x04\"a\n\x13PublishModelRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .edgefleet.v1.PublishModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xcb\x01\n\x14PublishModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x17\n\x0fparameter_count\x18\x06 \x01(\x04\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\x04\x12\x17\n\x0ftargets_version\x18\t \x01(\x04\"\xaa\x01\n\x14\x43reateRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x42\n\x08selector\x18\x03 \x03(\x0b\x32\x30.edgefleet.v1.CreateRolloutRequest.SelectorEntry\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x15\x43reateRolloutResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\x04\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\"\x14\n\x12ListDevicesRequest\"\xc6\x02\n\nDeviceView\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.edgefleet.v1.DeviceView.LabelsEntry\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12,\n\x06models\x18\x06 \x03(\x0b\x32\x1c.edgefleet.v1.InstalledModel\x12\x18\n\x10\x61udit_stored_seq\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12(\n\x05\x62\x65nch\x18\t \x03(\x0b\x32\x19.edgefleet.v1.BenchResult\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.DeviceView\"\'\n\x12\x45xportAuditRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"H\n\x13\x45xportedAuditRecord\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tcanonical\x18\x03 \x01(\x0c\x32\xe0\x03\n\x0fOperatorService\x12p\n\x15\x43reateEnrollmentToken\x12*.edgefleet.v1.CreateEnrollmentTokenRequest\x1a+.edgefleet.v1.CreateEnrollmentTokenResponse\x12W\n\x0cPublishModel\x12!.edgefleet.v1.PublishModelRequest\x1a\".edgefleet.v1.PublishModelResponse(\x01\x12X\n\rCreateRollout\x12\".edgefleet.v1.CreateRolloutRequest\x1a#.edgefleet.v1.CreateRolloutResponse\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12T\n\x0b\x45xportAudit\x12 .edgefleet.v1.ExportAuditRequest\x1a!.edgefleet.v1.ExportedAuditRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64gefleet/v1/operator.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/device.proto\"\xaa\x01\n\x1c\x43reateEnrollmentTokenRequest\x12\x46\n\x06labels\x18\x01 \x03(\x0b\x32\x36.edgefleet.v1.CreateEnrollmentTokenRequest.LabelsEntry\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x1d\x43reateEnrollmentTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\t\"C\n\x12PublishModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06length\x18\x03 \x01(\x04\"a\n\x13PublishModelRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .edgefleet.v1.PublishModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xcb\x01\n\x14PublishModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x17\n\x0fparameter_count\x18\x06 \x01(\x04\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\x04\x12\x17\n\x0ftargets_version\x18\t \x01(\x04\"\xaa\x01\n\x14\x43reateRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x42\n\x08selector\x18\x03 \x03(\x0b\x32\x30.edgefleet.v1.CreateRolloutRequest.SelectorEntry\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x15\x43reateRolloutResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\x04\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\"\x14\n\x12ListDevicesRequest\"\xee\x02\n\nDeviceView\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.edgefleet.v1.DeviceView.LabelsEntry\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12,\n\x06models\x18\x06 \x03(\x0b\x32\x1c.edgefleet.v1.InstalledModel\x12\x18\n\x10\x61udit_stored_seq\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12(\n\x05\x62\x65nch\x18\t \x03(\x0b\x32\x19.edgefleet.v1.BenchResult\x12\r\n\x05state\x18\n \x01(\t\x12\x17\n\x0fkey_fingerprint\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.DeviceView\"\'\n\x12\x45xportAuditRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"H\n\x13\x45xportedAuditRecord\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tcanonical\x18\x03 \x01(\x0c\"A\n\x12\x41\x64\x64OperatorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"J\n\x13\x41\x64\x64OperatorResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"&\n\x12\x41pplyPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\"\x12\n\x10GetPolicyRequest\"3\n\x0ePolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x0c\"\xb9\x01\n\x15\x43reateAppTokenRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x41\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x30.edgefleet.v1.CreateAppTokenRequest.DevicesEntry\x1a.\n\x0c\x44\x65vicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x16\x43reateAppTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\")\n\x15RevokeAppTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\":\n\x15SetDeviceStateRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"\'\n\x16SetDeviceStateResponse\x12\r\n\x05state\x18\x01 \x01(\t\"\xa8\x01\n\x19PreauthorizeDeviceRequest\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\t\x12\x43\n\x06labels\x18\x02 \x03(\x0b\x32\x33.edgefleet.v1.PreauthorizeDeviceRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\x1aPreauthorizeDeviceResponse2\xc6\x08\n\x0fOperatorService\x12p\n\x15\x43reateEnrollmentToken\x12*.edgefleet.v1.CreateEnrollmentTokenRequest\x1a+.edgefleet.v1.CreateEnrollmentTokenResponse\x12W\n\x0cPublishModel\x12!.edgefleet.v1.PublishModelRequest\x1a\".edgefleet.v1.PublishModelResponse(\x01\x12X\n\rCreateRollout\x12\".edgefleet.v1.CreateRolloutRequest\x1a#.edgefleet.v1.CreateRolloutResponse\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12T\n\x0b\x45xportAudit\x12 .edgefleet.v1.ExportAuditRequest\x1a!.edgefleet.v1.ExportedAuditRecord0\x01\x12R\n\x0b\x41\x64\x64Operator\x12 .edgefleet.v1.AddOperatorRequest\x1a!.edgefleet.v1.AddOperatorResponse\x12M\n\x0b\x41pplyPolicy\x12 .edgefleet.v1.ApplyPolicyRequest\x1a\x1c.edgefleet.v1.PolicyResponse\x12I\n\tGetPolicy\x12\x1e.edgefleet.v1.GetPolicyRequest\x1a\x1c.edgefleet.v1.PolicyResponse\x12[\n\x0e\x43reateAppToken\x12#.edgefleet.v1.CreateAppTokenRequest\x1a$.edgefleet.v1.CreateAppTokenResponse\x12S\n\x0eRevokeAppToken\x12#.edgefleet.v1.RevokeAppTokenRequest\x1a\x1c.edgefleet.v1.PolicyResponse\x12[\n\x0eSetDeviceState\x12#.edgefleet.v1.SetDeviceStateRequest\x1a$.edgefleet.v1.SetDeviceStateResponse\x12g\n\x12PreauthorizeDevice\x12\'.edgefleet.v1.PreauthorizeDeviceRequest\x1a(.edgefleet.v1.PreauthorizeDeviceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._serialized_options = b'8\001'
   _globals['_DEVICEVIEW_LABELSENTRY']._loaded_options = None
   _globals['_DEVICEVIEW_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_CREATEAPPTOKENREQUEST_DEVICESENTRY']._loaded_options = None
+  _globals['_CREATEAPPTOKENREQUEST_DEVICESENTRY']._serialized_options = b'8\001'
+  _globals['_PREAUTHORIZEDEVICEREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_PREAUTHORIZEDEVICEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEENROLLMENTTOKENREQUEST']._serialized_start=73
   _globals['_CREATEENROLLMENTTOKENREQUEST']._serialized_end=243
   _globals['_CREATEENROLLMENTTOKENREQUEST_LABELSENTRY']._serialized_start=198
@@ -59,15 +63,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVICESREQUEST']._serialized_start=925
   _globals['_LISTDEVICESREQUEST']._serialized_end=945
   _globals['_DEVICEVIEW']._serialized_start=948
-  _globals['_DEVICEVIEW']._serialized_end=1274
+  _globals['_DEVICEVIEW']._serialized_end=1314
   _globals['_DEVICEVIEW_LABELSENTRY']._serialized_start=198
   _globals['_DEVICEVIEW_LABELSENTRY']._serialized_end=243
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1276
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1340
-  _globals['_EXPORTAUDITREQUEST']._serialized_start=1342
-  _globals['_EXPORTAUDITREQUEST']._serialized_end=1381
-  _globals['_EXPORTEDAUDITRECORD']._serialized_start=1383
-  _globals['_EXPORTEDAUDITRECORD']._serialized_end=1455
-  _globals['_OPERATORSERVICE']._serialized_start=1458
-  _globals['_OPERATORSERVICE']._serialized_end=1938
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1316
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1380
+  _globals['_EXPORTAUDITREQUEST']._serialized_start=1382
+  _globals['_EXPORTAUDITREQUEST']._serialized_end=1421
+  _globals['_EXPORTEDAUDITRECORD']._serialized_start=1423
+  _globals['_EXPORTEDAUDITRECORD']._serialized_end=1495
+  _globals['_ADDOPERATORREQUEST']._serialized_start=1497
+  _globals['_ADDOPERATORREQUEST']._serialized_end=1562
+  _globals['_ADDOPERATORRESPONSE']._serialized_start=1564
+  _globals['_ADDOPERATORRESPONSE']._serialized_end=1638
+  _globals['_APPLYPOLICYREQUEST']._serialized_start=1640
+  _globals['_APPLYPOLICYREQUEST']._serialized_end=1678
+  _globals['_GETPOLICYREQUEST']._serialized_start=1680
+  _globals['_GETPOLICYREQUEST']._serialized_end=1698
+  _globals['_POLICYRESPONSE']._serialized_start=1700
+  _globals['_POLICYRESPONSE']._serialized_end=1751
+  _globals['_CREATEAPPTOKENREQUEST']._serialized_start=1754
+  _globals['_CREATEAPPTOKENREQUEST']._serialized_end=1939
+  _globals['_CREATEAPPTOKENREQUEST_DEVICESENTRY']._serialized_start=1893
+  _globals['_CREATEAPPTOKENREQUEST_DEVICESENTRY']._serialized_end=1939
+  _globals['_CREATEAPPTOKENRESPONSE']._serialized_start=1941
+  _globals['_CREATEAPPTOKENRESPONSE']._serialized_end=2022
+  _globals['_REVOKEAPPTOKENREQUEST']._serialized_start=2024
+  _globals['_REVOKEAPPTOKENREQUEST']._serialized_end=2065
+  _globals['_SETDEVICESTATEREQUEST']._serialized_start=2067
+  _globals['_SETDEVICESTATEREQUEST']._serialized_end=2125
+  _globals['_SETDEVICESTATERESPONSE']._serialized_start=2127
+  _globals['_SETDEVICESTATERESPONSE']._serialized_end=2166
+  _globals['_PREAUTHORIZEDEVICEREQUEST']._serialized_start=2169
+  _globals['_PREAUTHORIZEDEVICEREQUEST']._serialized_end=2337
+  _globals['_PREAUTHORIZEDEVICEREQUEST_LABELSENTRY']._serialized_start=198
+  _globals['_PREAUTHORIZEDEVICEREQUEST_LABELSENTRY']._serialized_end=243
+  _globals['_PREAUTHORIZEDEVICERESPONSE']._serialized_start=2339
+  _globals['_PREAUTHORIZEDEVICERESPONSE']._serialized_end=2367
+  _globals['_OPERATORSERVICE']._serialized_start=2370
+  _globals['_OPERATORSERVICE']._serialized_end=3464
 # @@protoc_insertion_point(module_scope)

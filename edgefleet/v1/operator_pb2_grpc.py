@@ -60,6 +60,41 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportedAuditRecord.FromString,
                 _registered_method=True)
+        self.AddOperator = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/AddOperator',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.AddOperatorRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.AddOperatorResponse.FromString,
+                _registered_method=True)
+        self.ApplyPolicy = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ApplyPolicy',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ApplyPolicyRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/GetPolicy',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.FromString,
+                _registered_method=True)
+        self.CreateAppToken = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/CreateAppToken',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.CreateAppTokenRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.CreateAppTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeAppToken = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/RevokeAppToken',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.RevokeAppTokenRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.FromString,
+                _registered_method=True)
+        self.SetDeviceState = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/SetDeviceState',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.SetDeviceStateRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.SetDeviceStateResponse.FromString,
+                _registered_method=True)
+        self.PreauthorizeDevice = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/PreauthorizeDevice',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -97,6 +132,53 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddOperator(self, request, context):
+        """Sign a CSR for a new operator with a role (the key never leaves the operator's machine).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPolicy(self, request, context):
+        """Validate a policy document, give it the next version, sign it with the policy role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAppToken(self, request, context):
+        """A new application token in a new policy version; the secret is returned once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAppToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeviceState(self, request, context):
+        """accept | reject a pending device, revoke an enrolled one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreauthorizeDevice(self, request, context):
+        """Let a device whose TLS key has this fingerprint enroll without a token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +206,41 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ExportAudit,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportedAuditRecord.SerializeToString,
+            ),
+            'AddOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddOperator,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.AddOperatorRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.AddOperatorResponse.SerializeToString,
+            ),
+            'ApplyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPolicy,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ApplyPolicyRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetPolicyRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.SerializeToString,
+            ),
+            'CreateAppToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAppToken,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.CreateAppTokenRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.CreateAppTokenResponse.SerializeToString,
+            ),
+            'RevokeAppToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAppToken,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.RevokeAppTokenRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.SerializeToString,
+            ),
+            'SetDeviceState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceState,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.SetDeviceStateRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.SetDeviceStateResponse.SerializeToString,
+            ),
+            'PreauthorizeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreauthorizeDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +379,195 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/ExportAudit',
             edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.ExportedAuditRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/AddOperator',
+            edgefleet_dot_v1_dot_operator__pb2.AddOperatorRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.AddOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ApplyPolicy',
+            edgefleet_dot_v1_dot_operator__pb2.ApplyPolicyRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/GetPolicy',
+            edgefleet_dot_v1_dot_operator__pb2.GetPolicyRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAppToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/CreateAppToken',
+            edgefleet_dot_v1_dot_operator__pb2.CreateAppTokenRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.CreateAppTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAppToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/RevokeAppToken',
+            edgefleet_dot_v1_dot_operator__pb2.RevokeAppTokenRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/SetDeviceState',
+            edgefleet_dot_v1_dot_operator__pb2.SetDeviceStateRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.SetDeviceStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreauthorizeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/PreauthorizeDevice',
+            edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,18 @@ class OperatorServiceStub:
     CreateRollout: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.CreateRolloutResponse]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]
     ExportAudit: _grpc.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportedAuditRecord]
+    AddOperator: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]
+    """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
+    ApplyPolicy: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]
+    """Validate a policy document, give it the next version, sign it with the policy role."""
+    GetPolicy: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetPolicyRequest, _operator_pb2.PolicyResponse]
+    CreateAppToken: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateAppTokenRequest, _operator_pb2.CreateAppTokenResponse]
+    """A new application token in a new policy version; the secret is returned once."""
+    RevokeAppToken: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RevokeAppTokenRequest, _operator_pb2.PolicyResponse]
+    SetDeviceState: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetDeviceStateRequest, _operator_pb2.SetDeviceStateResponse]
+    """accept | reject a pending device, revoke an enrolled one."""
+    PreauthorizeDevice: _grpc.UnaryUnaryMultiCallable[_operator_pb2.PreauthorizeDeviceRequest, _operator_pb2.PreauthorizeDeviceResponse]
+    """Let a device whose TLS key has this fingerprint enroll without a token."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -51,6 +63,18 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     CreateRollout: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.CreateRolloutResponse]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]  # type: ignore[assignment]
     ExportAudit: _aio.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportedAuditRecord]  # type: ignore[assignment]
+    AddOperator: _aio.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]  # type: ignore[assignment]
+    """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
+    ApplyPolicy: _aio.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]  # type: ignore[assignment]
+    """Validate a policy document, give it the next version, sign it with the policy role."""
+    GetPolicy: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetPolicyRequest, _operator_pb2.PolicyResponse]  # type: ignore[assignment]
+    CreateAppToken: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateAppTokenRequest, _operator_pb2.CreateAppTokenResponse]  # type: ignore[assignment]
+    """A new application token in a new policy version; the secret is returned once."""
+    RevokeAppToken: _aio.UnaryUnaryMultiCallable[_operator_pb2.RevokeAppTokenRequest, _operator_pb2.PolicyResponse]  # type: ignore[assignment]
+    SetDeviceState: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetDeviceStateRequest, _operator_pb2.SetDeviceStateResponse]  # type: ignore[assignment]
+    """accept | reject a pending device, revoke an enrolled one."""
+    PreauthorizeDevice: _aio.UnaryUnaryMultiCallable[_operator_pb2.PreauthorizeDeviceRequest, _operator_pb2.PreauthorizeDeviceResponse]  # type: ignore[assignment]
+    """Let a device whose TLS key has this fingerprint enroll without a token."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -90,5 +114,59 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ExportAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operator_pb2.ExportedAuditRecord], _abc.AsyncIterator[_operator_pb2.ExportedAuditRecord]]: ...
+
+    @_abc_1.abstractmethod
+    def AddOperator(
+        self,
+        request: _operator_pb2.AddOperatorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.AddOperatorResponse, _abc.Awaitable[_operator_pb2.AddOperatorResponse]]:
+        """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
+
+    @_abc_1.abstractmethod
+    def ApplyPolicy(
+        self,
+        request: _operator_pb2.ApplyPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PolicyResponse, _abc.Awaitable[_operator_pb2.PolicyResponse]]:
+        """Validate a policy document, give it the next version, sign it with the policy role."""
+
+    @_abc_1.abstractmethod
+    def GetPolicy(
+        self,
+        request: _operator_pb2.GetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PolicyResponse, _abc.Awaitable[_operator_pb2.PolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateAppToken(
+        self,
+        request: _operator_pb2.CreateAppTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.CreateAppTokenResponse, _abc.Awaitable[_operator_pb2.CreateAppTokenResponse]]:
+        """A new application token in a new policy version; the secret is returned once."""
+
+    @_abc_1.abstractmethod
+    def RevokeAppToken(
+        self,
+        request: _operator_pb2.RevokeAppTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PolicyResponse, _abc.Awaitable[_operator_pb2.PolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetDeviceState(
+        self,
+        request: _operator_pb2.SetDeviceStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.SetDeviceStateResponse, _abc.Awaitable[_operator_pb2.SetDeviceStateResponse]]:
+        """accept | reject a pending device, revoke an enrolled one."""
+
+    @_abc_1.abstractmethod
+    def PreauthorizeDevice(
+        self,
+        request: _operator_pb2.PreauthorizeDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PreauthorizeDeviceResponse, _abc.Awaitable[_operator_pb2.PreauthorizeDeviceResponse]]:
+        """Let a device whose TLS key has this fingerprint enroll without a token."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

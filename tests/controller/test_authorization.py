@@ -1,4 +1,4 @@
-"""Default deny: every RPC has an authorization entry and principals are kept apart."""
+"""Default deny: every RPC has an entry; principals and operator roles are kept apart."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 
 from controller.rpc.authorization import (
     ANONYMOUS,
-    METHOD_ACCESS,
+    BUILTIN_OPERATOR_ROLES,
+    METHOD_RULES,
     Principal,
     authorize,
     principal_from_common_name,
@@ -19,19 +20,54 @@ SERVICES = [
     operator_pb2.DESCRIPTOR.services_by_name["OperatorService"],
 ]
 ALL_METHODS = [f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods]
+OPERATOR_METHODS = [m.name for m in SERVICES[1].methods]
+
+# What each built-in role may do, written out by hand: the matrix the code must match.
+EXPECTED = {
+    "admin": set(OPERATOR_METHODS),
+    "release-manager": {"PublishModel", "CreateRollout", "ListDevices"},
+    "device-manager": {
+        "CreateEnrollmentToken",
+        "ListDevices",
+        "SetDeviceState",
+        "PreauthorizeDevice",
+    },
+    "auditor": {"ListDevices", "ExportAudit", "GetPolicy"},
+    "viewer": {"ListDevices", "GetPolicy"},
+}
 
 
 def test_every_rpc_method_has_an_entry() -> None:
     """Walking the service descriptors finds no method without an authorization entry."""
-    missing = [m for m in ALL_METHODS if m not in METHOD_ACCESS]
+    missing = [m for m in ALL_METHODS if m not in METHOD_RULES]
     assert not missing
-    assert set(METHOD_ACCESS) == set(ALL_METHODS), "table names methods that do not exist"
+    assert set(METHOD_RULES) == set(ALL_METHODS), "table names methods that do not exist"
 
 
 def test_unknown_method_is_denied() -> None:
-    """A method missing from the table is denied even to an operator."""
+    """A method missing from the table is denied even to an admin."""
     with pytest.raises(PermissionDeniedError, match="no authorization entry"):
-        authorize("/edgefleet.v1.OperatorService/DropDatabase", Principal("operator", "admin"))
+        authorize(
+            "/edgefleet.v1.OperatorService/DropDatabase",
+            Principal("operator", "a"),
+            BUILTIN_OPERATOR_ROLES["admin"],
+        )
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED))
+@pytest.mark.parametrize("method", OPERATOR_METHODS)
+def test_builtin_role_matrix(role: str, method: str) -> None:
+    """Each built-in role is allowed exactly the operator RPCs the matrix lists."""
+    call = lambda: authorize(  # noqa: E731
+        f"/edgefleet.v1.OperatorService/{method}",
+        Principal("operator", "x"),
+        BUILTIN_OPERATOR_ROLES[role],
+    )
+    if method in EXPECTED[role]:
+        call()
+    else:
+        with pytest.raises(PermissionDeniedError, match="lacks"):
+            call()
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -46,16 +82,20 @@ def test_anonymous_callers_reach_only_enrollment(method: str) -> None:
 
 @pytest.mark.parametrize("method", [m for m in ALL_METHODS if "OperatorService" in m])
 def test_devices_cannot_call_operator_methods(method: str) -> None:
-    """A device certificate never opens the operator API."""
+    """A device certificate never opens the operator API, whatever permissions it claims."""
     with pytest.raises(PermissionDeniedError):
-        authorize(method, Principal("device", "dev-1"))
+        authorize(method, Principal("device", "dev-1"), BUILTIN_OPERATOR_ROLES["admin"])
 
 
-@pytest.mark.parametrize("method", ["Sync", "ReadBlob", "PushAudit"])
+@pytest.mark.parametrize("method", ["Sync", "ReadBlob", "PushAudit", "RenewCertificate", "Enroll"])
 def test_operators_cannot_impersonate_devices(method: str) -> None:
-    """An operator certificate cannot call the device-only methods."""
+    """An operator certificate cannot call the device methods."""
     with pytest.raises(PermissionDeniedError):
-        authorize(f"/edgefleet.v1.DeviceService/{method}", Principal("operator", "admin"))
+        authorize(
+            f"/edgefleet.v1.DeviceService/{method}",
+            Principal("operator", "admin"),
+            BUILTIN_OPERATOR_ROLES["admin"],
+        )
 
 
 def test_common_names_map_to_principals() -> None:

@@ -1,4 +1,4 @@
-"""Enrollment tokens are single use, expire, and every attempt is audited."""
+"""Enrollment: single-use expiring tokens, approval, preauthorization, renewal, revocation."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 
 from controller.auditlog import export_page
 from controller.ca import CertificateAuthority
-from controller.enrollment import Enrollment
+from controller.enrollment import Enrollment, EnrollmentRequest
 from controller.store.database import Database
+from controller.store.schema import Device
 from edgefleet.audit import verify_chain
 from edgefleet.errors import EnrollmentError, MalformedInputError
-from edgefleet.tls import common_name, make_csr, new_tls_key
+from edgefleet.tls import common_name, key_fingerprint, load_certificate, make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey
 
 AUDIT_KEY = SigningKey.generate().public.hex
@@ -24,17 +25,23 @@ AUDIT_KEY = SigningKey.generate().public.hex
 def enrollment(tmp_path: Path) -> Enrollment:
     db = Database(f"sqlite:///{tmp_path / 'c.db'}")
     db.create_schema()
-    return Enrollment(db, CertificateAuthority.create("test"))
+    return Enrollment(db, CertificateAuthority.create("test"), timedelta(days=1))
+
+
+def request(token: str = "", key: object = None) -> EnrollmentRequest:
+    return EnrollmentRequest(token, make_csr(key or new_tls_key()), "gw", "0.1", AUDIT_KEY)  # type: ignore[arg-type]
 
 
 def test_token_enrolls_once(enrollment: Enrollment) -> None:
-    """A token yields a certificate naming the new device; reusing it is refused."""
+    """A token yields a short-lived certificate naming the new device; reusing it is refused."""
     token, _ = enrollment.create_token("admin", {"site": "a"}, timedelta(minutes=5))
-    enrolled = enrollment.enroll(token, make_csr(new_tls_key()), "gw", "0.1", AUDIT_KEY)
+    enrolled = enrollment.enroll(request(token))
+    assert enrolled.status == "enrolled" and enrolled.labels == {"site": "a"}
+    cert = load_certificate(enrolled.certificate_pem)
     assert common_name(enrolled.certificate_pem) == f"device:{enrolled.device_id}"
-    assert enrolled.labels == {"site": "a"}
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(days=1, minutes=5)
     with pytest.raises(EnrollmentError, match="already used"):
-        enrollment.enroll(token, make_csr(new_tls_key()), "gw2", "0.1", AUDIT_KEY)
+        enrollment.enroll(request(token))
 
 
 def test_expired_and_unknown_tokens_are_refused(enrollment: Enrollment) -> None:
@@ -42,15 +49,64 @@ def test_expired_and_unknown_tokens_are_refused(enrollment: Enrollment) -> None:
     token, _ = enrollment.create_token("admin", {}, timedelta(seconds=1))
     time.sleep(1.1)
     with pytest.raises(EnrollmentError, match="expired"):
-        enrollment.enroll(token, make_csr(new_tls_key()), "gw", "0.1", AUDIT_KEY)
+        enrollment.enroll(request(token))
     with pytest.raises(EnrollmentError, match="unknown"):
-        enrollment.enroll("eft_made_up", make_csr(new_tls_key()), "gw", "0.1", AUDIT_KEY)
+        enrollment.enroll(request("eft_made_up"))
+
+
+def test_approval_flow(enrollment: Enrollment) -> None:
+    """Without a token a device is pending until accepted; then its key gets a certificate."""
+    key = new_tls_key()
+    first = enrollment.enroll(request(key=key))
+    assert first.status == "pending" and not first.certificate_pem
+    assert enrollment.enroll(request(key=key)).status == "pending"
+    enrollment.set_state("admin", first.device_id, "accept")
+    accepted = enrollment.enroll(request(key=key))
+    assert accepted.status == "enrolled" and accepted.device_id == first.device_id
+    with pytest.raises(EnrollmentError, match="cannot enroll again"):
+        enrollment.enroll(request(key=key))
+
+
+def test_rejected_device_stays_out(enrollment: Enrollment) -> None:
+    """A rejected device cannot enroll, and only pending devices can be accepted."""
+    key = new_tls_key()
+    pending = enrollment.enroll(request(key=key))
+    enrollment.set_state("admin", pending.device_id, "reject")
+    with pytest.raises(EnrollmentError, match="rejected"):
+        enrollment.enroll(request(key=key))
+    with pytest.raises(MalformedInputError, match="it is rejected"):
+        enrollment.set_state("admin", pending.device_id, "accept")
+
+
+def test_preauthorized_key_enrolls_at_once(enrollment: Enrollment) -> None:
+    """A key preauthorized by fingerprint enrolls without a token, with the labels given."""
+    key = new_tls_key()
+    enrollment.preauthorize("admin", key_fingerprint(key), {"site": "b"})
+    enrolled = enrollment.enroll(request(key=key))
+    assert enrolled.status == "enrolled" and enrolled.labels == {"site": "b"}
+    assert enrollment.enroll(request()).status == "pending"  # another key is not covered
+
+
+def test_renewal_keeps_the_previous_serial_until_replaced(enrollment: Enrollment) -> None:
+    """Renewal issues a new certificate; the controller accepts the new and the previous serial."""
+    token, _ = enrollment.create_token("admin", {}, timedelta(minutes=5))
+    enrolled = enrollment.enroll(request(token))
+    first = format(load_certificate(enrolled.certificate_pem).serial_number, "x")
+    renewed = enrollment.renew(enrolled.device_id, make_csr(new_tls_key()))
+    second = format(load_certificate(renewed).serial_number, "x")
+    with enrollment.db.session() as session:
+        device = session.get(Device, enrolled.device_id)
+        assert device is not None
+        assert (device.certificate_serial, device.previous_serial) == (second, first)
+    enrollment.set_state("admin", enrolled.device_id, "revoke")
+    with pytest.raises(EnrollmentError, match="may not renew"):
+        enrollment.renew(enrolled.device_id, make_csr(new_tls_key()))
 
 
 def test_refusals_are_audited_in_an_intact_chain(enrollment: Enrollment) -> None:
     """Denied enrollments leave audit records, and the controller chain stays intact."""
     with pytest.raises(EnrollmentError):
-        enrollment.enroll("eft_nope", make_csr(new_tls_key()), "gw", "0.1", AUDIT_KEY)
+        enrollment.enroll(request("eft_nope"))
     records = [c for _chain, _seq, c in export_page(enrollment.db, "controller", None)]
     assert verify_chain("controller", records) == 1
     assert b'"outcome":"denied"' in records[0]
@@ -60,6 +116,6 @@ def test_bad_csr_and_labels_are_refused(enrollment: Enrollment) -> None:
     """A CSR that is not PEM and labels with odd characters are malformed input."""
     token, _ = enrollment.create_token("admin", {}, timedelta(minutes=5))
     with pytest.raises(MalformedInputError, match="signing request"):
-        enrollment.enroll(token, b"-----BEGIN junk", "gw", "0.1", AUDIT_KEY)
+        enrollment.enroll(EnrollmentRequest(token, b"-----BEGIN junk", "gw", "0.1", AUDIT_KEY))
     with pytest.raises(MalformedInputError, match="label"):
         enrollment.create_token("admin", {"Site Name": "x y"}, timedelta(minutes=5))

@@ -1,0 +1,153 @@
+"""RBAC policy on the controller: validate, version, sign with the policy role, serve to devices.
+
+Operators apply a JSON document with roles, bindings (subject, role, model patterns,
+device label selector) and, optionally, tokens; the controller sets the version and the
+expiry and signs it. Application tokens are created here (the secret is returned once
+and only its SHA-256 is signed into the policy) and revoked by a new version without them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.auditlog import record_event
+from controller.store.database import Database
+from controller.store.schema import PolicyVersion
+from edgefleet.audit import AuditEvent
+from edgefleet.canonical import parse_object
+from edgefleet.errors import MalformedInputError, NotFoundError
+from edgefleet.rbac import Binding, Policy, check_subject, new_token
+from edgefleet.trust.envelope import Envelope, sign_envelope
+from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.metadata import POLICY_TYPE
+
+MAX_POLICY_BYTES = 1024 * 1024
+
+
+def latest_policy(session: Session) -> tuple[Policy, Envelope] | None:
+    """The newest signed policy and its envelope."""
+    row = session.execute(
+        select(PolicyVersion).order_by(PolicyVersion.version.desc()).limit(1)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    envelope = Envelope.from_json(row.envelope)
+    return Policy.from_payload(envelope.payload), envelope
+
+
+def pretty(policy: Policy) -> str:
+    """A stable, readable rendering for `policy show` and `policy diff`."""
+    return json.dumps(json.loads(policy.to_payload()), indent=2, sort_keys=True) + "\n"
+
+
+class PolicyService:
+    """Signs every policy change; one change at a time so versions never collide."""
+
+    def __init__(self, db: Database, policy_key: SigningKey, expiry: timedelta) -> None:
+        self.db = db
+        self.key = policy_key
+        self.expiry = expiry
+        self._lock = threading.Lock()
+
+    def current(self) -> Policy | None:
+        """The policy in force, if any."""
+        with self.db.session() as session:
+            found = latest_policy(session)
+        return found[0] if found else None
+
+    def _sign(
+        self, session: Session, policy: Policy, operator: str, action: str, target: str
+    ) -> Policy:
+        current = latest_policy(session)
+        version = (current[0].version if current else 0) + 1
+        expires = datetime.now(UTC).replace(microsecond=0) + self.expiry
+        signed = replace(policy, version=version, expires=expires)
+        envelope = sign_envelope(POLICY_TYPE, signed.to_payload(), [self.key])
+        session.add(
+            PolicyVersion(
+                version=version,
+                envelope=envelope.to_json(),
+                created_by=operator,
+                created_at=datetime.now(UTC),
+            )
+        )
+        record_event(
+            session,
+            AuditEvent(
+                f"operator:{operator}", action, target, "success", {"policy_version": version}
+            ),
+        )
+        return signed
+
+    def parse_document(self, document: bytes) -> Policy:
+        """An operator's policy file as the policy it would become (tokens kept if omitted)."""
+        if len(document) > MAX_POLICY_BYTES:
+            raise MalformedInputError(f"a policy document is limited to {MAX_POLICY_BYTES} bytes")
+        doc = parse_object(document, "policy document")
+        unknown = set(doc) - {"roles", "bindings", "tokens"}
+        if unknown:
+            raise MalformedInputError(f"policy document: unknown keys {sorted(unknown)}")
+        current = self.current()
+        if "tokens" not in doc and current is not None:
+            doc["tokens"] = json.loads(current.to_payload())["tokens"]
+        doc["version"] = current.version if current else 0
+        return Policy.from_payload(json.dumps(doc).encode("utf-8"))
+
+    def apply(self, operator: str, document: bytes) -> Policy:
+        """Validate, version and sign an operator's policy document."""
+        policy = self.parse_document(document)
+        with self._lock, self.db.session() as session:
+            return self._sign(session, policy, operator, "policy.apply", "policy")
+
+    def diff(self, document: bytes) -> str:
+        """Unified diff from the policy in force to the document."""
+        proposed = self.parse_document(document)
+        current = self.current()
+        before = pretty(current).splitlines(keepends=True) if current else []
+        after = pretty(replace(proposed, expires=current.expires if current else None))
+        return "".join(
+            difflib.unified_diff(before, after.splitlines(keepends=True), "current", "proposed")
+        )
+
+    def create_token(
+        self,
+        operator: str,
+        subject: str,
+        role: str,
+        models: tuple[str, ...],
+        devices: dict[str, str],
+    ) -> tuple[str, str, Policy]:
+        """A new token bound to ``role``; returns (token shown once, token id, new policy)."""
+        check_subject(subject)
+        with self._lock, self.db.session() as session:
+            found = latest_policy(session)
+            if found is None or role not in found[0].roles:
+                raise NotFoundError(f"role {role!r} is not defined by the policy: apply one first")
+            policy = found[0]
+            token, entry = new_token(subject)
+            binding = Binding(subject, role, models or ("*",), devices)
+            bindings = (
+                policy.bindings if binding in policy.bindings else (*policy.bindings, binding)
+            )
+            updated = replace(policy, bindings=bindings, tokens=(*policy.tokens, entry))
+            signed = self._sign(session, updated, operator, "token.create", entry.token_id)
+        return token, entry.token_id, signed
+
+    def revoke_token(self, operator: str, token_id: str) -> Policy:
+        """A new version without the token; devices refuse the token from their next sync."""
+        with self._lock, self.db.session() as session:
+            found = latest_policy(session)
+            policy = found[0] if found else None
+            if policy is None or all(t.token_id != token_id for t in policy.tokens):
+                raise NotFoundError(f"no token with id {token_id}")
+            kept = tuple(t for t in policy.tokens if t.token_id != token_id)
+            return self._sign(
+                session, replace(policy, tokens=kept), operator, "token.revoke", token_id
+            )
