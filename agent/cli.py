@@ -7,13 +7,14 @@ import asyncio
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from agent.config import DEFAULT_DATA_DIR, load_agent_config
-from agent.enroll import AgentPaths, enroll
+from agent.enroll import AgentPaths, EnrollmentPending, enroll
 from agent.inference.bench import run_bench, save_result
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
@@ -23,8 +24,11 @@ from edgefleet.cli_support import run_command
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
+from edgefleet.tls import key_fingerprint
 
 PROG = "edgefleet-agent"
+EXIT_PENDING = 3
+PENDING_POLL_SECONDS = 5.0
 TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105 - a variable name
 
 
@@ -37,10 +41,16 @@ def _parser() -> argparse.ArgumentParser:
         help="state directory (env EDGEFLEET_AGENT_DATA_DIR)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    enroll_cmd = commands.add_parser("enroll", help="join the fleet with a one-time token")
+    enroll_cmd = commands.add_parser(
+        "enroll", help="join the fleet (with a one-time token, or by approval)"
+    )
     enroll_cmd.add_argument("--controller", required=True, help="enrollment HOST:PORT")
-    enroll_cmd.add_argument("--token", required=True)
+    enroll_cmd.add_argument("--token", default="", help="omit to ask an operator for approval")
     enroll_cmd.add_argument("--root-fingerprint", required=True)
+    enroll_cmd.add_argument(
+        "--wait", type=int, default=0, help="seconds to keep asking while approval is pending"
+    )
+    commands.add_parser("fingerprint", help="this device's key fingerprint (for preauthorization)")
     run_cmd = commands.add_parser("run", help="serve the local API and sync with the controller")
     run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
     run_cmd.add_argument("--sync-interval", type=int, help="seconds between syncs")
@@ -74,11 +84,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
-    enrollment = enroll(
-        AgentPaths(args.data_dir), args.controller, args.token, args.root_fingerprint
-    )
+    deadline = time.monotonic() + max(0, args.wait)
+    while True:
+        try:
+            enrollment = enroll(
+                AgentPaths(args.data_dir), args.controller, args.token, args.root_fingerprint
+            )
+            break
+        except EnrollmentPending as e:
+            if time.monotonic() >= deadline:
+                print(f"{PROG}: pending: {e}", file=sys.stderr)
+                return EXIT_PENDING
+            time.sleep(min(PENDING_POLL_SECONDS, max(0.1, deadline - time.monotonic())))
     controller = f"{enrollment.controller_host}:{enrollment.sync_port}"
     print(f"enrolled as {enrollment.device_id}; controller {controller}")
+    return 0
+
+
+def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    key, _ = AgentPaths(args.data_dir).identity.keys()
+    print(key_fingerprint(key))
     return 0
 
 
@@ -267,6 +292,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "status": _cmd_status,
         "tokens": _cmd_tokens,
         "bench": _cmd_bench,
+        "fingerprint": _cmd_fingerprint,
     }
     if args.command == "models":
         return _cmd_models_list(args)

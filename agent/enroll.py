@@ -24,9 +24,8 @@ from agent.sync.client import EnrollmentClient
 from edgefleet import __version__
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import split_address
-from edgefleet.errors import ConfigError, SignatureError, TransportError
-from edgefleet.tls import cert_sha256, common_name, is_issued_by, key_pem, make_csr, new_tls_key
-from edgefleet.trust.keys import SigningKey
+from edgefleet.errors import ConfigError, EdgefleetError, SignatureError, TransportError
+from edgefleet.tls import cert_sha256, common_name, is_issued_by, key_fingerprint, make_csr
 from edgefleet.trust.verifier import TrustedState
 
 FINGERPRINT_LENGTH = 64
@@ -59,10 +58,18 @@ def fetch_server_certificate(host: str, port: int, timeout: float) -> bytes:
         raise TransportError(f"cannot reach the controller at {host}:{port}: {e}") from e
 
 
+class EnrollmentPending(EdgefleetError):
+    """The controller has not approved this device yet; ask again later."""
+
+
 def enroll(
     paths: AgentPaths, controller: str, token: str, fingerprint: str, timeout: float = 30.0
 ) -> Enrollment:
-    """Enroll this device; on success every identity file and the trusted root are stored."""
+    """Enroll this device; on success every identity file and the trusted root are stored.
+
+    Without a token the device asks for approval (or is accepted at once when its key was
+    preauthorized); while it is pending this raises EnrollmentPending.
+    """
     fingerprint = fingerprint.strip().lower()
     if len(fingerprint) != FINGERPRINT_LENGTH or any(
         c not in "0123456789abcdef" for c in fingerprint
@@ -80,12 +87,17 @@ def enroll(
             raise SignatureError("the controller's CA is not the one the fleet root names")
         if not is_issued_by(server_pem, bootstrap.ca_pem):
             raise SignatureError("the controller's certificate was not issued by the fleet CA")
-        tls_key, audit_key = new_tls_key(), SigningKey.generate()
+        tls_key, audit_key = paths.identity.keys()
         result = client.enroll(
             token, make_csr(tls_key), socket.gethostname(), __version__, audit_key.public.hex
         )
     finally:
         client.close()
+    if result.status == "pending":
+        raise EnrollmentPending(
+            f"device {result.device_id} waits for approval (`edgefleetctl devices accept "
+            f"{result.device_id}`); key fingerprint {key_fingerprint(tls_key)}"
+        )
     if not is_issued_by(result.certificate_pem, bootstrap.ca_pem) or (
         common_name(result.certificate_pem) != f"device:{result.device_id}"
     ):
@@ -95,9 +107,7 @@ def enroll(
     try:
         audit = AuditLog(db, result.device_id)
         Registry(db, BlobStore(paths.blobs), audit).save_trust(state)
-        paths.identity.save(
-            enrollment, key_pem(tls_key), result.certificate_pem, bootstrap.ca_pem, audit_key
-        )
+        paths.identity.save(enrollment, result.certificate_pem, bootstrap.ca_pem)
         audit.append(
             AuditEvent(
                 "agent",

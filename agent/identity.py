@@ -6,7 +6,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from edgefleet.errors import ConfigError
+from edgefleet.files import write_atomically
+from edgefleet.tls import key_pem, new_tls_key
 from edgefleet.trust.keys import SigningKey, write_private_file
 
 
@@ -50,20 +55,30 @@ class IdentityFiles:
     def exists(self) -> bool:
         return self.enrollment.exists()
 
-    def save(
-        self,
-        enrollment: Enrollment,
-        tls_key_pem: bytes,
-        cert_pem: bytes,
-        ca_pem: bytes,
-        audit_key: SigningKey,
-    ) -> None:
-        """Write every file; the enrollment record last, so a half-done enroll is not taken."""
+    def keys(self) -> tuple[ec.EllipticCurvePrivateKey, SigningKey]:
+        """The device's TLS and audit keys, created (0600) on first use and kept afterwards.
+
+        Keeping them across attempts lets a device waiting for approval, or preauthorized by
+        its key fingerprint, come back with the same key.
+        """
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private_file(self.tls_key, tls_key_pem)
-        self.certificate.write_bytes(cert_pem)
-        self.ca.write_bytes(ca_pem)
-        audit_key.save(self.audit_key)
+        if not self.tls_key.exists():
+            write_private_file(self.tls_key, key_pem(new_tls_key()))
+        if not self.audit_key.exists():
+            SigningKey.generate().save(self.audit_key)
+        key = serialization.load_pem_private_key(self.read(self.tls_key), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{self.tls_key} is not an EC key")
+        return key, SigningKey.load(self.audit_key)
+
+    def replace_certificate(self, cert_pem: bytes) -> None:
+        """Install a renewed certificate atomically."""
+        write_atomically(self.certificate, cert_pem)
+
+    def save(self, enrollment: Enrollment, cert_pem: bytes, ca_pem: bytes) -> None:
+        """Write certificate, CA and, last, the enrollment record that marks the device enrolled."""
+        write_atomically(self.certificate, cert_pem)
+        write_atomically(self.ca, ca_pem)
         temporary = self.enrollment.with_suffix(".tmp")
         temporary.write_text(json.dumps(asdict(enrollment), indent=2))
         temporary.replace(self.enrollment)

@@ -78,3 +78,36 @@ class LocalPolicy:
         subject = next(t.subject for t in policy.tokens if t.token_id == token_id)
         self._save(replace(policy, version=policy.version + 1, tokens=kept))
         return subject
+
+
+def merge(signed: Policy | None, local: Policy) -> Policy:
+    """The policy a device enforces: the fleet's signed policy plus the device's own tokens.
+
+    Roles of the signed policy win over local roles of the same name; a local token whose
+    id collides with a signed one is ignored.
+    """
+    if signed is None:
+        return local
+    signed_ids = {t.token_id for t in signed.tokens}
+    return replace(
+        signed,
+        roles={**local.roles, **signed.roles},
+        bindings=(*signed.bindings, *local.bindings),
+        tokens=(*signed.tokens, *(t for t in local.tokens if t.token_id not in signed_ids)),
+    )
+
+
+class DevicePolicy:
+    """The policy in force on the device: the last verified signed policy plus the local one."""
+
+    def __init__(self, local: LocalPolicy, signed: Policy | None) -> None:
+        self.local = local
+        self.signed = signed
+
+    def set_signed(self, policy: Policy) -> None:
+        """Adopt a newly verified signed policy (called by the syncer)."""
+        self.signed = policy
+
+    def current(self) -> Policy:
+        """The merged policy."""
+        return merge(self.signed, self.local.current())

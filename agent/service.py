@@ -20,10 +20,11 @@ from agent.enroll import AgentPaths
 from agent.inference.api import ApiContext, build_app
 from agent.inference.engine import ChatBackend, LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
-from agent.policy import LocalPolicy
+from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
+from agent.sync.renewal import CertificateRenewer
 from agent.sync.worker import Syncer
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError
@@ -103,8 +104,12 @@ async def run(config: AgentConfig) -> None:
 
     pool = ModelPool(load_model, pool_settings(config))
     syncer.preflight = pool.check_fits_budget
-    ctx = ApiContext(config, state.registry, pool, state.audit, LocalPolicy(config.data_dir),
-                     labels=dict(enrollment.labels))  # fmt: skip
+    policy = DevicePolicy(LocalPolicy(config.data_dir), trust.policy)
+    syncer.on_policy = policy.set_signed
+    syncer.renewer = CertificateRenewer(state.paths.identity, client, state.audit)
+    ctx = ApiContext(
+        config, state.registry, pool, state.audit, policy, labels=dict(enrollment.labels)
+    )
     runner, api_address = await _start_api(config, ctx)
     (config.data_dir / "api.addr").write_text(api_address + "\n")
     scheduler = AsyncIOScheduler(timezone=UTC)

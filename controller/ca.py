@@ -24,6 +24,7 @@ from edgefleet.trust.keys import write_private_file
 CA_VALIDITY = timedelta(days=3650)
 SERVER_VALIDITY = timedelta(days=365)
 CLIENT_VALIDITY = timedelta(days=90)
+OPERATOR_VALIDITY = timedelta(days=730)
 MAX_CSR_BYTES = 16 * 1024
 
 

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from controller.client import OperatorClient, OperatorCredential
 from controller.config import load_controller_config
-from controller.datadir import initialize
+from controller.datadir import initialize, write_operator_credential
+from controller.policies import pretty
 from controller.service import serve
 from edgefleet.cli_support import key_value, run_command
 from edgefleet.errors import ConfigError
 from edgefleet.logging import configure_logging
+from edgefleet.rbac import Policy
+from edgefleet.tls import key_pem, make_csr, new_tls_key
 
 PROG = "edgefleetctl"
 CONFIG_ENV = "EDGEFLEETCTL_CONFIG"
@@ -69,6 +73,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     devices_list = devices.add_parser("list", help="every device and its last report")
     devices_list.add_argument("--json", action="store_true")
+
+    for action, text in (
+        ("accept", "accept a pending device"),
+        ("reject", "reject a pending device"),
+        ("revoke", "cut a device off from its next call"),
+    ):
+        devices.add_parser(action, help=text).add_argument("device_id")
+    preauthorize = devices.add_parser(
+        "preauthorize", help="let a device key enroll without a token"
+    )
+    preauthorize.add_argument("fingerprint", help="from `edgefleet-agent fingerprint`")
+    preauthorize.add_argument("--label", type=key_value, action="append", default=[], metavar="K=V")
+
+    operator = commands.add_parser("operator", help="operators").add_subparsers(
+        dest="action", required=True
+    )
+    add = operator.add_parser("add", help="a credential for a new operator, with a role")
+    add.add_argument("name")
+    add.add_argument(
+        "--role",
+        required=True,
+        help="admin, release-manager, device-manager, auditor, viewer or a custom role",
+    )
+    add.add_argument("--out", type=Path, required=True, help="directory for the new credential")
+
+    policy = commands.add_parser("policy", help="the fleet's signed RBAC policy").add_subparsers(
+        dest="action", required=True
+    )
+    policy.add_parser("apply", help="validate, version and sign a policy file").add_argument(
+        "file", type=Path
+    )
+    policy.add_parser("show", help="the policy in force")
+    policy.add_parser("diff", help="what applying a file would change").add_argument(
+        "file", type=Path
+    )
+
+    apps = commands.add_parser(
+        "tokens", help="application tokens in the signed policy"
+    ).add_subparsers(dest="action", required=True)
+    app_create = apps.add_parser("create", help="a token for an application (printed once)")
+    app_create.add_argument("subject", help="kind:name, e.g. app:sensor-hub")
+    app_create.add_argument("--role", required=True, help="a role the policy defines")
+    app_create.add_argument("--model", action="append", default=[], help="model name pattern")
+    app_create.add_argument(
+        "--device",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="only on devices with this label",
+    )
+    apps.add_parser("revoke", help="revoke a token").add_argument("token_id")
 
     audit = commands.add_parser("audit", help="audit trail").add_subparsers(
         dest="action", required=True
@@ -183,11 +239,107 @@ def _audit_export(client: OperatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
+    print(f"{args.device_id}: {client.set_device_state(args.device_id, args.action)}")
+    return 0
+
+
+def _devices_preauthorize(client: OperatorClient, args: argparse.Namespace) -> int:
+    client.preauthorize(args.fingerprint.strip().lower(), dict(args.label))
+    print(f"key {args.fingerprint[:16]}… may enroll without a token")
+    return 0
+
+
+def _operator_add(client: OperatorClient, args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=False, mode=0o700)
+    key = new_tls_key()
+    certificate, ca = client.add_operator(args.name, args.role, make_csr(key))
+    write_operator_credential(args.out, key_pem(key), certificate, ca, client.address)
+    print(f"operator {args.name} ({args.role}): credential in {args.out / 'edgefleetctl.toml'}")
+    return 0
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _policy_apply(client: OperatorClient, args: argparse.Namespace) -> int:
+    version, _ = client.apply_policy(_read_file(args.file))
+    print(f"policy version {version} signed; devices enforce it from their next sync")
+    return 0
+
+
+def _policy_show(client: OperatorClient, args: argparse.Namespace) -> int:
+    version, document = client.get_policy()
+    if not version:
+        print("no policy has been applied")
+        return 0
+    print(json.dumps(json.loads(document), indent=2, sort_keys=True))
+    return 0
+
+
+def _policy_diff(client: OperatorClient, args: argparse.Namespace) -> int:
+    proposed = Policy.from_payload(_with_version(_read_file(args.file)))
+    version, document = client.get_policy()
+    current = Policy.from_payload(document) if version else None
+    if current is not None and "tokens" not in json.loads(_read_file(args.file)):
+        proposed = replace(proposed, tokens=current.tokens)
+    before = pretty(current).splitlines(keepends=True) if current else []
+    after = pretty(
+        replace(proposed, version=version + 1, expires=current.expires if current else None)
+    )
+    sys.stdout.writelines(
+        difflib.unified_diff(before, after.splitlines(keepends=True), "in force", str(args.file))
+    )
+    return 0
+
+
+def _with_version(document: bytes) -> bytes:
+    try:
+        doc = json.loads(document)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"the policy file is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError("the policy file must hold a JSON object")
+    return json.dumps({**doc, "version": 0}).encode()
+
+
+def _tokens_create(client: OperatorClient, args: argparse.Namespace) -> int:
+    token, token_id, version = client.create_app_token(
+        args.subject, args.role, args.model, dict(args.device)
+    )
+    print(token)
+    print(
+        f"token {token_id} for {args.subject}, policy version {version}; not shown again",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _tokens_revoke(client: OperatorClient, args: argparse.Namespace) -> int:
+    version = client.revoke_app_token(args.token_id)
+    print(f"revoked {args.token_id}; policy version {version}")
+    return 0
+
+
 _OPERATIONS = {
     ("token", "create"): _token_create,
     ("models", "publish"): _models_publish,
     ("rollout", "create"): _rollout_create,
     ("devices", "list"): _devices_list,
+    ("devices", "accept"): _devices_state,
+    ("devices", "reject"): _devices_state,
+    ("devices", "revoke"): _devices_state,
+    ("devices", "preauthorize"): _devices_preauthorize,
+    ("operator", "add"): _operator_add,
+    ("policy", "apply"): _policy_apply,
+    ("policy", "show"): _policy_show,
+    ("policy", "diff"): _policy_diff,
+    ("tokens", "create"): _tokens_create,
+    ("tokens", "revoke"): _tokens_revoke,
     ("audit", "export"): _audit_export,
 }
 

@@ -65,6 +65,7 @@ class OperatorClient:
             private_key=credential.key_pem,
             certificate_chain=credential.certificate_pem,
         )
+        self.address = credential.controller
         self._channel = grpc.secure_channel(credential.controller, credentials)
         self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
 
@@ -124,3 +125,46 @@ class OperatorClient:
                 yield record.device_id, record.seq, bytes(record.canonical)
         except grpc.RpcError as e:
             raise _raise_from(e) from e
+
+    def add_operator(self, name: str, role: str, csr_pem: bytes) -> tuple[bytes, bytes]:
+        """The new operator's certificate and the CA certificate."""
+        request = operator_pb2.AddOperatorRequest(name=name, role=role, csr_pem=csr_pem)
+        response = self._call(self._stub.AddOperator, request)
+        return bytes(response.certificate_pem), bytes(response.ca_certificate_pem)
+
+    def apply_policy(self, document: bytes) -> tuple[int, bytes]:
+        """Apply a policy document; return the signed version and its payload."""
+        response = self._call(
+            self._stub.ApplyPolicy, operator_pb2.ApplyPolicyRequest(document=document)
+        )
+        return int(response.version), bytes(response.document)
+
+    def get_policy(self) -> tuple[int, bytes]:
+        """The policy in force (version 0 and no document before the first)."""
+        response = self._call(self._stub.GetPolicy, operator_pb2.GetPolicyRequest())
+        return int(response.version), bytes(response.document)
+
+    def create_app_token(
+        self, subject: str, role: str, models: list[str], devices: dict[str, str]
+    ) -> tuple[str, str, int]:
+        """(token shown once, token id, new policy version)."""
+        request = operator_pb2.CreateAppTokenRequest(
+            subject=subject, role=role, models=models, devices=devices
+        )
+        response = self._call(self._stub.CreateAppToken, request)
+        return response.token, response.token_id, int(response.policy_version)
+
+    def revoke_app_token(self, token_id: str) -> int:
+        """Revoke a token; return the new policy version."""
+        request = operator_pb2.RevokeAppTokenRequest(token_id=token_id)
+        return int(self._call(self._stub.RevokeAppToken, request).version)
+
+    def set_device_state(self, device_id: str, action: str) -> str:
+        """accept | reject | revoke; return the device's new state."""
+        request = operator_pb2.SetDeviceStateRequest(device_id=device_id, action=action)
+        return str(self._call(self._stub.SetDeviceState, request).state)
+
+    def preauthorize(self, fingerprint: str, labels: dict[str, str]) -> None:
+        """Let the device key with this fingerprint enroll without a token."""
+        request = operator_pb2.PreauthorizeDeviceRequest(key_fingerprint=fingerprint, labels=labels)
+        self._call(self._stub.PreauthorizeDevice, request)

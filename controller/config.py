@@ -26,7 +26,7 @@ class ControllerConfig:
     blob_chunk_bytes: int = 1024 * 1024
     targets_expiry_days: int = 365
     token_ttl_seconds: int = 3600
-    device_certificate_days: int = 30
+    device_certificate_seconds: int = 30 * 24 * 3600
     policy_expiry_days: int = 365
     max_audit_batch: int = 1000
 
@@ -39,7 +39,7 @@ class ControllerConfig:
             "max_model_bytes",
             "targets_expiry_days",
             "token_ttl_seconds",
-            "device_certificate_days",
+            "device_certificate_seconds",
             "policy_expiry_days",
         ):
             if getattr(self, name) <= 0:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.ca import CertificateAuthority
+from controller.ca import OPERATOR_VALIDITY, CertificateAuthority
 from edgefleet.errors import ConfigError
 from edgefleet.tls import cert_pem, cert_sha256, key_pem, new_tls_key
 from edgefleet.trust.envelope import Envelope, sign_envelope
@@ -114,20 +114,26 @@ def initialize(path: Path, fleet_name: str, hosts: list[str], advertise: str) ->
 def issue_operator_credential(
     data: DataDir, ca: CertificateAuthority, name: str, controller_address: str
 ) -> Path:
-    """Write an operator's key, certificate and config file (controller address, CA)."""
+    """Write the bootstrap operator's key, certificate and config file."""
     key = new_tls_key()
     folder = data.operators / name
     folder.mkdir(mode=0o700)
-    write_private_file(folder / "key.pem", key_pem(key))
-    (folder / "cert.pem").write_bytes(
-        cert_pem(ca.issue_client(key.public_key(), f"operator:{name}"))
+    certificate = ca.issue_client(key.public_key(), f"operator:{name}", OPERATOR_VALIDITY)
+    return write_operator_credential(
+        folder, key_pem(key), cert_pem(certificate), cert_pem(ca.cert), controller_address
     )
-    (folder / "ca.pem").write_bytes(cert_pem(ca.cert))
+
+
+def write_operator_credential(
+    folder: Path, key: bytes, certificate: bytes, ca: bytes, controller_address: str
+) -> Path:
+    """An operator credential folder: key (0600), certificate, CA and `edgefleetctl.toml`."""
+    write_private_file(folder / "key.pem", key)
+    (folder / "cert.pem").write_bytes(certificate)
+    (folder / "ca.pem").write_bytes(ca)
     config = folder / "edgefleetctl.toml"
     config.write_text(
-        f'controller = "{controller_address}"\n'
-        f'ca = "{folder / "ca.pem"}"\n'
-        f'certificate = "{folder / "cert.pem"}"\n'
-        f'key = "{folder / "key.pem"}"\n'
+        f'controller = "{controller_address}"\nca = "ca.pem"\n'
+        'certificate = "cert.pem"\nkey = "key.pem"\n'
     )
     return config

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from controller.auditlog import record_event
-from controller.ca import CertificateAuthority
+from controller.ca import OPERATOR_VALIDITY, CertificateAuthority
 from controller.rpc.authorization import BUILTIN_OPERATOR_ROLES
 from controller.store.database import Database
 from controller.store.schema import Operator
@@ -66,7 +66,7 @@ def add_operator(
     with db.session() as session:
         if session.get(Operator, name) is not None:
             raise ConflictError(f"operator {name} already exists")
-        cert = ca.issue_from_csr(csr_pem, f"operator:{name}")
+        cert = ca.issue_from_csr(csr_pem, f"operator:{name}", OPERATOR_VALIDITY)
         session.add(
             Operator(
                 name=name,

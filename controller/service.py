@@ -68,7 +68,7 @@ class ControllerApp:
         )
         catalog.ensure_targets()
         ensure_bootstrap_admin(db, _read(data.operators / "admin" / "cert.pem"))
-        lifetime = timedelta(days=config.device_certificate_days)
+        lifetime = timedelta(seconds=config.device_certificate_seconds)
         policy_expiry = timedelta(days=config.policy_expiry_days)
         return cls(
             config=config,

@@ -27,7 +27,7 @@ from agent.inference.engine import Generation, ModelWorker
 from agent.inference.metrics import ApiMetrics
 from agent.inference.pool import ModelPool, QueueFullError
 from agent.inference.requests import ApiError, GenerationRequest, bad_request, parse_request
-from agent.policy import LocalPolicy
+from agent.policy import DevicePolicy
 from agent.registry.registry import ActiveModel, Registry
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes
@@ -55,7 +55,7 @@ class ApiContext:
     registry: Registry
     pool: ModelPool
     audit: AuditLog
-    policy: LocalPolicy
+    policy: DevicePolicy
     labels: dict[str, str] = field(default_factory=dict)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
 

@@ -55,23 +55,26 @@ class Registry:
             session.merge(
                 TrustRow(name="root", envelopes=_encode_envelopes(list(state.root_chain)))
             )
-            if state.targets_envelope is not None:
-                session.merge(
-                    TrustRow(name="targets", envelopes=_encode_envelopes([state.targets_envelope]))
-                )
+            for name, envelope in (
+                ("targets", state.targets_envelope),
+                ("policy", state.policy_envelope),
+            ):
+                if envelope is not None:
+                    session.merge(TrustRow(name=name, envelopes=_encode_envelopes([envelope])))
 
     def load_trust(self, fingerprint: str) -> TrustedState:
         """Re-verify stored metadata from the pinned fingerprint (no expiry: offline-first)."""
         with self.db.session() as session:
-            root = session.get(TrustRow, "root")
-            targets = session.get(TrustRow, "targets")
-            root_data = root.envelopes if root else None
-            targets_data = targets.envelopes if targets else None
-        if root_data is None:
+            stored = {
+                row.name: row.envelopes for row in session.execute(select(TrustRow)).scalars()
+            }
+        if "root" not in stored:
             raise StorageError("no trusted root is stored: enroll the device first")
-        state = TrustedState.bootstrap(fingerprint, _decode_envelopes(root_data), now=_epoch())
-        if targets_data is not None:
-            state = state.update_targets(_decode_envelopes(targets_data)[0], now=None)
+        state = TrustedState.bootstrap(fingerprint, _decode_envelopes(stored["root"]), now=_epoch())
+        if "targets" in stored:
+            state = state.update_targets(_decode_envelopes(stored["targets"])[0], now=None)
+        if "policy" in stored:
+            state = state.update_policy(_decode_envelopes(stored["policy"])[0], now=None)
         return state
 
     # --- installed and active versions ------------------------------------------------

@@ -35,6 +35,7 @@ class EnrollResult:
     ca_pem: bytes
     labels: dict[str, str]
     sync_port: int
+    status: str
 
 
 class EnrollmentClient:
@@ -82,6 +83,7 @@ class EnrollmentClient:
             bytes(r.ca_certificate_pem),
             dict(r.labels),
             r.sync_port,
+            r.status,
         )
 
 
@@ -97,19 +99,26 @@ class SyncClient:
         timeout: float,
         max_message_bytes: int,
     ) -> None:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
-        )
-        self._channel = grpc.aio.secure_channel(
-            address,
-            credentials,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
-        self._stub = device_pb2_grpc.DeviceServiceStub(self._channel)
+        self._address, self._ca_pem, self._key_pem = address, ca_pem, key_pem
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
         self._timeout = timeout
+        self._connect(cert_pem)
+
+    def _connect(self, cert_pem: bytes) -> None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._ca_pem, private_key=self._key_pem, certificate_chain=cert_pem
+        )
+        self._channel = grpc.aio.secure_channel(self._address, credentials, options=self._options)
+        self._stub = device_pb2_grpc.DeviceServiceStub(self._channel)
+
+    async def use_certificate(self, cert_pem: bytes) -> None:
+        """Switch to a renewed certificate (new connections use it at once)."""
+        old = self._channel
+        self._connect(cert_pem)
+        await old.close(grace=5)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -132,6 +141,15 @@ class SyncClient:
             raise _error(e) from e
         finally:
             call.cancel()
+
+    async def renew_certificate(self, csr_pem: bytes) -> bytes:
+        """A fresh certificate for the device's key."""
+        request = device_pb2.RenewCertificateRequest(csr_pem=csr_pem)
+        try:
+            response = await self._stub.RenewCertificate(request, timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        return bytes(response.certificate_pem)
 
     async def push_audit(self, records: Sequence[tuple[int, bytes]]) -> int:
         """Ship records; return the acknowledged sequence number."""

@@ -18,6 +18,7 @@ from agent.inference.bench import load_results
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
+from agent.sync.renewal import CertificateRenewer
 from edgefleet import __version__
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import (
@@ -29,6 +30,7 @@ from edgefleet.errors import (
 )
 from edgefleet.fleet import ModelAssignment, StatusReport
 from edgefleet.memory import MIB
+from edgefleet.rbac import Policy
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import ModelManifest, format_time
@@ -80,6 +82,9 @@ class Syncer:
         # Raises ResourceError when a model can never fit the memory budget (set by the
         # service from the model pool), checked before any byte is downloaded.
         self._refusals: dict[str, str] = {}
+        # Called with each newly verified signed policy (set by the service).
+        self.on_policy: Callable[[Policy], None] = lambda policy: None
+        self.renewer: CertificateRenewer | None = None
         self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
 
     async def run_once(self) -> None:
@@ -96,6 +101,8 @@ class Syncer:
 
     async def _pass(self) -> None:
         db = self.registry.db
+        if self.renewer is not None:
+            await self.renewer.renew_if_due(datetime.now(UTC))
         installed = tuple(await asyncio.to_thread(self.registry.installed))
         active = {m.name: m.sha256 for m in installed if m.active}
         report = StatusReport(
@@ -107,19 +114,29 @@ class Syncer:
         )
         desired = await self.client.sync(report)
         await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))
-        await self._accept_trust(desired.root_chain, desired.targets)
+        await self._accept_trust(desired.root_chain, desired.targets, desired.policy)
         for assignment in desired.assignments:
             await self._converge(assignment)
 
-    async def _accept_trust(self, root_chain: tuple[Envelope, ...], targets: Envelope) -> None:
+    async def _accept_trust(
+        self, root_chain: tuple[Envelope, ...], targets: Envelope, policy: Envelope | None
+    ) -> None:
         now = datetime.now(UTC)
         try:
             state = self.trust.update_root_chain(root_chain, now).update_targets(targets, now)
+            if policy is not None:
+                state = state.update_policy(policy, now)
         except UntrustedInputError as e:
             await self._audit_failure("trust.verify", "metadata", e)
             raise
         if state is not self.trust:
             await asyncio.to_thread(self.registry.save_trust, state)
+            if state.policy is not None and state.policy is not (self.trust.policy):
+                self.on_policy(state.policy)
+                event = AuditEvent(
+                    "agent", "policy.apply", "policy", "success", {"version": state.policy.version}
+                )
+                await asyncio.to_thread(self.audit.append, event)
             self.trust = state
             log.info(
                 "trust.updated",

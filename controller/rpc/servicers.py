@@ -191,9 +191,15 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.AddOperatorRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.AddOperatorResponse:
         certificate = await asyncio.to_thread(
-            add_operator, self.app.db, self.app.ca, caller().name, request.name, request.role,
-            bytes(request.csr_pem), self.app.policies.current(),
-        )  # fmt: skip
+            add_operator,
+            self.app.db,
+            self.app.ca,
+            caller().name,
+            request.name,
+            request.role,
+            bytes(request.csr_pem),
+            self.app.policies.current(),
+        )
         return operator_pb2.AddOperatorResponse(
             certificate_pem=certificate, ca_certificate_pem=self.app.ca_pem
         )
@@ -218,9 +224,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.CreateAppTokenRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.CreateAppTokenResponse:
         token, token_id, policy = await asyncio.to_thread(
-            self.app.policies.create_token, caller().name, request.subject, request.role,
-            tuple(request.models), dict(request.devices),
-        )  # fmt: skip
+            self.app.policies.create_token,
+            caller().name,
+            request.subject,
+            request.role,
+            tuple(request.models),
+            dict(request.devices),
+        )
         return operator_pb2.CreateAppTokenResponse(
             token=token, token_id=token_id, policy_version=policy.version
         )
@@ -245,7 +255,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.PreauthorizeDeviceRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.PreauthorizeDeviceResponse:
         await asyncio.to_thread(
-            self.app.enrollment.preauthorize, caller().name, request.key_fingerprint,
+            self.app.enrollment.preauthorize,
+            caller().name,
+            request.key_fingerprint,
             dict(request.labels),
-        )  # fmt: skip
+        )
         return operator_pb2.PreauthorizeDeviceResponse()

@@ -113,9 +113,15 @@ class TrustedState:
         return state
 
     def _check_new_version(
-        self, role: str, version: int, expires: datetime | None, envelope: Envelope,
-        trusted_version: int | None, trusted: Envelope | None, now: datetime | None,
-    ) -> bool:  # fmt: skip
+        self,
+        role: str,
+        version: int,
+        expires: datetime | None,
+        envelope: Envelope,
+        trusted_version: int | None,
+        trusted: Envelope | None,
+        now: datetime | None,
+    ) -> bool:
         """Rollback and freeze checks shared by every versioned role; False means unchanged."""
         if trusted_version is not None:
             if version < trusted_version:

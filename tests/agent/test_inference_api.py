@@ -20,7 +20,7 @@ from agent.inference.api import ApiContext, build_app
 from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
 from agent.inference.pool import ModelPool, PoolSettings
 from agent.inference.requests import ApiError, parse_request
-from agent.policy import LocalPolicy
+from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from edgefleet.errors import ConfigError
@@ -65,9 +65,9 @@ class Harness:
         m = manifest("tiny", "1")
         registry.record_installed(m)
         registry.activate(m)
-        policy = LocalPolicy(tmp_path)
-        self.token, _ = policy.create_token("app:test", "inference", ("tiny*",))
-        self.reader, _ = policy.create_token("app:reader", "reader", ("*",))
+        policy = DevicePolicy(LocalPolicy(tmp_path), signed=None)
+        self.token, _ = policy.local.create_token("app:test", "inference", ("tiny*",))
+        self.reader, _ = policy.local.create_token("app:reader", "reader", ("*",))
         pool_settings = PoolSettings(
             budget_bytes=settings.pop("budget", 1024 * MIB),
             context=2048,
@@ -238,7 +238,7 @@ def test_authentication_and_authorization_are_distinct(tmp_path: Path) -> None:
 def test_token_scoped_to_other_models_is_forbidden(tmp_path: Path) -> None:
     """A token bound to `tiny*` cannot invoke another model (404 if absent is not leaked as 200)."""
     h = Harness(tmp_path, FakeBackend())
-    other, _ = h.ctx.policy.create_token("app:other", "inference", ("big*",))
+    other, _ = h.ctx.policy.local.create_token("app:other", "inference", ("big*",))
 
     async def scenario(client: TestClient) -> None:
         response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth(other))
