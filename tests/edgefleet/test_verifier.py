@@ -13,7 +13,10 @@ from edgefleet.errors import (
     RollbackError,
     SignatureError,
 )
+from edgefleet.rbac import Policy
+from edgefleet.trust.envelope import Envelope, sign_envelope
 from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.metadata import POLICY_TYPE
 from edgefleet.trust.verifier import TrustedState, root_fingerprint
 from tests.edgefleet.trustkit import NOW, Fleet, manifest
 
@@ -122,3 +125,30 @@ def test_manifest_lookup() -> None:
     assert state.manifest("m", "1").sha256 == "cd" * 32
     with pytest.raises(NotFoundError):
         state.manifest("m", "2")
+
+
+def _policy_envelope(
+    fleet: Fleet, version: int, signer: SigningKey | None = None, days: int = 30
+) -> Envelope:
+    policy = Policy(
+        version, {"r": frozenset({"inference.invoke"})}, expires=NOW + timedelta(days=days)
+    )
+    return sign_envelope(POLICY_TYPE, policy.to_payload(), [signer or fleet.keys["policy"]])
+
+
+def test_policy_rollback_is_refused() -> None:
+    """A signed policy older than the installed one is refused (revocations stick)."""
+    fleet = Fleet()
+    state = _state(fleet).update_policy(_policy_envelope(fleet, 5), NOW)
+    assert state.policy is not None and state.policy.version == 5
+    with pytest.raises(RollbackError, match="policy version 4 is lower"):
+        state.update_policy(_policy_envelope(fleet, 4), NOW)
+
+
+def test_policy_needs_the_policy_role_and_freshness() -> None:
+    """A policy signed by the targets key, or already expired, is refused."""
+    fleet = Fleet()
+    with pytest.raises(SignatureError, match="policy"):
+        _state(fleet).update_policy(_policy_envelope(fleet, 1, signer=fleet.keys["targets"]), NOW)
+    with pytest.raises(ExpiredMetadataError):
+        _state(fleet).update_policy(_policy_envelope(fleet, 1, days=-1), NOW)
