@@ -200,7 +200,7 @@ def test_enrollment_by_approval_and_by_preauthorized_key(small_fleet: tuple[Flee
 def test_revoked_app_token_is_denied_after_one_sync_and_after_offline_restart(
     small_fleet: tuple[Fleet, str],
 ) -> None:
-    """A token revoked in the signed policy fails from the next sync, even after an offline restart."""
+    """A revoked token fails from the next sync, and still after a restart with no controller."""
     fleet, _device = small_fleet
     policy_file = fleet.root / "policy.json"
     policy_file.write_text(json.dumps(POLICY))
