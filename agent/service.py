@@ -17,7 +17,8 @@ from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.database import AgentDatabase
 from agent.enroll import AgentPaths
-from agent.inference.api import ApiContext, build_app
+from agent.inference.api import build_app
+from agent.inference.context import ApiContext
 from agent.inference.engine import ChatBackend, LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
 from agent.policy import DevicePolicy, LocalPolicy

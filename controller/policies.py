@@ -8,7 +8,6 @@ and only its SHA-256 is signed into the policy) and revoked by a new version wit
 
 from __future__ import annotations
 
-import difflib
 import json
 import threading
 from dataclasses import replace
@@ -105,16 +104,6 @@ class PolicyService:
         policy = self.parse_document(document)
         with self._lock, self.db.session() as session:
             return self._sign(session, policy, operator, "policy.apply", "policy")
-
-    def diff(self, document: bytes) -> str:
-        """Unified diff from the policy in force to the document."""
-        proposed = self.parse_document(document)
-        current = self.current()
-        before = pretty(current).splitlines(keepends=True) if current else []
-        after = pretty(replace(proposed, expires=current.expires if current else None))
-        return "".join(
-            difflib.unified_diff(before, after.splitlines(keepends=True), "current", "proposed")
-        )
 
     def create_token(
         self,

@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.database import AgentDatabase
-from agent.inference.api import ApiContext, build_app
+from agent.inference.api import build_app
+from agent.inference.context import ApiContext
 from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
 from agent.inference.pool import ModelPool, PoolSettings
 from agent.inference.requests import ApiError, parse_request
@@ -360,3 +361,16 @@ def test_invalid_parameters_name_the_field(body: dict[str, Any], param: str) -> 
     with pytest.raises(ApiError) as error:
         parse_request(body, chat=True, max_tokens_limit=1024)
     assert error.value.param == param and error.value.status == 400
+
+
+def test_every_http_route_has_an_authorization_entry(tmp_path: Path) -> None:
+    """Walking the router finds no route (besides HEAD twins) without a ROUTE_PERMISSIONS entry."""
+    from agent.inference.api import ROUTE_PERMISSIONS
+
+    app = build_app(Harness(tmp_path, FakeBackend()).ctx)
+    routes = {
+        (r.method, r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource and r.method != "HEAD"
+    }
+    assert routes == set(ROUTE_PERMISSIONS)

@@ -1,0 +1,50 @@
+"""What the local API's handlers share: configuration, registry, pool, audit, policy, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from agent.audit.log import AuditLog
+from agent.config import AgentConfig
+from agent.inference.metrics import ApiMetrics
+from agent.inference.pool import ModelPool
+from agent.policy import DevicePolicy
+from agent.registry.registry import Registry
+from edgefleet.audit import AuditEvent
+from edgefleet.rbac import Policy
+
+ANONYMOUS = "local:anonymous"
+
+
+@dataclass
+class ApiContext:
+    """What the handlers need."""
+
+    config: AgentConfig
+    registry: Registry
+    pool: ModelPool
+    audit: AuditLog
+    policy: DevicePolicy
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+
+    def allows(self, subject: str, permission: str, model: str = "") -> bool:
+        """RBAC check (everything is allowed with api_auth off, on loopback only)."""
+        if not self.config.api_auth:
+            return True
+        return self.policy_now().authorize(subject, permission, model, self.labels)
+
+    def policy_now(self) -> Policy:
+        """The device policy in force."""
+        return self.policy.current()
+
+    async def audit_event(self, event: AuditEvent) -> None:
+        """Append off the event loop."""
+        await asyncio.to_thread(self.audit.append, event)
+
+
+CONTEXT = web.AppKey("ctx", ApiContext)
+SUBJECT = web.RequestKey("subject", str)

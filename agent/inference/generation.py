@@ -1,0 +1,247 @@
+"""POST /v1/chat/completions and /v1/completions: validate, authorize, queue, generate, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent.inference.context import SUBJECT, ApiContext
+from agent.inference.engine import Generation, ModelWorker
+from agent.inference.pool import QueueFullError
+from agent.inference.requests import ApiError, GenerationRequest, bad_request, parse_request
+from agent.registry.registry import ActiveModel
+from edgefleet.audit import AuditEvent
+from edgefleet.canonical import canonical_bytes
+from edgefleet.errors import InferenceError, ResourceError
+
+
+async def _read_json(request: web.Request, limit: int) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request("the request body is not valid JSON") from e
+    except web.HTTPRequestEntityTooLarge as e:
+        raise ApiError(
+            413, f"the request body exceeds {limit} bytes", "invalid_request_error"
+        ) from e
+
+
+@dataclass
+class Outcome:
+    """What happened to one generation request (for metrics and audit)."""
+
+    label: str = "error"
+    result: Generation = field(default_factory=lambda: Generation(finish_reason="error"))
+    first_token: float | None = None
+    last_token: float | None = None
+
+    def saw_piece(self) -> None:
+        now = time.monotonic()
+        if self.first_token is None:
+            self.first_token = now
+        self.last_token = now
+
+
+class GenerationEndpoint:
+    """POST /v1/chat/completions (chat=True) or /v1/completions (chat=False)."""
+
+    def __init__(self, ctx: ApiContext, chat: bool) -> None:
+        self.ctx = ctx
+        self.chat = chat
+        self.endpoint = "chat" if chat else "completions"
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _find(self, name: str) -> ActiveModel | None:
+        return next((m for m in self.ctx.registry.active_models() if m.manifest.name == name), None)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        body = await _read_json(request, self.ctx.config.max_request_bytes)
+        req = parse_request(body, self.chat, self.ctx.config.max_tokens_limit)
+        subject: str = request[SUBJECT]
+        outcome = Outcome()
+        active = await asyncio.to_thread(self._find, req.model)
+        try:
+            if active is None:
+                outcome.label = "not_found"
+                raise ApiError(
+                    404,
+                    f"model {req.model!r} is not installed and active on this device",
+                    "invalid_request_error",
+                    "model",
+                    "model_not_found",
+                )
+            if not self.ctx.allows(subject, "inference.invoke", req.model):
+                outcome.label = "denied"
+                raise ApiError(
+                    403,
+                    f"{subject} may not invoke {req.model}",
+                    "invalid_request_error",
+                    "model",
+                    "permission_denied",
+                )
+            async with self.ctx.pool.slot(active.manifest, Path(active.path)) as worker:
+                response = await self._generate(request, req, worker, outcome)
+            outcome.label = (
+                "cancelled" if outcome.result.finish_reason == "cancelled" else "success"
+            )
+            return response
+        except QueueFullError as e:
+            outcome.label = "rejected"
+            raise ApiError(429, str(e), "rate_limit_error", code="queue_full") from e
+        except ResourceError as e:
+            outcome.label = "refused"
+            raise ApiError(503, str(e), "server_error", code="insufficient_memory") from e
+        except InferenceError as e:
+            raise ApiError(500, str(e), "server_error") from e
+        except (asyncio.CancelledError, ConnectionError):
+            outcome.label = "cancelled"  # the client went away; the worker was told to stop
+            raise
+        finally:
+            self._observe(req, outcome, started)
+            await self.ctx.audit_event(self._audit_event(subject, req, active, outcome, started))
+
+    async def _generate(
+        self, request: web.Request, req: GenerationRequest, worker: ModelWorker, outcome: Outcome
+    ) -> web.StreamResponse:
+        request_id, created = (
+            f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}",
+            int(time.time()),
+        )
+        async with contextlib.aclosing(worker.stream(req.prompt, req.params)) as batches:
+            if req.stream:
+                return await self._stream(request, req.model, request_id, created, batches, outcome)
+            async for batch in batches:
+                outcome.result = batch[-1][1]
+                if any(piece for piece, _ in batch):
+                    outcome.saw_piece()
+        return web.json_response(self._whole(request_id, created, req.model, outcome.result))
+
+    def _whole(
+        self, request_id: str, created: int, model: str, result: Generation
+    ) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": result.finish_reason,
+            }
+        else:
+            choice = {
+                "index": 0,
+                "text": result.text,
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        return {
+            "id": request_id,
+            "object": self.object,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens,
+            },
+        }
+
+    def _event(self, prefix: bytes, piece: str | None, finish: str | None) -> bytes:
+        """One server-sent event; the constant fields are encoded once per request."""
+        if self.chat:
+            delta = {} if piece is None else {"content": piece}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+        return (
+            b"data: " + prefix + b', "choices": [' + json.dumps(choice).encode("utf-8") + b"]}\n\n"
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        request_id: str,
+        created: int,
+        batches: AsyncGenerator[list[tuple[str, Generation]], None],
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        fields = {
+            "id": request_id,
+            "object": f"{self.object}.chunk" if self.chat else self.object,
+            "created": created,
+            "model": model,
+        }
+        prefix = json.dumps(fields)[:-1].encode("utf-8")
+        if self.chat:
+            role = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
+            await response.write(
+                b"data: " + prefix + b', "choices": [' + json.dumps(role).encode() + b"]}\n\n"
+            )
+        async for batch in batches:
+            outcome.result = batch[-1][1]
+            data = b"".join(self._event(prefix, piece, None) for piece, _ in batch if piece)
+            if data:
+                outcome.saw_piece()
+                await response.write(data)
+        await response.write(
+            self._event(prefix, None, outcome.result.finish_reason) + b"data: [DONE]\n\n"
+        )
+        await response.write_eof()
+        return response
+
+    def _observe(self, req: GenerationRequest, outcome: Outcome, started: float) -> None:
+        m, model = self.ctx.metrics, req.model[:64]
+        known = outcome.label not in ("not_found",)
+        label = model if known else "unknown"
+        m.requests.labels(self.endpoint, label, outcome.label).inc()
+        if outcome.result.completion_tokens:
+            m.prompt_tokens.labels(label).inc(outcome.result.prompt_tokens)
+            m.completion_tokens.labels(label).inc(outcome.result.completion_tokens)
+        if outcome.first_token is not None and outcome.last_token is not None:
+            m.time_to_first_token.labels(label).observe(outcome.first_token - started)
+            span = outcome.last_token - outcome.first_token
+            if span > 0 and outcome.result.completion_tokens > 1:
+                m.tokens_per_second.labels(label).observe(
+                    (outcome.result.completion_tokens - 1) / span
+                )
+
+    def _audit_event(
+        self,
+        subject: str,
+        req: GenerationRequest,
+        active: ActiveModel | None,
+        outcome: Outcome,
+        started: float,
+    ) -> AuditEvent:
+        result = outcome.result
+        details: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "sha256": active.manifest.sha256 if active else "",
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "stream": req.stream,
+            "latency_ms": round((time.monotonic() - started) * 1000),
+        }
+        if outcome.first_token is not None:
+            details["ttft_ms"] = round((outcome.first_token - started) * 1000)
+        if self.ctx.config.audit_content_hashes:
+            prompt = canonical_bytes(list(req.prompt.messages) if self.chat else req.prompt.text)
+            details["prompt_sha256"] = hashlib.sha256(prompt).hexdigest()
+            details["completion_sha256"] = hashlib.sha256(result.text.encode("utf-8")).hexdigest()
+        target = active.manifest.ref if active else req.model[:64]
+        return AuditEvent(subject, f"inference.{self.endpoint}", target, outcome.label, details)
