@@ -24,7 +24,7 @@ def test_init_creates_private_keys_and_the_printed_fingerprint(tmp_path: Path) -
         data.tls / "server.key",
         data.operators / "admin" / "key.pem",
     ]
-    assert len(keys) == 7
+    assert len(keys) == 8
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
     root_v1 = data.root_chain()[0]
     assert hashlib.sha256(root_v1.payload).hexdigest() == result.root_fingerprint

@@ -1,0 +1,241 @@
+"""Signed audit exports that an auditor verifies offline with only the fleet's root fingerprint.
+
+An export is one file. Its first line is a header: the root metadata chain and a manifest
+signed by the fleet's *audit* role key (named by the root). Every further line is one
+audit record, byte for byte as the device wrote and hashed it. The manifest names, per
+chain, the first and last sequence numbers, the ``prev`` of the first record, the hash of
+the last one, the record count and the device's audit public key, plus a SHA-256 over
+all record lines. Verification re-hashes bytes and walks each chain, and names exactly
+which record fails and why: altered, missing, duplicated, out of order, foreign or cut.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from edgefleet.audit import AuditRecord, parse_record, record_hash
+from edgefleet.canonical import canonical_bytes, parse_object
+from edgefleet.errors import AuditChainError, MalformedInputError
+from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
+from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.metadata import AUDIT_EXPORT_TYPE, format_time
+from edgefleet.trust.verifier import TrustedState
+
+FORMAT_MARKER = "edgefleet_audit_export"
+CSV_MARKER = "#edgefleet_audit_export"
+CSV_COLUMNS = ("chain", "seq", "time", "actor", "action", "target", "outcome", "record")
+
+
+@dataclass(frozen=True)
+class ChainSummary:
+    """What the manifest says about one chain in the export."""
+
+    first_seq: int
+    last_seq: int
+    first_prev: str
+    last_hash: str
+    count: int
+    public_key: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first_seq": self.first_seq, "last_seq": self.last_seq, "first_prev": self.first_prev,
+            "last_hash": self.last_hash, "count": self.count, "public_key": self.public_key,
+        }  # fmt: skip
+
+
+def _summaries(records: Sequence[AuditRecord], keys: Mapping[str, str]) -> dict[str, ChainSummary]:
+    grouped: dict[str, list[AuditRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.device, []).append(record)
+    return {
+        chain: ChainSummary(
+            rs[0].seq, rs[-1].seq, rs[0].prev, rs[-1].hash, len(rs), keys.get(chain, "")
+        )
+        for chain, rs in grouped.items()
+    }
+
+
+def _records_digest(lines: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line + b"\n")
+    return digest.hexdigest()
+
+
+def build_export(
+    records: Sequence[bytes], root_chain: Sequence[Envelope], audit_key: SigningKey,
+    device_keys: Mapping[str, str], filters: Mapping[str, str], output_format: str = "jsonl",
+) -> bytes:  # fmt: skip
+    """The export file: header (root chain + signed manifest), then the records verbatim."""
+    parsed = [parse_record(r) for r in records]
+    manifest = {
+        "_type": "audit-export",
+        "created": format_time(datetime.now(UTC)),
+        "filters": dict(filters),
+        "record_count": len(parsed),
+        "records_sha256": _records_digest(records),
+        "chains": {k: v.to_dict() for k, v in _summaries(parsed, device_keys).items()},
+    }
+    envelope = sign_envelope(AUDIT_EXPORT_TYPE, canonical_bytes(manifest), [audit_key])
+    header = json.dumps(
+        {FORMAT_MARKER: 1, "root_chain": [json.loads(e.to_json()) for e in root_chain],
+         "manifest": json.loads(envelope.to_json())},
+        sort_keys=True,
+    )  # fmt: skip
+    if output_format == "jsonl":
+        return header.encode("utf-8") + b"\n" + b"".join(r + b"\n" for r in records)
+    if output_format != "csv":
+        raise MalformedInputError(f"unknown export format {output_format!r} (jsonl or csv)")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([CSV_MARKER, header])
+    writer.writerow(CSV_COLUMNS)
+    for record, raw in zip(parsed, records, strict=True):
+        f = record.fields
+        writer.writerow([record.device, record.seq, f["time"], f["actor"], f["action"], f["target"],
+                         f["outcome"], raw.decode("utf-8")])  # fmt: skip
+    return out.getvalue().encode("utf-8")
+
+
+@dataclass
+class VerificationReport:
+    """The outcome of verifying an export: what was checked and every problem found."""
+
+    records: int = 0
+    chains: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """Header and record lines of either format."""
+    if data.startswith(CSV_MARKER.encode()):
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="strict"))))
+        if len(rows) < 2 or tuple(rows[1]) != CSV_COLUMNS:
+            raise MalformedInputError("the CSV export has no column header")
+        header = parse_object(rows[0][1].encode("utf-8"), "export header")
+        return header, [row[-1].encode("utf-8") for row in rows[2:] if row]
+    first, _, rest = data.partition(b"\n")
+    header = parse_object(first, "export header")
+    lines = rest.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return header, lines
+
+
+def _manifest(header: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
+    if header.get(FORMAT_MARKER) != 1:
+        raise MalformedInputError("not an edgefleet audit export")
+    try:
+        chain = [Envelope.from_json(json.dumps(e).encode()) for e in header["root_chain"]]
+        envelope = Envelope.from_json(json.dumps(header["manifest"]).encode())
+    except (KeyError, TypeError) as e:
+        raise MalformedInputError("the export header is incomplete") from e
+    # Offline verification of an old export: the root chain is checked from the pinned
+    # fingerprint, without expiry (it vouches for keys, not for freshness).
+    trusted = TrustedState.bootstrap(fingerprint, chain, now=datetime(1970, 1, 1, tzinfo=UTC))
+    role = trusted.root.roles["audit"]
+    payload = verify_envelope(envelope, AUDIT_EXPORT_TYPE, trusted.root.keys, role.keyids,
+                              role.threshold, "audit export manifest")  # fmt: skip
+    return parse_object(payload, "export manifest")
+
+
+def verify_export(data: bytes, fingerprint: str) -> VerificationReport:
+    """Verify an export file; every problem names the record (chain and sequence number)."""
+    header, lines = _split(data)
+    manifest = _manifest(header, fingerprint)
+    report = VerificationReport(records=len(lines))
+    chains: dict[str, list[tuple[int, AuditRecord]]] = {}
+    for number, line in enumerate(lines, start=2):
+        try:
+            record = parse_record(line)
+        except MalformedInputError as e:
+            report.problems.append(f"line {number}: not a valid record ({e})")
+            continue
+        chains.setdefault(record.device, []).append((number, record))
+    expected: dict[str, Any] = manifest.get("chains", {})
+    for chain in chains.keys() - expected.keys():
+        report.problems.append(f"chain {chain}: not in the signed manifest (records were inserted)")
+    for chain, summary in expected.items():
+        found = chains.get(chain, [])
+        report.chains[chain] = len(found)
+        report.problems.extend(_check_chain(chain, found, summary))
+    if not report.problems and _records_digest(lines) != manifest.get("records_sha256"):
+        report.problems.append("the record lines differ from the signed digest")
+    if len(lines) != manifest.get("record_count"):
+        report.problems.append(
+            f"the export holds {len(lines)} records, the manifest signed {manifest.get('record_count')}"
+        )
+    return report
+
+
+def _check_chain(
+    chain: str, found: list[tuple[int, AuditRecord]], summary: Mapping[str, Any]
+) -> list[str]:
+    """Problems of one chain, each naming the record concerned."""
+    problems: list[str] = []
+    first, last = int(summary["first_seq"]), int(summary["last_seq"])
+    by_seq: dict[int, AuditRecord] = {}
+    previous_seq = first - 1
+    for number, record in found:
+        where = f"record {chain} #{record.seq} (line {number})"
+        if record.seq in by_seq:
+            problems.append(f"{where}: sequence number appears twice (a record was inserted)")
+            continue
+        if record.seq <= previous_seq:
+            problems.append(f"{where}: out of order, after #{previous_seq}")
+        elif record.seq > last:
+            problems.append(f"{where}: beyond the signed last record #{last} (inserted)")
+        by_seq[record.seq] = record
+        previous_seq = max(previous_seq, record.seq)
+    missing = [s for s in range(first, last + 1) if s not in by_seq]
+    if missing:
+        span = f"#{missing[0]}" if len(missing) == 1 else f"#{missing[0]}..#{missing[-1]}"
+        tail = " (the export was cut)" if missing[-1] == last else ""
+        problems.append(f"record {chain} {span}: missing{tail}")
+    problems.extend(_check_links(chain, by_seq, first, last, summary))
+    return problems
+
+
+def _check_links(
+    chain: str, by_seq: Mapping[int, AuditRecord], first: int, last: int, summary: Mapping[str, Any]
+) -> list[str]:
+    """Name altered records from broken links.
+
+    Record N's hash is recorded in N+1's ``prev`` (and the last one's in the manifest).
+    Changing N's content breaks only the link into N+1; changing N's own ``prev`` breaks
+    the link into N and, since N's hash changes too, the link into N+1.
+    """
+
+    def expected_prev(seq: int) -> str | None:
+        if seq == first:
+            return str(summary["first_prev"])
+        return by_seq[seq - 1].hash if seq - 1 in by_seq else None
+
+    breaks = {
+        seq for seq, r in by_seq.items() if first <= seq <= last and r.prev != expected_prev(seq)
+    }
+    last_altered = last in by_seq and by_seq[last].hash != summary["last_hash"]
+    culprits = set()
+    for seq in breaks:
+        if expected_prev(seq) is None:
+            continue  # its predecessor is missing: reported as such
+        breaks_next = seq + 1 in breaks or (seq == last and last_altered)
+        culprits.add(seq if breaks_next or seq == first else seq - 1)
+    if last_altered and last not in breaks:
+        culprits.add(last)
+    return [
+        f"record {chain} #{seq}: altered (its bytes no longer hash to what the chain recorded)"
+        for seq in sorted(culprits)
+    ]
