@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edgefleet.audit import AuditRecord, parse_record, record_hash
+from edgefleet.audit import AuditRecord, parse_record
 from edgefleet.canonical import canonical_bytes, parse_object
-from edgefleet.errors import AuditChainError, MalformedInputError
+from edgefleet.errors import MalformedInputError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
 from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import AUDIT_EXPORT_TYPE, format_time
@@ -173,9 +173,10 @@ def verify_export(data: bytes, fingerprint: str) -> VerificationReport:
         report.problems.extend(_check_chain(chain, found, summary))
     if not report.problems and _records_digest(lines) != manifest.get("records_sha256"):
         report.problems.append("the record lines differ from the signed digest")
-    if len(lines) != manifest.get("record_count"):
+    signed_count = manifest.get("record_count")
+    if len(lines) != signed_count:
         report.problems.append(
-            f"the export holds {len(lines)} records, the manifest signed {manifest.get('record_count')}"
+            f"the export holds {len(lines)} records, the manifest signed {signed_count}"
         )
     return report
 
