@@ -307,13 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         out = root / "audit.jsonl"
         print("  " + fleet.ctl("audit", "export", "--out", str(out)).stdout.strip())
-        for line in out.read_text().splitlines():
+        for line in out.read_text().splitlines()[1:]:  # the first line is the signed header
             record = json.loads(line)
             print(
                 f"  {record['device']:<22} #{record['seq']:<3} {record['action']:<16} "
                 f"{record['actor']:<22} {record['target']} {record['outcome']}"
             )
-        step(10, "Stop the agent and the controller")
+        step(10, "Verify the export offline, as an auditor would, with only the root fingerprint")
+        verify = ["audit", "verify", str(out), "--root-fingerprint", fleet.fingerprint]
+        print("  " + fleet.run("edgefleetctl", *verify).stdout.strip())
+        step(11, "Stop the agent and the controller")
     except Exception as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)
         for name in fleet.processes:

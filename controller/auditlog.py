@@ -10,7 +10,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from controller.store.database import Database
-from controller.store.schema import AuditHead, AuditRecordRow
+from controller.store.schema import AuditHead, AuditRecordRow, Device
 from edgefleet.audit import (
     GENESIS_HASH,
     AuditEvent,
@@ -40,7 +40,8 @@ def record_event(session: Session, event: AuditEvent) -> int:
     head = _head(session, CONTROLLER_CHAIN)
     seq = head.last_seq + 1
     now = datetime.now(UTC)
-    canonical = encode_record(CONTROLLER_CHAIN, seq, format_time(now), event, head.last_sha256)
+    recorded_at = format_time(now)
+    canonical = encode_record(CONTROLLER_CHAIN, seq, recorded_at, event, head.last_sha256)
     digest = record_hash(canonical)
     session.add(
         AuditRecordRow(
@@ -48,6 +49,7 @@ def record_event(session: Session, event: AuditEvent) -> int:
             seq=seq,
             canonical=canonical,
             record_sha256=digest,
+            recorded_at=recorded_at,
             received_at=now,
         )
     )
@@ -92,6 +94,7 @@ def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -
                     seq=record.seq,
                     canonical=canonical,
                     record_sha256=record.hash,
+                    recorded_at=str(record.fields["time"])[:20],
                     received_at=datetime.now(UTC),
                 )
             )
@@ -118,17 +121,39 @@ def acked_seq(session: Session, chain: str) -> int:
     return head.last_seq if head is not None else 0
 
 
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which records an export or query covers."""
+
+    chain: str | None = None
+    since: str = ""  # inclusive, YYYY-MM-DDTHH:MM:SSZ
+    until: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"device": self.chain or "", "since": self.since, "until": self.until}
+
+
 def export_page(
-    db: Database, chain: str | None, after: tuple[str, int] | None, limit: int = 1000
+    db: Database, where: ExportFilter, after: tuple[str, int] | None, limit: int = 1000
 ) -> list[tuple[str, int, bytes]]:
     """Up to ``limit`` (chain, seq, canonical bytes) after ``after``, verbatim, in order."""
     with db.session() as session:
         query = select(AuditRecordRow).order_by(AuditRecordRow.chain, AuditRecordRow.seq)
-        if chain:
-            query = query.where(AuditRecordRow.chain == chain)
+        if where.chain:
+            query = query.where(AuditRecordRow.chain == where.chain)
+        if where.since:
+            query = query.where(AuditRecordRow.recorded_at >= where.since)
+        if where.until:
+            query = query.where(AuditRecordRow.recorded_at <= where.until)
         if after is not None:
             query = query.where(
                 tuple_(AuditRecordRow.chain, AuditRecordRow.seq) > tuple_(after[0], after[1])
             )
         rows = session.execute(query.limit(limit)).scalars()
         return [(row.chain, row.seq, row.canonical) for row in rows]
+
+
+def audit_public_keys(db: Database) -> dict[str, str]:
+    """Each device's audit public key (hex), for exports."""
+    with db.session() as session:
+        return {d.device_id: d.audit_public_key for d in session.execute(select(Device)).scalars()}

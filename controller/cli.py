@@ -17,11 +17,13 @@ from controller.config import load_controller_config
 from controller.datadir import initialize, write_operator_credential
 from controller.policies import pretty
 from controller.service import serve
+from edgefleet.audit_export import render, verify_export
 from edgefleet.cli_support import key_value, run_command
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import Policy
 from edgefleet.tls import key_pem, make_csr, new_tls_key
+from edgefleet.trust.metadata import parse_time
 
 PROG = "edgefleetctl"
 CONFIG_ENV = "EDGEFLEETCTL_CONFIG"
@@ -129,9 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit trail").add_subparsers(
         dest="action", required=True
     )
-    export = audit.add_parser("export", help="write records verbatim as JSON lines")
+    export = audit.add_parser("export", help="records verbatim with a signed manifest")
     export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--device", help="only this device's chain")
+    export.add_argument("--device", help="only this device's chain (or `controller`)")
+    export.add_argument("--since", default="", help="YYYY-MM-DDTHH:MM:SSZ, inclusive")
+    export.add_argument("--until", default="", help="YYYY-MM-DDTHH:MM:SSZ, inclusive")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    verify = audit.add_parser("verify", help="verify an export offline, with the root fingerprint")
+    verify.add_argument("file", type=Path)
+    verify.add_argument("--root-fingerprint", required=True)
     return parser
 
 
@@ -226,17 +234,48 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def _audit_export(client: OperatorClient, args: argparse.Namespace) -> int:
-    temporary = args.out.with_name(args.out.name + ".partial")
-    count = 0
-    with temporary.open("wb") as out:
-        for _chain, _seq, canonical in client.export_audit(args.device):
-            out.write(canonical + b"\n")
-            count += 1
-        out.flush()
-        os.fsync(out.fileno())
-    temporary.replace(args.out)
-    print(f"exported {count} record(s) to {args.out}")
+    for bound in (args.since, args.until):
+        if bound:
+            parse_time(bound, "--since/--until")
+    spool = args.out.with_name(args.out.name + ".records")
+    header, count = b"", 0
+    try:
+        with spool.open("w+b") as records:
+            for record, trailer in client.export_audit(args.device, args.since, args.until):
+                if trailer:
+                    header = trailer
+                else:
+                    records.write(record + b"\n")
+                    count += 1
+            if not header:
+                raise TransportError("the export ended without its signed manifest")
+            records.seek(0)
+            lines = (line.rstrip(b"\n") for line in records)
+            partial = args.out.with_name(args.out.name + ".partial")
+            with partial.open("wb") as out:
+                for block in render(header, lines, args.format):
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            partial.replace(args.out)
+    finally:
+        spool.unlink(missing_ok=True)
+    print(f"exported {count} record(s) to {args.out} ({args.format}, signed manifest)")
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    try:
+        data = args.file.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {args.file}: {e.strerror}") from e
+    report = verify_export(data, args.root_fingerprint.strip().lower())
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    chains = ", ".join(f"{chain}: {n}" for chain, n in sorted(report.chains.items()))
+    verdict = "verified" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{report.records} record(s) in {len(report.chains)} chain(s) ({chains}): {verdict}")
+    return 0 if report.ok else 1
 
 
 def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -349,6 +388,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_init(args)
     if args.command == "serve":
         return _cmd_serve(args)
+    if (args.command, getattr(args, "action", "")) == ("audit", "verify"):
+        return _audit_verify(args)
     configure_logging("console", "WARNING")
     return _operate(args)
 

@@ -117,12 +117,19 @@ class OperatorClient:
         response = self._call(self._stub.ListDevices, operator_pb2.ListDevicesRequest())
         return [serde.device_view_from_pb(d) for d in response.devices]
 
-    def export_audit(self, device_id: str | None) -> Iterator[tuple[str, int, bytes]]:
-        """Stream (chain, seq, canonical bytes), verbatim."""
-        request = operator_pb2.ExportAuditRequest(device_id=device_id or "")
+    def export_audit(
+        self, device_id: str | None, since: str = "", until: str = ""
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Stream (record bytes verbatim, b"") pairs, then (b"", signed export header)."""
+        request = operator_pb2.ExportAuditRequest(
+            device_id=device_id or "", since=since, until=until
+        )
         try:
-            for record in self._stub.ExportAudit(request, timeout=3600):
-                yield record.device_id, record.seq, bytes(record.canonical)
+            for chunk in self._stub.ExportAudit(request, timeout=3600):
+                if chunk.WhichOneof("part") == "record":
+                    yield bytes(chunk.record.canonical), b""
+                else:
+                    yield b"", bytes(chunk.header)
         except grpc.RpcError as e:
             raise _raise_from(e) from e
 

@@ -28,6 +28,7 @@ from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError
 from edgefleet.tls import cert_pem
 from edgefleet.trust.envelope import Envelope
+from edgefleet.trust.keys import SigningKey
 from edgefleet.v1 import device_pb2_grpc, operator_pb2_grpc
 
 log = structlog.get_logger("controller")
@@ -46,6 +47,7 @@ class ControllerApp:
     policies: PolicyService
     access: AccessControl
     ca: CertificateAuthority
+    audit_key: SigningKey
     root_chain: tuple[Envelope, ...]
     ca_pem: bytes
     sync_port: int = 0
@@ -80,6 +82,7 @@ class ControllerApp:
             policies=PolicyService(db, data.load_role_key("policy"), policy_expiry),
             access=AccessControl(db),
             ca=ca,
+            audit_key=data.load_role_key("audit"),
             root_chain=root_chain,
             ca_pem=cert_pem(ca.cert),
         )

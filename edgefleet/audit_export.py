@@ -15,7 +15,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,21 +46,70 @@ class ChainSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "first_seq": self.first_seq, "last_seq": self.last_seq, "first_prev": self.first_prev,
-            "last_hash": self.last_hash, "count": self.count, "public_key": self.public_key,
-        }  # fmt: skip
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "first_prev": self.first_prev,
+            "last_hash": self.last_hash,
+            "count": self.count,
+            "public_key": self.public_key,
+        }
 
 
-def _summaries(records: Sequence[AuditRecord], keys: Mapping[str, str]) -> dict[str, ChainSummary]:
-    grouped: dict[str, list[AuditRecord]] = {}
-    for record in records:
-        grouped.setdefault(record.device, []).append(record)
-    return {
-        chain: ChainSummary(
-            rs[0].seq, rs[-1].seq, rs[0].prev, rs[-1].hash, len(rs), keys.get(chain, "")
-        )
-        for chain, rs in grouped.items()
-    }
+class ExportBuilder:
+    """Accumulates records (in export order) and produces the signed header line."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._chains: dict[str, list[AuditRecord]] = {}  # first and last record of each chain
+        self._counts: dict[str, int] = {}
+        self.count = 0
+
+    def add(self, canonical: bytes) -> AuditRecord:
+        """Account for the next record line."""
+        record = parse_record(canonical)
+        self._digest.update(canonical + b"\n")
+        ends = self._chains.setdefault(record.device, [record, record])
+        ends[1] = record
+        self._counts[record.device] = self._counts.get(record.device, 0) + 1
+        self.count += 1
+        return record
+
+    def header(
+        self,
+        root_chain: Sequence[Envelope],
+        audit_key: SigningKey,
+        device_keys: Mapping[str, str],
+        filters: Mapping[str, str],
+    ) -> bytes:
+        """The first line of the export: root chain and the manifest signed by ``audit_key``."""
+        chains = {
+            chain: ChainSummary(
+                first.seq,
+                last.seq,
+                first.prev,
+                last.hash,
+                self._counts[chain],
+                device_keys.get(chain, ""),
+            ).to_dict()
+            for chain, (first, last) in self._chains.items()
+        }
+        manifest = {
+            "_type": "audit-export",
+            "created": format_time(datetime.now(UTC)),
+            "filters": dict(filters),
+            "record_count": self.count,
+            "records_sha256": self._digest.hexdigest(),
+            "chains": chains,
+        }
+        envelope = sign_envelope(AUDIT_EXPORT_TYPE, canonical_bytes(manifest), [audit_key])
+        return json.dumps(
+            {
+                FORMAT_MARKER: 1,
+                "root_chain": [json.loads(e.to_json()) for e in root_chain],
+                "manifest": json.loads(envelope.to_json()),
+            },
+            sort_keys=True,
+        ).encode("utf-8")
 
 
 def _records_digest(lines: Iterable[bytes]) -> str:
@@ -70,39 +119,53 @@ def _records_digest(lines: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def build_export(
-    records: Sequence[bytes], root_chain: Sequence[Envelope], audit_key: SigningKey,
-    device_keys: Mapping[str, str], filters: Mapping[str, str], output_format: str = "jsonl",
-) -> bytes:  # fmt: skip
-    """The export file: header (root chain + signed manifest), then the records verbatim."""
-    parsed = [parse_record(r) for r in records]
-    manifest = {
-        "_type": "audit-export",
-        "created": format_time(datetime.now(UTC)),
-        "filters": dict(filters),
-        "record_count": len(parsed),
-        "records_sha256": _records_digest(records),
-        "chains": {k: v.to_dict() for k, v in _summaries(parsed, device_keys).items()},
-    }
-    envelope = sign_envelope(AUDIT_EXPORT_TYPE, canonical_bytes(manifest), [audit_key])
-    header = json.dumps(
-        {FORMAT_MARKER: 1, "root_chain": [json.loads(e.to_json()) for e in root_chain],
-         "manifest": json.loads(envelope.to_json())},
-        sort_keys=True,
-    )  # fmt: skip
+def render(header: bytes, records: Iterable[bytes], output_format: str) -> Iterator[bytes]:
+    """The export file's bytes: JSONL (header line, then records verbatim) or CSV."""
     if output_format == "jsonl":
-        return header.encode("utf-8") + b"\n" + b"".join(r + b"\n" for r in records)
+        yield header + b"\n"
+        for record in records:
+            yield record + b"\n"
+        return
     if output_format != "csv":
         raise MalformedInputError(f"unknown export format {output_format!r} (jsonl or csv)")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([CSV_MARKER, header])
+    writer.writerow([CSV_MARKER, header.decode("utf-8")])
     writer.writerow(CSV_COLUMNS)
-    for record, raw in zip(parsed, records, strict=True):
-        f = record.fields
-        writer.writerow([record.device, record.seq, f["time"], f["actor"], f["action"], f["target"],
-                         f["outcome"], raw.decode("utf-8")])  # fmt: skip
-    return out.getvalue().encode("utf-8")
+    for raw in records:
+        f = parse_record(raw).fields
+        writer.writerow(
+            [
+                f["device"],
+                f["seq"],
+                f["time"],
+                f["actor"],
+                f["action"],
+                f["target"],
+                f["outcome"],
+                raw.decode("utf-8"),
+            ]
+        )
+        yield out.getvalue().encode("utf-8")
+        out.seek(0)
+        out.truncate()
+    yield out.getvalue().encode("utf-8")
+
+
+def build_export(
+    records: Sequence[bytes],
+    root_chain: Sequence[Envelope],
+    audit_key: SigningKey,
+    device_keys: Mapping[str, str],
+    filters: Mapping[str, str],
+    output_format: str = "jsonl",
+) -> bytes:
+    """A whole export in memory (the controller streams; tests and small exports use this)."""
+    builder = ExportBuilder()
+    for record in records:
+        builder.add(record)
+    header = builder.header(root_chain, audit_key, device_keys, filters)
+    return b"".join(render(header, records, output_format))
 
 
 @dataclass
@@ -146,8 +209,14 @@ def _manifest(header: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
     # fingerprint, without expiry (it vouches for keys, not for freshness).
     trusted = TrustedState.bootstrap(fingerprint, chain, now=datetime(1970, 1, 1, tzinfo=UTC))
     role = trusted.root.roles["audit"]
-    payload = verify_envelope(envelope, AUDIT_EXPORT_TYPE, trusted.root.keys, role.keyids,
-                              role.threshold, "audit export manifest")  # fmt: skip
+    payload = verify_envelope(
+        envelope,
+        AUDIT_EXPORT_TYPE,
+        trusted.root.keys,
+        role.keyids,
+        role.threshold,
+        "audit export manifest",
+    )
     return parse_object(payload, "export manifest")
 
 

@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from controller.auditlog import export_page, ingest
+from controller.auditlog import ExportFilter, audit_public_keys, export_page, ingest
 from controller.devices import list_devices, sync_device
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
 from controller.rollouts import create_rollout
 from controller.rpc.guard import caller
 from edgefleet import serde
+from edgefleet.audit_export import ExportBuilder
 from edgefleet.errors import MalformedInputError
+from edgefleet.trust.metadata import parse_time
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
@@ -174,18 +176,27 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def ExportAudit(
         self, request: operator_pb2.ExportAuditRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[operator_pb2.ExportedAuditRecord]:
-        chain = request.device_id or None
+    ) -> AsyncIterator[operator_pb2.ExportAuditChunk]:
+        where = ExportFilter(request.device_id or None, request.since, request.until)
+        for bound in (where.since, where.until):
+            if bound:
+                parse_time(bound, "export time bound")
+        builder = ExportBuilder()
         after: tuple[str, int] | None = None
         while True:
-            page = await asyncio.to_thread(export_page, self.app.db, chain, after)
+            page = await asyncio.to_thread(export_page, self.app.db, where, after)
             for record_chain, seq, canonical in page:
-                yield operator_pb2.ExportedAuditRecord(
+                builder.add(canonical)
+                record = operator_pb2.ExportedAuditRecord(
                     device_id=record_chain, seq=seq, canonical=canonical
                 )
+                yield operator_pb2.ExportAuditChunk(record=record)
             if not page:
-                return
+                break
             after = (page[-1][0], page[-1][1])
+        keys = await asyncio.to_thread(audit_public_keys, self.app.db)
+        header = builder.header(self.app.root_chain, self.app.audit_key, keys, where.as_dict())
+        yield operator_pb2.ExportAuditChunk(header=header)
 
     async def AddOperator(
         self, request: operator_pb2.AddOperatorRequest, context: grpc.aio.ServicerContext

@@ -138,6 +138,8 @@ class AuditRecordRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     canonical: Mapped[bytes] = mapped_column(LargeBinary)
     record_sha256: Mapped[str] = mapped_column(String(64))
+    # The record's own time (YYYY-MM-DDTHH:MM:SSZ), for queries and exports by time range.
+    recorded_at: Mapped[str] = mapped_column(String(20), index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

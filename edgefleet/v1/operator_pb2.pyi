@@ -359,16 +359,23 @@ class ExportAuditRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
-    """Empty exports every device."""
+    """Empty exports every chain (every device and the controller's own)."""
+    since: _builtins.str
+    """Record times, inclusive, as YYYY-MM-DDTHH:MM:SSZ; empty means unbounded."""
+    until: _builtins.str
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
+        since: _builtins.str = ...,
+        until: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,6 +405,32 @@ class ExportedAuditRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportedAuditRecord: _TypeAlias = ExportedAuditRecord  # noqa: Y015
+
+@_typing.final
+class ExportAuditChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    header: _builtins.bytes
+    """The first line of the export file (JSON): root chain and signed manifest."""
+    @_builtins.property
+    def record(self) -> Global___ExportedAuditRecord: ...
+    def __init__(
+        self,
+        *,
+        record: Global___ExportedAuditRecord | None = ...,
+        header: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "part", b"part", "record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "part", b"part", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["record", "header"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ExportAuditChunk: _TypeAlias = ExportAuditChunk  # noqa: Y015
 
 @_typing.final
 class AddOperatorRequest(_message.Message):

@@ -58,7 +58,7 @@ class OperatorServiceStub:
         self.ExportAudit = channel.unary_stream(
                 '/edgefleet.v1.OperatorService/ExportAudit',
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportedAuditRecord.FromString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditChunk.FromString,
                 _registered_method=True)
         self.AddOperator = channel.unary_unary(
                 '/edgefleet.v1.OperatorService/AddOperator',
@@ -127,7 +127,9 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportAudit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The matching records verbatim, then a trailer with the export header whose manifest
+        (counts, chain ends, digest of the records sent) is signed by the audit role.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -205,7 +207,7 @@ def add_OperatorServiceServicer_to_server(servicer, server):
             'ExportAudit': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportAudit,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.FromString,
-                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportedAuditRecord.SerializeToString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditChunk.SerializeToString,
             ),
             'AddOperator': grpc.unary_unary_rpc_method_handler(
                     servicer.AddOperator,
@@ -378,7 +380,7 @@ class OperatorService:
             target,
             '/edgefleet.v1.OperatorService/ExportAudit',
             edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
-            edgefleet_dot_v1_dot_operator__pb2.ExportedAuditRecord.FromString,
+            edgefleet_dot_v1_dot_operator__pb2.ExportAuditChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,10 @@ class OperatorServiceStub:
     """First message carries the metadata, then the file's bytes in order."""
     CreateRollout: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.CreateRolloutResponse]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]
-    ExportAudit: _grpc.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportedAuditRecord]
+    ExportAudit: _grpc.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportAuditChunk]
+    """The matching records verbatim, then a trailer with the export header whose manifest
+    (counts, chain ends, digest of the records sent) is signed by the audit role.
+    """
     AddOperator: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]
     """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
     ApplyPolicy: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]
@@ -62,7 +65,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """First message carries the metadata, then the file's bytes in order."""
     CreateRollout: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.CreateRolloutResponse]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]  # type: ignore[assignment]
-    ExportAudit: _aio.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportedAuditRecord]  # type: ignore[assignment]
+    ExportAudit: _aio.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportAuditChunk]  # type: ignore[assignment]
+    """The matching records verbatim, then a trailer with the export header whose manifest
+    (counts, chain ends, digest of the records sent) is signed by the audit role.
+    """
     AddOperator: _aio.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]  # type: ignore[assignment]
     """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
     ApplyPolicy: _aio.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]  # type: ignore[assignment]
@@ -113,7 +119,10 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _operator_pb2.ExportAuditRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_operator_pb2.ExportedAuditRecord], _abc.AsyncIterator[_operator_pb2.ExportedAuditRecord]]: ...
+    ) -> _typing.Union[_abc.Iterator[_operator_pb2.ExportAuditChunk], _abc.AsyncIterator[_operator_pb2.ExportAuditChunk]]:
+        """The matching records verbatim, then a trailer with the export header whose manifest
+        (counts, chain ends, digest of the records sent) is signed by the audit role.
+        """
 
     @_abc_1.abstractmethod
     def AddOperator(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.auditlog import export_page, ingest
+from controller.auditlog import ExportFilter, export_page, ingest
 from controller.store.database import Database
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash, verify_chain
 from edgefleet.canonical import canonical_bytes
@@ -31,7 +31,7 @@ def db(tmp_path: Path) -> Database:
 
 
 def _stored(db: Database, chain: str) -> list[bytes]:
-    return [c for _chain, _seq, c in export_page(db, chain, None)]
+    return [c for _chain, _seq, c in export_page(db, ExportFilter(chain), None)]
 
 
 def test_batches_and_resends_store_each_record_once(db: Database) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.auditlog import export_page
+from controller.auditlog import ExportFilter, export_page
 from controller.ca import CertificateAuthority
 from controller.enrollment import Enrollment, EnrollmentRequest
 from controller.store.database import Database
@@ -107,7 +107,9 @@ def test_refusals_are_audited_in_an_intact_chain(enrollment: Enrollment) -> None
     """Denied enrollments leave audit records, and the controller chain stays intact."""
     with pytest.raises(EnrollmentError):
         enrollment.enroll(request("eft_nope"))
-    records = [c for _chain, _seq, c in export_page(enrollment.db, "controller", None)]
+    records = [
+        c for _chain, _seq, c in export_page(enrollment.db, ExportFilter("controller"), None)
+    ]
     assert verify_chain("controller", records) == 1
     assert b'"outcome":"denied"' in records[0]
 

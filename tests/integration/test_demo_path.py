@@ -168,7 +168,11 @@ def test_controller_holds_intact_audit_chains(model_fleet: ModelFleet) -> None:
     out = fleet.root / "export.jsonl"
     fleet.ctl("audit", "export", "--out", str(out))
     chains: dict[str, list[bytes]] = defaultdict(list)
-    for line in out.read_bytes().splitlines():
+    verified = fleet.run(
+        "edgefleetctl", "audit", "verify", str(out), "--root-fingerprint", fleet.fingerprint
+    )
+    assert verified.stdout.strip().endswith(": verified")
+    for line in out.read_bytes().splitlines()[1:]:  # after the signed header
         chains[json.loads(line)["device"]].append(line)
     assert verify_chain(device_id, chains[device_id]) >= head
     assert verify_chain("controller", chains["controller"]) >= 4

@@ -111,7 +111,7 @@ def test_a_device_cannot_act_for_another(small_fleet: tuple[Fleet, str]) -> None
     devices = {d["device_id"]: d for d in fleet.devices()}
     assert devices[device_b]["audit_stored_seq"] == 0  # nothing was stored for B
     fleet.ctl("audit", "export", "--device", device_b, "--out", str(fleet.root / "b.jsonl"))
-    assert (fleet.root / "b.jsonl").read_text() == ""
+    assert len((fleet.root / "b.jsonl").read_text().splitlines()) == 1  # the header only
 
 
 def test_expired_and_revoked_certificates_are_refused(small_fleet: tuple[Fleet, str]) -> None:
@@ -152,14 +152,17 @@ def test_short_lived_certificate_is_renewed_and_service_continues(tmp_path: Path
         fleet.start_controller()
         fleet.enroll("gw", {"site": "lab"})
         first = (fleet.agent_dir("gw") / "identity" / "device.pem").read_bytes()
-        fleet.start_agent("gw", sync_interval=1)
+        fleet.start_agent("gw", sync_interval=1, env={"EDGEFLEET_AGENT_SYNC_JITTER_SECONDS": "0"})
         time.sleep(14)  # beyond the first certificate's lifetime
         assert (fleet.agent_dir("gw") / "identity" / "device.pem").read_bytes() != first
         status = fleet.agent("gw", "status").stdout
         assert "last error:    -" in status, status
         seen = fleet.devices()[0]["last_seen"]
-        time.sleep(2)
-        assert fleet.devices()[0]["last_seen"] != seen  # still syncing after renewals
+        wait_for(
+            "another sync after renewals",
+            lambda: True if fleet.devices()[0]["last_seen"] != seen else None,
+            15,
+        )
     finally:
         fleet.stop_all()
 

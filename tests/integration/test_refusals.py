@@ -281,3 +281,44 @@ def test_model_over_the_memory_budget_is_never_downloaded(small_fleet: tuple[Fle
     assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
     refusals = [a for a in _agent_actions(fleet, "gw") if a[2] == "refused"]
     assert refusals == [("model.install", "tiny@1", "refused")]  # audited once, not every pass
+
+
+def test_signed_export_verifies_offline_and_tampering_is_named(
+    small_fleet: tuple[Fleet, str],
+) -> None:
+    """An export from the controller verifies with only the root fingerprint; an edit is named."""
+    fleet, device_id = small_fleet
+    wait_for(
+        "the enrollment record",
+        lambda: True if fleet.devices()[0]["audit_stored_seq"] >= 1 else None,
+        30,
+    )
+    for fmt in ("jsonl", "csv"):
+        out = fleet.root / f"export.{fmt}"
+        fleet.ctl(
+            "audit", "export", "--format", fmt, "--since", "2020-01-01T00:00:00Z", "--out", str(out)
+        )
+        verified = fleet.run(
+            "edgefleetctl", "audit", "verify", str(out), "--root-fingerprint", fleet.fingerprint
+        )
+        assert verified.returncode == 0 and verified.stdout.strip().endswith(": verified"), (
+            verified.stdout
+        )
+    out = fleet.root / "export.jsonl"
+    lines = out.read_bytes().split(b"\n")
+    index = next(
+        i for i, line in enumerate(lines) if device_id.encode() in line and b'"seq":1' in line
+    )
+    lines[index] = lines[index].replace(b'"success"', b'"denied"')
+    out.write_bytes(b"\n".join(lines))
+    tampered = fleet.run(
+        "edgefleetctl",
+        "audit",
+        "verify",
+        str(out),
+        "--root-fingerprint",
+        fleet.fingerprint,
+        check=False,
+    )
+    assert tampered.returncode == 1
+    assert f"FAIL record {device_id} #1: altered" in tampered.stdout
