@@ -12,11 +12,53 @@ from edgefleet.errors import MalformedInputError
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 
 
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _plain(value: Any) -> bool:
+    """True for values whose RFC 8785 form equals sorted, compact ``json.dumps`` output.
+
+    That holds for strings, booleans, null, integers within JavaScript's safe range, and
+    lists and objects of those whose keys are ASCII (RFC 8785 sorts keys by UTF-16 code
+    units, Python by code points; they agree on ASCII). Floats always take the slow path.
+    Written as a loop over exact types: it runs on every audit record.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                continue
+            return False
+        if kind is dict:
+            for key, child in item.items():
+                if type(key) is not str or not key.isascii():
+                    return False
+                stack.append(child)
+            continue
+        if kind is list:
+            stack.extend(item)
+            continue
+        return False
+    return True
+
+
 def canonical_bytes(value: Any) -> bytes:
-    """Encode a JSON-compatible value to RFC 8785 canonical bytes."""
+    """Encode a JSON-compatible value to RFC 8785 canonical bytes.
+
+    Audit records are encoded on every inference request, so the common case (no floats,
+    ASCII keys) uses the C JSON encoder, which produces the same bytes; everything else
+    goes through the `rfc8785` reference implementation.
+    """
     try:
+        if _plain(value):
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            return text.encode("utf-8")
         return bytes(rfc8785.dumps(value))
-    except (rfc8785.CanonicalizationError, TypeError, ValueError) as e:
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, UnicodeEncodeError) as e:
         raise MalformedInputError(f"value cannot be canonicalized: {e}") from e
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -43,7 +42,7 @@ class ApiContext:
 
     async def audit_event(self, event: AuditEvent) -> None:
         """Append off the event loop."""
-        await asyncio.to_thread(self.audit.append, event)
+        await self.audit.record(event)
 
 
 CONTEXT = web.AppKey("ctx", ApiContext)

@@ -1,0 +1,46 @@
+"""The device's audit log: group commit keeps one gapless chain under concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agent.audit.log import AuditLog
+from agent.database import AgentDatabase
+from edgefleet.audit import AuditEvent, verify_chain
+from edgefleet.errors import MalformedInputError
+
+
+def test_concurrent_appends_form_one_intact_chain(tmp_path: Path) -> None:
+    """Sixteen threads appending 200 events each give 3,200 records, numbered 1..3200, chained."""
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+
+    def work(worker: int) -> list[int]:
+        return [log.append(AuditEvent(f"t{worker}", "x", "y", "ok", {"i": i})) for i in range(200)]
+
+    with ThreadPoolExecutor(16) as pool:
+        numbers = sorted(n for batch in pool.map(work, range(16)) for n in batch)
+    assert numbers == list(range(1, 3201))
+    assert verify_chain("dev-1", log.all_records()) == 3200
+
+
+def test_chain_continues_across_restarts(tmp_path: Path) -> None:
+    """A new writer (after a restart) continues the stored chain."""
+    AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1").append(AuditEvent("a", "b", "c", "ok"))
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+    assert log.append(AuditEvent("a", "b", "c", "ok")) == 2
+    assert verify_chain("dev-1", log.all_records()) == 2
+
+
+def test_an_unencodable_event_fails_alone(tmp_path: Path) -> None:
+    """An event that cannot be encoded is refused; the events around it are stored."""
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+    good = log.submit(AuditEvent("a", "b", "c", "ok"))
+    bad = log.submit(AuditEvent("a", "b", "c", "ok", {"x": object()}))
+    after = log.submit(AuditEvent("a", "b", "c", "ok"))
+    assert good.result() == 1 and after.result() == 2
+    with pytest.raises(MalformedInputError):
+        bad.result()
+    assert verify_chain("dev-1", log.all_records()) == 2
