@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
-from edgefleet.canonical import canonical_bytes, parse_object
+from edgefleet.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError
 
 GENESIS_HASH = "0" * 64
@@ -49,21 +50,47 @@ def record_hash(canonical: bytes) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+def _record_fields(
+    device: str, seq: int, time: str, event: AuditEvent, prev: str
+) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "device": device,
+        "time": time,
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "outcome": event.outcome,
+        "details": dict(event.details),
+        "prev": prev,
+    }
+
+
 def encode_record(device: str, seq: int, time: str, event: AuditEvent, prev: str) -> bytes:
-    """Encode a new record once; these bytes are stored, shipped and exported verbatim."""
-    return canonical_bytes(
-        {
-            "seq": seq,
-            "device": device,
-            "time": time,
-            "actor": event.actor,
-            "action": event.action,
-            "target": event.target,
-            "outcome": event.outcome,
-            "details": dict(event.details),
-            "prev": prev,
-        }
-    )
+    """Encode a new record once; these bytes are stored, shipped and exported verbatim.
+
+    The top-level keys are fixed and ASCII, so the RFC 8785 form is assembled directly in
+    sorted key order from C-escaped strings (this runs for every inference request); the
+    result equals ``canonical_bytes`` of the whole record, which the tests check.
+    """
+    strings = (device, time, event.actor, event.action, event.target, event.outcome, prev)
+    if (
+        type(seq) is not int
+        or not 0 < seq <= MAX_SAFE_INTEGER
+        or not all(type(v) is str for v in strings)
+    ):
+        return canonical_bytes(_record_fields(device, seq, time, event, prev))
+    quote = encode_basestring
+    try:
+        text = (
+            f'{{"action":{quote(event.action)},"actor":{quote(event.actor)},"details":'
+            f'{canonical_bytes(dict(event.details)).decode("utf-8")},"device":{quote(device)},'
+            f'"outcome":{quote(event.outcome)},"prev":{quote(prev)},"seq":{seq},'
+            f'"target":{quote(event.target)},"time":{quote(time)}}}'
+        )
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MalformedInputError(f"audit record cannot be encoded: {e}") from e
 
 
 def parse_record(canonical: bytes) -> AuditRecord:

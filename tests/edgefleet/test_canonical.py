@@ -68,3 +68,32 @@ def test_unencodable_values_are_malformed_input() -> None:
     for bad in ("\ud800", 2**60, {"k": object()}, float("nan")):
         with pytest.raises(MalformedInputError):
             canonical_bytes(bad)
+
+
+def test_audit_record_encoder_matches_the_reference() -> None:
+    """The assembled audit record bytes equal RFC 8785 of the whole record, for odd strings too."""
+    from edgefleet.audit import AuditEvent, encode_record
+
+    rng = random.Random(6)
+    for _ in range(2000):
+        words = ["".join(rng.choice(ALPHABET) for _ in range(rng.randrange(5))) for _ in range(6)]
+        details = _value(rng) if rng.random() < 0.5 else {"n": rng.randrange(10**6)}
+        event = AuditEvent(
+            words[0], words[1], words[2], words[3], details if isinstance(details, dict) else {}
+        )
+        seq = rng.randrange(1, 2**53)
+        encoded = encode_record(words[4], seq, words[5], event, "ab" * 32)
+        reference = rfc8785.dumps(
+            {
+                "seq": seq,
+                "device": words[4],
+                "time": words[5],
+                "actor": words[0],
+                "action": words[1],
+                "target": words[2],
+                "outcome": words[3],
+                "details": dict(event.details),
+                "prev": "ab" * 32,
+            }
+        )
+        assert encoded == bytes(reference)
