@@ -115,6 +115,12 @@ def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -
         return IngestResult(head.last_seq, stored, reason)
 
 
+def tamper_reason(session: Session, chain: str) -> str:
+    """Why ``chain`` was flagged as tampered, or "" if it was not."""
+    head = session.get(AuditHead, chain)
+    return head.tamper_reason if head is not None and head.tamper_alert else ""
+
+
 def acked_seq(session: Session, chain: str) -> int:
     """The highest verified sequence number stored for ``chain``."""
     head = session.get(AuditHead, chain)

@@ -228,6 +228,10 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
                 f"{'':<22} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
                 f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
             )
+        if v.state != "active":
+            print(f"{'':<22} state: {v.state}")
+        if v.audit_alert:
+            print(f"{'':<22} AUDIT TAMPER ALERT: {v.audit_alert}")
         if v.last_error:
             print(f"{'':<22} last error: {v.last_error}")
     return 0

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from controller.auditlog import acked_seq
+from controller.auditlog import acked_seq, tamper_reason
 from controller.catalog import latest_targets
 from controller.policies import latest_policy
 from controller.store.database import Database
@@ -74,6 +74,7 @@ def list_devices(db: Database) -> list[DeviceView]:
                     last_error=device.last_error,
                     state=device.state,
                     key_fingerprint=device.key_fingerprint,
+                    audit_alert=tamper_reason(session, device.device_id),
                     bench=tuple(BenchResult(**b) for b in device.bench or []),  # type: ignore[arg-type]
                 )
             )

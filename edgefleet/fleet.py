@@ -79,3 +79,4 @@ class DeviceView:
     bench: tuple[BenchResult, ...] = ()
     state: str = "active"
     key_fingerprint: str = ""
+    audit_alert: str = ""

@@ -127,6 +127,7 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         bench=_bench_to_pb(view.bench),
         state=view.state,
         key_fingerprint=view.key_fingerprint,
+        audit_alert=view.audit_alert,
     )
 
 
@@ -144,4 +145,5 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         bench=_bench_from_pb(message.bench),
         state=message.state,
         key_fingerprint=message.key_fingerprint,
+        audit_alert=message.audit_alert,
     )

@@ -296,6 +296,7 @@ class DeviceView(_message.Message):
     BENCH_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    AUDIT_ALERT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     hostname: _builtins.str
     last_seen: _builtins.str
@@ -305,6 +306,8 @@ class DeviceView(_message.Message):
     state: _builtins.str
     """pending | active | rejected | revoked"""
     key_fingerprint: _builtins.str
+    audit_alert: _builtins.str
+    """Why the device's audit chain was flagged as tampered; empty when it is intact."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -325,10 +328,11 @@ class DeviceView(_message.Message):
         bench: _abc.Iterable[_device_pb2.BenchResult] | None = ...,
         state: _builtins.str = ...,
         key_fingerprint: _builtins.str = ...,
+        audit_alert: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "device_id", b"device_id", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_alert", b"audit_alert", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "device_id", b"device_id", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

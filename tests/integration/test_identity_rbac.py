@@ -110,6 +110,8 @@ def test_a_device_cannot_act_for_another(small_fleet: tuple[Fleet, str]) -> None
     assert response.acked_seq >= 0
     devices = {d["device_id"]: d for d in fleet.devices()}
     assert devices[device_b]["audit_stored_seq"] == 0  # nothing was stored for B
+    assert devices[device_a]["audit_alert"]  # A pushed a record that is not its own: flagged
+    assert "AUDIT TAMPER ALERT" in fleet.ctl("devices", "list").stdout
     fleet.ctl("audit", "export", "--device", device_b, "--out", str(fleet.root / "b.jsonl"))
     assert len((fleet.root / "b.jsonl").read_text().splitlines()) == 1  # the header only
 
