@@ -96,6 +96,10 @@ class Syncer:
             except EdgefleetError as e:
                 log.warning("sync.failed", error=type(e).__name__, reason=str(e))
                 await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, str(e))
+            except OSError as e:  # disk full, permissions: report it like any other failure
+                reason = f"local storage: {e.strerror or e}"
+                log.error("sync.failed", error="OSError", reason=reason)
+                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, reason)
             finally:
                 await self._push_audit()
 
