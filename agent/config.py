@@ -40,6 +40,9 @@ class AgentConfig:
     api_auth: bool = True
     # Store SHA-256 hashes of prompts and completions in inference audit records.
     audit_content_hashes: bool = False
+    # Sign a checkpoint of the audit chain every N records or T seconds.
+    audit_checkpoint_every: int = 100
+    audit_checkpoint_seconds: int = 600
 
     @property
     def resolved_memory_budget(self) -> int:
@@ -61,6 +64,8 @@ class AgentConfig:
             "n_parallel",
             "keep_alive_seconds",
             "max_queued_requests",
+            "audit_checkpoint_every",
+            "audit_checkpoint_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

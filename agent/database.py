@@ -59,6 +59,14 @@ class AuditRow(Base):
     record_sha256: Mapped[str] = mapped_column(String(64))
 
 
+class CheckpointRow(Base):
+    """A checkpoint of the device's chain, signed with its audit key."""
+
+    __tablename__ = "checkpoints"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class StateRow(Base):
     """Small named values: acknowledged audit sequence, last sync, last error."""
 

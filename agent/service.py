@@ -108,6 +108,7 @@ async def run(config: AgentConfig) -> None:
     policy = DevicePolicy(LocalPolicy(config.data_dir), trust.policy)
     syncer.on_policy = policy.set_signed
     syncer.renewer = CertificateRenewer(state.paths.identity, client, state.audit)
+    syncer.audit_key = state.paths.identity.keys()[1]
     ctx = ApiContext(
         config, state.registry, pool, state.audit, policy, labels=dict(enrollment.labels)
     )

@@ -10,18 +10,21 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from controller.store.database import Database
-from controller.store.schema import AuditHead, AuditRecordRow, Device
+from controller.store.schema import AuditCheckpointRow, AuditHead, AuditRecordRow, Device
 from edgefleet.audit import (
     GENESIS_HASH,
     AuditEvent,
     ChainVerifier,
     encode_record,
     record_hash,
+    verify_checkpoint,
 )
 from edgefleet.errors import UntrustedInputError
+from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import format_time
 
 CONTROLLER_CHAIN = "controller"
+MAX_CHECKPOINTS = 100
 
 
 def _head(session: Session, chain: str) -> AuditHead:
@@ -66,8 +69,17 @@ class IngestResult:
     tamper_reason: str = ""
 
 
-def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -> IngestResult:
-    """Store a device's records once each, verifying every chain link; ack the verified head."""
+def ingest(
+    db: Database,
+    device_id: str,
+    records: Sequence[tuple[int, bytes]],
+    checkpoints: Sequence[Envelope] = (),
+) -> IngestResult:
+    """Store a device's records once each, verifying every chain link; ack the verified head.
+
+    Then check the device-signed checkpoints against the stored records they name (those
+    beyond the stored head wait for their records and are sent again).
+    """
     with db.session() as session:
         head = _head(session, device_id)
         if head.tamper_alert:
@@ -100,6 +112,8 @@ def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -
             )
             stored += 1
         head.last_seq, head.last_sha256 = verifier.last_seq, verifier.last_hash
+        if not reason:
+            reason = _check_checkpoints(session, device_id, checkpoints, head.last_seq)
         if reason:
             head.tamper_alert, head.tamper_reason = True, reason
             record_event(
@@ -113,6 +127,40 @@ def ingest(db: Database, device_id: str, records: Sequence[tuple[int, bytes]]) -
                 ),
             )
         return IngestResult(head.last_seq, stored, reason)
+
+
+def _check_checkpoints(
+    session: Session, device_id: str, checkpoints: Sequence[Envelope], stored_seq: int
+) -> str:
+    """Store checkpoints that match their records; return a tamper reason for one that does not."""
+    device = session.get(Device, device_id)
+    if device is None or not checkpoints:
+        return ""
+    for envelope in checkpoints[:MAX_CHECKPOINTS]:
+        try:
+            checkpoint = verify_checkpoint(envelope, device.audit_public_key, device_id)
+        except UntrustedInputError as e:
+            return f"checkpoint refused: {e}"
+        if checkpoint.seq > stored_seq:
+            continue
+        record = session.get(AuditRecordRow, (device_id, checkpoint.seq))
+        if record is None or record.record_sha256 != checkpoint.sha256:
+            return f"record {checkpoint.seq} does not match the device-signed checkpoint"
+        session.merge(
+            AuditCheckpointRow(chain=device_id, seq=checkpoint.seq, envelope=envelope.to_json())
+        )
+    return ""
+
+
+def checkpoints_between(db: Database, chain: str, first: int, last: int) -> list[Envelope]:
+    """Stored checkpoints of ``chain`` within [first, last]."""
+    with db.session() as session:
+        rows = session.execute(
+            select(AuditCheckpointRow)
+            .where(AuditCheckpointRow.chain == chain, AuditCheckpointRow.seq.between(first, last))
+            .order_by(AuditCheckpointRow.seq)
+        ).scalars()
+        return [Envelope.from_json(row.envelope) for row in rows]
 
 
 def tamper_reason(session: Session, chain: str) -> str:

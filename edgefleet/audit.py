@@ -10,6 +10,9 @@ from typing import Any
 
 from edgefleet.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError
+from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
+from edgefleet.trust.keys import PublicKey, SigningKey
+from edgefleet.trust.metadata import CHECKPOINT_TYPE
 
 GENESIS_HASH = "0" * 64
 MAX_RECORD_BYTES = 64 * 1024
@@ -137,3 +140,54 @@ def verify_chain(device: str, records: Iterable[bytes]) -> int:
     for canonical in records:
         verifier.add(canonical)
     return verifier.last_seq
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A device's signed statement: "my chain's record ``seq`` has hash ``sha256``"."""
+
+    device: str
+    seq: int
+    sha256: str
+    time: str
+
+    def to_payload(self) -> bytes:
+        return canonical_bytes(
+            {
+                "_type": "audit-checkpoint",
+                "device": self.device,
+                "seq": self.seq,
+                "sha256": self.sha256,
+                "time": self.time,
+            }
+        )
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Checkpoint:
+        doc = parse_object(payload, "audit checkpoint")
+        try:
+            checkpoint = cls(
+                str(doc["device"]), int(doc["seq"]), str(doc["sha256"]), str(doc["time"])
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedInputError("audit checkpoint is malformed") from e
+        if doc.get("_type") != "audit-checkpoint" or checkpoint.seq < 1:
+            raise MalformedInputError("audit checkpoint is malformed")
+        return checkpoint
+
+
+def sign_checkpoint(checkpoint: Checkpoint, key: SigningKey) -> Envelope:
+    """Sign a checkpoint with the device's audit key."""
+    return sign_envelope(CHECKPOINT_TYPE, checkpoint.to_payload(), [key])
+
+
+def verify_checkpoint(envelope: Envelope, public_key_hex: str, device: str) -> Checkpoint:
+    """The checkpoint, if ``public_key_hex`` signed it and it names ``device``."""
+    key = PublicKey.from_hex(public_key_hex)
+    payload = verify_envelope(
+        envelope, CHECKPOINT_TYPE, {key.keyid: key}, [key.keyid], 1, "checkpoint"
+    )
+    checkpoint = Checkpoint.from_payload(payload)
+    if checkpoint.device != device:
+        raise AuditChainError(f"checkpoint names device {checkpoint.device!r}, not {device!r}")
+    return checkpoint

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edgefleet.audit import AuditRecord, parse_record
+from edgefleet.audit import AuditRecord, parse_record, verify_checkpoint
 from edgefleet.canonical import canonical_bytes, parse_object
-from edgefleet.errors import MalformedInputError
+from edgefleet.errors import AuditChainError, MalformedInputError, SignatureError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
 from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import AUDIT_EXPORT_TYPE, format_time
@@ -74,12 +74,17 @@ class ExportBuilder:
         self.count += 1
         return record
 
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """First and last sequence number of each chain seen so far."""
+        return {chain: (ends[0].seq, ends[1].seq) for chain, ends in self._chains.items()}
+
     def header(
         self,
         root_chain: Sequence[Envelope],
         audit_key: SigningKey,
         device_keys: Mapping[str, str],
         filters: Mapping[str, str],
+        checkpoints: Mapping[str, Sequence[Envelope]] | None = None,
     ) -> bytes:
         """The first line of the export: root chain and the manifest signed by ``audit_key``."""
         chains = {
@@ -100,6 +105,11 @@ class ExportBuilder:
             "record_count": self.count,
             "records_sha256": self._digest.hexdigest(),
             "chains": chains,
+            "checkpoints": {
+                chain: [json.loads(e.to_json()) for e in envelopes]
+                for chain, envelopes in (checkpoints or {}).items()
+                if envelopes
+            },
         }
         envelope = sign_envelope(AUDIT_EXPORT_TYPE, canonical_bytes(manifest), [audit_key])
         return json.dumps(
@@ -240,6 +250,8 @@ def verify_export(data: bytes, fingerprint: str) -> VerificationReport:
         found = chains.get(chain, [])
         report.chains[chain] = len(found)
         report.problems.extend(_check_chain(chain, found, summary))
+        signed = manifest.get("checkpoints", {}).get(chain, [])
+        report.problems.extend(_check_checkpoints(chain, found, summary, signed))
     if not report.problems and _records_digest(lines) != manifest.get("records_sha256"):
         report.problems.append("the record lines differ from the signed digest")
     signed_count = manifest.get("record_count")
@@ -309,3 +321,24 @@ def _check_links(
         f"record {chain} #{seq}: altered (its bytes no longer hash to what the chain recorded)"
         for seq in sorted(culprits)
     ]
+
+
+def _check_checkpoints(
+    chain: str, found: list[tuple[int, AuditRecord]], summary: Mapping[str, Any], signed: list[Any]
+) -> list[str]:
+    """Each device-signed checkpoint must verify with the chain's key and match its record."""
+    problems = []
+    by_seq = {record.seq: record for _, record in found}
+    for raw in signed:
+        try:
+            envelope = Envelope.from_json(json.dumps(raw).encode())
+            checkpoint = verify_checkpoint(envelope, str(summary.get("public_key", "")), chain)
+        except (MalformedInputError, SignatureError, AuditChainError) as e:
+            problems.append(f"chain {chain}: a checkpoint does not verify ({e})")
+            continue
+        record = by_seq.get(checkpoint.seq)
+        if record is not None and record.hash != checkpoint.sha256:
+            problems.append(
+                f"record {chain} #{checkpoint.seq}: does not match the device-signed checkpoint"
+            )
+    return problems

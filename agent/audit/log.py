@@ -10,10 +10,19 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from agent.database import AgentDatabase, AuditRow
-from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash
+from agent.database import AgentDatabase, AuditRow, CheckpointRow
+from edgefleet.audit import (
+    GENESIS_HASH,
+    AuditEvent,
+    Checkpoint,
+    encode_record,
+    record_hash,
+    sign_checkpoint,
+)
 from edgefleet.errors import MalformedInputError
-from edgefleet.trust.metadata import format_time
+from edgefleet.trust.envelope import Envelope
+from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.metadata import format_time, parse_time
 
 ACKED_KEY = "audit_acked_seq"
 INSERT_RECORD = "INSERT INTO audit (seq, canonical, record_sha256) VALUES (?, ?, ?)"
@@ -166,3 +175,45 @@ class AuditLog:
         with self.db.session() as session:
             rows = session.execute(select(AuditRow).order_by(AuditRow.seq)).scalars()
             return [row.canonical for row in rows]
+
+    # --- checkpoints ------------------------------------------------------------------
+    def checkpoint_if_due(
+        self, key: SigningKey, every: int, interval_seconds: float
+    ) -> Envelope | None:
+        """Sign the chain's head when ``every`` records or ``interval_seconds`` have passed."""
+        with self.db.session() as session:
+            head = session.execute(
+                select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
+            ).scalar_one_or_none()
+            last = session.execute(
+                select(CheckpointRow).order_by(CheckpointRow.seq.desc()).limit(1)
+            ).scalar_one_or_none()
+            if head is None or (last is not None and last.seq >= head.seq):
+                return None
+            last_time = _checkpoint_time(last) if last is not None else None
+            elapsed = (datetime.now(UTC) - last_time).total_seconds() if last_time else None
+            if (
+                last is not None
+                and head.seq - last.seq < every
+                and (elapsed or 0) < interval_seconds
+            ):
+                return None
+            checkpoint = Checkpoint(
+                self.device_id, head.seq, head.record_sha256, format_time(datetime.now(UTC))
+            )
+            envelope = sign_checkpoint(checkpoint, key)
+            session.add(CheckpointRow(seq=head.seq, envelope=envelope.to_json()))
+            return envelope
+
+    def checkpoints_after(self, seq: int) -> list[Envelope]:
+        """Signed checkpoints of records after ``seq`` (not yet acknowledged), oldest first."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(CheckpointRow).where(CheckpointRow.seq > seq).order_by(CheckpointRow.seq)
+            ).scalars()
+            return [Envelope.from_json(row.envelope) for row in rows]
+
+
+def _checkpoint_time(row: CheckpointRow) -> datetime:
+    payload = Envelope.from_json(row.envelope).payload
+    return parse_time(Checkpoint.from_payload(payload).time, "checkpoint time")

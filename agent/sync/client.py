@@ -151,10 +151,13 @@ class SyncClient:
             raise _error(e) from e
         return bytes(response.certificate_pem)
 
-    async def push_audit(self, records: Sequence[tuple[int, bytes]]) -> int:
-        """Ship records; return the acknowledged sequence number."""
+    async def push_audit(
+        self, records: Sequence[tuple[int, bytes]], checkpoints: Sequence[Envelope] = ()
+    ) -> int:
+        """Ship records and signed checkpoints; return the acknowledged sequence number."""
         request = device_pb2.PushAuditRequest(
-            records=[device_pb2.AuditRecord(seq=s, canonical=c) for s, c in records]
+            records=[device_pb2.AuditRecord(seq=s, canonical=c) for s, c in records],
+            checkpoints=[serde.envelope_to_pb(e) for e in checkpoints],
         )
         try:
             response = await self._stub.PushAudit(request, timeout=self._timeout)

@@ -20,7 +20,7 @@ from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
 from agent.sync.renewal import CertificateRenewer
 from edgefleet import __version__
-from edgefleet.audit import AuditEvent
+from edgefleet.audit import AuditEvent, Checkpoint
 from edgefleet.errors import (
     EdgefleetError,
     HashMismatchError,
@@ -33,6 +33,7 @@ from edgefleet.memory import MIB
 from edgefleet.rbac import Policy
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.envelope import Envelope
+from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import ModelManifest, format_time
 from edgefleet.trust.verifier import TrustedState
 
@@ -40,6 +41,7 @@ log = structlog.get_logger("agent.sync")
 
 DISK_RESERVE = 256 * MIB
 LAST_SYNC_KEY = "last_sync"
+CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
 LAST_ERROR_KEY = "last_error"
 
 
@@ -85,6 +87,7 @@ class Syncer:
         # Called with each newly verified signed policy (set by the service).
         self.on_policy: Callable[[Policy], None] = lambda policy: None
         self.renewer: CertificateRenewer | None = None
+        self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
         self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
 
     async def run_once(self) -> None:
@@ -212,15 +215,34 @@ class Syncer:
         await asyncio.to_thread(self.audit.append, event)
 
     async def _push_audit(self) -> None:
-        """Ship every unacknowledged record in batches until the controller stops advancing."""
+        """Sign a checkpoint if due, then ship unacknowledged records and checkpoints in batches."""
         try:
+            if self.audit_key is not None:
+                await asyncio.to_thread(
+                    self.audit.checkpoint_if_due,
+                    self.audit_key,
+                    self.config.audit_checkpoint_every,
+                    self.config.audit_checkpoint_seconds,
+                )
+            shipped = int(
+                await asyncio.to_thread(self.registry.db.get_state, CHECKPOINT_SHIPPED_KEY, "0")
+            )
             while True:
                 batch = await asyncio.to_thread(self.audit.pending, self.config.audit_batch)
-                if not batch:
+                checkpoints = await asyncio.to_thread(self.audit.checkpoints_after, shipped)
+                if not batch and not checkpoints:
                     return
-                acked = await self.client.push_audit(batch)
+                acked = await self.client.push_audit(batch, checkpoints)
                 before = await asyncio.to_thread(self.audit.acked_seq)
                 await asyncio.to_thread(self.audit.set_acked, acked)
+                covered = [
+                    c for c in checkpoints if Checkpoint.from_payload(c.payload).seq <= acked
+                ]
+                if covered:
+                    shipped = Checkpoint.from_payload(covered[-1].payload).seq
+                    await asyncio.to_thread(
+                        self.registry.db.set_state, CHECKPOINT_SHIPPED_KEY, str(shipped)
+                    )
                 if acked <= before:
                     return
         except EdgefleetError as e:

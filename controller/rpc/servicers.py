@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from controller.auditlog import ExportFilter, audit_public_keys, export_page, ingest
+from controller.auditlog import (
+    ExportFilter,
+    audit_public_keys,
+    checkpoints_between,
+    export_page,
+    ingest,
+)
 from controller.devices import list_devices, sync_device
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
@@ -94,7 +100,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         if len(request.records) > self.app.config.max_audit_batch:
             raise MalformedInputError(f"at most {self.app.config.max_audit_batch} records a push")
         records = [(r.seq, bytes(r.canonical)) for r in request.records]
-        result = await asyncio.to_thread(ingest, self.app.db, caller().name, records)
+        checkpoints = [serde.envelope_from_pb(e) for e in request.checkpoints]
+        result = await asyncio.to_thread(ingest, self.app.db, caller().name, records, checkpoints)
         return device_pb2.PushAuditResponse(acked_seq=result.acked_seq)
 
 
@@ -195,7 +202,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 break
             after = (page[-1][0], page[-1][1])
         keys = await asyncio.to_thread(audit_public_keys, self.app.db)
-        header = builder.header(self.app.root_chain, self.app.audit_key, keys, where.as_dict())
+        checkpoints = {
+            chain: await asyncio.to_thread(checkpoints_between, self.app.db, chain, first, last)
+            for chain, (first, last) in builder.ranges().items()
+        }
+        header = builder.header(
+            self.app.root_chain, self.app.audit_key, keys, where.as_dict(), checkpoints
+        )
         yield operator_pb2.ExportAuditChunk(header=header)
 
     async def AddOperator(

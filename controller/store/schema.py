@@ -143,6 +143,15 @@ class AuditRecordRow(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class AuditCheckpointRow(Base):
+    """A device-signed checkpoint, kept once it matched the stored record it names."""
+
+    __tablename__ = "audit_checkpoints"
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class AuditHead(Base):
     """The last verified record of each chain, and whether tampering was seen."""
 

@@ -79,3 +79,40 @@ def test_records_of_another_device_are_refused(db: Database) -> None:
     """A device cannot push records that name another device."""
     result = ingest(db, "dev-1", _chain(1, device="dev-2"))
     assert result.acked_seq == 0 and "names device" in result.tamper_reason
+
+
+def test_device_checkpoints_are_checked_against_stored_records(db: Database) -> None:
+    """A matching device-signed checkpoint is kept; a forged one is tampering."""
+    from datetime import UTC, datetime
+
+    from controller.auditlog import checkpoints_between
+    from controller.store.schema import Device
+    from edgefleet.audit import Checkpoint, sign_checkpoint
+    from edgefleet.trust.keys import SigningKey
+
+    key = SigningKey.generate()
+    with db.session() as session:
+        session.add(
+            Device(
+                device_id="dev-1",
+                hostname="h",
+                labels={},
+                state="active",
+                key_fingerprint="f",
+                certificate_serial="1",
+                previous_serial="",
+                audit_public_key=key.public.hex,
+                enrolled_at=datetime.now(UTC),
+                agent_version="",
+                installed=[],
+                last_error="",
+                bench=[],
+            )
+        )
+    records = _chain(3)
+    good = sign_checkpoint(Checkpoint("dev-1", 2, record_hash(records[1][1]), "t"), key)
+    ahead = sign_checkpoint(Checkpoint("dev-1", 9, "ab" * 32, "t"), key)
+    assert ingest(db, "dev-1", records, [good, ahead]).tamper_reason == ""
+    assert len(checkpoints_between(db, "dev-1", 1, 3)) == 1  # the one ahead of the records waits
+    forged = sign_checkpoint(Checkpoint("dev-1", 3, "cd" * 32, "t"), SigningKey.generate())
+    assert "checkpoint refused" in ingest(db, "dev-1", [], [forged]).tamper_reason

@@ -161,3 +161,44 @@ def test_wrong_fleet_or_forged_manifest_is_refused(fleet: Fleet) -> None:
         verify_export(forged, fingerprint)
     with pytest.raises(MalformedInputError):
         verify_export(b"not an export\n", fingerprint)
+
+
+def test_device_checkpoints_catch_a_rewritten_chain(fleet: Fleet) -> None:
+    """Even a consistent rewrite signed with the audit key fails against the device's checkpoint."""
+    from edgefleet.audit import Checkpoint, sign_checkpoint
+
+    device_key = SigningKey.generate()
+    original = _chain("dev-a", 4)
+    checkpoint = sign_checkpoint(
+        Checkpoint("dev-a", 4, record_hash(original[-1]), "2026-01-01T00:00:09Z"), device_key
+    )
+    root = fleet.sign_root(fleet.root())
+    fingerprint = root_fingerprint(root)
+
+    def export(records: list[bytes]) -> bytes:
+        from edgefleet.audit_export import ExportBuilder, render
+
+        builder = ExportBuilder()
+        for r in records:
+            builder.add(r)
+        header = builder.header(
+            [root],
+            fleet.keys["audit"],
+            {"dev-a": device_key.public.hex},
+            {},
+            {"dev-a": [checkpoint]},
+        )
+        return b"".join(render(header, records, "jsonl"))
+
+    assert verify_export(export(original), fingerprint).ok
+    forged, prev = [], GENESIS_HASH  # history rewritten from record 2 on, links recomputed
+    for seq, raw in enumerate(original, start=1):
+        doc = json.loads(raw)
+        doc["prev"] = prev
+        if seq == 2:
+            doc["outcome"] = "denied"
+        forged.append(canonical_bytes(doc))
+        prev = record_hash(forged[-1])
+    assert verify_export(export(forged), fingerprint).problems == [
+        "record dev-a #4: does not match the device-signed checkpoint"
+    ]

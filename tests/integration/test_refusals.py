@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -305,6 +306,14 @@ def test_signed_export_verifies_offline_and_tampering_is_named(
             verified.stdout
         )
     out = fleet.root / "export.jsonl"
+
+    def device_checkpoints() -> list[object] | None:
+        fleet.ctl("audit", "export", "--out", str(out))
+        header = json.loads(out.read_bytes().split(b"\n")[0])
+        manifest = json.loads(base64.b64decode(header["manifest"]["payload"]))
+        return manifest["checkpoints"].get(device_id) or None
+
+    assert wait_for("a device-signed checkpoint in the export", device_checkpoints, 30)
     lines = out.read_bytes().split(b"\n")
     index = next(
         i for i, line in enumerate(lines) if device_id.encode() in line and b'"seq":1' in line
