@@ -53,6 +53,8 @@ def record_event(session: Session, event: AuditEvent) -> int:
             canonical=canonical,
             record_sha256=digest,
             recorded_at=recorded_at,
+            actor=event.actor[:128],
+            action=event.action[:64],
             received_at=now,
         )
     )
@@ -107,6 +109,8 @@ def ingest(
                     canonical=canonical,
                     record_sha256=record.hash,
                     recorded_at=str(record.fields["time"])[:20],
+                    actor=str(record.fields["actor"])[:128],
+                    action=str(record.fields["action"])[:64],
                     received_at=datetime.now(UTC),
                 )
             )
@@ -182,6 +186,8 @@ class ExportFilter:
     chain: str | None = None
     since: str = ""  # inclusive, YYYY-MM-DDTHH:MM:SSZ
     until: str = ""
+    actor: str = ""
+    action: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {"device": self.chain or "", "since": self.since, "until": self.until}
@@ -199,6 +205,10 @@ def export_page(
             query = query.where(AuditRecordRow.recorded_at >= where.since)
         if where.until:
             query = query.where(AuditRecordRow.recorded_at <= where.until)
+        if where.actor:
+            query = query.where(AuditRecordRow.actor == where.actor)
+        if where.action:
+            query = query.where(AuditRecordRow.action == where.action)
         if after is not None:
             query = query.where(
                 tuple_(AuditRecordRow.chain, AuditRecordRow.seq) > tuple_(after[0], after[1])

@@ -175,3 +175,13 @@ class OperatorClient:
         """Let the device key with this fingerprint enroll without a token."""
         request = operator_pb2.PreauthorizeDeviceRequest(key_fingerprint=fingerprint, labels=labels)
         self._call(self._stub.PreauthorizeDevice, request)
+
+    def query_audit(
+        self, device_id: str, actor: str, action: str, since: str, until: str, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """Matching records verbatim, and whether more matched than ``limit``."""
+        request = operator_pb2.QueryAuditRequest(
+            device_id=device_id, actor=actor, action=action, since=since, until=until, limit=limit
+        )
+        response = self._call(self._stub.QueryAudit, request)
+        return [bytes(r.canonical) for r in response.records], bool(response.truncated)

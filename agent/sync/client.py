@@ -160,7 +160,9 @@ class SyncClient:
             checkpoints=[serde.envelope_to_pb(e) for e in checkpoints],
         )
         try:
-            response = await self._stub.PushAudit(request, timeout=self._timeout)
+            response = await self._stub.PushAudit(
+                request, timeout=self._timeout, compression=grpc.Compression.Gzip
+            )
         except grpc.RpcError as e:
             raise _error(e) from e
         return int(response.acked_seq)

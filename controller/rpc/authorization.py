@@ -46,6 +46,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "CreateRollout": _operator("rollouts.manage"),
     _OPERATOR + "ListDevices": _operator("devices.read"),
     _OPERATOR + "ExportAudit": _operator("audit.export"),
+    _OPERATOR + "QueryAudit": _operator("audit.read"),
     _OPERATOR + "AddOperator": _operator("operators.manage"),
     _OPERATOR + "ApplyPolicy": _operator("policy.manage"),
     _OPERATOR + "GetPolicy": _operator("policy.read"),

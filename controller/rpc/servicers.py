@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from controller.service import ControllerApp
 
 
+MAX_QUERY_RECORDS = 10_000
+
+
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     """The agent-facing API."""
 
@@ -210,6 +213,23 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             self.app.root_chain, self.app.audit_key, keys, where.as_dict(), checkpoints
         )
         yield operator_pb2.ExportAuditChunk(header=header)
+
+    async def QueryAudit(
+        self, request: operator_pb2.QueryAuditRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.QueryAuditResponse:
+        where = ExportFilter(
+            request.device_id or None, request.since, request.until, request.actor, request.action
+        )
+        for bound in (where.since, where.until):
+            if bound:
+                parse_time(bound, "query time bound")
+        limit = min(request.limit or 100, MAX_QUERY_RECORDS)
+        page = await asyncio.to_thread(export_page, self.app.db, where, None, limit + 1)
+        records = [
+            operator_pb2.ExportedAuditRecord(device_id=chain, seq=seq, canonical=canonical)
+            for chain, seq, canonical in page[:limit]
+        ]
+        return operator_pb2.QueryAuditResponse(records=records, truncated=len(page) > limit)
 
     async def AddOperator(
         self, request: operator_pb2.AddOperatorRequest, context: grpc.aio.ServicerContext

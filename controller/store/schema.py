@@ -140,6 +140,8 @@ class AuditRecordRow(Base):
     record_sha256: Mapped[str] = mapped_column(String(64))
     # The record's own time (YYYY-MM-DDTHH:MM:SSZ), for queries and exports by time range.
     recorded_at: Mapped[str] = mapped_column(String(20), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True, default="")
+    action: Mapped[str] = mapped_column(String(64), index=True, default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -60,6 +60,11 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditChunk.FromString,
                 _registered_method=True)
+        self.QueryAudit = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/QueryAudit',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditResponse.FromString,
+                _registered_method=True)
         self.AddOperator = channel.unary_unary(
                 '/edgefleet.v1.OperatorService/AddOperator',
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.AddOperatorRequest.SerializeToString,
@@ -129,6 +134,13 @@ class OperatorServiceServicer:
     def ExportAudit(self, request, context):
         """The matching records verbatim, then a trailer with the export header whose manifest
         (counts, chain ends, digest of the records sent) is signed by the audit role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Records matching the filters, newest last, at most `limit`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +220,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ExportAudit,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditChunk.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditResponse.SerializeToString,
             ),
             'AddOperator': grpc.unary_unary_rpc_method_handler(
                     servicer.AddOperator,
@@ -381,6 +398,33 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/ExportAudit',
             edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.ExportAuditChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/QueryAudit',
+            edgefleet_dot_v1_dot_operator__pb2.QueryAuditRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.QueryAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

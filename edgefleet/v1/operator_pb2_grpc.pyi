@@ -42,6 +42,8 @@ class OperatorServiceStub:
     """The matching records verbatim, then a trailer with the export header whose manifest
     (counts, chain ends, digest of the records sent) is signed by the audit role.
     """
+    QueryAudit: _grpc.UnaryUnaryMultiCallable[_operator_pb2.QueryAuditRequest, _operator_pb2.QueryAuditResponse]
+    """Records matching the filters, newest last, at most `limit`."""
     AddOperator: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]
     """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
     ApplyPolicy: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]
@@ -69,6 +71,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """The matching records verbatim, then a trailer with the export header whose manifest
     (counts, chain ends, digest of the records sent) is signed by the audit role.
     """
+    QueryAudit: _aio.UnaryUnaryMultiCallable[_operator_pb2.QueryAuditRequest, _operator_pb2.QueryAuditResponse]  # type: ignore[assignment]
+    """Records matching the filters, newest last, at most `limit`."""
     AddOperator: _aio.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]  # type: ignore[assignment]
     """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
     ApplyPolicy: _aio.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]  # type: ignore[assignment]
@@ -123,6 +127,14 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """The matching records verbatim, then a trailer with the export header whose manifest
         (counts, chain ends, digest of the records sent) is signed by the audit role.
         """
+
+    @_abc_1.abstractmethod
+    def QueryAudit(
+        self,
+        request: _operator_pb2.QueryAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.QueryAuditResponse, _abc.Awaitable[_operator_pb2.QueryAuditResponse]]:
+        """Records matching the filters, newest last, at most `limit`."""
 
     @_abc_1.abstractmethod
     def AddOperator(

@@ -331,3 +331,27 @@ def test_signed_export_verifies_offline_and_tampering_is_named(
     )
     assert tampered.returncode == 1
     assert f"FAIL record {device_id} #1: altered" in tampered.stdout
+
+
+def test_audit_query_filters_by_device_actor_action_and_time(
+    small_fleet: tuple[Fleet, str],
+) -> None:
+    """`audit query` finds records by device, actor, action and time range."""
+    fleet, device_id = small_fleet
+    fleet.ctl("token", "create")
+    wait_for(
+        "the enrollment record",
+        lambda: True if fleet.devices()[0]["audit_stored_seq"] >= 1 else None,
+        30,
+    )
+    by_action = fleet.ctl(
+        "audit", "query", "--action", "token.create", "--json"
+    ).stdout.splitlines()
+    assert len(by_action) == 2 and all(json.loads(r)["action"] == "token.create" for r in by_action)
+    mine = fleet.ctl("audit", "query", "--device", device_id, "--actor", "agent").stdout
+    assert "device.enroll" in mine and "token.create" not in mine
+    assert fleet.ctl("audit", "query", "--until", "2000-01-01T00:00:00Z").stdout == ""
+    limited = fleet.ctl("audit", "query", "--limit", "1")
+    assert len(limited.stdout.splitlines()) == 1 and "more than 1 records matched" in limited.stderr
+    bad = fleet.ctl("audit", "query", "--since", "yesterday", check=False)
+    assert bad.returncode == 1 and "not a timestamp" in bad.stderr

@@ -1,0 +1,256 @@
+"""The operator commands of `edgefleetctl`: one function per (command, action)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from controller.client import OperatorClient
+from controller.datadir import write_operator_credential
+from controller.policies import pretty
+from edgefleet.audit_export import render, verify_export
+from edgefleet.errors import ConfigError, TransportError
+from edgefleet.rbac import Policy
+from edgefleet.tls import key_pem, make_csr, new_tls_key
+from edgefleet.trust.metadata import parse_time
+
+Operation = Callable[[OperatorClient, argparse.Namespace], int]
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, sep, version = ref.partition("@")
+    if not sep or not name or not version:
+        raise ConfigError(f"{ref!r} is not NAME@VERSION")
+    return name, version
+
+
+def _token_create(client: OperatorClient, args: argparse.Namespace) -> int:
+    token, expires = client.create_token(dict(args.label), args.ttl)
+    print(token)
+    print(f"expires {expires}", file=sys.stderr)
+    return 0
+
+
+def _models_publish(client: OperatorClient, args: argparse.Namespace) -> int:
+    r = client.publish(args.file, args.name, args.version)
+    print(
+        f"published {r.name}@{r.version} sha256={r.sha256} length={r.length} "
+        f"arch={r.architecture} params={r.parameter_count} quant={r.quantization} "
+        f"ctx={r.context_length} targets_version={r.targets_version}"
+    )
+    return 0
+
+
+def _rollout_create(client: OperatorClient, args: argparse.Namespace) -> int:
+    name, version = _split_ref(args.ref)
+    rollout_id, device_ids = client.create_rollout(name, version, dict(args.selector))
+    print(f"rollout {rollout_id}: {name}@{version} assigned to {len(device_ids)} device(s)")
+    for device_id in device_ids:
+        print(f"  {device_id}")
+    return 0
+
+
+def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    views = client.list_devices()
+    if args.json:
+        print(json.dumps([asdict(v) for v in views], indent=2))
+        return 0
+    print(f"{'DEVICE':<22} {'HOSTNAME':<20} {'LAST SEEN':<27} {'AUDIT':>6}  MODELS")
+    for v in views:
+        models = ", ".join(f"{m.name}@{m.version}{'*' if m.active else ''}" for m in v.models)
+        print(
+            f"{v.device_id:<22} {v.hostname[:20]:<20} {v.last_seen or 'never':<27} "
+            f"{v.audit_stored_seq:>6}  {models or '-'}"
+        )
+        for b in v.bench:
+            print(
+                f"{'':<22} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
+                f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
+            )
+        if v.state != "active":
+            print(f"{'':<22} state: {v.state}")
+        if v.audit_alert:
+            print(f"{'':<22} AUDIT TAMPER ALERT: {v.audit_alert}")
+        if v.last_error:
+            print(f"{'':<22} last error: {v.last_error}")
+    return 0
+
+
+def _audit_export(client: OperatorClient, args: argparse.Namespace) -> int:
+    for bound in (args.since, args.until):
+        if bound:
+            parse_time(bound, "--since/--until")
+    spool = args.out.with_name(args.out.name + ".records")
+    header, count = b"", 0
+    try:
+        with spool.open("w+b") as records:
+            for record, trailer in client.export_audit(args.device, args.since, args.until):
+                if trailer:
+                    header = trailer
+                else:
+                    records.write(record + b"\n")
+                    count += 1
+            if not header:
+                raise TransportError("the export ended without its signed manifest")
+            records.seek(0)
+            lines = (line.rstrip(b"\n") for line in records)
+            partial = args.out.with_name(args.out.name + ".partial")
+            with partial.open("wb") as out:
+                for block in render(header, lines, args.format):
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            partial.replace(args.out)
+    finally:
+        spool.unlink(missing_ok=True)
+    print(f"exported {count} record(s) to {args.out} ({args.format}, signed manifest)")
+    return 0
+
+
+def _audit_query(client: OperatorClient, args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 10_000:
+        raise ConfigError("--limit must be between 1 and 10000")
+    records, truncated = client.query_audit(
+        args.device, args.actor, args.record_action, args.since, args.until, args.limit
+    )
+    for raw in records:
+        if args.json:
+            print(raw.decode("utf-8"))
+            continue
+        r = json.loads(raw)
+        print(
+            f"{r['time']}  {r['device']:<22} #{r['seq']:<5} {r['actor']:<24} {r['action']:<18} "
+            f"{r['target']}  {r['outcome']}"
+        )
+    if truncated:
+        print(
+            f"(more than {args.limit} records matched; narrow the query or raise --limit)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    try:
+        data = args.file.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {args.file}: {e.strerror}") from e
+    report = verify_export(data, args.root_fingerprint.strip().lower())
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    chains = ", ".join(f"{chain}: {n}" for chain, n in sorted(report.chains.items()))
+    verdict = "verified" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{report.records} record(s) in {len(report.chains)} chain(s) ({chains}): {verdict}")
+    return 0 if report.ok else 1
+
+
+def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
+    print(f"{args.device_id}: {client.set_device_state(args.device_id, args.action)}")
+    return 0
+
+
+def _devices_preauthorize(client: OperatorClient, args: argparse.Namespace) -> int:
+    client.preauthorize(args.fingerprint.strip().lower(), dict(args.label))
+    print(f"key {args.fingerprint[:16]}… may enroll without a token")
+    return 0
+
+
+def _operator_add(client: OperatorClient, args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=False, mode=0o700)
+    key = new_tls_key()
+    certificate, ca = client.add_operator(args.name, args.role, make_csr(key))
+    write_operator_credential(args.out, key_pem(key), certificate, ca, client.address)
+    print(f"operator {args.name} ({args.role}): credential in {args.out / 'edgefleetctl.toml'}")
+    return 0
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _policy_apply(client: OperatorClient, args: argparse.Namespace) -> int:
+    version, _ = client.apply_policy(_read_file(args.file))
+    print(f"policy version {version} signed; devices enforce it from their next sync")
+    return 0
+
+
+def _policy_show(client: OperatorClient, args: argparse.Namespace) -> int:
+    version, document = client.get_policy()
+    if not version:
+        print("no policy has been applied")
+        return 0
+    print(json.dumps(json.loads(document), indent=2, sort_keys=True))
+    return 0
+
+
+def _policy_diff(client: OperatorClient, args: argparse.Namespace) -> int:
+    proposed = Policy.from_payload(_with_version(_read_file(args.file)))
+    version, document = client.get_policy()
+    current = Policy.from_payload(document) if version else None
+    if current is not None and "tokens" not in json.loads(_read_file(args.file)):
+        proposed = replace(proposed, tokens=current.tokens)
+    before = pretty(current).splitlines(keepends=True) if current else []
+    after = pretty(
+        replace(proposed, version=version + 1, expires=current.expires if current else None)
+    )
+    sys.stdout.writelines(
+        difflib.unified_diff(before, after.splitlines(keepends=True), "in force", str(args.file))
+    )
+    return 0
+
+
+def _with_version(document: bytes) -> bytes:
+    try:
+        doc = json.loads(document)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"the policy file is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError("the policy file must hold a JSON object")
+    return json.dumps({**doc, "version": 0}).encode()
+
+
+def _tokens_create(client: OperatorClient, args: argparse.Namespace) -> int:
+    token, token_id, version = client.create_app_token(
+        args.subject, args.role, args.model, dict(args.device)
+    )
+    print(token)
+    print(
+        f"token {token_id} for {args.subject}, policy version {version}; not shown again",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _tokens_revoke(client: OperatorClient, args: argparse.Namespace) -> int:
+    version = client.revoke_app_token(args.token_id)
+    print(f"revoked {args.token_id}; policy version {version}")
+    return 0
+
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("token", "create"): _token_create,
+    ("models", "publish"): _models_publish,
+    ("rollout", "create"): _rollout_create,
+    ("devices", "list"): _devices_list,
+    ("devices", "accept"): _devices_state,
+    ("devices", "reject"): _devices_state,
+    ("devices", "revoke"): _devices_state,
+    ("devices", "preauthorize"): _devices_preauthorize,
+    ("operator", "add"): _operator_add,
+    ("policy", "apply"): _policy_apply,
+    ("policy", "show"): _policy_show,
+    ("policy", "diff"): _policy_diff,
+    ("tokens", "create"): _tokens_create,
+    ("tokens", "revoke"): _tokens_revoke,
+    ("audit", "export"): _audit_export,
+    ("audit", "query"): _audit_query,
+}
