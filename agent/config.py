@@ -43,6 +43,10 @@ class AgentConfig:
     # Sign a checkpoint of the audit chain every N records or T seconds.
     audit_checkpoint_every: int = 100
     audit_checkpoint_seconds: int = 600
+    # Acknowledged records kept on the device (older ones are pruned); unacknowledged
+    # records are never pruned, and a warning is raised when this many are waiting.
+    audit_keep_acknowledged: int = 100_000
+    audit_warn_unacknowledged: int = 250_000
 
     @property
     def resolved_memory_budget(self) -> int:
@@ -66,6 +70,8 @@ class AgentConfig:
             "max_queued_requests",
             "audit_checkpoint_every",
             "audit_checkpoint_seconds",
+            "audit_keep_acknowledged",
+            "audit_warn_unacknowledged",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from agent.database import AgentDatabase, AuditRow, CheckpointRow
 from edgefleet.audit import (
@@ -175,6 +175,21 @@ class AuditLog:
         with self.db.session() as session:
             rows = session.execute(select(AuditRow).order_by(AuditRow.seq)).scalars()
             return [row.canonical for row in rows]
+
+    # --- retention --------------------------------------------------------------------
+    def prune_acknowledged(self, keep: int) -> int:
+        """Delete acknowledged records beyond the newest ``keep`` of them; never the head."""
+        acked = self.acked_seq()
+        cutoff = min(acked - keep, self.head_seq() - 1)
+        if cutoff < 1:
+            return 0
+        with self.db.session() as session:
+            result = session.execute(delete(AuditRow).where(AuditRow.seq <= cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def unacknowledged(self) -> int:
+        """Records written but not yet acknowledged by the controller."""
+        return max(0, self.head_seq() - self.acked_seq())
 
     # --- checkpoints ------------------------------------------------------------------
     def checkpoint_if_due(

@@ -231,7 +231,7 @@ class Syncer:
                 batch = await asyncio.to_thread(self.audit.pending, self.config.audit_batch)
                 checkpoints = await asyncio.to_thread(self.audit.checkpoints_after, shipped)
                 if not batch and not checkpoints:
-                    return
+                    break
                 acked = await self.client.push_audit(batch, checkpoints)
                 before = await asyncio.to_thread(self.audit.acked_seq)
                 await asyncio.to_thread(self.audit.set_acked, acked)
@@ -244,6 +244,22 @@ class Syncer:
                         self.registry.db.set_state, CHECKPOINT_SHIPPED_KEY, str(shipped)
                     )
                 if acked <= before:
-                    return
+                    break
         except EdgefleetError as e:
             log.warning("audit.push_failed", reason=str(e))
+        await self._retain()
+
+    async def _retain(self) -> None:
+        """Prune old acknowledged records; warn long before unacknowledged ones pile up."""
+        pruned = await asyncio.to_thread(
+            self.audit.prune_acknowledged, self.config.audit_keep_acknowledged
+        )
+        if pruned:
+            log.info("audit.pruned", records=pruned)
+        waiting = await asyncio.to_thread(self.audit.unacknowledged)
+        if waiting >= self.config.audit_warn_unacknowledged:
+            log.warning(
+                "audit.backlog",
+                unacknowledged=waiting,
+                threshold=self.config.audit_warn_unacknowledged,
+            )

@@ -44,3 +44,19 @@ def test_an_unencodable_event_fails_alone(tmp_path: Path) -> None:
     with pytest.raises(MalformedInputError):
         bad.result()
     assert verify_chain("dev-1", log.all_records()) == 2
+
+
+def test_only_acknowledged_records_are_pruned(tmp_path: Path) -> None:
+    """Pruning keeps every unacknowledged record, the newest acknowledged ones and the head."""
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+    for i in range(50):
+        log.append(AuditEvent("a", "b", "c", "ok", {"i": i}))
+    assert log.prune_acknowledged(keep=10) == 0  # nothing acknowledged yet
+    log.set_acked(30)
+    assert log.prune_acknowledged(keep=10) == 20
+    remaining = log.all_records()
+    assert len(remaining) == 30 and log.unacknowledged() == 20
+    assert log.append(AuditEvent("a", "b", "c", "ok")) == 51  # the chain goes on from its head
+    log.set_acked(51)
+    log.prune_acknowledged(keep=0)
+    assert len(log.all_records()) == 1  # the head stays, so the chain can continue
