@@ -18,7 +18,7 @@ from agent.enroll import AgentPaths, EnrollmentPending, enroll
 from agent.inference.bench import run_bench, save_result
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
-from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY
+from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent
 from edgefleet.cli_support import run_command
 from edgefleet.errors import ConfigError, TransportError
@@ -272,7 +272,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"last sync:     {state.db.get_state(LAST_SYNC_KEY) or 'never'}")
         print(f"last error:    {state.db.get_state(LAST_ERROR_KEY) or '-'}")
         written, acked = state.audit.head_seq(), state.audit.acked_seq()
-        print(f"audit:         {written} written, {acked} acknowledged")
+        receipt = "with the fleet's signed receipt" if state.db.get_state(RECEIPT_KEY) else ""
+        print(f"audit:         {written} written, {acked} acknowledged {receipt}".rstrip())
         for model in state.registry.installed():
             print(
                 f"model:         {model.name}@{model.version}{' (active)' if model.active else ''}"

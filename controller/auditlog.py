@@ -69,6 +69,7 @@ class IngestResult:
     acked_seq: int
     stored: int
     tamper_reason: str = ""
+    acked_sha256: str = ""
 
 
 def ingest(
@@ -85,7 +86,7 @@ def ingest(
     with db.session() as session:
         head = _head(session, device_id)
         if head.tamper_alert:
-            return IngestResult(head.last_seq, 0, head.tamper_reason)
+            return IngestResult(head.last_seq, 0, head.tamper_reason, head.last_sha256)
         verifier = ChainVerifier(device_id, head.last_seq, head.last_sha256)
         stored, reason = 0, ""
         for seq, canonical in sorted(records):
@@ -130,7 +131,7 @@ def ingest(
                     {"reason": reason},
                 ),
             )
-        return IngestResult(head.last_seq, stored, reason)
+        return IngestResult(head.last_seq, stored, reason, head.last_sha256)
 
 
 def _check_checkpoints(

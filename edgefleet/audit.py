@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any
@@ -12,7 +12,7 @@ from edgefleet.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
 from edgefleet.trust.keys import PublicKey, SigningKey
-from edgefleet.trust.metadata import CHECKPOINT_TYPE
+from edgefleet.trust.metadata import CHECKPOINT_TYPE, RECEIPT_TYPE
 
 GENESIS_HASH = "0" * 64
 MAX_RECORD_BYTES = 64 * 1024
@@ -191,3 +191,26 @@ def verify_checkpoint(envelope: Envelope, public_key_hex: str, device: str) -> C
     if checkpoint.device != device:
         raise AuditChainError(f"checkpoint names device {checkpoint.device!r}, not {device!r}")
     return checkpoint
+
+
+def sign_receipt(device: str, seq: int, sha256: str, time: str, key: SigningKey) -> Envelope:
+    """The controller's countersignature: it holds ``device``'s chain up to ``seq``/``sha256``."""
+    payload = canonical_bytes(
+        {"_type": "audit-receipt", "device": device, "seq": seq, "sha256": sha256, "time": time}
+    )
+    return sign_envelope(RECEIPT_TYPE, payload, [key])
+
+
+def verify_receipt(
+    envelope: Envelope,
+    keys: Mapping[str, PublicKey],
+    keyids: Sequence[str],
+    threshold: int,
+    device: str,
+) -> dict[str, Any]:
+    """A receipt's fields, if the fleet's audit role signed it for ``device``."""
+    payload = verify_envelope(envelope, RECEIPT_TYPE, keys, keyids, threshold, "audit receipt")
+    doc = parse_object(payload, "audit receipt")
+    if doc.get("_type") != "audit-receipt" or doc.get("device") != device:
+        raise AuditChainError("the receipt is not for this device")
+    return doc

@@ -187,6 +187,12 @@ class AuditLog:
             result = session.execute(delete(AuditRow).where(AuditRow.seq <= cutoff))
             return int(getattr(result, "rowcount", 0) or 0)
 
+    def record_hash_at(self, seq: int) -> str | None:
+        """The stored hash of record ``seq`` (None if absent)."""
+        with self.db.session() as session:
+            row = session.get(AuditRow, seq)
+            return row.record_sha256 if row is not None else None
+
     def unacknowledged(self) -> int:
         """Records written but not yet acknowledged by the controller."""
         return max(0, self.head_seq() - self.acked_seq())

@@ -153,8 +153,8 @@ class SyncClient:
 
     async def push_audit(
         self, records: Sequence[tuple[int, bytes]], checkpoints: Sequence[Envelope] = ()
-    ) -> int:
-        """Ship records and signed checkpoints; return the acknowledged sequence number."""
+    ) -> tuple[int, Envelope | None]:
+        """Ship records and signed checkpoints; return the acknowledgement and its receipt."""
         request = device_pb2.PushAuditRequest(
             records=[device_pb2.AuditRecord(seq=s, canonical=c) for s, c in records],
             checkpoints=[serde.envelope_to_pb(e) for e in checkpoints],
@@ -165,4 +165,5 @@ class SyncClient:
             )
         except grpc.RpcError as e:
             raise _error(e) from e
-        return int(response.acked_seq)
+        receipt = serde.envelope_from_pb(response.receipt) if response.HasField("receipt") else None
+        return int(response.acked_seq), receipt

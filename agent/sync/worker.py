@@ -20,8 +20,9 @@ from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
 from agent.sync.renewal import CertificateRenewer
 from edgefleet import __version__
-from edgefleet.audit import AuditEvent, Checkpoint
+from edgefleet.audit import AuditEvent, Checkpoint, verify_receipt
 from edgefleet.errors import (
+    AuditChainError,
     EdgefleetError,
     HashMismatchError,
     MalformedInputError,
@@ -42,6 +43,7 @@ log = structlog.get_logger("agent.sync")
 DISK_RESERVE = 256 * MIB
 LAST_SYNC_KEY = "last_sync"
 CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
+RECEIPT_KEY = "audit_receipt"
 LAST_ERROR_KEY = "last_error"
 
 
@@ -232,8 +234,10 @@ class Syncer:
                 checkpoints = await asyncio.to_thread(self.audit.checkpoints_after, shipped)
                 if not batch and not checkpoints:
                     break
-                acked = await self.client.push_audit(batch, checkpoints)
+                acked, receipt = await self.client.push_audit(batch, checkpoints)
                 before = await asyncio.to_thread(self.audit.acked_seq)
+                if acked > before:
+                    await asyncio.to_thread(self._accept_receipt, acked, receipt)
                 await asyncio.to_thread(self.audit.set_acked, acked)
                 covered = [
                     c for c in checkpoints if Checkpoint.from_payload(c.payload).seq <= acked
@@ -248,6 +252,20 @@ class Syncer:
         except EdgefleetError as e:
             log.warning("audit.push_failed", reason=str(e))
         await self._retain()
+
+    def _accept_receipt(self, acked: int, receipt: Envelope | None) -> None:
+        """An acknowledgement counts only with the fleet's signed receipt for our own record."""
+        if receipt is None:
+            raise AuditChainError("the controller acknowledged records without a signed receipt")
+        role = self.trust.root.roles["audit"]
+        doc = verify_receipt(
+            receipt, self.trust.root.keys, role.keyids, role.threshold, self.audit.device_id
+        )
+        if doc.get("seq") != acked or doc.get("sha256") != self.audit.record_hash_at(acked):
+            raise AuditChainError(
+                f"the receipt for record {acked} does not match this device's chain"
+            )
+        self.registry.db.set_state(RECEIPT_KEY, receipt.to_json().decode("utf-8"))
 
     async def _retain(self) -> None:
         """Prune old acknowledged records; warn long before unacknowledged ones pile up."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import grpc
@@ -22,9 +22,10 @@ from controller.operators import add_operator
 from controller.rollouts import create_rollout
 from controller.rpc.guard import caller
 from edgefleet import serde
+from edgefleet.audit import sign_receipt
 from edgefleet.audit_export import ExportBuilder
 from edgefleet.errors import MalformedInputError
-from edgefleet.trust.metadata import parse_time
+from edgefleet.trust.metadata import format_time, parse_time
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
@@ -104,8 +105,15 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             raise MalformedInputError(f"at most {self.app.config.max_audit_batch} records a push")
         records = [(r.seq, bytes(r.canonical)) for r in request.records]
         checkpoints = [serde.envelope_from_pb(e) for e in request.checkpoints]
-        result = await asyncio.to_thread(ingest, self.app.db, caller().name, records, checkpoints)
-        return device_pb2.PushAuditResponse(acked_seq=result.acked_seq)
+        device = caller().name
+        result = await asyncio.to_thread(ingest, self.app.db, device, records, checkpoints)
+        now = format_time(datetime.now(UTC))
+        receipt = sign_receipt(
+            device, result.acked_seq, result.acked_sha256, now, self.app.audit_key
+        )
+        return device_pb2.PushAuditResponse(
+            acked_seq=result.acked_seq, receipt=serde.envelope_to_pb(receipt)
+        )
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):

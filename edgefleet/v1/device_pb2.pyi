@@ -424,15 +424,21 @@ class PushAuditResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACKED_SEQ_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     acked_seq: _builtins.int
+    @_builtins.property
+    def receipt(self) -> _envelope_pb2.SignedEnvelope:
+        """The controller's receipt for the acknowledged head, signed by the fleet's audit key."""
+
     def __init__(
         self,
         *,
         acked_seq: _builtins.int = ...,
+        receipt: _envelope_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "receipt", b"receipt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
