@@ -98,3 +98,20 @@ def test_malformed_records_are_refused() -> None:
     ):
         with pytest.raises(MalformedInputError):
             parse_record(bad)
+
+
+def test_receipts_verify_only_with_the_audit_role_and_for_this_device() -> None:
+    """A receipt signed by the audit key verifies; another key or another device is refused."""
+    from edgefleet.audit import sign_receipt, verify_receipt
+    from edgefleet.errors import SignatureError
+    from edgefleet.trust.keys import SigningKey
+
+    audit, rogue = SigningKey.generate(), SigningKey.generate()
+    keys = {audit.keyid: audit.public, rogue.keyid: rogue.public}
+    receipt = sign_receipt("dev-1", 7, "ab" * 32, "2026-01-01T00:00:00Z", audit)
+    assert verify_receipt(receipt, keys, [audit.keyid], 1, "dev-1")["seq"] == 7
+    with pytest.raises(AuditChainError, match="not for this device"):
+        verify_receipt(receipt, keys, [audit.keyid], 1, "dev-2")
+    forged = sign_receipt("dev-1", 7, "ab" * 32, "2026-01-01T00:00:00Z", rogue)
+    with pytest.raises(SignatureError):
+        verify_receipt(forged, keys, [audit.keyid], 1, "dev-1")

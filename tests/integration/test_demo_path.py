@@ -196,8 +196,15 @@ def test_controller_holds_intact_audit_chains(model_fleet: ModelFleet) -> None:
 
 def test_devices_list_shows_the_active_model(model_fleet: ModelFleet) -> None:
     """`edgefleetctl devices list` shows the device, when it was seen and its active model."""
-    out = model_fleet.fleet.ctl("devices", "list").stdout
-    assert model_fleet.device_id in out and "smollm2@1.0*" in out
+    fleet = model_fleet.fleet
+
+    def listed() -> str | None:  # the device reports what it installed at its next sync
+        out = fleet.ctl("devices", "list").stdout
+        return out if "smollm2@1.0*" in out else None
+
+    assert model_fleet.device_id in wait_for("the installed model in the device view", listed, 30)
+    status = fleet.agent("gw1", "status").stdout
+    assert "acknowledged with the fleet's signed receipt" in status
 
 
 def test_agent_keeps_serving_while_the_controller_is_down(model_fleet: ModelFleet) -> None:
