@@ -175,6 +175,13 @@ class Fleet:
                 process.wait()
         return process.returncode
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (no chance to clean up), as a power cut would."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
     def stop_all(self) -> None:
         """Stop every process this fleet started."""
         for name in list(self.processes):
