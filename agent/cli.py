@@ -20,11 +20,13 @@ from agent.policy import LocalPolicy
 from agent.service import LocalState, run
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent
+from edgefleet.audit_export import ExportBuilder, render
 from edgefleet.cli_support import run_command
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
 from edgefleet.tls import key_fingerprint
+from edgefleet.trust.envelope import Envelope
 
 PROG = "edgefleet-agent"
 EXIT_PENDING = 3
@@ -74,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_actions.add_parser("revoke", help="remove a token")
     revoke.add_argument("token_id")
     commands.add_parser("status", help="identity, registry and sync state")
+    audit = commands.add_parser("audit", help="this device's audit log").add_subparsers(
+        dest="action", required=True
+    )
+    export = audit.add_parser("export", help="a signed export of the local log (air-gapped sites)")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     bench = commands.add_parser("bench", help="measure prompt and generation tokens/s of a model")
     bench.add_argument("model")
     bench.add_argument("--threads", type=int, help="default: the agent's n_threads")
@@ -98,6 +106,41 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
             time.sleep(min(PENDING_POLL_SECONDS, max(0.1, deadline - time.monotonic())))
     controller = f"{enrollment.controller_host}:{enrollment.sync_port}"
     print(f"enrolled as {enrollment.device_id}; controller {controller}")
+    return 0
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    state = LocalState.open(args.data_dir)
+    try:
+        identity = state.paths.identity
+        enrollment = identity.load()
+        if not identity.audit_attestation.exists():
+            raise ConfigError("this device has no audit key attestation from the fleet")
+        attestation = Envelope.from_json(identity.read(identity.audit_attestation))
+        records = state.audit.all_records()
+        trust = state.registry.load_trust(enrollment.root_fingerprint)
+        builder = ExportBuilder()
+        for record in records:
+            builder.add(record)
+        ranges = builder.ranges().get(enrollment.device_id)
+        checkpoints = state.audit.checkpoints_after(ranges[0] - 1) if ranges else []
+        _, audit_key = identity.keys()
+        header = builder.header(
+            trust.root_chain,
+            audit_key,
+            {enrollment.device_id: audit_key.public.hex},
+            {"device": enrollment.device_id, "exported_by": "device"},
+            {enrollment.device_id: checkpoints},
+            attestation,
+        )
+    finally:
+        state.db.dispose()
+    partial = args.out.with_name(args.out.name + ".partial")
+    with partial.open("wb") as out:
+        for block in render(header, records, args.format):
+            out.write(block)
+    partial.replace(args.out)
+    print(f"exported {len(records)} record(s) of {enrollment.device_id} to {args.out}")
     return 0
 
 
@@ -294,6 +337,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "tokens": _cmd_tokens,
         "bench": _cmd_bench,
         "fingerprint": _cmd_fingerprint,
+        "audit": _cmd_audit_export,
     }
     if args.command == "models":
         return _cmd_models_list(args)

@@ -107,6 +107,8 @@ def enroll(
     try:
         audit = AuditLog(db, result.device_id)
         Registry(db, BlobStore(paths.blobs), audit).save_trust(state)
+        if result.audit_key_attestation is not None:
+            paths.identity.audit_attestation.write_bytes(result.audit_key_attestation.to_json())
         paths.identity.save(enrollment, result.certificate_pem, bootstrap.ca_pem)
         audit.append(
             AuditEvent(

@@ -49,6 +49,11 @@ class IdentityFiles:
         return self.root / "audit.key"
 
     @property
+    def audit_attestation(self) -> Path:
+        """The fleet's signed statement that our audit key is this device's."""
+        return self.root / "audit-key-attestation.json"
+
+    @property
     def enrollment(self) -> Path:
         return self.root / "enrollment.json"
 

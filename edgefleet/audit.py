@@ -12,7 +12,7 @@ from edgefleet.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
 from edgefleet.trust.keys import PublicKey, SigningKey
-from edgefleet.trust.metadata import CHECKPOINT_TYPE, RECEIPT_TYPE
+from edgefleet.trust.metadata import AUDIT_KEY_TYPE, CHECKPOINT_TYPE, RECEIPT_TYPE
 
 GENESIS_HASH = "0" * 64
 MAX_RECORD_BYTES = 64 * 1024
@@ -214,3 +214,30 @@ def verify_receipt(
     if doc.get("_type") != "audit-receipt" or doc.get("device") != device:
         raise AuditChainError("the receipt is not for this device")
     return doc
+
+
+def sign_key_attestation(device: str, public_key_hex: str, key: SigningKey) -> Envelope:
+    """The fleet's audit key vouching that ``public_key_hex`` is ``device``'s audit key."""
+    PublicKey.from_hex(public_key_hex)
+    payload = canonical_bytes(
+        {"_type": "audit-key", "device": device, "public_key": public_key_hex}
+    )
+    return sign_envelope(AUDIT_KEY_TYPE, payload, [key])
+
+
+def verify_key_attestation(
+    envelope: Envelope, keys: Mapping[str, PublicKey], keyids: Sequence[str], threshold: int
+) -> tuple[str, str]:
+    """(device, audit public key hex) if the fleet's audit role signed the attestation."""
+    payload = verify_envelope(
+        envelope, AUDIT_KEY_TYPE, keys, keyids, threshold, "audit key attestation"
+    )
+    doc = parse_object(payload, "audit key attestation")
+    device, public_key = doc.get("device"), doc.get("public_key")
+    if (
+        doc.get("_type") != "audit-key"
+        or not isinstance(device, str)
+        or not isinstance(public_key, str)
+    ):
+        raise MalformedInputError("audit key attestation is malformed")
+    return device, public_key

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edgefleet.audit import AuditRecord, parse_record, verify_checkpoint
+from edgefleet.audit import AuditRecord, parse_record, verify_checkpoint, verify_key_attestation
 from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError, SignatureError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
-from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.keys import PublicKey, SigningKey
 from edgefleet.trust.metadata import AUDIT_EXPORT_TYPE, format_time
 from edgefleet.trust.verifier import TrustedState
 
@@ -85,7 +85,13 @@ class ExportBuilder:
         device_keys: Mapping[str, str],
         filters: Mapping[str, str],
         checkpoints: Mapping[str, Sequence[Envelope]] | None = None,
+        attestation: Envelope | None = None,
     ) -> bytes:
+        """The first line of the export: root chain and the signed manifest.
+
+        The controller signs with the fleet's audit key. A device exporting its own log
+        signs with its audit key and adds the attestation by which the fleet vouches for it.
+        """
         """The first line of the export: root chain and the manifest signed by ``audit_key``."""
         chains = {
             chain: ChainSummary(
@@ -112,14 +118,14 @@ class ExportBuilder:
             },
         }
         envelope = sign_envelope(AUDIT_EXPORT_TYPE, canonical_bytes(manifest), [audit_key])
-        return json.dumps(
-            {
-                FORMAT_MARKER: 1,
-                "root_chain": [json.loads(e.to_json()) for e in root_chain],
-                "manifest": json.loads(envelope.to_json()),
-            },
-            sort_keys=True,
-        ).encode("utf-8")
+        header: dict[str, Any] = {
+            FORMAT_MARKER: 1,
+            "root_chain": [json.loads(e.to_json()) for e in root_chain],
+            "manifest": json.loads(envelope.to_json()),
+        }
+        if attestation is not None:
+            header["attestation"] = json.loads(attestation.to_json())
+        return json.dumps(header, sort_keys=True).encode("utf-8")
 
 
 def _records_digest(lines: Iterable[bytes]) -> str:
@@ -213,21 +219,43 @@ def _manifest(header: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
     try:
         chain = [Envelope.from_json(json.dumps(e).encode()) for e in header["root_chain"]]
         envelope = Envelope.from_json(json.dumps(header["manifest"]).encode())
+        attestation = header.get("attestation")
     except (KeyError, TypeError) as e:
         raise MalformedInputError("the export header is incomplete") from e
     # Offline verification of an old export: the root chain is checked from the pinned
     # fingerprint, without expiry (it vouches for keys, not for freshness).
     trusted = TrustedState.bootstrap(fingerprint, chain, now=datetime(1970, 1, 1, tzinfo=UTC))
     role = trusted.root.roles["audit"]
-    payload = verify_envelope(
-        envelope,
-        AUDIT_EXPORT_TYPE,
+    if attestation is None:  # signed by the controller with the fleet's audit key
+        payload = verify_envelope(
+            envelope,
+            AUDIT_EXPORT_TYPE,
+            trusted.root.keys,
+            role.keyids,
+            role.threshold,
+            "audit export manifest",
+        )
+        return parse_object(payload, "export manifest")
+    # Signed by a device with its own audit key, which the fleet's audit key vouches for.
+    device, key_hex = verify_key_attestation(
+        Envelope.from_json(json.dumps(attestation).encode()),
         trusted.root.keys,
         role.keyids,
         role.threshold,
-        "audit export manifest",
     )
-    return parse_object(payload, "export manifest")
+    key = PublicKey.from_hex(key_hex)
+    payload = verify_envelope(
+        envelope,
+        AUDIT_EXPORT_TYPE,
+        {key.keyid: key},
+        [key.keyid],
+        1,
+        f"export manifest signed by {device}",
+    )
+    manifest = parse_object(payload, "export manifest")
+    if set(manifest.get("chains", {})) - {device}:
+        raise SignatureError(f"a device export may only hold {device}'s own chain")
+    return manifest
 
 
 def verify_export(data: bytes, fingerprint: str) -> VerificationReport:

@@ -36,6 +36,7 @@ class EnrollResult:
     labels: dict[str, str]
     sync_port: int
     status: str
+    audit_key_attestation: Envelope | None
 
 
 class EnrollmentClient:
@@ -84,6 +85,9 @@ class EnrollmentClient:
             dict(r.labels),
             r.sync_port,
             r.status,
+            serde.envelope_from_pb(r.audit_key_attestation)
+            if r.HasField("audit_key_attestation")
+            else None,
         )
 
 

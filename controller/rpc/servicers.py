@@ -22,7 +22,7 @@ from controller.operators import add_operator
 from controller.rollouts import create_rollout
 from controller.rpc.guard import caller
 from edgefleet import serde
-from edgefleet.audit import sign_receipt
+from edgefleet.audit import sign_key_attestation, sign_receipt
 from edgefleet.audit_export import ExportBuilder
 from edgefleet.errors import MalformedInputError
 from edgefleet.trust.metadata import format_time, parse_time
@@ -60,7 +60,14 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             audit_key=request.audit_public_key,
         )
         enrolled = await asyncio.to_thread(self.app.enrollment.enroll, enrollment_request)
+        attestation = None
+        if enrolled.status == "enrolled":
+            envelope = sign_key_attestation(
+                enrolled.device_id, request.audit_public_key, self.app.audit_key
+            )
+            attestation = serde.envelope_to_pb(envelope)
         return device_pb2.EnrollResponse(
+            audit_key_attestation=attestation,
             device_id=enrolled.device_id,
             certificate_pem=enrolled.certificate_pem,
             ca_certificate_pem=self.app.ca_pem,

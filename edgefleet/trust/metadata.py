@@ -19,6 +19,7 @@ ROLES = ("root", "targets", "policy", "timestamp", "audit")
 AUDIT_EXPORT_TYPE = "application/vnd.edgefleet.audit-export+json"
 CHECKPOINT_TYPE = "application/vnd.edgefleet.audit-checkpoint+json"
 RECEIPT_TYPE = "application/vnd.edgefleet.audit-receipt+json"
+AUDIT_KEY_TYPE = "application/vnd.edgefleet.audit-key+json"
 SPEC_VERSION = "1"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")

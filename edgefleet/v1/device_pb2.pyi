@@ -124,6 +124,7 @@ class EnrollResponse(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     SYNC_PORT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    AUDIT_KEY_ATTESTATION_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     certificate_pem: _builtins.bytes
     ca_certificate_pem: _builtins.bytes
@@ -135,6 +136,12 @@ class EnrollResponse(_message.Message):
     """"enrolled" (certificate_pem is set) or "pending" (ask again later)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def audit_key_attestation(self) -> _envelope_pb2.SignedEnvelope:
+        """The fleet's audit key vouching for this device's audit key, so that exports the
+        device signs itself (air-gapped sites) verify with the root fingerprint alone.
+        """
+
     def __init__(
         self,
         *,
@@ -144,10 +151,11 @@ class EnrollResponse(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         sync_port: _builtins.int = ...,
         status: _builtins.str = ...,
+        audit_key_attestation: _envelope_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_key_attestation", b"audit_key_attestation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "device_id", b"device_id", "labels", b"labels", "status", b"status", "sync_port", b"sync_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_key_attestation", b"audit_key_attestation", "ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "device_id", b"device_id", "labels", b"labels", "status", b"status", "sync_port", b"sync_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -202,3 +202,32 @@ def test_device_checkpoints_catch_a_rewritten_chain(fleet: Fleet) -> None:
     assert verify_export(export(forged), fingerprint).problems == [
         "record dev-a #4: does not match the device-signed checkpoint"
     ]
+
+
+def test_device_signed_export_verifies_through_the_fleet_attestation(fleet: Fleet) -> None:
+    """A device's own export verifies via the fleet's attestation of its key, for its chain only."""
+    from edgefleet.audit import sign_key_attestation
+    from edgefleet.audit_export import ExportBuilder, render
+
+    device_key = SigningKey.generate()
+    root = fleet.sign_root(fleet.root())
+    fingerprint = root_fingerprint(root)
+
+    def export(records: list[bytes], attested_by: SigningKey, signer: SigningKey) -> bytes:
+        builder = ExportBuilder()
+        for r in records:
+            builder.add(r)
+        attestation = sign_key_attestation("dev-a", device_key.public.hex, attested_by)
+        header = builder.header([root], signer, {}, {}, None, attestation)
+        return b"".join(render(header, records, "jsonl"))
+
+    own = _chain("dev-a", 5)
+    assert verify_export(export(own, fleet.keys["audit"], device_key), fingerprint).ok
+    with pytest.raises(SignatureError, match="audit key attestation"):
+        verify_export(export(own, SigningKey.generate(), device_key), fingerprint)
+    with pytest.raises(SignatureError, match="signed by dev-a"):
+        verify_export(export(own, fleet.keys["audit"], SigningKey.generate()), fingerprint)
+    with pytest.raises(SignatureError, match="only hold dev-a's own chain"):
+        verify_export(
+            export(own + _chain("dev-b", 1), fleet.keys["audit"], device_key), fingerprint
+        )

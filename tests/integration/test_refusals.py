@@ -355,3 +355,15 @@ def test_audit_query_filters_by_device_actor_action_and_time(
     assert len(limited.stdout.splitlines()) == 1 and "more than 1 records matched" in limited.stderr
     bad = fleet.ctl("audit", "query", "--since", "yesterday", check=False)
     assert bad.returncode == 1 and "not a timestamp" in bad.stderr
+
+
+def test_device_exports_its_own_log_for_air_gapped_sites(small_fleet: tuple[Fleet, str]) -> None:
+    """The agent exports its own log; the file verifies offline from the root fingerprint."""
+    fleet, device_id = small_fleet
+    out = fleet.root / "device-export.jsonl"
+    printed = fleet.agent("gw", "audit", "export", "--out", str(out)).stdout
+    assert f"of {device_id}" in printed
+    verified = fleet.run(
+        "edgefleetctl", "audit", "verify", str(out), "--root-fingerprint", fleet.fingerprint
+    )
+    assert verified.returncode == 0 and f"{device_id}: " in verified.stdout, verified.stdout
