@@ -140,6 +140,7 @@ async def run(config: AgentConfig) -> None:
         await runner.cleanup()
         await client.close()
         pool.close()
+        await asyncio.to_thread(state.audit.flush)
         with contextlib.suppress(FileNotFoundError):
             (config.data_dir / "api.addr").unlink()
         state.db.dispose()

@@ -59,12 +59,14 @@ class AuditLog:
         self.db = db
         self.device_id = device_id
         self.max_batch = max_batch
-        self._queue: list[tuple[AuditEvent, asyncio.Future[int] | Future[int]]] = []
+        self._queue: list[
+            tuple[AuditEvent | None, asyncio.Future[int] | Future[int]]
+        ] = []  # (None = flush marker)
         self._wakeup = threading.Condition()
         self._writer: threading.Thread | None = None
         self._head: tuple[int, str] | None = None  # (seq, hash) of the last stored record
 
-    def _enqueue(self, event: AuditEvent, waiter: asyncio.Future[int] | Future[int]) -> None:
+    def _enqueue(self, event: AuditEvent | None, waiter: asyncio.Future[int] | Future[int]) -> None:
         with self._wakeup:
             self._queue.append((event, waiter))
             if self._writer is None:
@@ -89,6 +91,12 @@ class AuditLog:
     def append(self, event: AuditEvent) -> int:
         """Number, chain and durably store one event; return its sequence number."""
         return self.submit(event).result()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued before this call is durable (at shutdown)."""
+        marker: Future[int] = Future()
+        self._enqueue(None, marker)
+        marker.result(timeout)
 
     def _write_loop(self) -> None:
         while True:
@@ -118,7 +126,7 @@ class AuditLog:
                 loop.call_soon_threadsafe(_settle_all, items)
 
     def _store(
-        self, batch: list[tuple[AuditEvent, asyncio.Future[int] | Future[int]]]
+        self, batch: list[tuple[AuditEvent | None, asyncio.Future[int] | Future[int]]]
     ) -> list[Outcome]:
         with self.db.session() as session:
             if self._head is None:
@@ -131,6 +139,9 @@ class AuditLog:
             rows: list[tuple[int, bytes, str]] = []
             outcomes: list[Outcome] = []
             for event, _ in batch:
+                if event is None:  # a flush marker: resolved once this batch is durable
+                    outcomes.append(0)
+                    continue
                 try:
                     canonical = encode_record(self.device_id, seq + 1, now, event, prev)
                 except MalformedInputError as e:  # this event only; the chain goes on
