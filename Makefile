@@ -38,6 +38,8 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.inference
+	$(BIN)/python -m benchmarks.audit_append
+	$(BIN)/python -m benchmarks.audit_ingest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from controller.store.database import Database
@@ -25,6 +26,16 @@ from edgefleet.trust.metadata import format_time
 
 CONTROLLER_CHAIN = "controller"
 MAX_CHECKPOINTS = 100
+RECORD_COLUMNS = (
+    "chain",
+    "seq",
+    "canonical",
+    "record_sha256",
+    "recorded_at",
+    "actor",
+    "action",
+    "received_at",
+)
 
 
 def _head(session: Session, chain: str) -> AuditHead:
@@ -88,11 +99,13 @@ def ingest(
         if head.tamper_alert:
             return IngestResult(head.last_seq, 0, head.tamper_reason, head.last_sha256)
         verifier = ChainVerifier(device_id, head.last_seq, head.last_sha256)
-        stored, reason = 0, ""
+        fresh: dict[int, tuple[bytes, str]] = {}  # accepted in this push: seq -> (bytes, hash)
+        rows: list[dict[str, Any]] = []
+        reason, now = "", datetime.now(UTC)
         for seq, canonical in sorted(records):
             if seq <= verifier.last_seq:
-                known = session.get(AuditRecordRow, (device_id, seq))
-                if known is not None and known.canonical != canonical:
+                known = fresh[seq][0] if seq in fresh else _stored_bytes(session, device_id, seq)
+                if known is not None and known != canonical:
                     reason = f"record {seq} differs from the copy already stored"
                     break
                 continue  # a resend of what we already hold
@@ -103,22 +116,32 @@ def ingest(
             except UntrustedInputError as e:
                 reason = str(e)
                 break
-            session.add(
-                AuditRecordRow(
-                    chain=device_id,
-                    seq=record.seq,
-                    canonical=canonical,
-                    record_sha256=record.hash,
-                    recorded_at=str(record.fields["time"])[:20],
-                    actor=str(record.fields["actor"])[:128],
-                    action=str(record.fields["action"])[:64],
-                    received_at=datetime.now(UTC),
-                )
+            fresh[seq] = (canonical, record.hash)
+            f = record.fields
+            rows.append(
+                {
+                    "chain": device_id,
+                    "seq": seq,
+                    "canonical": canonical,
+                    "record_sha256": record.hash,
+                    "recorded_at": str(f["time"])[:20],
+                    "actor": str(f["actor"])[:128],
+                    "action": str(f["action"])[:64],
+                    "received_at": now,
+                }
             )
-            stored += 1
+        _insert_records(session, rows)
+        stored = len(rows)
         head.last_seq, head.last_sha256 = verifier.last_seq, verifier.last_hash
         if not reason:
-            reason = _check_checkpoints(session, device_id, checkpoints, head.last_seq)
+
+            def hash_of(seq: int) -> str | None:
+                if seq in fresh:
+                    return fresh[seq][1]
+                row = session.get(AuditRecordRow, (device_id, seq))
+                return row.record_sha256 if row is not None else None
+
+            reason = _check_checkpoints(session, device_id, checkpoints, head.last_seq, hash_of)
         if reason:
             head.tamper_alert, head.tamper_reason = True, reason
             record_event(
@@ -134,8 +157,32 @@ def ingest(
         return IngestResult(head.last_seq, stored, reason, head.last_sha256)
 
 
+def _insert_records(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Store a push's records: COPY on PostgreSQL (the ingest hot path), executemany elsewhere."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(insert(AuditRecordRow), rows)
+        return
+    driver: Any = connection.connection.driver_connection
+    statement = f"COPY {AuditRecordRow.__tablename__} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[column] for column in RECORD_COLUMNS])
+
+
+def _stored_bytes(session: Session, chain: str, seq: int) -> bytes | None:
+    row = session.get(AuditRecordRow, (chain, seq))
+    return row.canonical if row is not None else None
+
+
 def _check_checkpoints(
-    session: Session, device_id: str, checkpoints: Sequence[Envelope], stored_seq: int
+    session: Session,
+    device_id: str,
+    checkpoints: Sequence[Envelope],
+    stored_seq: int,
+    hash_of: Callable[[int], str | None],
 ) -> str:
     """Store checkpoints that match their records; return a tamper reason for one that does not."""
     device = session.get(Device, device_id)
@@ -148,8 +195,7 @@ def _check_checkpoints(
             return f"checkpoint refused: {e}"
         if checkpoint.seq > stored_seq:
             continue
-        record = session.get(AuditRecordRow, (device_id, checkpoint.seq))
-        if record is None or record.record_sha256 != checkpoint.sha256:
+        if hash_of(checkpoint.seq) != checkpoint.sha256:
             return f"record {checkpoint.seq} does not match the device-signed checkpoint"
         session.merge(
             AuditCheckpointRow(chain=device_id, seq=checkpoint.seq, envelope=envelope.to_json())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class AuditRecord:
     canonical: bytes
     fields: Mapping[str, Any]
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """Hex SHA-256 of the canonical bytes; the next record's ``prev``."""
         return record_hash(self.canonical)
@@ -108,7 +109,13 @@ def parse_record(canonical: bytes) -> AuditRecord:
         raise MalformedInputError("audit record seq must be a positive integer")
     if not isinstance(device, str) or not isinstance(prev, str):
         raise MalformedInputError("audit record device and prev must be strings")
-    if canonical_bytes(doc) != canonical:
+    details = doc["details"]
+    if not isinstance(details, dict):
+        raise MalformedInputError(f"audit record {seq} details must be an object")
+    event = AuditEvent(doc["actor"], doc["action"], doc["target"], doc["outcome"], details)
+    # encode_record produces the canonical form of these fields (any type: it falls back
+    # to the reference encoder), so equal bytes prove the input was canonical.
+    if encode_record(device, seq, doc["time"], event, prev) != canonical:
         raise MalformedInputError(f"audit record {seq} is not in canonical form")
     return AuditRecord(seq, device, prev, canonical, doc)
 

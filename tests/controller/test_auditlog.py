@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -24,9 +23,7 @@ def _chain(count: int, device: str = "dev-1") -> list[tuple[int, bytes]]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'c.db'}")
-    database.create_schema()
+def db(database: Database) -> Database:
     return database
 
 

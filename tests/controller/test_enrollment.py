@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -22,10 +21,8 @@ AUDIT_KEY = SigningKey.generate().public.hex
 
 
 @pytest.fixture
-def enrollment(tmp_path: Path) -> Enrollment:
-    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
-    db.create_schema()
-    return Enrollment(db, CertificateAuthority.create("test"), timedelta(days=1))
+def enrollment(database: Database) -> Enrollment:
+    return Enrollment(database, CertificateAuthority.create("test"), timedelta(days=1))
 
 
 def request(token: str = "", key: object = None) -> EnrollmentRequest:
