@@ -91,6 +91,7 @@ def merge(signed: Policy | None, local: Policy) -> Policy:
     signed_ids = {t.token_id for t in signed.tokens}
     return replace(
         signed,
+        audit_redact=tuple(dict.fromkeys((*signed.audit_redact, *local.audit_redact))),
         roles={**local.roles, **signed.roles},
         bindings=(*signed.bindings, *local.bindings),
         tokens=(*signed.tokens, *(t for t in local.tokens if t.token_id not in signed_ids)),

@@ -90,7 +90,7 @@ class PolicyService:
         if len(document) > MAX_POLICY_BYTES:
             raise MalformedInputError(f"a policy document is limited to {MAX_POLICY_BYTES} bytes")
         doc = parse_object(document, "policy document")
-        unknown = set(doc) - {"roles", "bindings", "tokens"}
+        unknown = set(doc) - {"roles", "bindings", "tokens", "audit_redact"}
         if unknown:
             raise MalformedInputError(f"policy document: unknown keys {sorted(unknown)}")
         current = self.current()

@@ -14,10 +14,11 @@ import hmac
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import MalformedInputError
 from edgefleet.trust.metadata import format_time, parse_time
@@ -41,6 +42,8 @@ PERMISSIONS = frozenset(
 TOKEN_PREFIX = "efk_"  # noqa: S105 - a marker, not a secret
 SUBJECT_PATTERN = re.compile(r"^[a-z]+:[A-Za-z0-9._@-]{1,64}$")
 TOKEN_ID_PATTERN = re.compile(r"^[a-z0-9]{8,32}$")
+REDACTABLE = re.compile(r"^(actor|target|details\.[a-z0-9_]{1,64})$")
+REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,32 @@ class Policy:
     bindings: tuple[Binding, ...] = ()
     tokens: tuple[TokenEntry, ...] = ()
     expires: datetime | None = None  # set on signed policies (freeze protection)
+    # Audit record fields devices replace with "[redacted]": "actor", "target" or "details.<key>".
+    audit_redact: tuple[str, ...] = ()
+
+    def redact(self, event: AuditEvent) -> AuditEvent:
+        """The event with the fields this policy redacts replaced by a marker."""
+        if not self.audit_redact:
+            return event
+        details = {
+            key: REDACTED if f"details.{key}" in self.audit_redact else value
+            for key, value in event.details.items()
+        }
+        return replace(
+            event,
+            actor=REDACTED if "actor" in self.audit_redact else event.actor,
+            target=REDACTED if "target" in self.audit_redact else event.target,
+            details=details,
+        )
 
     def to_payload(self) -> bytes:
         """Canonical bytes (what the policy role signs)."""
         expiry = {"expires": format_time(self.expires)} if self.expires else {}
+        redaction = {"audit_redact": list(self.audit_redact)} if self.audit_redact else {}
         return canonical_bytes(
             {
                 **expiry,
+                **redaction,
                 "_type": "policy",
                 "version": self.version,
                 "roles": {name: sorted(perms) for name, perms in self.roles.items()},
@@ -112,7 +134,10 @@ class Policy:
         if len({t.token_id for t in tokens}) != len(tokens):
             raise MalformedInputError("policy: token ids must be unique")
         expires = parse_time(doc["expires"], "policy expires") if "expires" in doc else None
-        return cls(version, roles, bindings, tokens, expires)
+        redact = _list(doc, "audit_redact")
+        if not all(isinstance(f, str) and REDACTABLE.match(f) for f in redact):
+            raise MalformedInputError("policy: audit_redact names actor, target or details.<key>")
+        return cls(version, roles, bindings, tokens, expires, tuple(redact))
 
     def subject_of_token(self, token: str) -> str | None:
         """The subject a bearer token authenticates as, or None if it is not valid."""

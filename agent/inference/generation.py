@@ -244,4 +244,5 @@ class GenerationEndpoint:
             details["prompt_sha256"] = hashlib.sha256(prompt).hexdigest()
             details["completion_sha256"] = hashlib.sha256(result.text.encode("utf-8")).hexdigest()
         target = active.manifest.ref if active else req.model[:64]
-        return AuditEvent(subject, f"inference.{self.endpoint}", target, outcome.label, details)
+        event = AuditEvent(subject, f"inference.{self.endpoint}", target, outcome.label, details)
+        return self.ctx.policy_now().redact(event)

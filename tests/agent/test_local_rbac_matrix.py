@@ -98,3 +98,32 @@ def test_signed_roles_win_and_local_tokens_survive() -> None:
     assert merged.roles["inference"] == ROLES["inference"]
     assert merged.subject_of_token(local_token) == "app:local"
     assert merged.authorize("app:local", "inference.invoke", "tiny")
+
+
+def test_policy_redacts_audit_fields(tmp_path: Path) -> None:
+    """Fields the policy names are replaced in inference audit records; the rest stay."""
+    from dataclasses import replace
+
+    harness = Harness(tmp_path, FakeBackend())
+    policy, tokens = _signed_policy()
+    harness.ctx.policy.set_signed(replace(policy, audit_redact=("actor", "details.sha256")))
+    headers = {"Authorization": f"Bearer {tokens['app-inference']}"}
+
+    async def scenario(client: TestClient) -> None:
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
+
+    harness.run(scenario)
+    record = harness.last_audit()
+    assert record["actor"] == "[redacted]" and record["details"]["sha256"] == "[redacted]"
+    assert record["target"] == "tiny@1" and record["details"]["completion_tokens"] == 1
+
+
+def test_redaction_fields_are_validated() -> None:
+    """A policy may redact only actor, target or details.<key>."""
+    from edgefleet.errors import MalformedInputError
+
+    assert Policy.from_payload(b'{"version": 1, "audit_redact": ["details.x"]}').audit_redact == (
+        "details.x",
+    )
+    with pytest.raises(MalformedInputError, match="audit_redact"):
+        Policy.from_payload(b'{"version": 1, "audit_redact": ["seq"]}')
