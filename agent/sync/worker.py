@@ -124,8 +124,14 @@ class Syncer:
         desired = await self.client.sync(report)
         await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))
         await self._accept_trust(desired.root_chain, desired.targets, desired.policy)
-        for assignment in desired.assignments:
-            await self._converge(assignment)
+        failures: list[EdgefleetError] = []
+        for assignment in desired.assignments:  # one model's failure does not block the others
+            try:
+                await self._converge(assignment)
+            except EdgefleetError as e:
+                failures.append(e)
+        if failures:
+            raise failures[0]
 
     async def _accept_trust(
         self, root_chain: tuple[Envelope, ...], targets: Envelope, policy: Envelope | None
@@ -213,6 +219,11 @@ class Syncer:
         await asyncio.to_thread(self.blobs.commit, manifest.sha256)
 
     async def _audit_failure(self, action: str, target: str, error: Exception) -> None:
+        """Audit a verification failure once per distinct reason (not on every retry)."""
+        key = f"{action} {target}"
+        if self._refusals.get(key) == str(error):
+            return
+        self._refusals[key] = str(error)
         event = AuditEvent("agent", action, target, "verification_failed", {"reason": str(error)})
         await asyncio.to_thread(self.audit.append, event)
 
