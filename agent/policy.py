@@ -22,9 +22,8 @@ DEFAULT_ROLES = {
 }
 
 
-def empty_policy() -> Policy:
-    """No tokens, the built-in local roles."""
-    return Policy(version=0, roles=DEFAULT_ROLES)
+# No tokens, the built-in local roles: in force while the device has no policy file.
+EMPTY_POLICY = Policy(version=0, roles=DEFAULT_ROLES)
 
 
 class LocalPolicy:
@@ -39,7 +38,7 @@ class LocalPolicy:
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
-            return empty_policy()
+            return EMPTY_POLICY
         if self._cached is None or self._cached[0] != mtime:
             try:
                 self._cached = (mtime, Policy.from_payload(self.path.read_bytes()))
@@ -104,11 +103,17 @@ class DevicePolicy:
     def __init__(self, local: LocalPolicy, signed: Policy | None) -> None:
         self.local = local
         self.signed = signed
+        self._merged: tuple[Policy | None, Policy, Policy] | None = None  # (signed, local, merged)
 
     def set_signed(self, policy: Policy) -> None:
         """Adopt a newly verified signed policy (called by the syncer)."""
         self.signed = policy
 
     def current(self) -> Policy:
-        """The merged policy."""
-        return merge(self.signed, self.local.current())
+        """The merged policy, merged again only when either side changed."""
+        local = self.local.current()
+        cached = self._merged
+        if cached is None or cached[0] is not self.signed or cached[1] is not local:
+            cached = (self.signed, local, merge(self.signed, local))
+            self._merged = cached
+        return cached[2]

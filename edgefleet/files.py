@@ -37,16 +37,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
-def sha256_of_file(path: Path, start_length: int | None = None) -> str:
-    """Hex SHA-256 of a file (or of its first ``start_length`` bytes), read in 1 MiB blocks."""
+def sha256_of_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    remaining = start_length
     with path.open("rb") as f:
-        while remaining is None or remaining > 0:
-            block = f.read(1024 * 1024 if remaining is None else min(remaining, 1024 * 1024))
-            if not block:
-                break
+        for block in iter(lambda: f.read(1024 * 1024), b""):
             digest.update(block)
-            if remaining is not None:
-                remaining -= len(block)
     return digest.hexdigest()

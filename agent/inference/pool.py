@@ -19,7 +19,7 @@ import structlog
 
 from agent.inference.engine import BackendFactory, ModelWorker
 from edgefleet.errors import ResourceError
-from edgefleet.memory import MIB, MemoryEstimate, estimate_memory
+from edgefleet.memory import MIB, MemoryEstimate, estimate_memory, fits
 from edgefleet.trust.metadata import ModelManifest
 
 log = structlog.get_logger("agent.pool")
@@ -76,7 +76,7 @@ class ModelPool:
     def check_fits_budget(self, manifest: ModelManifest) -> MemoryEstimate:
         """Raise ResourceError (with the numbers) if the model can never fit the budget."""
         estimate = self.estimate(manifest)
-        if estimate.total > self.settings.budget_bytes:
+        if not fits(estimate, self.settings.budget_bytes):
             raise ResourceError(
                 f"{manifest.ref} needs {estimate}, over the memory budget of "
                 f"{self.settings.budget_bytes / MIB:.0f} MiB"
@@ -148,11 +148,11 @@ class ModelPool:
         """Unload idle models, least recently used first, until ``estimate`` fits."""
         budget = self.settings.budget_bytes
         for name in sorted(self._models, key=lambda n: self._models[n].last_used):
-            if estimate.total + self.in_use <= budget:
+            if fits(estimate, budget, self.in_use):
                 return
             if self._models[name].busy == 0:
                 self._unload(name, "evicted")
-        if estimate.total + self.in_use > budget:
+        if not fits(estimate, budget, self.in_use):
             raise ResourceError(
                 f"needs {estimate}, but {self.in_use / MIB:.0f} MiB of the "
                 f"{budget / MIB:.0f} MiB budget is held by models serving requests"
