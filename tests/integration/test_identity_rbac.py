@@ -102,12 +102,11 @@ def test_a_device_cannot_act_for_another(small_fleet: tuple[Fleet, str]) -> None
     )
     channel = _device_channel(fleet, "gw")
     stub = device_pb2_grpc.DeviceServiceStub(channel)
-    response = stub.PushAudit(
+    stub.PushAudit(
         device_pb2.PushAuditRequest(records=[device_pb2.AuditRecord(seq=1, canonical=forged)]),
         timeout=10,
     )
     channel.close()
-    assert response.acked_seq >= 0
     devices = {d["device_id"]: d for d in fleet.devices()}
     assert devices[device_b]["audit_stored_seq"] == 0  # nothing was stored for B
     assert devices[device_a]["audit_alert"]  # A pushed a record that is not its own: flagged
