@@ -16,6 +16,8 @@ from pathlib import Path
 from agent.config import DEFAULT_DATA_DIR, load_agent_config
 from agent.enroll import AgentPaths, EnrollmentPending, enroll
 from agent.inference.bench import run_bench, save_result
+from agent.models_cli import add_parsers as add_models_parsers
+from agent.models_cli import run_models_command
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
@@ -60,11 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="the local registry").add_subparsers(
         dest="action", required=True
     )
-    models.add_parser("list", help="installed versions; * marks the active one")
+    add_models_parsers(models)
     chat = commands.add_parser("chat", help="talk to a model through the running agent's API")
     chat.add_argument("model")
     chat.add_argument("prompt", nargs="?", help="one question; without it, an interactive session")
     chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, help="0 for the most likely answer")
     chat.add_argument("--token", help=f"API bearer token (env {TOKEN_ENV})")
     tokens = commands.add_parser("tokens", help="application tokens for the local API")
     token_actions = tokens.add_subparsers(dest="action", required=True)
@@ -159,20 +162,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_models_list(args: argparse.Namespace) -> int:
-    state = LocalState.open(args.data_dir)
-    try:
-        installed = state.registry.installed()
-    finally:
-        state.db.dispose()
-    if not installed:
-        print("no models installed")
-    for model in installed:
-        marker = "*" if model.active else " "
-        print(f"{marker} {model.name}@{model.version}  sha256:{model.sha256[:16]}…")
-    return 0
-
-
 def _api_base(data_dir: Path) -> str:
     address_file = data_dir / "api.addr"
     if address_file.exists():
@@ -184,7 +173,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV, "")
     url = _api_base(args.data_dir) + "/v1/chat/completions"
     if args.prompt is not None:
-        _ask(url, token, args.model, [{"role": "user", "content": args.prompt}], args.max_tokens)
+        _ask(url, token, args, [{"role": "user", "content": args.prompt}])
         return 0
     print(f"chatting with {args.model}; an empty line or Ctrl-D ends the session", file=sys.stderr)
     history: list[dict[str, str]] = []
@@ -197,13 +186,20 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             return 0
         history.append({"role": "user", "content": line})
-        answer = _ask(url, token, args.model, history, args.max_tokens)
+        answer = _ask(url, token, args, history)
         history.append({"role": "assistant", "content": answer})
 
 
-def _ask(url: str, token: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> str:
+def _ask(url: str, token: str, args: argparse.Namespace, messages: list[dict[str, str]]) -> str:
     """Stream one answer to stdout and return it."""
-    body = {"model": model, "stream": True, "max_tokens": max_tokens, "messages": messages}
+    body: dict[str, object] = {
+        "model": args.model,
+        "stream": True,
+        "max_tokens": args.max_tokens,
+        "messages": messages,
+    }
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -340,7 +336,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "audit": _cmd_audit_export,
     }
     if args.command == "models":
-        return _cmd_models_list(args)
+        return run_models_command(args)
     return handlers[args.command](args)
 
 

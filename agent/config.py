@@ -15,6 +15,10 @@ CONFIG_FILE = "agent.toml"
 DEFAULT_DATA_DIR = Path("/var/lib/edgefleet-agent")
 
 
+VERIFY_MODES = ("size", "sample", "full")
+OFFLINE_MODES = ("serve", "strict")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs, with bounded defaults sized for a Raspberry Pi."""
@@ -47,6 +51,18 @@ class AgentConfig:
     # records are never pruned, and a warning is raised when this many are waiting.
     audit_keep_acknowledged: int = 100_000
     audit_warn_unacknowledged: int = 250_000
+    # A download that receives nothing for this long is abandoned (resumed at the next sync).
+    download_stall_seconds: int = 60
+    # Before a model is loaded: "size" checks the file's length, "sample" also hashes
+    # verify_sample_chunks random chunks, "full" hashes the whole file.
+    verify_before_load: str = "sample"
+    verify_sample_chunks: int = 8
+    # A full hash of every installed blob this often (0 turns the scrub off).
+    scrub_interval_hours: int = 24
+    # Trust metadata older than this (no fresh timestamp from the controller or a bundle):
+    # "serve" keeps serving and warns, "strict" refuses inference until fresh metadata.
+    max_offline_days: int = 30
+    offline_mode: str = "serve"
 
     @property
     def resolved_memory_budget(self) -> int:
@@ -72,11 +88,20 @@ class AgentConfig:
             "audit_checkpoint_seconds",
             "audit_keep_acknowledged",
             "audit_warn_unacknowledged",
+            "download_stall_seconds",
+            "verify_sample_chunks",
+            "max_offline_days",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.sync_jitter_seconds < 0 or self.memory_budget_bytes < 0:
             raise ConfigError("sync_jitter_seconds and memory_budget_bytes must not be negative")
+        if self.scrub_interval_hours < 0:
+            raise ConfigError("scrub_interval_hours must not be negative")
+        if self.verify_before_load not in VERIFY_MODES:
+            raise ConfigError(f"verify_before_load must be one of {', '.join(VERIFY_MODES)}")
+        if self.offline_mode not in OFFLINE_MODES:
+            raise ConfigError(f"offline_mode must be one of {', '.join(OFFLINE_MODES)}")
         host, _ = split_address(self.api_listen)
         if not self.api_auth and not is_loopback(host):
             raise ConfigError(

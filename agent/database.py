@@ -76,6 +76,9 @@ class StateRow(Base):
 
 
 def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Transactions are begun explicitly (IMMEDIATE, below) so that a command-line process
+    # and the running agent never interleave a read and a write of the same rows.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
@@ -84,13 +87,19 @@ def _pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class AgentDatabase:
-    """Sessions that commit or roll back; writes are serialized by one lock."""
+    """Sessions that commit or roll back; serialized by one lock here and by SQLite's write
+    lock (``BEGIN IMMEDIATE``) against other processes on the same data directory."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(f"sqlite:///{path}")
         event.listen(self.engine, "connect", _pragmas)
+        event.listen(self.engine, "begin", _begin_immediate)
         try:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as e:

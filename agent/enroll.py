@@ -18,6 +18,7 @@ from pathlib import Path
 from agent.audit.log import AuditLog
 from agent.database import AgentDatabase
 from agent.identity import Enrollment, IdentityFiles
+from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import EnrollmentClient
@@ -107,6 +108,7 @@ def enroll(
     try:
         audit = AuditLog(db, result.device_id)
         Registry(db, BlobStore(paths.blobs), audit).save_trust(state)
+        mark_fresh(db, datetime.now(UTC))  # the root chain was just verified online
         if result.audit_key_attestation is not None:
             paths.identity.audit_attestation.write_bytes(result.audit_key_attestation.to_json())
         paths.identity.save(enrollment, result.certificate_pem, bootstrap.ca_pem)

@@ -21,6 +21,7 @@ from agent.inference.api import build_app
 from agent.inference.context import ApiContext
 from agent.inference.engine import ChatBackend, LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
+from agent.offline import OfflineGuard
 from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
@@ -28,7 +29,8 @@ from agent.sync.client import SyncClient
 from agent.sync.renewal import CertificateRenewer
 from agent.sync.worker import Syncer
 from edgefleet.config_files import split_address
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, HashMismatchError
+from edgefleet.trust.metadata import ModelManifest
 
 log = structlog.get_logger("agent")
 
@@ -65,7 +67,8 @@ def pool_settings(config: AgentConfig) -> PoolSettings:
     )
 
 
-def _sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
+def sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
+    """The mTLS client of the enrolled device (create it inside the running event loop)."""
     identity = state.paths.identity
     enrollment = identity.load()
     return SyncClient(
@@ -97,20 +100,38 @@ async def run(config: AgentConfig) -> None:
     state = await asyncio.to_thread(LocalState.open, config.data_dir)
     enrollment = state.paths.identity.load()
     trust = await asyncio.to_thread(state.registry.load_trust, enrollment.root_fingerprint)
-    client = _sync_client(config, state)
+    client = sync_client(config, state)
     syncer = Syncer(config, client, state.registry, state.blobs, state.audit, trust)
 
     def load_model(path: Path) -> ChatBackend:
         return LlamaBackend(path, config.n_ctx, config.n_threads)
 
-    pool = ModelPool(load_model, pool_settings(config))
+    def verify_before_load(manifest: ModelManifest) -> None:
+        result = state.registry.verify(
+            manifest, config.verify_before_load, config.verify_sample_chunks
+        )
+        if not result.ok:
+            raise HashMismatchError(
+                f"{manifest.ref} failed its check before loading ({result.reason}); it is "
+                f"quarantined until repaired (`edgefleet-agent models repair {manifest.name}` "
+                "or the next sync)"
+            )
+
+    pool = ModelPool(load_model, pool_settings(config), verify_before_load)
     syncer.preflight = pool.check_fits_budget
     policy = DevicePolicy(LocalPolicy(config.data_dir), trust.policy)
     syncer.on_policy = policy.set_signed
     syncer.renewer = CertificateRenewer(state.paths.identity, client, state.audit)
     syncer.audit_key = state.paths.identity.keys()[1]
+    syncer.reload_trust = lambda: state.registry.load_trust(enrollment.root_fingerprint)
     ctx = ApiContext(
-        config, state.registry, pool, state.audit, policy, labels=dict(enrollment.labels)
+        config,
+        state.registry,
+        pool,
+        state.audit,
+        policy,
+        labels=dict(enrollment.labels),
+        offline=OfflineGuard(state.db, state.audit, config.max_offline_days, config.offline_mode),
     )
     runner, api_address = await _start_api(config, ctx)
     (config.data_dir / "api.addr").write_text(api_address + "\n")
@@ -126,6 +147,16 @@ async def run(config: AgentConfig) -> None:
         id="sync",
     )
     scheduler.add_job(pool.unload_idle, "interval", seconds=30, id="keep-alive", coalesce=True)
+    if config.scrub_interval_hours:
+        scheduler.add_job(
+            syncer.scrub,
+            "interval",
+            hours=config.scrub_interval_hours,
+            jitter=min(3600, config.scrub_interval_hours * 360),
+            id="scrub",
+            coalesce=True,
+            max_instances=1,
+        )
     scheduler.start()
     log.info("agent.running", device_id=enrollment.device_id, api=api_address)
     stop = asyncio.Event()

@@ -83,6 +83,12 @@ class IngestResult:
     acked_sha256: str = ""
 
 
+def record_alone(db: Database, event: AuditEvent) -> int:
+    """Append ``event`` to the controller's chain in a transaction of its own."""
+    with db.session() as session:
+        return record_event(session, event)
+
+
 def ingest(
     db: Database,
     device_id: str,

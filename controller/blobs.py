@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,23 @@ class BlobStore:
     def commit(self, temporary: Path, sha256: str) -> Path:
         """Make a fully written temporary file visible under its digest (atomic rename)."""
         return publish_read_only(temporary, self.path_of(sha256))
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store a small blob (a chunk index) under its digest; return the digest."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if self.path_of(sha256).exists():
+            return sha256
+        fd, path = self.open_incoming()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return self.commit(path, sha256).name
+
+    def read_all(self, sha256: str) -> bytes:
+        """A small blob's bytes (a chunk index)."""
+        try:
+            return self.path_of(sha256).read_bytes()
+        except FileNotFoundError as e:
+            raise NotFoundError(f"blob {sha256[:16]}… is not stored") from e
 
     def read(self, sha256: str, offset: int, limit: int, chunk: int) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, bytes) chunks from ``offset``; ``limit`` 0 reads to the end."""

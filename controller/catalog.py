@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
 from controller.blobs import BlobStore
+from controller.keyring import Keyring, TrustMaterial
 from controller.store.database import Database
 from controller.store.schema import Model, TargetsVersion
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import ConflictError, MalformedInputError
 from edgefleet.gguf import read_gguf_file
-from edgefleet.trust.envelope import Envelope, sign_envelope
-from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.chunks import DEFAULT_CHUNK_SIZE, ChunkIndex
+from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import (
     TARGETS_TYPE,
     ModelManifest,
@@ -57,13 +58,13 @@ class Catalog:
         self,
         db: Database,
         blobs: BlobStore,
-        targets_key: SigningKey,
+        keyring: Keyring,
         expiry: timedelta,
         max_model_bytes: int,
     ) -> None:
         self.db = db
         self.blobs = blobs
-        self.targets_key = targets_key
+        self.keyring = keyring
         self.expiry = expiry
         self.max_model_bytes = max_model_bytes
         self._lock = threading.Lock()
@@ -93,6 +94,24 @@ class Catalog:
             if latest_targets(session) is None:
                 self.sign_targets(session, None)
 
+    def resign(self, material: TrustMaterial) -> None:
+        """After a targets key rotation: the same models as a new version under the new keys."""
+        with self._lock, self.db.session() as session:
+            current = latest_targets(session)
+            if current is None or material.vouches("targets", current[1]):
+                return
+            version = self.sign_targets(session, None)
+            record_event(
+                session,
+                AuditEvent(
+                    "controller",
+                    "targets.resign",
+                    "targets",
+                    "success",
+                    {"targets_version": version, "root_version": material.root.version},
+                ),
+            )
+
     def sign_targets(self, session: Session, add: ModelManifest | None) -> int:
         """Sign a new targets version that adds ``add``; return its version."""
         current = latest_targets(session)
@@ -102,7 +121,7 @@ class Catalog:
         version = current[0].version + 1 if current else 1
         expires = datetime.now(UTC).replace(microsecond=0) + self.expiry
         targets = Targets(version, expires, models)
-        envelope = sign_envelope(TARGETS_TYPE, targets.to_payload(), [self.targets_key])
+        envelope = self.keyring.current().sign("targets", TARGETS_TYPE, targets.to_payload())
         session.add(
             TargetsVersion(
                 version=version, envelope=envelope.to_json(), created_at=datetime.now(UTC)
@@ -173,6 +192,8 @@ class Upload:
             self._file.close()
             info = read_gguf_file(self.path)
             sha256 = self._hash.hexdigest()
+            chunks = ChunkIndex.of_file(self.path, DEFAULT_CHUNK_SIZE)
+            self.catalog.blobs.put_bytes(chunks.to_bytes())
             manifest = ModelManifest(
                 name=self.name,
                 version=self.version,
@@ -183,6 +204,8 @@ class Upload:
                 quantization=info.quantization,
                 context_length=info.context_length,
                 kv_bytes_per_token=info.kv_bytes_per_token,
+                chunk_size=chunks.chunk_size,
+                chunks_sha256=chunks.sha256,
             )
             if not self.catalog.blobs.path_of(sha256).exists():
                 self.catalog.blobs.commit(self.path, sha256)

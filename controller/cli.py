@@ -13,6 +13,7 @@ from controller.client import OperatorClient, OperatorCredential
 from controller.commands import OPERATIONS, audit_verify
 from controller.config import load_controller_config
 from controller.datadir import initialize
+from controller.keys_cli import run_keys_command
 from controller.service import serve
 from edgefleet.cli_support import key_value, run_command
 from edgefleet.errors import ConfigError
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in data dir)")
     serve_cmd.add_argument("--log-level", default="INFO")
 
+    _add_keys_parser(commands)
+
     token = commands.add_parser("token", help="enrollment tokens").add_subparsers(
         dest="action", required=True
     )
@@ -55,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file", type=Path)
     publish.add_argument("--name", required=True)
     publish.add_argument("--version", required=True)
+
+    bundle = commands.add_parser(
+        "bundle", help="model bundles for air-gapped sites"
+    ).add_subparsers(dest="action", required=True)
+    bundle_export = bundle.add_parser(
+        "export", help="one file with NAME@VERSION and its signed metadata chain"
+    )
+    bundle_export.add_argument("ref", metavar="NAME@VERSION")
+    bundle_export.add_argument("--out", type=Path, required=True)
 
     rollout = commands.add_parser("rollout", help="model rollouts").add_subparsers(
         dest="action", required=True
@@ -144,6 +156,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser(
+        "keys", help="the fleet's signing keys: every change is a new root version"
+    ).add_subparsers(dest="action", required=True)
+
+    def local(name: str, text: str) -> argparse.ArgumentParser:
+        action = keys.add_parser(name, help=text)
+        action.add_argument("--data-dir", type=Path, required=True)
+        return action
+
+    local("list", "roles, thresholds and keys of the current root and the draft")
+    generate = keys.add_parser("generate", help="a new Ed25519 key file (e.g. for an offline root)")
+    generate.add_argument("--out", type=Path, required=True)
+    for name, text in (("add", "let a key sign for a role"), ("rotate", "replace a role's keys")):
+        action = local(name, text)
+        action.add_argument("role")
+        action.add_argument("--public", help="hex public key (from `keys generate`)")
+    revoke = local("revoke", "stop a key signing for a role")
+    revoke.add_argument("role")
+    revoke.add_argument("keyid", help="at least 8 leading hex digits")
+    threshold = local("threshold", "how many of a role's keys must sign")
+    threshold.add_argument("role")
+    threshold.add_argument("count", type=int)
+    local("renew", "the same keys as a new root version with a fresh expiry")
+    local("show-draft", "the draft root, its signatures and what it still needs")
+    export = local("export-draft", "write the draft for signing on another machine")
+    export.add_argument("--out", type=Path, required=True)
+    sign = keys.add_parser("sign", help="sign an exported draft with a key file (offline)")
+    sign.add_argument("file", type=Path)
+    sign.add_argument("--key", type=Path, required=True)
+    local("import-signatures", "merge the signatures of a signed draft").add_argument(
+        "file", type=Path
+    )
+    local("publish", "publish the draft once a threshold of old and new root keys signed it")
+
+
 def _client(args: argparse.Namespace) -> OperatorClient:
     path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is None:
@@ -186,6 +234,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_serve(args)
     if (args.command, getattr(args, "action", "")) == ("audit", "verify"):
         return audit_verify(args)
+    if args.command == "keys":
+        return run_keys_command(args)
     configure_logging("console", "WARNING")
     return _operate(args)
 

@@ -133,6 +133,16 @@ class OperatorClient:
         except grpc.RpcError as e:
             raise _raise_from(e) from e
 
+    def export_bundle(self, name: str, version: str) -> Iterator[tuple[str, bytes]]:
+        """Stream ("header"|"chunk_index"|"data", bytes) parts of a model bundle."""
+        request = operator_pb2.ExportBundleRequest(name=name, version=version)
+        try:
+            for chunk in self._stub.ExportBundle(request, timeout=24 * 3600):
+                part = chunk.WhichOneof("part")
+                yield str(part), bytes(getattr(chunk, str(part)))
+        except grpc.RpcError as e:
+            raise _raise_from(e) from e
+
     def add_operator(self, name: str, role: str, csr_pem: bytes) -> tuple[bytes, bytes]:
         """The new operator's certificate and the CA certificate."""
         request = operator_pb2.AddOperatorRequest(name=name, role=role, csr_pem=csr_pem)

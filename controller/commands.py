@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,10 +15,11 @@ from controller.client import OperatorClient
 from controller.datadir import write_operator_credential
 from controller.policies import pretty
 from edgefleet.audit_export import render, verify_export
+from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.rbac import Policy
 from edgefleet.tls import key_pem, make_csr, new_tls_key
-from edgefleet.trust.metadata import parse_time
+from edgefleet.trust.metadata import Targets, parse_time
 
 Operation = Callable[[OperatorClient, argparse.Namespace], int]
 
@@ -79,6 +80,40 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
             print(f"{'':<22} AUDIT TAMPER ALERT: {v.audit_alert}")
         if v.last_error:
             print(f"{'':<22} last error: {v.last_error}")
+    return 0
+
+
+def _bundle_export(client: OperatorClient, args: argparse.Namespace) -> int:
+    name, version = _split_ref(args.ref)
+    parts = client.export_bundle(name, version)
+    kind, data = next(parts, ("", b""))
+    if kind != "header":
+        raise TransportError("the bundle export did not start with its header")
+    header = BundleHeader.from_bytes(data)
+    manifest = Targets.from_payload(header.targets.payload).models.get(f"{name}@{version}")
+    kind, index = next(parts, ("", b""))
+    if manifest is None or kind != "chunk_index":
+        raise TransportError("the bundle export is missing its manifest or chunk index")
+
+    def blob() -> Iterator[bytes]:
+        for kind, data in parts:
+            if kind != "data":
+                raise TransportError(f"unexpected {kind!r} part in a bundle export")
+            yield data
+
+    partial = args.out.with_name(args.out.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            write_bundle(
+                out, header, index, manifest.chunks_sha256, manifest.sha256, manifest.length, blob()
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(args.out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    print(f"wrote {args.out}: {manifest.ref} ({manifest.length} bytes) sha256={manifest.sha256}")
     return 0
 
 
@@ -253,4 +288,5 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("tokens", "revoke"): _tokens_revoke,
     ("audit", "export"): _audit_export,
     ("audit", "query"): _audit_query,
+    ("bundle", "export"): _bundle_export,
 }

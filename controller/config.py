@@ -25,6 +25,7 @@ class ControllerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     blob_chunk_bytes: int = 1024 * 1024
     targets_expiry_days: int = 365
+    timestamp_expiry_days: int = 7
     token_ttl_seconds: int = 3600
     device_certificate_seconds: int = 30 * 24 * 3600
     policy_expiry_days: int = 365
@@ -38,6 +39,7 @@ class ControllerConfig:
         for name in (
             "max_model_bytes",
             "targets_expiry_days",
+            "timestamp_expiry_days",
             "token_ttl_seconds",
             "device_certificate_seconds",
             "policy_expiry_days",

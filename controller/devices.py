@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 
 from controller.auditlog import acked_seq, tamper_reason
-from controller.catalog import latest_targets
-from controller.policies import latest_policy
+from controller.snapshots import Snapshot
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device
-from edgefleet.errors import NotFoundError, StorageError
+from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     BenchResult,
     DesiredState,
@@ -22,13 +20,12 @@ from edgefleet.fleet import (
     ModelAssignment,
     StatusReport,
 )
-from edgefleet.trust.envelope import Envelope
 
 MAX_REPORTED_MODELS = 256
 
 
 def sync_device(
-    db: Database, device_id: str, report: StatusReport, root_chain: Sequence[Envelope]
+    db: Database, device_id: str, report: StatusReport, snapshot: Snapshot
 ) -> DesiredState:
     """Store the device's report and return its desired state."""
     with db.session() as session:
@@ -40,20 +37,18 @@ def sync_device(
         device.installed = [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]]
         device.last_error = report.last_error[:1024]
         device.bench = [asdict(b) for b in report.bench[:MAX_REPORTED_MODELS]]
-        targets = latest_targets(session)
-        if targets is None:
-            raise StorageError("the controller has no targets metadata")
         assignments = session.execute(
             select(Assignment)
             .where(Assignment.device_id == device_id)
             .order_by(Assignment.model_name)
         ).scalars()
         return DesiredState(
-            root_chain=tuple(root_chain),
-            targets=targets[1],
+            root_chain=snapshot.root_chain,
+            timestamp=snapshot.timestamp,
+            targets=snapshot.targets,
             assignments=tuple(ModelAssignment(a.model_name, a.version) for a in assignments),
             audit_acked_seq=acked_seq(session, device_id),
-            policy=policy[1] if (policy := latest_policy(session)) else None,
+            policy=snapshot.policy,
         )
 
 

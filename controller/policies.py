@@ -17,14 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
+from controller.keyring import Keyring, TrustMaterial
 from controller.store.database import Database
 from controller.store.schema import PolicyVersion
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import parse_object
 from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.rbac import Binding, Policy, check_subject, new_token
-from edgefleet.trust.envelope import Envelope, sign_envelope
-from edgefleet.trust.keys import SigningKey
+from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import POLICY_TYPE
 
 MAX_POLICY_BYTES = 1024 * 1024
@@ -49,9 +49,9 @@ def pretty(policy: Policy) -> str:
 class PolicyService:
     """Signs every policy change; one change at a time so versions never collide."""
 
-    def __init__(self, db: Database, policy_key: SigningKey, expiry: timedelta) -> None:
+    def __init__(self, db: Database, keyring: Keyring, expiry: timedelta) -> None:
         self.db = db
-        self.key = policy_key
+        self.keyring = keyring
         self.expiry = expiry
         self._lock = threading.Lock()
 
@@ -62,28 +62,34 @@ class PolicyService:
         return found[0] if found else None
 
     def _sign(
-        self, session: Session, policy: Policy, operator: str, action: str, target: str
+        self, session: Session, policy: Policy, actor: str, action: str, target: str
     ) -> Policy:
+        """Sign ``policy`` as the next version; ``actor`` is ``operator:NAME`` or ``controller``."""
         current = latest_policy(session)
         version = (current[0].version if current else 0) + 1
         expires = datetime.now(UTC).replace(microsecond=0) + self.expiry
         signed = replace(policy, version=version, expires=expires)
-        envelope = sign_envelope(POLICY_TYPE, signed.to_payload(), [self.key])
+        envelope = self.keyring.current().sign("policy", POLICY_TYPE, signed.to_payload())
         session.add(
             PolicyVersion(
                 version=version,
                 envelope=envelope.to_json(),
-                created_by=operator,
+                created_by=actor,
                 created_at=datetime.now(UTC),
             )
         )
         record_event(
             session,
-            AuditEvent(
-                f"operator:{operator}", action, target, "success", {"policy_version": version}
-            ),
+            AuditEvent(actor, action, target, "success", {"policy_version": version}),
         )
         return signed
+
+    def resign(self, material: TrustMaterial) -> None:
+        """After a policy key rotation: the same policy as a new version under the new keys."""
+        with self._lock, self.db.session() as session:
+            found = latest_policy(session)
+            if found is not None and not material.vouches("policy", found[1]):
+                self._sign(session, found[0], "controller", "policy.resign", "policy")
 
     def parse_document(self, document: bytes) -> Policy:
         """An operator's policy file as the policy it would become (tokens kept if omitted)."""
@@ -103,7 +109,7 @@ class PolicyService:
         """Validate, version and sign an operator's policy document."""
         policy = self.parse_document(document)
         with self._lock, self.db.session() as session:
-            return self._sign(session, policy, operator, "policy.apply", "policy")
+            return self._sign(session, policy, f"operator:{operator}", "policy.apply", "policy")
 
     def create_token(
         self,
@@ -126,7 +132,9 @@ class PolicyService:
                 policy.bindings if binding in policy.bindings else (*policy.bindings, binding)
             )
             updated = replace(policy, bindings=bindings, tokens=(*policy.tokens, entry))
-            signed = self._sign(session, updated, operator, "token.create", entry.token_id)
+            signed = self._sign(
+                session, updated, f"operator:{operator}", "token.create", entry.token_id
+            )
         return token, entry.token_id, signed
 
     def revoke_token(self, operator: str, token_id: str) -> Policy:
@@ -138,5 +146,9 @@ class PolicyService:
                 raise NotFoundError(f"no token with id {token_id}")
             kept = tuple(t for t in policy.tokens if t.token_id != token_id)
             return self._sign(
-                session, replace(policy, tokens=kept), operator, "token.revoke", token_id
+                session,
+                replace(policy, tokens=kept),
+                f"operator:{operator}",
+                "token.revoke",
+                token_id,
             )

@@ -19,10 +19,12 @@ from controller.catalog import Catalog
 from controller.config import ControllerConfig
 from controller.datadir import DataDir
 from controller.enrollment import Enrollment
+from controller.keyring import Keyring
 from controller.operators import ensure_bootstrap_admin
 from controller.policies import PolicyService
 from controller.rpc.guard import GuardInterceptor
 from controller.rpc.servicers import DeviceServicer, OperatorServicer
+from controller.snapshots import Snapshots
 from controller.store.database import Database
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError
@@ -47,16 +49,29 @@ class ControllerApp:
     policies: PolicyService
     access: AccessControl
     ca: CertificateAuthority
-    audit_key: SigningKey
-    root_chain: tuple[Envelope, ...]
+    keyring: Keyring
+    snapshots: Snapshots
     ca_pem: bytes
     sync_port: int = 0
+
+    @property
+    def root_chain(self) -> tuple[Envelope, ...]:
+        """Every root version, as the data directory holds it now."""
+        return self.keyring.current().root_chain
+
+    @property
+    def audit_key(self) -> SigningKey:
+        """The key that signs receipts, attestations and exports under the current root."""
+        return self.keyring.current().signer("audit")
 
     @classmethod
     def build(cls, config: ControllerConfig) -> ControllerApp:
         """Open the data directory and database; sign targets v1 on a new controller."""
         data = DataDir(config.data_dir)
-        root_chain = tuple(data.root_chain())
+        keyring = Keyring(data)
+        material = keyring.current()
+        for role in ("targets", "policy", "timestamp", "audit"):
+            material.signers(role)  # refuse to start without the online keys
         ca = data.load_ca()
         db = Database(config.resolved_database_url)
         db.create_schema()
@@ -64,14 +79,14 @@ class ControllerApp:
         catalog = Catalog(
             db,
             blobs,
-            data.load_role_key("targets"),
+            keyring,
             timedelta(days=config.targets_expiry_days),
             config.max_model_bytes,
         )
         catalog.ensure_targets()
         ensure_bootstrap_admin(db, _read(data.operators / "admin" / "cert.pem"))
         lifetime = timedelta(seconds=config.device_certificate_seconds)
-        policy_expiry = timedelta(days=config.policy_expiry_days)
+        policies = PolicyService(db, keyring, timedelta(days=config.policy_expiry_days))
         return cls(
             config=config,
             data=data,
@@ -79,11 +94,13 @@ class ControllerApp:
             blobs=blobs,
             catalog=catalog,
             enrollment=Enrollment(db, ca, lifetime),
-            policies=PolicyService(db, data.load_role_key("policy"), policy_expiry),
+            policies=policies,
             access=AccessControl(db),
             ca=ca,
-            audit_key=data.load_role_key("audit"),
-            root_chain=root_chain,
+            keyring=keyring,
+            snapshots=Snapshots(
+                db, keyring, catalog, policies, timedelta(days=config.timestamp_expiry_days)
+            ),
             ca_pem=cert_pem(ca.cert),
         )
 

@@ -27,12 +27,20 @@ class ExpiredMetadataError(UntrustedInputError):
     """Newly received metadata is past its expiry date."""
 
 
+class SnapshotMismatchError(UntrustedInputError):
+    """Targets or policy metadata is not the one the trusted timestamp names (mix-and-match)."""
+
+
 class MalformedInputError(UntrustedInputError):
     """Input cannot be parsed: bad JSON, bad GGUF, bad field."""
 
 
 class AuditChainError(UntrustedInputError):
     """An audit record does not link to its predecessor or is out of sequence."""
+
+
+class StaleTrustError(EdgefleetError):
+    """The device has had no fresh trust metadata for longer than its maximum offline age."""
 
 
 class TransportError(EdgefleetError):

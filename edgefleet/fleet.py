@@ -58,6 +58,7 @@ class DesiredState:
     """What the controller wants a device to run, with the metadata to verify it."""
 
     root_chain: tuple[Envelope, ...]
+    timestamp: Envelope
     targets: Envelope
     assignments: tuple[ModelAssignment, ...] = ()
     audit_acked_seq: int = 0

@@ -93,6 +93,7 @@ def desired_to_pb(state: DesiredState) -> device_pb2.DesiredState:
     """Dataclass → message."""
     return device_pb2.DesiredState(
         root_chain=[envelope_to_pb(e) for e in state.root_chain],
+        timestamp=envelope_to_pb(state.timestamp),
         targets=envelope_to_pb(state.targets),
         assignments=[
             device_pb2.Assignment(name=a.name, version=a.version) for a in state.assignments
@@ -106,6 +107,7 @@ def desired_from_pb(message: device_pb2.DesiredState) -> DesiredState:
     """Message → dataclass."""
     return DesiredState(
         root_chain=tuple(envelope_from_pb(e) for e in message.root_chain),
+        timestamp=envelope_from_pb(message.timestamp),
         targets=envelope_from_pb(message.targets),
         assignments=tuple(ModelAssignment(a.name, a.version) for a in message.assignments),
         audit_acked_seq=message.audit_acked_seq,

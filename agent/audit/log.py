@@ -64,7 +64,6 @@ class AuditLog:
         ] = []  # (None = flush marker)
         self._wakeup = threading.Condition()
         self._writer: threading.Thread | None = None
-        self._head: tuple[int, str] | None = None  # (seq, hash) of the last stored record
 
     def _enqueue(self, event: AuditEvent | None, waiter: asyncio.Future[int] | Future[int]) -> None:
         with self._wakeup:
@@ -107,7 +106,6 @@ class AuditLog:
             try:
                 outcomes = self._store(batch)
             except Exception as e:  # noqa: BLE001 - every waiting caller learns of the failure
-                self._head = None
                 outcomes = [e] * len(batch)
             self._notify(
                 [(waiter, outcome) for (_, waiter), outcome in zip(batch, outcomes, strict=True)]
@@ -129,12 +127,12 @@ class AuditLog:
         self, batch: list[tuple[AuditEvent | None, asyncio.Future[int] | Future[int]]]
     ) -> list[Outcome]:
         with self.db.session() as session:
-            if self._head is None:
-                last = session.execute(
-                    select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
-                ).scalar_one_or_none()
-                self._head = (last.seq, last.record_sha256) if last else (0, GENESIS_HASH)
-            seq, prev = self._head
+            # Read the head inside the write transaction every batch: a command-line process
+            # (`models import`, `tokens create`) may have appended since the last one.
+            last = session.execute(
+                select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
+            ).scalar_one_or_none()
+            seq, prev = (last.seq, last.record_sha256) if last else (0, GENESIS_HASH)
             now = format_time(datetime.now(UTC))
             rows: list[tuple[int, bytes, str]] = []
             outcomes: list[Outcome] = []
@@ -152,7 +150,6 @@ class AuditLog:
                 outcomes.append(seq)
             if rows:  # plain DB-API executemany: this is the hot path of every request
                 session.connection().exec_driver_sql(INSERT_RECORD, rows)
-        self._head = (seq, prev)
         return outcomes
 
     def head_seq(self) -> int:

@@ -12,6 +12,7 @@ from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.inference.metrics import ApiMetrics
 from agent.inference.pool import ModelPool
+from agent.offline import OfflineGuard
 from agent.policy import DevicePolicy
 from agent.registry.registry import Registry
 from edgefleet.audit import AuditEvent
@@ -32,6 +33,7 @@ class ApiContext:
     policy: DevicePolicy
     labels: dict[str, str] = field(default_factory=dict)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    offline: OfflineGuard | None = None
 
     def allows(self, subject: str, permission: str, model: str = "") -> bool:
         """RBAC check (everything is allowed with api_auth off, on loopback only)."""

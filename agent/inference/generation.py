@@ -22,7 +22,7 @@ from agent.inference.requests import ApiError, GenerationRequest, bad_request, p
 from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes
-from edgefleet.errors import InferenceError, ResourceError
+from edgefleet.errors import InferenceError, ResourceError, StaleTrustError, UntrustedInputError
 
 
 async def _read_json(request: web.Request, limit: int) -> Any:
@@ -62,6 +62,8 @@ class GenerationEndpoint:
         self.object = "chat.completion" if chat else "text_completion"
 
     def _find(self, name: str) -> ActiveModel | None:
+        if self.ctx.offline is not None:
+            self.ctx.offline.check()
         return next((m for m in self.ctx.registry.active_models() if m.manifest.name == name), None)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -70,8 +72,9 @@ class GenerationEndpoint:
         req = parse_request(body, self.chat, self.ctx.config.max_tokens_limit)
         subject: str = request[SUBJECT]
         outcome = Outcome()
-        active = await asyncio.to_thread(self._find, req.model)
+        active = None
         try:
+            active = await asyncio.to_thread(self._find, req.model)
             if active is None:
                 outcome.label = "not_found"
                 raise ApiError(
@@ -104,6 +107,12 @@ class GenerationEndpoint:
             raise ApiError(503, str(e), "server_error", code="insufficient_memory") from e
         except InferenceError as e:
             raise ApiError(500, str(e), "server_error") from e
+        except StaleTrustError as e:
+            outcome.label = "refused"
+            raise ApiError(503, str(e), "server_error", code="trust_stale") from e
+        except UntrustedInputError as e:  # the model file failed its check before loading
+            outcome.label = "refused"
+            raise ApiError(503, str(e), "server_error", code="model_integrity") from e
         except (asyncio.CancelledError, ConnectionError):
             outcome.label = "cancelled"  # the client went away; the worker was told to stop
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +59,16 @@ class PoolSettings:
 class ModelPool:
     """Owns every loaded model; all methods run on the event loop."""
 
-    def __init__(self, factory: BackendFactory, settings: PoolSettings) -> None:
+    def __init__(
+        self,
+        factory: BackendFactory,
+        settings: PoolSettings,
+        verify: Callable[[ModelManifest], object] | None = None,
+    ) -> None:
         self._factory = factory
         self.settings = settings
+        # Checks the file against its signed manifest before each load (raises to refuse).
+        self._verify = verify
         self._models: dict[str, LoadedModel] = {}
         self._retiring: list[LoadedModel] = []  # replaced while serving; closed when idle
         self._load_lock = asyncio.Lock()
@@ -123,6 +130,8 @@ class ModelPool:
             current = self._models.get(manifest.name)
             if current is not None and current.manifest.sha256 == manifest.sha256:
                 return current
+            if self._verify is not None:  # before anything loaded is given up for it
+                await asyncio.to_thread(self._verify, manifest)
             if current is not None and current.busy == 0:
                 self._unload(manifest.name, "replaced")
             elif current is not None:

@@ -1,23 +1,32 @@
-"""The agent's content-addressed blob store, with resumable ``.partial`` downloads."""
+"""The agent's content-addressed blob store: verified blobs, downloads, quarantine.
+
+``sha256/<hex>`` holds verified read-only blobs (models and their chunk indexes),
+``partial/<hex>.partial`` holds downloads and repairs in progress (only verified chunks
+are ever written to them), ``quarantine/<hex>`` holds blobs found damaged, kept so a
+repair re-fetches only their bad chunks and never served.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
-from edgefleet.errors import MalformedInputError
-from edgefleet.files import publish_read_only
-from edgefleet.trust.metadata import SHA256_PATTERN
+from edgefleet.errors import HashMismatchError, MalformedInputError
+from edgefleet.files import fsync_directory, publish_read_only, sha256_of_file
+from edgefleet.trust.chunks import ChunkIndex
+from edgefleet.trust.metadata import SHA256_PATTERN, ModelManifest
 
 
 class BlobStore:
-    """``sha256/<hex>`` holds verified read-only blobs; ``partial/`` holds downloads."""
+    """Named paths and the few moves between them."""
 
     def __init__(self, root: Path) -> None:
         self.objects = root / "sha256"
         self.partials = root / "partial"
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.partials.mkdir(parents=True, exist_ok=True)
+        self.quarantine = root / "quarantine"
+        for folder in (self.objects, self.partials, self.quarantine):
+            folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def _check(sha256: str) -> str:
@@ -33,6 +42,10 @@ class BlobStore:
         """Where its in-progress download lives."""
         return self.partials / f"{self._check(sha256)}.partial"
 
+    def quarantined_of(self, sha256: str) -> Path:
+        """Where it is kept once found damaged."""
+        return self.quarantine / self._check(sha256)
+
     def has(self, sha256: str, length: int) -> bool:
         """Tell whether a blob of the expected length is present."""
         path = self.path_of(sha256)
@@ -40,9 +53,48 @@ class BlobStore:
 
     def commit(self, sha256: str) -> Path:
         """Move a completely verified download into the store."""
-        return publish_read_only(self.partial_of(sha256), self.path_of(sha256))
+        final = publish_read_only(self.partial_of(sha256), self.path_of(sha256))
+        with contextlib.suppress(FileNotFoundError):
+            self.quarantined_of(sha256).unlink()
+        return final
+
+    def put_verified(self, sha256: str, data: bytes) -> Path:
+        """Store a small blob already checked against ``sha256`` (a chunk index)."""
+        partial = self.partial_of(sha256)
+        partial.write_bytes(data)
+        return self.commit(sha256)
+
+    def quarantine_blob(self, sha256: str) -> Path | None:
+        """Take a damaged blob out of service; return where it went (None if absent)."""
+        source, target = self.path_of(sha256), self.quarantined_of(sha256)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            return None
+        fsync_directory(self.objects)
+        return target
 
     def discard_partial(self, sha256: str) -> None:
         """Drop a download that failed verification."""
         with contextlib.suppress(FileNotFoundError):
             self.partial_of(sha256).unlink()
+
+    def chunk_index(self, manifest: ModelManifest) -> ChunkIndex | None:
+        """The stored, verified chunk index of ``manifest`` (None when missing or damaged)."""
+        path = self.path_of(manifest.chunks_sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            index = ChunkIndex.from_bytes(data, manifest.chunk_size, manifest.length)
+        except HashMismatchError:
+            index = None
+        if index is None or index.sha256 != manifest.chunks_sha256:
+            self.quarantine_blob(manifest.chunks_sha256)
+            return None
+        return index
+
+    def whole_file_matches(self, path: Path, manifest: ModelManifest) -> bool:
+        """Full SHA-256 of a file against its manifest."""
+        return path.stat().st_size == manifest.length and sha256_of_file(path) == manifest.sha256

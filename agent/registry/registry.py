@@ -16,12 +16,15 @@ from sqlalchemy import select
 from agent.audit.log import AuditLog
 from agent.database import ActiveRow, AgentDatabase, InstalledRow, TrustRow
 from agent.registry.blobs import BlobStore
+from agent.registry.integrity import Integrity, check_blob
 from edgefleet.audit import AuditEvent
-from edgefleet.errors import NotFoundError, StorageError
+from edgefleet.errors import ConflictError, NotFoundError, StorageError
 from edgefleet.fleet import InstalledModel
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import ModelManifest
 from edgefleet.trust.verifier import TrustedState
+
+HOLD_BACK_PREFIX = "held_back:"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Registry:
                 TrustRow(name="root", envelopes=_encode_envelopes(list(state.root_chain)))
             )
             for name, envelope in (
+                ("timestamp", state.timestamp_envelope),
                 ("targets", state.targets_envelope),
                 ("policy", state.policy_envelope),
             ):
@@ -71,10 +75,14 @@ class Registry:
         if "root" not in stored:
             raise StorageError("no trusted root is stored: enroll the device first")
         state = TrustedState.bootstrap(fingerprint, _decode_envelopes(stored["root"]), now=_epoch())
-        if "targets" in stored:
-            state = state.update_targets(_decode_envelopes(stored["targets"])[0], now=None)
-        if "policy" in stored:
-            state = state.update_policy(_decode_envelopes(stored["policy"])[0], now=None)
+        if "timestamp" in stored:
+            policy = _decode_envelopes(stored["policy"])[0] if "policy" in stored else None
+            state = state.update_snapshot(
+                _decode_envelopes(stored["timestamp"])[0],
+                _decode_envelopes(stored["targets"])[0],
+                policy,
+                now=None,
+            )
         return state
 
     # --- installed and active versions ------------------------------------------------
@@ -167,6 +175,93 @@ class Registry:
                 InstalledModel(r.name, r.version, r.sha256, active.get(r.name) == r.version)
                 for r in rows
             ]
+
+    def manifests(self) -> list[ModelManifest]:
+        """The manifest of every installed version."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(InstalledRow).order_by(InstalledRow.name, InstalledRow.version)
+            ).scalars()
+            return [ModelManifest.from_dict(json.loads(r.manifest)) for r in rows]
+
+    # --- integrity --------------------------------------------------------------------
+    def verify(self, manifest: ModelManifest, mode: str, sample: int = 8) -> Integrity:
+        """Check a stored blob; a damaged one is quarantined and audited, never served."""
+        result = check_blob(self.blobs, manifest, mode, sample)
+        if result.ok or result.reason == "quarantined":
+            return result
+        self.blobs.quarantine_blob(manifest.sha256)
+        self.audit.append(
+            AuditEvent(
+                "agent",
+                "model.verify",
+                manifest.ref,
+                "corrupt",
+                {
+                    "sha256": manifest.sha256,
+                    "reason": result.reason,
+                    "bad_chunks": list(result.bad_chunks[:64]),
+                    "mode": mode,
+                },
+            )
+        )
+        return result
+
+    def record_repaired(
+        self, manifest: ModelManifest, chunks: tuple[int, ...], fetched: int
+    ) -> None:
+        """Audit a repair that restored a verified blob."""
+        self.audit.append(
+            AuditEvent(
+                "agent",
+                "model.repair",
+                manifest.ref,
+                "success",
+                {"chunks": list(chunks[:64]), "bytes_fetched": fetched},
+            )
+        )
+
+    # --- A/B --------------------------------------------------------------------------
+    def rollback(self, name: str) -> tuple[str, str]:
+        """Switch ``name`` back to its previous version; return (from, to).
+
+        The version rolled back from is held back: sync will not activate it again until
+        the controller assigns another version.
+        """
+        with self.db.session() as session:
+            current = session.get(ActiveRow, name)
+            if current is None:
+                raise NotFoundError(f"no version of {name} is active")
+            previous = current.previous_version
+            if previous is None:
+                raise ConflictError(f"{name} has no previous version to roll back to")
+            row = session.get(InstalledRow, (name, previous))
+            if row is None or not self.blobs.has(row.sha256, row.length):
+                raise ConflictError(f"{name}@{previous} is no longer installed intact")
+            rolled_back = current.version
+            session.merge(
+                ActiveRow(
+                    name=name,
+                    version=previous,
+                    previous_version=rolled_back,
+                    activated_at=datetime.now(UTC),
+                )
+            )
+        self.db.set_state(HOLD_BACK_PREFIX + name, rolled_back)
+        self.audit.append(
+            AuditEvent(
+                "agent", "model.rollback", f"{name}@{previous}", "success", {"from": rolled_back}
+            )
+        )
+        return rolled_back, previous
+
+    def held_back(self, name: str) -> str:
+        """The version of ``name`` an operator rolled back from on the device ('' if none)."""
+        return self.db.get_state(HOLD_BACK_PREFIX + name)
+
+    def release_hold(self, name: str) -> None:
+        """Forget a hold once the controller assigns another version."""
+        self.db.set_state(HOLD_BACK_PREFIX + name, "")
 
 
 def _epoch() -> datetime:

@@ -135,9 +135,13 @@ class SyncClient:
             raise _error(e) from e
         return serde.desired_from_pb(response)
 
-    async def read_blob(self, sha256: str, offset: int) -> AsyncIterator[tuple[int, bytes]]:
-        """Stream (offset, bytes) from ``offset`` to the end of the blob."""
-        call = self._stub.ReadBlob(device_pb2.ReadBlobRequest(sha256=sha256, offset=offset))
+    async def read_blob(
+        self, sha256: str, offset: int, limit: int = 0
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Stream (offset, bytes) from ``offset``: ``limit`` bytes, or to the end when 0."""
+        call = self._stub.ReadBlob(
+            device_pb2.ReadBlobRequest(sha256=sha256, offset=offset, limit=limit)
+        )
         try:
             async for chunk in call:
                 yield chunk.offset, bytes(chunk.data)

@@ -3,36 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
 from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.inference.bench import load_results
+from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
+from agent.sync.fetch import Fetcher
 from agent.sync.renewal import CertificateRenewer
 from edgefleet import __version__
 from edgefleet.audit import AuditEvent, Checkpoint, verify_receipt
 from edgefleet.errors import (
     AuditChainError,
     EdgefleetError,
-    HashMismatchError,
-    MalformedInputError,
     ResourceError,
+    TransportError,
     UntrustedInputError,
 )
-from edgefleet.fleet import ModelAssignment, StatusReport
+from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 from edgefleet.memory import MIB
 from edgefleet.rbac import Policy
-from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import ModelManifest, format_time
@@ -45,23 +42,6 @@ LAST_SYNC_KEY = "last_sync"
 CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
 RECEIPT_KEY = "audit_receipt"
 LAST_ERROR_KEY = "last_error"
-
-
-def _hash_existing(path: Path, digest: BoundedDigest) -> None:
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1024 * 1024), b""):
-            digest.update(block)
-
-
-def _append(handle: BinaryIO, digest: BoundedDigest, data: bytes) -> None:
-    digest.update(data)  # refuses bytes past the manifest's length before writing them
-    handle.write(data)
-
-
-def _close_durably(handle: BinaryIO) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
 
 
 class Syncer:
@@ -91,6 +71,10 @@ class Syncer:
         self.renewer: CertificateRenewer | None = None
         self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
         self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
+        self.fetcher = Fetcher(blobs, config.download_stall_seconds)
+        # Re-reads the stored trust state (set by the service): a bundle imported from the
+        # command line may have moved it forward since the last pass.
+        self.reload_trust: Callable[[], TrustedState] | None = None
 
     async def run_once(self) -> None:
         """A whole pass; errors are logged and reported at the next pass, never raised."""
@@ -110,6 +94,11 @@ class Syncer:
 
     async def _pass(self) -> None:
         db = self.registry.db
+        if self.reload_trust is not None:
+            stored = await asyncio.to_thread(self.reload_trust)
+            if stored.policy is not None and stored.policy != self.trust.policy:
+                self.on_policy(stored.policy)
+            self.trust = stored
         if self.renewer is not None:
             await self.renewer.renew_if_due(datetime.now(UTC))
         installed = tuple(await asyncio.to_thread(self.registry.installed))
@@ -123,7 +112,7 @@ class Syncer:
         )
         desired = await self.client.sync(report)
         await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))
-        await self._accept_trust(desired.root_chain, desired.targets, desired.policy)
+        await self._accept_trust(desired)
         failures: list[EdgefleetError] = []
         for assignment in desired.assignments:  # one model's failure does not block the others
             try:
@@ -133,17 +122,16 @@ class Syncer:
         if failures:
             raise failures[0]
 
-    async def _accept_trust(
-        self, root_chain: tuple[Envelope, ...], targets: Envelope, policy: Envelope | None
-    ) -> None:
+    async def _accept_trust(self, desired: DesiredState) -> None:
         now = datetime.now(UTC)
         try:
-            state = self.trust.update_root_chain(root_chain, now).update_targets(targets, now)
-            if policy is not None:
-                state = state.update_policy(policy, now)
+            state = self.trust.update_root_chain(desired.root_chain, now).update_snapshot(
+                desired.timestamp, desired.targets, desired.policy, now
+            )
         except UntrustedInputError as e:
             await self._audit_failure("trust.verify", "metadata", e)
             raise
+        await asyncio.to_thread(mark_fresh, self.registry.db, now)
         if state is not self.trust:
             await asyncio.to_thread(self.registry.save_trust, state)
             if state.policy is not None and state.policy is not (self.trust.policy):
@@ -156,18 +144,50 @@ class Syncer:
             log.info(
                 "trust.updated",
                 root_version=state.root.version,
+                timestamp_version=state.timestamp.version if state.timestamp else 0,
                 targets_version=state.targets.version if state.targets else 0,
             )
 
     async def _converge(self, assignment: ModelAssignment) -> None:
         manifest = self.trust.manifest(assignment.name, assignment.version)
+        held = await asyncio.to_thread(self.registry.held_back, manifest.name)
+        if held and held != manifest.version:
+            await asyncio.to_thread(self.registry.release_hold, manifest.name)
+        elif held:
+            return  # rolled back on the device: wait for the controller to assign another
         if not await asyncio.to_thread(self.registry.is_installed, manifest):
-            await self._download(manifest)
-            await asyncio.to_thread(self.registry.record_installed, manifest)
-            log.info("model.installed", model=manifest.ref)
+            await self._install(manifest)
         if await asyncio.to_thread(self.registry.active_version, manifest.name) != manifest.version:
             await asyncio.to_thread(self.registry.activate, manifest)
             log.info("model.activated", model=manifest.ref)
+
+    async def _install(self, manifest: ModelManifest) -> None:
+        """Download (or repair, if a damaged copy is in quarantine) and record a version."""
+        quarantined = self.blobs.quarantined_of(manifest.sha256).exists()
+        if not quarantined:
+            await self._check_before_download(manifest)
+        try:
+            if quarantined:
+                transfer = await self.fetcher.repair(self.client, manifest)
+                await asyncio.to_thread(
+                    self.registry.record_repaired,
+                    manifest,
+                    transfer.repaired_chunks,
+                    transfer.bytes_received,
+                )
+                if await asyncio.to_thread(self.registry.is_installed, manifest):
+                    log.info("model.repaired", model=manifest.ref)
+                    return
+            else:
+                await self.fetcher.download(self.client, manifest)
+        except UntrustedInputError as e:
+            await self._audit_failure("model.install", manifest.ref, e)
+            raise
+        except TransportError as e:
+            await self._audit_failure("model.download", manifest.ref, e, outcome="interrupted")
+            raise
+        await asyncio.to_thread(self.registry.record_installed, manifest)
+        log.info("model.installed", model=manifest.ref)
 
     def _check_resources(self, manifest: ModelManifest) -> None:
         """Before downloading: refuse a model over the size limit, memory budget or free disk."""
@@ -186,46 +206,41 @@ class Syncer:
                 f"{free / MIB:.0f} MiB free (keeping {DISK_RESERVE / MIB:.0f} MiB in reserve)"
             )
 
-    async def _download(self, manifest: ModelManifest) -> None:
-        """Fetch the blob from where a previous attempt stopped; verify before committing it."""
+    async def _check_before_download(self, manifest: ModelManifest) -> None:
         try:
             self._check_resources(manifest)
         except ResourceError as e:
-            if self._refusals.get(manifest.ref) != str(e):  # audit each new reason once
-                self._refusals[manifest.ref] = str(e)
-                event = AuditEvent(
-                    "agent", "model.install", manifest.ref, "refused", {"reason": str(e)}
-                )
-                await asyncio.to_thread(self.audit.append, event)
+            await self._audit_failure("model.install", manifest.ref, e, outcome="refused")
             raise
-        partial = self.blobs.partial_of(manifest.sha256)
-        digest = BoundedDigest(manifest.sha256, manifest.length)
-        try:
-            if partial.exists():
-                await asyncio.to_thread(_hash_existing, partial, digest)
-            handle = partial.open("ab")
-            try:
-                async for offset, data in self.client.read_blob(manifest.sha256, digest.received):
-                    if offset != digest.received:
-                        raise MalformedInputError(f"chunk at {offset}, expected {digest.received}")
-                    await asyncio.to_thread(_append, handle, digest, data)
-            finally:
-                await asyncio.to_thread(_close_durably, handle)
-            digest.finish()
-        except HashMismatchError as e:
-            self.blobs.discard_partial(manifest.sha256)
-            await self._audit_failure("model.install", manifest.ref, e)
-            raise
-        await asyncio.to_thread(self.blobs.commit, manifest.sha256)
 
-    async def _audit_failure(self, action: str, target: str, error: Exception) -> None:
-        """Audit a verification failure once per distinct reason (not on every retry)."""
+    async def _audit_failure(
+        self, action: str, target: str, error: Exception, outcome: str = "verification_failed"
+    ) -> None:
+        """Audit a refusal once per distinct reason (not on every retry)."""
         key = f"{action} {target}"
         if self._refusals.get(key) == str(error):
             return
         self._refusals[key] = str(error)
-        event = AuditEvent("agent", action, target, "verification_failed", {"reason": str(error)})
+        event = AuditEvent(
+            "agent", action, target, outcome, {"reason": str(error), "error": type(error).__name__}
+        )
         await asyncio.to_thread(self.audit.append, event)
+
+    async def scrub(self) -> None:
+        """Hash every installed blob in full; damaged ones are quarantined, then repaired."""
+        async with self._lock:
+            damaged = []
+            for manifest in await asyncio.to_thread(self.registry.manifests):
+                result = await asyncio.to_thread(self.registry.verify, manifest, "full")
+                if not result.ok:
+                    log.error("scrub.damaged", model=result.ref, reason=result.reason)
+                    damaged.append(manifest)
+            for manifest in damaged:
+                try:
+                    await self._install(manifest)
+                except EdgefleetError as e:
+                    log.warning("scrub.repair_failed", model=manifest.ref, reason=str(e))
+            log.info("scrub.done", damaged=len(damaged))
 
     async def _push_audit(self) -> None:
         """Sign a checkpoint if due, then ship unacknowledged records and checkpoints in batches."""

@@ -54,6 +54,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "RevokeAppToken": _operator("policy.manage"),
     _OPERATOR + "SetDeviceState": _operator("devices.manage"),
     _OPERATOR + "PreauthorizeDevice": _operator("devices.manage"),
+    _OPERATOR + "ExportBundle": _operator("models.publish"),
 }
 
 ALL = frozenset(PERMISSIONS)

@@ -15,14 +15,16 @@ from controller.auditlog import (
     checkpoints_between,
     export_page,
     ingest,
+    record_alone,
 )
 from controller.devices import list_devices, sync_device
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
 from controller.rollouts import create_rollout
 from controller.rpc.guard import caller
+from controller.snapshots import bundle_header
 from edgefleet import serde
-from edgefleet.audit import sign_key_attestation, sign_receipt
+from edgefleet.audit import AuditEvent, sign_key_attestation, sign_receipt
 from edgefleet.audit_export import ExportBuilder
 from edgefleet.errors import MalformedInputError
 from edgefleet.trust.metadata import format_time, parse_time
@@ -88,9 +90,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         self, request: device_pb2.StatusReport, context: grpc.aio.ServicerContext
     ) -> device_pb2.DesiredState:
         report = serde.status_from_pb(request)
-        state = await asyncio.to_thread(
-            sync_device, self.app.db, caller().name, report, self.app.root_chain
-        )
+        snapshot = await asyncio.to_thread(self.app.snapshots.current)
+        state = await asyncio.to_thread(sync_device, self.app.db, caller().name, report, snapshot)
         return serde.desired_to_pb(state)
 
     async def ReadBlob(
@@ -192,6 +193,30 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         return operator_pb2.CreateRolloutResponse(
             rollout_id=created.rollout_id, device_ids=created.device_ids
         )
+
+    async def ExportBundle(
+        self, request: operator_pb2.ExportBundleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[operator_pb2.ExportBundleChunk]:
+        header, manifest = await asyncio.to_thread(
+            bundle_header, self.app.snapshots, request.name, request.version
+        )
+        index = await asyncio.to_thread(self.app.blobs.read_all, manifest.chunks_sha256)
+        event = AuditEvent(
+            f"operator:{caller().name}",
+            "model.export",
+            manifest.ref,
+            "success",
+            {"sha256": manifest.sha256},
+        )
+        await asyncio.to_thread(record_alone, self.app.db, event)
+        yield operator_pb2.ExportBundleChunk(header=header.to_bytes())
+        yield operator_pb2.ExportBundleChunk(chunk_index=index)
+        chunks = self.app.blobs.read(manifest.sha256, 0, 0, self.app.config.blob_chunk_bytes)
+        while True:
+            item = await asyncio.to_thread(next, chunks, None)
+            if item is None:
+                return
+            yield operator_pb2.ExportBundleChunk(data=item[1])
 
     async def ListDevices(
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext

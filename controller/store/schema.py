@@ -108,6 +108,15 @@ class TargetsVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class TimestampVersion(Base):
+    """Every signed timestamp: the targets and policy versions devices are to trust now."""
+
+    __tablename__ = "timestamp_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Rollout(Base):
     """An operator's request to run a model version on matching devices."""
 

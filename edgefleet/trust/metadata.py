@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,12 +11,15 @@ from typing import Any
 
 from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import MalformedInputError
+from edgefleet.trust.chunks import check_chunk_size
 from edgefleet.trust.keys import PublicKey
 
 ROOT_TYPE = "application/vnd.edgefleet.root+json"
 TARGETS_TYPE = "application/vnd.edgefleet.targets+json"
 POLICY_TYPE = "application/vnd.edgefleet.policy+json"
+TIMESTAMP_TYPE = "application/vnd.edgefleet.timestamp+json"
 ROLES = ("root", "targets", "policy", "timestamp", "audit")
+ONLINE_ROLES = ("targets", "policy", "timestamp", "audit")
 AUDIT_EXPORT_TYPE = "application/vnd.edgefleet.audit-export+json"
 CHECKPOINT_TYPE = "application/vnd.edgefleet.audit-checkpoint+json"
 RECEIPT_TYPE = "application/vnd.edgefleet.audit-receipt+json"
@@ -125,7 +129,14 @@ class Root:
             threshold = _field(entry, "threshold", int, f"role {name}")
             if threshold < 1 or threshold > len(keyids) or any(k not in keys for k in keyids):
                 raise MalformedInputError(f"root metadata: role {name} has bad keys or threshold")
+            if len(set(keyids)) != len(keyids):
+                raise MalformedInputError(f"root metadata: role {name} lists a key twice")
             roles[name] = RoleKeys(keyids, threshold)
+        online = {k for name in ONLINE_ROLES for k in roles[name].keyids}
+        if shared := online.intersection(roles["root"].keyids):
+            raise MalformedInputError(
+                f"root metadata: root key {sorted(shared)[0][:16]}… also signs for an online role"
+            )
         ca_sha256 = _field(doc, "tls_ca_sha256", str, "root metadata")
         if not SHA256_PATTERN.match(ca_sha256):
             raise MalformedInputError("root metadata: tls_ca_sha256 is not a hex SHA-256")
@@ -148,6 +159,8 @@ class ModelManifest:
     quantization: str
     context_length: int
     kv_bytes_per_token: int
+    chunk_size: int
+    chunks_sha256: str
 
     @property
     def ref(self) -> str:
@@ -166,6 +179,8 @@ class ModelManifest:
             "quantization": self.quantization,
             "context_length": self.context_length,
             "kv_bytes_per_token": self.kv_bytes_per_token,
+            "chunk_size": self.chunk_size,
+            "chunks_sha256": self.chunks_sha256,
         }
 
     @classmethod
@@ -180,6 +195,9 @@ class ModelManifest:
             raise MalformedInputError(f"{what}: length must be positive")
         if _field(doc, "kv_bytes_per_token", int, what) < 0:
             raise MalformedInputError(f"{what}: kv_bytes_per_token must not be negative")
+        chunks_sha256 = _field(doc, "chunks_sha256", str, what)
+        if not SHA256_PATTERN.match(chunks_sha256):
+            raise MalformedInputError(f"{what}: chunks_sha256 is not a hex SHA-256")
         return cls(
             name=check_model_name(_field(doc, "name", str, what)),
             version=check_model_version(_field(doc, "version", str, what)),
@@ -190,6 +208,8 @@ class ModelManifest:
             quantization=_field(doc, "quantization", str, what),
             context_length=_field(doc, "context_length", int, what),
             kv_bytes_per_token=_field(doc, "kv_bytes_per_token", int, what),
+            chunk_size=check_chunk_size(_field(doc, "chunk_size", int, what)),
+            chunks_sha256=chunks_sha256,
         )
 
 
@@ -231,3 +251,77 @@ class Targets:
         if version < 1:
             raise MalformedInputError("targets metadata: version must be >= 1")
         return cls(version, parse_time(doc.get("expires"), "targets expires"), models)
+
+
+@dataclass(frozen=True)
+class MetaRef:
+    """What the timestamp says a role's current metadata is: its version and payload hash."""
+
+    version: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return {"version": self.version, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, doc: object, what: str) -> MetaRef:
+        """Parse and check a reference."""
+        if not isinstance(doc, dict):
+            raise MalformedInputError(f"{what} is not an object")
+        version = _field(doc, "version", int, what)
+        sha256 = _field(doc, "sha256", str, what)
+        if version < 1 or not SHA256_PATTERN.match(sha256):
+            raise MalformedInputError(f"{what} has a bad version or sha256")
+        return cls(version, sha256)
+
+    @classmethod
+    def of(cls, payload: bytes) -> MetaRef:
+        """The reference to a targets or policy payload (its own version field, its hash)."""
+        version = _field(parse_object(payload, "metadata"), "version", int, "metadata")
+        return cls(version, hashlib.sha256(payload).hexdigest())
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """Freshness and snapshot in one: the current targets and policy, signed often.
+
+    Binding the exact targets and policy payloads here means an agent never combines
+    metadata from different moments (mix-and-match), and the short expiry means a
+    replayed old state is refused as soon as it is stale (freeze).
+    """
+
+    version: int
+    expires: datetime
+    targets: MetaRef
+    policy: MetaRef | None
+
+    def to_payload(self) -> bytes:
+        """Canonical bytes to sign."""
+        doc: dict[str, Any] = {
+            "_type": "timestamp",
+            "spec_version": SPEC_VERSION,
+            "version": self.version,
+            "expires": format_time(self.expires),
+            "targets": self.targets.to_dict(),
+        }
+        if self.policy is not None:
+            doc["policy"] = self.policy.to_dict()
+        return canonical_bytes(doc)
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Timestamp:
+        """Parse and check timestamp metadata bytes."""
+        doc = parse_object(payload, "timestamp metadata")
+        if doc.get("_type") != "timestamp":
+            raise MalformedInputError("timestamp metadata: _type is not 'timestamp'")
+        version = _field(doc, "version", int, "timestamp metadata")
+        if version < 1:
+            raise MalformedInputError("timestamp metadata: version must be >= 1")
+        policy = doc.get("policy")
+        return cls(
+            version,
+            parse_time(doc.get("expires"), "timestamp expires"),
+            MetaRef.from_dict(doc.get("targets"), "timestamp targets"),
+            None if policy is None else MetaRef.from_dict(policy, "timestamp policy"),
+        )

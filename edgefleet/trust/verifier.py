@@ -4,6 +4,11 @@ An agent pins the fingerprint of root version 1 (given out of band), follows roo
 rotations one version at a time, refuses lower versions (rollback) and newly received
 metadata that has expired (freeze), and accepts targets only when signed by a threshold
 of the keys the trusted root names for the targets role.
+
+A sync delivers a *snapshot*: a timestamp signed by the timestamp role that names the
+exact targets and policy payloads of one moment. :meth:`TrustedState.update_snapshot`
+accepts the three together or not at all, so metadata of different moments is never
+combined (mix-and-match) and a stale replay is refused once the timestamp expires.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from edgefleet.errors import (
     NotFoundError,
     RollbackError,
     SignatureError,
+    SnapshotMismatchError,
 )
 from edgefleet.rbac import Policy
 from edgefleet.trust.envelope import Envelope, verify_envelope
@@ -27,9 +33,12 @@ from edgefleet.trust.metadata import (
     POLICY_TYPE,
     ROOT_TYPE,
     TARGETS_TYPE,
+    TIMESTAMP_TYPE,
+    MetaRef,
     ModelManifest,
     Root,
     Targets,
+    Timestamp,
 )
 
 MAX_ROOT_CHAIN = 1024
@@ -59,6 +68,8 @@ class TrustedState:
     targets_envelope: Envelope | None = None
     policy: Policy | None = None
     policy_envelope: Envelope | None = None
+    timestamp: Timestamp | None = None
+    timestamp_envelope: Envelope | None = None
 
     @classmethod
     def bootstrap(cls, fingerprint: str, chain: Sequence[Envelope], now: datetime) -> TrustedState:
@@ -110,6 +121,9 @@ class TrustedState:
         if self.policy_envelope is not None:
             with contextlib.suppress(SignatureError):
                 state = state.update_policy(self.policy_envelope, now=None)
+        if self.timestamp_envelope is not None:
+            with contextlib.suppress(SignatureError):
+                state = state.update_timestamp(self.timestamp_envelope, now=None)
         return state
 
     def _check_new_version(
@@ -172,6 +186,62 @@ class TrustedState:
             return self
         return replace(self, policy=policy, policy_envelope=envelope)
 
+    def update_timestamp(self, envelope: Envelope, now: datetime | None) -> TrustedState:
+        """Accept a timestamp signed by the timestamp role; ``now=None`` skips expiry.
+
+        Expiry is checked even when the version is unchanged: a controller that stops
+        refreshing its timestamp looks exactly like a freeze attack.
+        """
+        role = self.root.roles["timestamp"]
+        payload = verify_envelope(
+            envelope, TIMESTAMP_TYPE, self.root.keys, role.keyids, role.threshold, "timestamp"
+        )
+        timestamp = Timestamp.from_payload(payload)
+        current = self.timestamp.version if self.timestamp else None
+        changed = self._check_new_version(
+            "timestamp",
+            timestamp.version,
+            timestamp.expires,
+            envelope,
+            current,
+            self.timestamp_envelope,
+            now,
+        )
+        if now is not None and timestamp.expires <= now:
+            raise ExpiredMetadataError(
+                f"timestamp version {timestamp.version} expired {timestamp.expires}"
+            )
+        if not changed:
+            return self
+        return replace(self, timestamp=timestamp, timestamp_envelope=envelope)
+
+    def update_snapshot(
+        self,
+        timestamp: Envelope,
+        targets: Envelope,
+        policy: Envelope | None,
+        now: datetime | None,
+    ) -> TrustedState:
+        """Accept a timestamp and the targets and policy it names, all or nothing."""
+        state = self.update_timestamp(timestamp, now)
+        assert state.timestamp is not None
+        named = state.timestamp
+        state = state.update_targets(targets, now)
+        assert state.targets is not None
+        _check_named("targets", named.targets, targets, state.targets.version)
+        if named.policy is None:
+            if policy is not None:
+                raise SnapshotMismatchError("a policy was sent that the timestamp does not name")
+        else:
+            if policy is None:
+                raise SnapshotMismatchError(
+                    f"the timestamp names policy version {named.policy.version}, none was sent"
+                )
+            state = state.update_policy(policy, now)
+            assert state.policy is not None
+            _check_named("policy", named.policy, policy, state.policy.version)
+        return state
+
     def manifest(self, name: str, version: str) -> ModelManifest:
         """The trusted manifest of ``name@version``."""
         if self.targets is None:
@@ -180,3 +250,12 @@ class TrustedState:
         if manifest is None:
             raise NotFoundError(f"{name}@{version} is not in trusted targets metadata")
         return manifest
+
+
+def _check_named(role: str, named: MetaRef, envelope: Envelope, version: int) -> None:
+    """Refuse ``role`` metadata that is not exactly what the timestamp names."""
+    if hashlib.sha256(envelope.payload).hexdigest() != named.sha256 or version != named.version:
+        raise SnapshotMismatchError(
+            f"{role} version {version} is not the {role} version {named.version} the timestamp "
+            "names (metadata of different moments refused)"
+        )

@@ -296,6 +296,7 @@ class DesiredState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOT_CHAIN_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
     TARGETS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     AUDIT_ACKED_SEQ_FIELD_NUMBER: _builtins.int
@@ -304,6 +305,12 @@ class DesiredState(_message.Message):
     """Highest audit sequence number the controller has stored for this device."""
     @_builtins.property
     def root_chain(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.SignedEnvelope]: ...
+    @_builtins.property
+    def timestamp(self) -> _envelope_pb2.SignedEnvelope:
+        """Signed by the timestamp role: names the exact targets and policy below, and
+        expires soon, so stale or mixed metadata is refused.
+        """
+
     @_builtins.property
     def targets(self) -> _envelope_pb2.SignedEnvelope: ...
     @_builtins.property
@@ -316,14 +323,15 @@ class DesiredState(_message.Message):
         self,
         *,
         root_chain: _abc.Iterable[_envelope_pb2.SignedEnvelope] | None = ...,
+        timestamp: _envelope_pb2.SignedEnvelope | None = ...,
         targets: _envelope_pb2.SignedEnvelope | None = ...,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
         audit_acked_seq: _builtins.int = ...,
         policy: _envelope_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "targets", b"targets"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "targets", b"targets", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "audit_acked_seq", b"audit_acked_seq", "policy", b"policy", "root_chain", b"root_chain", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "audit_acked_seq", b"audit_acked_seq", "policy", b"policy", "root_chain", b"root_chain", "targets", b"targets", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

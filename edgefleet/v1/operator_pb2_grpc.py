@@ -100,6 +100,11 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceResponse.FromString,
                 _registered_method=True)
+        self.ExportBundle = channel.unary_stream(
+                '/edgefleet.v1.OperatorService/ExportBundle',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleChunk.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -193,6 +198,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportBundle(self, request, context):
+        """Everything an air-gapped device needs to install name@version: first the bundle
+        header (metadata chain), then the chunk index, then the model's bytes in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +273,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.PreauthorizeDevice,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceResponse.SerializeToString,
+            ),
+            'ExportBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportBundle,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +632,33 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/PreauthorizeDevice',
             edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.PreauthorizeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ExportBundle',
+            edgefleet_dot_v1_dot_operator__pb2.ExportBundleRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ExportBundleChunk.FromString,
             options,
             channel_credentials,
             insecure,

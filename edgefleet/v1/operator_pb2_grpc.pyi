@@ -56,6 +56,10 @@ class OperatorServiceStub:
     """accept | reject a pending device, revoke an enrolled one."""
     PreauthorizeDevice: _grpc.UnaryUnaryMultiCallable[_operator_pb2.PreauthorizeDeviceRequest, _operator_pb2.PreauthorizeDeviceResponse]
     """Let a device whose TLS key has this fingerprint enroll without a token."""
+    ExportBundle: _grpc.UnaryStreamMultiCallable[_operator_pb2.ExportBundleRequest, _operator_pb2.ExportBundleChunk]
+    """Everything an air-gapped device needs to install name@version: first the bundle
+    header (metadata chain), then the chunk index, then the model's bytes in order.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -85,6 +89,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """accept | reject a pending device, revoke an enrolled one."""
     PreauthorizeDevice: _aio.UnaryUnaryMultiCallable[_operator_pb2.PreauthorizeDeviceRequest, _operator_pb2.PreauthorizeDeviceResponse]  # type: ignore[assignment]
     """Let a device whose TLS key has this fingerprint enroll without a token."""
+    ExportBundle: _aio.UnaryStreamMultiCallable[_operator_pb2.ExportBundleRequest, _operator_pb2.ExportBundleChunk]  # type: ignore[assignment]
+    """Everything an air-gapped device needs to install name@version: first the bundle
+    header (metadata chain), then the chunk index, then the model's bytes in order.
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -189,5 +197,15 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.PreauthorizeDeviceResponse, _abc.Awaitable[_operator_pb2.PreauthorizeDeviceResponse]]:
         """Let a device whose TLS key has this fingerprint enroll without a token."""
+
+    @_abc_1.abstractmethod
+    def ExportBundle(
+        self,
+        request: _operator_pb2.ExportBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_operator_pb2.ExportBundleChunk], _abc.AsyncIterator[_operator_pb2.ExportBundleChunk]]:
+        """Everything an air-gapped device needs to install name@version: first the bundle
+        header (metadata chain), then the chunk index, then the model's bytes in order.
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

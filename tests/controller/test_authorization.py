@@ -25,7 +25,13 @@ OPERATOR_METHODS = [m.name for m in SERVICES[1].methods]
 # What each built-in role may do, written out by hand: the matrix the code must match.
 EXPECTED = {
     "admin": set(OPERATOR_METHODS),
-    "release-manager": {"PublishModel", "CreateRollout", "ListDevices", "QueryAudit"},
+    "release-manager": {
+        "PublishModel",
+        "ExportBundle",
+        "CreateRollout",
+        "ListDevices",
+        "QueryAudit",
+    },
     "device-manager": {
         "CreateEnrollmentToken",
         "ListDevices",

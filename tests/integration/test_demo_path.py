@@ -20,7 +20,7 @@ from tests.integration.fleets import ModelFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 def _agent_records(fleet: Fleet, name: str) -> list[dict[str, object]]:
@@ -269,7 +269,9 @@ def test_chat_command_one_shot_and_interactive(model_fleet: ModelFleet) -> None:
         "gw1",
         "chat",
         "smollm2",
-        "Which city is the capital of France?",
+        "What is the capital of France? Answer in one word.",
+        "--temperature",
+        "0",
         "--token",
         model_fleet.token,
     )
@@ -281,8 +283,10 @@ def test_chat_command_one_shot_and_interactive(model_fleet: ModelFleet) -> None:
             str(fleet.agent_dir("gw1")),
             "chat",
             "smollm2",
+            "--temperature",
+            "0",
         ],
-        input="Which city is the capital of France?\nAnd of Italy?\n\n",
+        input="What is the capital of France? Answer in one word.\nAnd of Italy?\n\n",
         capture_output=True,
         text=True,
         timeout=120,

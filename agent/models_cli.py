@@ -1,0 +1,143 @@
+"""`edgefleet-agent models ...`: list, verify, repair, roll back and import models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from agent.config import load_agent_config
+from agent.registry.bundles import import_bundle
+from agent.service import LocalState, sync_client
+from agent.sync.fetch import BlobSource, Fetcher
+from edgefleet.bundle import BundleFile
+from edgefleet.errors import NotFoundError
+from edgefleet.trust.metadata import ModelManifest
+
+EXIT_DAMAGED = 1
+
+
+def add_parsers(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `models` actions."""
+    models.add_parser("list", help="installed versions; * marks the active one")
+    verify = models.add_parser("verify", help="check installed blobs against their manifests")
+    verify.add_argument("name", nargs="?", help="only this model")
+    verify.add_argument(
+        "--mode", choices=("size", "sample", "full"), default="full", help="default: full"
+    )
+    repair = models.add_parser(
+        "repair", help="re-fetch only the damaged chunks of damaged or quarantined blobs"
+    )
+    repair.add_argument("name", nargs="?", help="only this model")
+    repair.add_argument("--from-bundle", type=Path, help="take the chunks from a bundle file")
+    rollback = models.add_parser("rollback", help="switch back to the previous version")
+    rollback.add_argument("name")
+    imported = models.add_parser("import", help="install a bundle file, fully offline")
+    imported.add_argument("file", type=Path)
+    imported.add_argument("--no-activate", action="store_true", help="install only")
+
+
+def _selected(state: LocalState, name: str | None) -> list[ModelManifest]:
+    manifests = [m for m in state.registry.manifests() if name in (None, m.name)]
+    if name is not None and not manifests:
+        raise NotFoundError(f"no version of {name} is installed")
+    return manifests
+
+
+def _list(state: LocalState, args: argparse.Namespace) -> int:
+    installed = state.registry.installed()
+    if not installed:
+        print("no models installed")
+    for model in installed:
+        marker = "*" if model.active else " "
+        damaged = state.blobs.quarantined_of(model.sha256).exists()
+        note = "  QUARANTINED (run `models repair`)" if damaged else ""
+        print(f"{marker} {model.name}@{model.version}  sha256:{model.sha256[:16]}…{note}")
+    return 0
+
+
+def _verify(state: LocalState, args: argparse.Namespace) -> int:
+    status = 0
+    for manifest in _selected(state, args.name):
+        result = state.registry.verify(manifest, args.mode)
+        if result.ok:
+            print(f"ok       {manifest.ref}")
+        else:
+            status = EXIT_DAMAGED
+            print(f"DAMAGED  {manifest.ref}: {result.reason} (quarantined)")
+    return status
+
+
+async def _repair_all(
+    state: LocalState, args: argparse.Namespace, manifests: list[ModelManifest]
+) -> int:
+    config = load_agent_config(args.data_dir)
+    fetcher = Fetcher(state.blobs, config.download_stall_seconds)
+    bundle = BundleFile(args.from_bundle) if args.from_bundle else None
+    client = None if bundle else sync_client(config, state)
+    source: BlobSource = bundle if bundle is not None else client  # type: ignore[assignment]
+    try:
+        for manifest in manifests:
+            transfer = await fetcher.repair(source, manifest)
+            await asyncio.to_thread(
+                state.registry.record_repaired,
+                manifest,
+                transfer.repaired_chunks,
+                transfer.bytes_received,
+            )
+            print(
+                f"repaired {manifest.ref}: {len(transfer.repaired_chunks)} chunk(s), "
+                f"{transfer.bytes_received} bytes fetched"
+            )
+    finally:
+        if client is not None:
+            await client.close()
+        if bundle is not None:
+            bundle.close()
+    return 0
+
+
+def _repair(state: LocalState, args: argparse.Namespace) -> int:
+    damaged = []
+    for manifest in _selected(state, args.name):
+        if not state.registry.verify(manifest, "full").ok:
+            damaged.append(manifest)
+    if not damaged:
+        print("nothing to repair")
+        return 0
+    return asyncio.run(_repair_all(state, args, damaged))
+
+
+def _rollback(state: LocalState, args: argparse.Namespace) -> int:
+    rolled_back, active = state.registry.rollback(args.name)
+    print(f"{args.name}: {rolled_back} -> {active} (sync keeps {rolled_back} off until reassigned)")
+    return 0
+
+
+def _import(state: LocalState, args: argparse.Namespace) -> int:
+    config = load_agent_config(args.data_dir)
+    fingerprint = state.paths.identity.load().root_fingerprint
+    result = import_bundle(state.registry, config, fingerprint, args.file, not args.no_activate)
+    how = "already installed" if result.already_installed else "installed"
+    active = ", active" if result.activated else ""
+    print(f"{result.manifest.ref}: verified, {how}{active}")
+    return 0
+
+
+ACTIONS = {
+    "list": _list,
+    "verify": _verify,
+    "repair": _repair,
+    "rollback": _rollback,
+    "import": _import,
+}
+
+
+def run_models_command(args: argparse.Namespace) -> int:
+    """Dispatch one `models` action on the local stores."""
+    state = LocalState.open(args.data_dir)
+    try:
+        return ACTIONS[args.action](state, args)
+    finally:
+        state.audit.flush()
+        state.db.dispose()

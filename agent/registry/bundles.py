@@ -1,0 +1,115 @@
+"""Installing a model from a bundle file, fully offline, with the verification of a sync."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.offline import mark_fresh
+from agent.registry.registry import Registry
+from agent.sync.fetch import Fetcher
+from edgefleet.audit import AuditEvent
+from edgefleet.bundle import BundleFile
+from edgefleet.errors import MalformedInputError, ResourceError, SignatureError, UntrustedInputError
+from edgefleet.memory import estimate_memory, fits
+from edgefleet.trust.metadata import ModelManifest
+from edgefleet.trust.verifier import root_fingerprint
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What an import installed."""
+
+    manifest: ModelManifest
+    activated: bool
+    already_installed: bool
+
+
+def import_bundle(
+    registry: Registry, config: AgentConfig, fingerprint: str, path: Path, activate: bool
+) -> Imported:
+    """Verify and install the model a bundle carries; audit the outcome either way."""
+    target = path.name
+    try:
+        bundle = BundleFile(path)
+    except MalformedInputError as e:
+        _audit_refusal(registry, target, e)
+        raise
+    try:
+        return _import(registry, config, fingerprint, bundle, target, activate)
+    except (UntrustedInputError, ResourceError) as e:
+        _audit_refusal(registry, target, e)
+        raise
+    finally:
+        bundle.close()
+
+
+def _import(
+    registry: Registry,
+    config: AgentConfig,
+    fingerprint: str,
+    bundle: BundleFile,
+    target: str,
+    activate: bool,
+) -> Imported:
+    header = bundle.header()
+    theirs = root_fingerprint(header.root_chain[0])
+    if theirs != fingerprint.lower():
+        raise SignatureError(
+            f"the bundle belongs to another fleet: its root fingerprint is {theirs[:16]}…, "
+            f"this device trusts {fingerprint[:16]}…"
+        )
+    now = datetime.now(UTC)
+    trusted = registry.load_trust(fingerprint)
+    state = trusted.update_root_chain(header.root_chain, now).update_snapshot(
+        header.timestamp, header.targets, header.policy, now
+    )
+    name, _, version = header.model.partition("@")
+    manifest = state.manifest(name, version)
+    if manifest.length > config.max_model_bytes:
+        raise ResourceError(
+            f"{manifest.ref} has {manifest.length} bytes, over max_model_bytes "
+            f"{config.max_model_bytes}"
+        )
+    estimate = estimate_memory(
+        manifest.length, manifest.kv_bytes_per_token, config.n_ctx, config.n_parallel
+    )
+    if not fits(estimate, config.resolved_memory_budget):
+        raise ResourceError(f"{manifest.ref} needs {estimate}, over the memory budget")
+    registry.save_trust(state)
+    mark_fresh(registry.db, now)
+    present = registry.is_installed(manifest)
+    if not present:
+        fetcher = Fetcher(registry.blobs, config.download_stall_seconds)
+        if registry.blobs.quarantined_of(manifest.sha256).exists():
+            asyncio.run(fetcher.repair(bundle, manifest))
+        else:
+            asyncio.run(fetcher.download(bundle, manifest))
+        registry.record_installed(manifest)
+    if activate:
+        registry.activate(manifest)
+    registry.audit.append(
+        AuditEvent(
+            "agent",
+            "model.import",
+            manifest.ref,
+            "success",
+            {"bundle": target, "sha256": manifest.sha256, "activated": activate},
+        )
+    )
+    return Imported(manifest, activate, present)
+
+
+def _audit_refusal(registry: Registry, target: str, error: Exception) -> None:
+    registry.audit.append(
+        AuditEvent(
+            "agent",
+            "model.import",
+            target,
+            "verification_failed" if isinstance(error, UntrustedInputError) else "refused",
+            {"reason": str(error), "error": type(error).__name__},
+        )
+    )

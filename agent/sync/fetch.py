@@ -1,0 +1,225 @@
+"""Getting a blob onto the device: resumable, verified chunk by chunk, bounded, repairable.
+
+A source is anything that streams a blob from an offset — the controller over gRPC, a
+bundle file. Nothing from a source is trusted: the chunk index is checked against the
+signed manifest, every chunk against the index before it is written, the whole file
+against the manifest's SHA-256 before it is committed, and a source that sends more than
+the manifest's length is cut off before the excess is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from agent.registry.blobs import BlobStore
+from edgefleet.errors import HashMismatchError, MalformedInputError, TransportError
+from edgefleet.files import sha256_of_file
+from edgefleet.gguf import read_gguf_file
+from edgefleet.trust.chunks import ChunkIndex, index_length, iter_chunks
+from edgefleet.trust.digest import BoundedDigest
+from edgefleet.trust.metadata import ModelManifest
+
+
+class BlobSource(Protocol):
+    """Streams ``(offset, bytes)`` of a blob from ``offset`` (``limit`` 0: to the end)."""
+
+    def read_blob(
+        self, sha256: str, offset: int, limit: int = 0
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """The blob's bytes, in order."""
+        ...
+
+
+@dataclass
+class Transfer:
+    """What one fetch moved: bytes received from the source and chunks written."""
+
+    bytes_received: int = 0
+    chunks_written: int = 0
+    repaired_chunks: tuple[int, ...] = ()
+
+
+def _resume_point(partial: Path, index: ChunkIndex, digest: BoundedDigest) -> int:
+    """Hash the verified whole chunks at the start of ``partial``; cut anything after them."""
+    good = 0
+    last = len(index.digests) - 1
+    with partial.open("rb") as handle:
+        for number, data in enumerate(iter_chunks(handle, index.chunk_size)):
+            complete = len(data) == index.chunk_size or number == last
+            if number > last or not complete or not index.matches(number, data):
+                break
+            digest.update(data)
+            good += len(data)
+    with partial.open("r+b") as handle:
+        handle.truncate(good)
+    return good
+
+
+def _write(handle: BinaryIO, data: bytes) -> None:
+    handle.write(data)
+
+
+class Fetcher:
+    """Downloads and repairs blobs into a :class:`BlobStore`."""
+
+    def __init__(self, blobs: BlobStore, stall_seconds: float) -> None:
+        self.blobs = blobs
+        self.stall_seconds = stall_seconds
+
+    async def _stream(
+        self, source: BlobSource, sha256: str, offset: int, limit: int, transfer: Transfer
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """The source's chunks, checked for order; a stall past the timeout is abandoned."""
+        stream = source.read_blob(sha256, offset, limit)
+        expected = offset
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(anext(stream, None), self.stall_seconds)
+                except TimeoutError as e:
+                    raise TransportError(
+                        f"blob {sha256[:16]}… stalled: nothing received for "
+                        f"{self.stall_seconds:g} s at byte {expected}; it resumes at the next sync"
+                    ) from e
+                if item is None:
+                    return
+                at, data = item
+                if at != expected:
+                    raise MalformedInputError(f"chunk at offset {at}, expected {expected}")
+                transfer.bytes_received += len(data)
+                expected += len(data)
+                yield at, data
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def chunk_index(self, source: BlobSource, manifest: ModelManifest) -> ChunkIndex:
+        """The manifest's chunk index: from the store, or fetched and verified."""
+        index = await asyncio.to_thread(self.blobs.chunk_index, manifest)
+        if index is not None:
+            return index
+        length = index_length(manifest.length, manifest.chunk_size)
+        digest = BoundedDigest(manifest.chunks_sha256, length)
+        parts = []
+        async for _, data in self._stream(source, manifest.chunks_sha256, 0, 0, Transfer()):
+            digest.update(data)
+            parts.append(data)
+        digest.finish()
+        data = b"".join(parts)
+        await asyncio.to_thread(self.blobs.put_verified, manifest.chunks_sha256, data)
+        return ChunkIndex.from_bytes(data, manifest.chunk_size, manifest.length)
+
+    async def download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
+        """Fetch the blob from its last verified chunk, check everything, commit it."""
+        index = await self.chunk_index(source, manifest)
+        partial = self.blobs.partial_of(manifest.sha256)
+        partial.touch(exist_ok=True)
+        digest = BoundedDigest(manifest.sha256, manifest.length)
+        offset = await asyncio.to_thread(_resume_point, partial, index, digest)
+        transfer = Transfer()
+        number = offset // index.chunk_size
+        pending = bytearray()
+        handle = partial.open("ab")
+        try:
+            async for _, data in self._stream(source, manifest.sha256, offset, 0, transfer):
+                digest.update(data)  # refuses bytes past the manifest's length, unwritten
+                pending += data
+                while len(pending) >= index.chunk_size or (
+                    pending and digest.received == manifest.length
+                ):
+                    piece = bytes(pending[: index.chunk_size])
+                    del pending[: index.chunk_size]
+                    if not index.matches(number, piece):
+                        raise HashMismatchError(
+                            f"{manifest.ref}: chunk {number} does not match its signed hash"
+                        )
+                    await asyncio.to_thread(_write, handle, piece)
+                    transfer.chunks_written += 1
+                    number += 1
+        finally:
+            await asyncio.to_thread(_close_durably, handle)
+        if digest.received < manifest.length:
+            raise TransportError(
+                f"{manifest.ref}: the source stopped at byte {digest.received} of "
+                f"{manifest.length}; it resumes at the next sync"
+            )
+        try:
+            digest.finish()
+            # Signed is not the same as sane: parse the header defensively before llama.cpp
+            # ever sees the file, and hold it to the facts the manifest was signed with.
+            await asyncio.to_thread(check_model_header, partial, manifest)
+        except (HashMismatchError, MalformedInputError):
+            # Every chunk matched yet the file is wrong or hostile: nothing vouches for
+            # these bytes, so start over rather than keep them.
+            self.blobs.discard_partial(manifest.sha256)
+            raise
+        await asyncio.to_thread(self.blobs.commit, manifest.sha256)
+        return transfer
+
+    async def repair(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
+        """Re-fetch only the damaged chunks of a stored or quarantined blob."""
+        index = await self.chunk_index(source, manifest)
+        damaged = self.blobs.path_of(manifest.sha256)
+        if not damaged.exists():
+            damaged = self.blobs.quarantined_of(manifest.sha256)
+        if not damaged.exists():
+            return await self.download(source, manifest)
+        partial = self.blobs.partial_of(manifest.sha256)
+        await asyncio.to_thread(_copy_truncated, damaged, partial, manifest.length)
+        bad = await asyncio.to_thread(index.bad_chunks, partial)
+        transfer = Transfer(repaired_chunks=tuple(bad))
+        with partial.open("r+b") as handle:
+            for number in bad:
+                offset, size = index.span(number, manifest.length)
+                piece = bytearray()
+                async for _, data in self._stream(source, manifest.sha256, offset, size, transfer):
+                    if len(piece) + len(data) > size:
+                        raise HashMismatchError(
+                            f"{manifest.ref}: the source sent more than chunk {number}'s "
+                            f"{size} bytes"
+                        )
+                    piece += data
+                if not index.matches(number, bytes(piece)):
+                    raise HashMismatchError(
+                        f"{manifest.ref}: re-fetched chunk {number} does not match its signed hash"
+                    )
+                handle.seek(offset)
+                handle.write(piece)
+                transfer.chunks_written += 1
+            _close_durably(handle)
+        if await asyncio.to_thread(sha256_of_file, partial) != manifest.sha256:
+            self.blobs.discard_partial(manifest.sha256)
+            raise HashMismatchError(f"{manifest.ref}: repaired file does not match its manifest")
+        await asyncio.to_thread(self.blobs.commit, manifest.sha256)
+        return transfer
+
+
+def check_model_header(path: Path, manifest: ModelManifest) -> None:
+    """Refuse a file whose GGUF header is hostile or disagrees with its signed manifest."""
+    info = read_gguf_file(path)
+    header = (info.architecture, info.quantization, info.kv_bytes_per_token)
+    signed = (manifest.architecture, manifest.quantization, manifest.kv_bytes_per_token)
+    if header != signed:
+        raise MalformedInputError(
+            f"{manifest.ref}: the GGUF header says {header}, the signed manifest {signed}"
+        )
+
+
+def _copy_truncated(source: Path, target: Path, length: int) -> None:
+    target.unlink(missing_ok=True)
+    shutil.copyfile(source, target)
+    with target.open("r+b") as handle:
+        handle.truncate(length)
+
+
+def _close_durably(handle: BinaryIO) -> None:
+    if handle.closed:
+        return
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()

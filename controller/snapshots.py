@@ -1,0 +1,150 @@
+"""What devices are told to trust now: a timestamp naming the current targets and policy.
+
+The timestamp is re-signed when what it names changes, when it is half-way to expiry,
+and after a key rotation; targets and policy are re-signed (as new versions) when the
+current root no longer names the keys that signed them. Devices therefore always receive
+a consistent snapshot signed by keys the newest root vouches for.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.catalog import Catalog, latest_targets
+from controller.keyring import Keyring, TrustMaterial
+from controller.policies import PolicyService, latest_policy
+from controller.store.database import Database
+from controller.store.schema import TimestampVersion
+from edgefleet.bundle import BundleHeader
+from edgefleet.errors import NotFoundError, StorageError
+from edgefleet.trust.envelope import Envelope
+from edgefleet.trust.metadata import (
+    TIMESTAMP_TYPE,
+    MetaRef,
+    ModelManifest,
+    Targets,
+    Timestamp,
+    check_model_name,
+    check_model_version,
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The metadata a device verifies in one go."""
+
+    root_chain: tuple[Envelope, ...]
+    timestamp: Envelope
+    targets: Envelope
+    policy: Envelope | None
+
+
+def latest_timestamp(session: Session) -> tuple[Timestamp, Envelope] | None:
+    """The newest signed timestamp, or None before the first."""
+    row = session.execute(
+        select(TimestampVersion).order_by(TimestampVersion.version.desc()).limit(1)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    envelope = Envelope.from_json(row.envelope)
+    return Timestamp.from_payload(envelope.payload), envelope
+
+
+class Snapshots:
+    """Builds the current snapshot, signing what is missing or stale."""
+
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        catalog: Catalog,
+        policies: PolicyService,
+        expiry: timedelta,
+    ) -> None:
+        self.db = db
+        self.keyring = keyring
+        self.catalog = catalog
+        self.policies = policies
+        self.expiry = expiry
+        self._lock = threading.Lock()
+        self._vouched: dict[tuple[str, int, bytes], bool] = {}
+
+    def _vouches(self, material: TrustMaterial, role: str, envelope: Envelope) -> bool:
+        key = (role, material.root.version, envelope.payload)
+        if key not in self._vouched:
+            if len(self._vouched) > 64:
+                self._vouched.clear()
+            self._vouched[key] = material.vouches(role, envelope)
+        return self._vouched[key]
+
+    def current(self) -> Snapshot:
+        """The snapshot to serve now (signing a new timestamp when needed)."""
+        material = self.keyring.current()
+        with self._lock:
+            self._resign_after_rotation(material)
+            with self.db.session() as session:
+                targets = latest_targets(session)
+                if targets is None:
+                    raise StorageError("the controller has no targets metadata")
+                policy = latest_policy(session)
+                timestamp = self._timestamp(session, material, targets[1], policy)
+            return Snapshot(
+                material.root_chain, timestamp, targets[1], policy[1] if policy else None
+            )
+
+    def _resign_after_rotation(self, material: TrustMaterial) -> None:
+        with self.db.session() as session:
+            targets = latest_targets(session)
+            policy = latest_policy(session)
+        if targets is not None and not self._vouches(material, "targets", targets[1]):
+            self.catalog.resign(material)
+        if policy is not None and not self._vouches(material, "policy", policy[1]):
+            self.policies.resign(material)
+
+    def _timestamp(
+        self,
+        session: Session,
+        material: TrustMaterial,
+        targets: Envelope,
+        policy: tuple[object, Envelope] | None,
+    ) -> Envelope:
+        now = datetime.now(UTC).replace(microsecond=0)
+        targets_ref = MetaRef.of(targets.payload)
+        policy_ref = MetaRef.of(policy[1].payload) if policy else None
+        found = latest_timestamp(session)
+        if found is not None:
+            current, envelope = found
+            if (
+                current.targets == targets_ref
+                and current.policy == policy_ref
+                and current.expires - now > self.expiry / 2
+                and self._vouches(material, "timestamp", envelope)
+            ):
+                return envelope
+        version = found[0].version + 1 if found else 1
+        timestamp = Timestamp(version, now + self.expiry, targets_ref, policy_ref)
+        envelope = material.sign("timestamp", TIMESTAMP_TYPE, timestamp.to_payload())
+        session.add(TimestampVersion(version=version, envelope=envelope.to_json(), created_at=now))
+        return envelope
+
+
+def bundle_header(
+    snapshots: Snapshots, name: str, version: str
+) -> tuple[BundleHeader, ModelManifest]:
+    """The metadata chain that lets an offline device install ``name@version``."""
+    check_model_name(name)
+    check_model_version(version)
+    snapshot = snapshots.current()
+    targets = Targets.from_payload(snapshot.targets.payload)
+    manifest = targets.models.get(f"{name}@{version}")
+    if manifest is None:
+        raise NotFoundError(f"{name}@{version} is not published")
+    header = BundleHeader(
+        manifest.ref, snapshot.root_chain, snapshot.timestamp, snapshot.targets, snapshot.policy
+    )
+    return header, manifest

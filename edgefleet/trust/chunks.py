@@ -1,0 +1,135 @@
+"""Per-chunk SHA-256 digests of a blob, so damage is located and repaired chunk by chunk.
+
+A chunk index is itself content-addressed: its bytes are the raw 32-byte digests of the
+blob's fixed-size chunks, concatenated, and the signed manifest names the index's
+SHA-256. An index is therefore verified exactly like a blob, and a manifest stays small
+however large the model is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from edgefleet.errors import HashMismatchError, MalformedInputError
+
+DIGEST_BYTES = 32
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+READ_BLOCK = 1024 * 1024
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """Refuse chunk sizes that are not a power of two between 64 KiB and 64 MiB."""
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size & (chunk_size - 1):
+        raise MalformedInputError(
+            f"chunk size {chunk_size} must be a power of two from 64 KiB to 64 MiB"
+        )
+    return chunk_size
+
+
+def chunk_count(length: int, chunk_size: int) -> int:
+    """How many chunks a blob of ``length`` bytes has."""
+    return -(-length // chunk_size)
+
+
+def index_length(length: int, chunk_size: int) -> int:
+    """The exact size in bytes of the chunk index of a ``length``-byte blob."""
+    return chunk_count(length, chunk_size) * DIGEST_BYTES
+
+
+def iter_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    """Read ``handle`` chunk by chunk (each read is at most ``READ_BLOCK`` at a time)."""
+    while True:
+        parts = []
+        wanted = chunk_size
+        while wanted:
+            block = handle.read(min(wanted, max(READ_BLOCK, chunk_size)))
+            if not block:
+                break
+            parts.append(block)
+            wanted -= len(block)
+        if not parts:
+            return
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
+        if wanted:
+            return
+
+
+@dataclass(frozen=True)
+class ChunkIndex:
+    """The digests of a blob's chunks, in order."""
+
+    chunk_size: int
+    digests: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        """The content-addressed form: raw digests concatenated."""
+        return b"".join(self.digests)
+
+    @property
+    def sha256(self) -> str:
+        """The name of the index in a manifest and in a blob store."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, chunk_size: int, length: int) -> ChunkIndex:
+        """Parse an index for a blob of ``length`` bytes (its digest is checked by the caller)."""
+        expected = index_length(length, check_chunk_size(chunk_size))
+        if len(data) != expected:
+            raise HashMismatchError(
+                f"chunk index has {len(data)} bytes, a {length}-byte blob needs {expected}"
+            )
+        digests = tuple(data[i : i + DIGEST_BYTES] for i in range(0, len(data), DIGEST_BYTES))
+        return cls(chunk_size, digests)
+
+    @classmethod
+    def of_chunks(cls, chunks: Iterable[bytes], chunk_size: int) -> ChunkIndex:
+        """Build the index of a blob given as consecutive chunks."""
+        return cls(chunk_size, tuple(hashlib.sha256(c).digest() for c in chunks))
+
+    @classmethod
+    def of_file(cls, path: Path, chunk_size: int) -> ChunkIndex:
+        """Build the index of a file."""
+        with path.open("rb") as handle:
+            return cls.of_chunks(iter_chunks(handle, chunk_size), chunk_size)
+
+    def span(self, number: int, length: int) -> tuple[int, int]:
+        """(offset, size) of chunk ``number`` in a blob of ``length`` bytes."""
+        offset = number * self.chunk_size
+        return offset, min(self.chunk_size, length - offset)
+
+    def matches(self, number: int, data: bytes) -> bool:
+        """Tell whether ``data`` is chunk ``number``."""
+        return 0 <= number < len(self.digests) and (
+            hashlib.sha256(data).digest() == self.digests[number]
+        )
+
+    def bad_chunks(self, path: Path) -> list[int]:
+        """Numbers of the chunks of ``path`` that differ from the index or are missing.
+
+        The caller checks the file's total length; bytes past the last chunk are not read.
+        """
+        bad: list[int] = []
+        with path.open("rb") as handle:
+            chunks = iter_chunks(handle, self.chunk_size)
+            for number in range(len(self.digests)):
+                if not self.matches(number, next(chunks, b"")):
+                    bad.append(number)
+        return bad
+
+    def verified_prefix(self, path: Path) -> int:
+        """Bytes at the start of ``path`` made of whole chunks that match (a resume point)."""
+        good = 0
+        last = len(self.digests) - 1
+        with path.open("rb") as handle:
+            for number, data in enumerate(iter_chunks(handle, self.chunk_size)):
+                complete = len(data) == self.chunk_size or number == last
+                if number > last or not complete or not self.matches(number, data):
+                    break
+                good += len(data)
+        return good
