@@ -18,6 +18,7 @@ from agent.enroll import AgentPaths, EnrollmentPending, enroll
 from agent.inference.bench import run_bench, save_result
 from agent.models_cli import add_parsers as add_models_parsers
 from agent.models_cli import run_models_command
+from agent.offline import fresh_at
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
@@ -29,6 +30,7 @@ from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
 from edgefleet.tls import key_fingerprint
 from edgefleet.trust.envelope import Envelope
+from edgefleet.trust.metadata import format_time
 
 PROG = "edgefleet-agent"
 EXIT_PENDING = 3
@@ -310,13 +312,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"controller:    {enrollment.controller_host}:{enrollment.sync_port}")
         print(f"last sync:     {state.db.get_state(LAST_SYNC_KEY) or 'never'}")
         print(f"last error:    {state.db.get_state(LAST_ERROR_KEY) or '-'}")
+        trust = state.registry.load_trust(enrollment.root_fingerprint)
+        fresh = fresh_at(state.db)
+        print(
+            f"trust:         root v{trust.root.version}, "
+            f"timestamp v{trust.timestamp.version if trust.timestamp else 0}, "
+            f"targets v{trust.targets.version if trust.targets else 0}, "
+            f"fresh at {format_time(fresh) if fresh else 'never'}"
+        )
         written, acked = state.audit.head_seq(), state.audit.acked_seq()
         receipt = "with the fleet's signed receipt" if state.db.get_state(RECEIPT_KEY) else ""
         print(f"audit:         {written} written, {acked} acknowledged {receipt}".rstrip())
         for model in state.registry.installed():
-            print(
-                f"model:         {model.name}@{model.version}{' (active)' if model.active else ''}"
-            )
+            notes = [" (active)" if model.active else ""]
+            if state.blobs.quarantined_of(model.sha256).exists():
+                notes.append(" QUARANTINED")
+            print(f"model:         {model.name}@{model.version}{''.join(notes)}")
     finally:
         state.db.dispose()
     return 0

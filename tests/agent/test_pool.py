@@ -11,7 +11,7 @@ import pytest
 
 from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
 from agent.inference.pool import ModelPool, PoolSettings
-from edgefleet.errors import ResourceError
+from edgefleet.errors import HashMismatchError, ResourceError
 from edgefleet.memory import MIB
 from edgefleet.trust.metadata import ModelManifest
 from tests.edgefleet.trustkit import manifest
@@ -86,3 +86,27 @@ def test_keep_alive_unloads_idle_models() -> None:
 
     unloaded, remaining = asyncio.run(scenario())
     assert unloaded == ["a"] and remaining == ["b"]
+
+
+def test_a_model_failing_its_check_before_load_is_never_loaded() -> None:
+    """The pool asks the registry to check the file first; a refusal keeps what is loaded."""
+    loaded: list[Path] = []
+
+    def factory(path: Path) -> ChatBackend:
+        loaded.append(path)
+        return Backend()
+
+    def verify(manifest: ModelManifest) -> None:
+        if manifest.name == "b":
+            raise HashMismatchError("b failed its check before loading")
+
+    settings = PoolSettings(400 * MIB, context=1024, slots=1, keep_alive_seconds=300, max_queued=4)
+    pool = ModelPool(factory, settings, verify)
+
+    async def scenario() -> None:
+        await _use(pool, "a", 100)
+        with pytest.raises(HashMismatchError, match="before loading"):
+            await _use(pool, "b", 100)
+
+    asyncio.run(scenario())
+    assert loaded == [Path("/blobs/a")] and [m.manifest.name for m in pool.loaded()] == ["a"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from demo import Fleet, http_json
+from demo import Fleet, http_json, wait_for
+from tests.ggufkit import write_tiny_gguf
 
 
 @dataclass(frozen=True)
@@ -22,3 +25,42 @@ class ModelFleet:
         return http_json(
             f"http://{self.api}{path}", body, token=self.token if token is None else token
         )
+
+
+def status(fleet: Fleet, name: str) -> str:
+    """`edgefleet-agent status` output."""
+    return fleet.agent(name, "status").stdout
+
+
+def models(fleet: Fleet, name: str) -> str:
+    """`edgefleet-agent models list` output."""
+    return fleet.agent(name, "models", "list").stdout
+
+
+def agent_actions(fleet: Fleet, name: str) -> list[tuple[str, str, str]]:
+    """(action, target, outcome) of every record in the agent's audit log."""
+    from agent.service import LocalState
+
+    state = LocalState.open(fleet.agent_dir(name))
+    try:
+        records = [json.loads(r) for r in state.audit.all_records()]
+    finally:
+        state.db.dispose()
+    return [(r["action"], r["target"], r["outcome"]) for r in records]
+
+
+def publish_tiny(fleet: Fleet, version: str, seed: int, rows: int = 8) -> Path:
+    """Publish a tiny GGUF file as tiny@VERSION."""
+    path = write_tiny_gguf(fleet.root / f"tiny-{version}.gguf", seed=seed, rows=rows)
+    fleet.ctl("models", "publish", str(path), "--name", "tiny", "--version", version)
+    return path
+
+
+def roll_out_and_wait_active(fleet: Fleet, version: str) -> None:
+    """Assign tiny@VERSION to site=lab and wait until agent gw serves it."""
+    fleet.ctl("rollout", "create", f"tiny@{version}", "--selector", "site=lab")
+    wait_for(
+        f"tiny@{version} active",
+        lambda: True if f"* tiny@{version}" in models(fleet, "gw") else None,
+        30,
+    )

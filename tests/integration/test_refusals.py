@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,42 +16,15 @@ from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from edgefleet.trust.keys import SigningKey
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 from tests.ggufkit import write_tiny_gguf
+from tests.integration.fleets import (
+    agent_actions,
+    models,
+    publish_tiny,
+    roll_out_and_wait_active,
+    status,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _status(fleet: Fleet, name: str) -> str:
-    return fleet.agent(name, "status").stdout
-
-
-def _models(fleet: Fleet, name: str) -> str:
-    return fleet.agent(name, "models", "list").stdout
-
-
-def _agent_actions(fleet: Fleet, name: str) -> list[tuple[str, str, str]]:
-    from agent.service import LocalState
-
-    state = LocalState.open(fleet.agent_dir(name))
-    try:
-        records = [json.loads(r) for r in state.audit.all_records()]
-    finally:
-        state.db.dispose()
-    return [(r["action"], r["target"], r["outcome"]) for r in records]
-
-
-def _publish_tiny(fleet: Fleet, version: str, seed: int) -> Path:
-    path = write_tiny_gguf(fleet.root / f"tiny-{version}.gguf", seed=seed)
-    fleet.ctl("models", "publish", str(path), "--name", "tiny", "--version", version)
-    return path
-
-
-def _roll_out_and_wait_active(fleet: Fleet, version: str) -> None:
-    fleet.ctl("rollout", "create", f"tiny@{version}", "--selector", "site=lab")
-    wait_for(
-        f"tiny@{version} active",
-        lambda: True if f"* tiny@{version}" in _models(fleet, "gw") else None,
-        30,
-    )
 
 
 def test_blob_differing_from_its_manifest_is_never_installed(
@@ -60,9 +32,9 @@ def test_blob_differing_from_its_manifest_is_never_installed(
 ) -> None:
     """A blob changed after signing fails its SHA-256; the old version keeps serving."""
     fleet, _device = small_fleet
-    _publish_tiny(fleet, "1", seed=1)
-    _roll_out_and_wait_active(fleet, "1")
-    _publish_tiny(fleet, "2", seed=2)
+    publish_tiny(fleet, "1", seed=1)
+    roll_out_and_wait_active(fleet, "1")
+    publish_tiny(fleet, "2", seed=2)
     blob = max(
         (fleet.controller_dir / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime
     )
@@ -73,14 +45,14 @@ def test_blob_differing_from_its_manifest_is_never_installed(
     fleet.ctl("rollout", "create", "tiny@2", "--selector", "site=lab")
     wait_for(
         "the mismatch to be reported",
-        lambda: True if "does not match manifest" in _status(fleet, "gw") else None,
+        lambda: True if "does not match manifest" in status(fleet, "gw") else None,
         30,
     )
-    models = _models(fleet, "gw")
-    assert "* tiny@1" in models and "tiny@2" not in models
+    listed = models(fleet, "gw")
+    assert "* tiny@1" in listed and "tiny@2" not in listed
     assert not (fleet.agent_dir("gw") / "blobs" / "sha256" / blob.name).exists()
     assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
-    assert ("model.install", "tiny@2", "verification_failed") in _agent_actions(fleet, "gw")
+    assert ("model.install", "tiny@2", "verification_failed") in agent_actions(fleet, "gw")
     wait_for(
         "the controller to see the error",
         lambda: True if "does not match manifest" in fleet.devices()[0]["last_error"] else None,
@@ -260,7 +232,7 @@ def test_model_over_the_memory_budget_is_never_downloaded(small_fleet: tuple[Fle
     fleet.start_agent(
         "gw", sync_interval=1, env={"EDGEFLEET_AGENT_MEMORY_BUDGET_BYTES": str(16 * 1024 * 1024)}
     )
-    _publish_tiny(fleet, "1", seed=1)
+    publish_tiny(fleet, "1", seed=1)
     fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
     wait_for(
         "the refusal to reach the controller",
@@ -269,9 +241,9 @@ def test_model_over_the_memory_budget_is_never_downloaded(small_fleet: tuple[Fle
         ),
         30,
     )
-    assert "tiny" not in _models(fleet, "gw")
+    assert "tiny" not in models(fleet, "gw")
     assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
-    refusals = [a for a in _agent_actions(fleet, "gw") if a[2] == "refused"]
+    refusals = [a for a in agent_actions(fleet, "gw") if a[2] == "refused"]
     assert refusals == [("model.install", "tiny@1", "refused")]  # audited once, not every pass
 
 
