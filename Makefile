@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.inference
 	$(BIN)/python -m benchmarks.audit_append
 	$(BIN)/python -m benchmarks.audit_ingest
+	$(BIN)/python -m benchmarks.verify
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
