@@ -21,7 +21,7 @@ from agent.registry.blobs import BlobStore
 from edgefleet.errors import HashMismatchError, MalformedInputError, TransportError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
-from edgefleet.trust.chunks import ChunkIndex, index_length, iter_chunks
+from edgefleet.trust.chunks import ChunkIndex, index_length
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.metadata import ModelManifest
 
@@ -47,15 +47,7 @@ class Transfer:
 
 def _resume_point(partial: Path, index: ChunkIndex, digest: BoundedDigest) -> int:
     """Hash the verified whole chunks at the start of ``partial``; cut anything after them."""
-    good = 0
-    last = len(index.digests) - 1
-    with partial.open("rb") as handle:
-        for number, data in enumerate(iter_chunks(handle, index.chunk_size)):
-            complete = len(data) == index.chunk_size or number == last
-            if number > last or not complete or not index.matches(number, data):
-                break
-            digest.update(data)
-            good += len(data)
+    good = index.verified_prefix(partial, digest.update)
     with partial.open("r+b") as handle:
         handle.truncate(good)
     return good

@@ -9,7 +9,7 @@ however large the model is.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -122,8 +122,9 @@ class ChunkIndex:
                     bad.append(number)
         return bad
 
-    def verified_prefix(self, path: Path) -> int:
-        """Bytes at the start of ``path`` made of whole chunks that match (a resume point)."""
+    def verified_prefix(self, path: Path, on_chunk: Callable[[bytes], object] | None = None) -> int:
+        """Bytes at the start of ``path`` made of whole chunks that match (a resume point);
+        ``on_chunk`` sees each of those chunks in order."""
         good = 0
         last = len(self.digests) - 1
         with path.open("rb") as handle:
@@ -131,5 +132,7 @@ class ChunkIndex:
                 complete = len(data) == self.chunk_size or number == last
                 if number > last or not complete or not self.matches(number, data):
                     break
+                if on_chunk is not None:
+                    on_chunk(data)
                 good += len(data)
         return good

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from tests.attacks.kit import CHUNK, Device, make_device, with_v1_serving
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Device:
+def device(tmp_path: Path) -> Iterator[Device]:
     made = make_device(tmp_path)
-    yield made  # type: ignore[misc]
+    yield made
     made.close()
 
 

@@ -3,14 +3,20 @@ specific error, audits the refusal, and the version it was serving keeps serving
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from agent.registry.bundles import import_bundle
 from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.errors import MalformedInputError, SignatureError
+from edgefleet.trust.chunks import ChunkIndex
 from edgefleet.trust.envelope import sign_envelope
 from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import TARGETS_TYPE, format_time
@@ -27,10 +33,21 @@ from tests.edgefleet.trustkit import Fleet
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Device:
+def device(tmp_path: Path) -> Iterator[Device]:
     made = make_device(tmp_path)
-    yield made  # type: ignore[misc]
+    yield made
     made.close()
+
+
+def _serve_v2_signed_by(device: Device, signers: list[SigningKey]) -> None:
+    """Targets naming m@2 signed by ``signers``, with an honest timestamp naming them."""
+    controller = device.controller
+    v2 = newer(device)
+    controller.models[v2.manifest.ref] = v2
+    controller.blobs[v2.manifest.sha256] = v2.data
+    controller.targets = controller.sign_targets([v2], signers=signers)
+    controller.timestamp = controller.sign_timestamp(controller.targets, None)
+    controller.assign("m@2")
 
 
 def _refused(device: Device, action: str, error: str) -> bool:
@@ -53,13 +70,7 @@ def test_arbitrary_blob_is_refused(device: Device) -> None:
 def test_targets_from_a_wrong_signer_are_refused(device: Device) -> None:
     """Targets signed by a key the root does not name (a stolen controller's own key)."""
     with_v1_serving(device)
-    controller = device.controller
-    v2 = newer(device)
-    controller.models[v2.manifest.ref] = v2
-    controller.blobs[v2.manifest.sha256] = v2.data
-    controller.targets = controller.sign_targets([v2], signers=[SigningKey.generate()])
-    controller.timestamp = controller.sign_timestamp(controller.targets, None)
-    controller.assign("m@2")
+    _serve_v2_signed_by(device, [SigningKey.generate()])
     assert "targets: 0 valid signature" in device.sync()
     assert _refused(device, "trust.verify", "SignatureError")
     assert device.serving_intact("m@1")
@@ -73,13 +84,7 @@ def test_targets_below_threshold_are_refused(tmp_path: Path) -> None:
     device = make_device(tmp_path, fleet)
     try:
         with_v1_serving(device)
-        controller = device.controller
-        v2 = newer(device)
-        controller.models[v2.manifest.ref] = v2
-        controller.blobs[v2.manifest.sha256] = v2.data
-        controller.targets = controller.sign_targets([v2], signers=[fleet.keys["targets"]])
-        controller.timestamp = controller.sign_timestamp(controller.targets, None)
-        controller.assign("m@2")
+        _serve_v2_signed_by(device, [fleet.keys["targets"]])
         assert "1 valid signature(s) from its keys, threshold is 2" in device.sync()
         assert _refused(device, "trust.verify", "SignatureError")
         assert device.serving_intact("m@1")
@@ -247,14 +252,9 @@ def test_malicious_gguf_header_is_refused_before_llama_cpp(device: Device) -> No
     hostile = bytearray(v2.data)
     hostile[8:16] = (2**40).to_bytes(8, "little")  # tensor count
     bad = make_model(device.folder, "m", "2", seed=2)
-    from edgefleet.trust.chunks import ChunkIndex
-
     index = ChunkIndex.of_chunks(
         [bytes(hostile[i : i + CHUNK]) for i in range(0, len(hostile), CHUNK)], CHUNK
     )
-    import hashlib
-    from dataclasses import replace
-
     bad.manifest = replace(
         bad.manifest, sha256=hashlib.sha256(hostile).hexdigest(), chunks_sha256=index.sha256
     )
@@ -298,11 +298,8 @@ def test_path_traversal_in_signed_metadata_is_refused(device: Device, tmp_path: 
 
 def test_a_bundle_from_another_fleet_is_refused(device: Device, tmp_path: Path) -> None:
     """A bundle signed by another fleet's keys (self-consistent) is refused and audited."""
-    from agent.registry.bundles import import_bundle
-    from tests.attacks.kit import make_device as other_device
-
     with_v1_serving(device)
-    stranger = other_device(tmp_path / "stranger")
+    stranger = make_device(tmp_path / "stranger")
     try:
         model = make_model(tmp_path, "m", "9", seed=9)
         stranger.controller.publish(model)
@@ -335,8 +332,6 @@ def test_a_bundle_from_another_fleet_is_refused(device: Device, tmp_path: Path) 
 
 def test_a_truncated_or_non_bundle_file_is_refused(device: Device, tmp_path: Path) -> None:
     """Junk is refused with a one-line reason; nothing changes."""
-    from agent.registry.bundles import import_bundle
-
     with_v1_serving(device)
     junk = tmp_path / "junk.bundle"
     junk.write_bytes(b"not a tar at all" * 100)
@@ -348,8 +343,6 @@ def test_a_truncated_or_non_bundle_file_is_refused(device: Device, tmp_path: Pat
 
 def test_scrub_finds_a_flipped_byte_and_repair_refetches_only_that_chunk(device: Device) -> None:
     """Scrub quarantines a blob with one flipped byte; the repair fetches one chunk only."""
-    import asyncio
-
     v1 = with_v1_serving(device)
     path = device.blobs.path_of(v1.manifest.sha256)
     path.chmod(0o644)
