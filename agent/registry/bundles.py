@@ -12,11 +12,17 @@ from agent.offline import mark_fresh
 from agent.registry.registry import Registry
 from agent.sync.fetch import Fetcher
 from edgefleet.audit import AuditEvent
-from edgefleet.bundle import BundleFile
-from edgefleet.errors import MalformedInputError, ResourceError, SignatureError, UntrustedInputError
+from edgefleet.bundle import BundleFile, BundleHeader
+from edgefleet.errors import (
+    MalformedInputError,
+    ResourceError,
+    RollbackError,
+    SignatureError,
+    UntrustedInputError,
+)
 from edgefleet.memory import estimate_memory, fits
-from edgefleet.trust.metadata import ModelManifest
-from edgefleet.trust.verifier import root_fingerprint
+from edgefleet.trust.metadata import ModelManifest, Targets
+from edgefleet.trust.verifier import TrustedState, root_fingerprint
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,17 @@ def _import(
         )
     now = datetime.now(UTC)
     trusted = registry.load_trust(fingerprint)
-    state = trusted.update_root_chain(header.root_chain, now).update_snapshot(
-        header.timestamp, header.targets, header.policy, now
-    )
     name, _, version = header.model.partition("@")
+    try:
+        state = trusted.update_root_chain(header.root_chain, now).update_snapshot(
+            header.timestamp, header.targets, header.policy, now
+        )
+    except RollbackError:
+        # The device already trusts newer metadata (it synced after the export). The
+        # bundle's model is still welcome if the metadata it trusts names the same file.
+        if not _same_in(trusted, header, name, version):
+            raise
+        state = trusted
     manifest = state.manifest(name, version)
     if manifest.length > config.max_model_bytes:
         raise ResourceError(
@@ -79,8 +92,9 @@ def _import(
     )
     if not fits(estimate, config.resolved_memory_budget):
         raise ResourceError(f"{manifest.ref} needs {estimate}, over the memory budget")
-    registry.save_trust(state)
-    mark_fresh(registry.db, now)
+    if state is not trusted:
+        registry.save_trust(state)
+        mark_fresh(registry.db, now)
     present = registry.is_installed(manifest)
     if not present:
         fetcher = Fetcher(registry.blobs, config.download_stall_seconds)
@@ -101,6 +115,13 @@ def _import(
         )
     )
     return Imported(manifest, activate, present)
+
+
+def _same_in(trusted: TrustedState, header: BundleHeader, name: str, version: str) -> bool:
+    """Does the trusted targets metadata name exactly the manifest the bundle carries?"""
+    carried = Targets.from_payload(header.targets.payload).models.get(f"{name}@{version}")
+    current = trusted.targets.models.get(f"{name}@{version}") if trusted.targets else None
+    return carried is not None and carried == current
 
 
 def _audit_refusal(registry: Registry, target: str, error: Exception) -> None:

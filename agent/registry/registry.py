@@ -188,9 +188,8 @@ class Registry:
     def verify(self, manifest: ModelManifest, mode: str, sample: int = 8) -> Integrity:
         """Check a stored blob; a damaged one is quarantined and audited, never served."""
         result = check_blob(self.blobs, manifest, mode, sample)
-        if result.ok or result.reason == "quarantined":
-            return result
-        self.blobs.quarantine_blob(manifest.sha256)
+        if result.ok or self.blobs.quarantine_blob(manifest.sha256) is None:
+            return result  # intact, or nothing here to quarantine (already done, or missing)
         self.audit.append(
             AuditEvent(
                 "agent",
