@@ -51,6 +51,7 @@ class Fleet:
         self.fingerprint = ""
         self.sync_address = ""
         self.enroll_address = ""
+        self.agent_env: dict[str, str] = {}  # settings every agent started here gets
 
     # --- commands ---------------------------------------------------------------------
     def run(
@@ -153,7 +154,7 @@ class Fleet:
                 "--sync-interval",
                 str(sync_interval),
             ],
-            env,
+            {**self.agent_env, **(env or {})},
         )
 
         def listening() -> str | None:

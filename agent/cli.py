@@ -21,6 +21,8 @@ from agent.models_cli import run_models_command
 from agent.offline import fresh_at
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
+from agent.sync.metering import USED_KEY
+from agent.sync.progress import load_board
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent
 from edgefleet.audit_export import ExportBuilder, render
@@ -323,6 +325,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         written, acked = state.audit.head_seq(), state.audit.acked_seq()
         receipt = "with the fleet's signed receipt" if state.db.get_state(RECEIPT_KEY) else ""
         print(f"audit:         {written} written, {acked} acknowledged {receipt}".rstrip())
+        for download in load_board(state.db):
+            percent = 100 * download.received / download.total if download.total else 0
+            why = f": {download.reason}" if download.reason else ""
+            print(
+                f"download:      {download.name}@{download.version} {download.state} "
+                f"{download.received}/{download.total} bytes ({percent:.0f} %){why}"
+            )
+        used, _, budget = state.db.get_state(USED_KEY, "").partition(" ")
+        if budget:
+            print(f"data used:     {int(budget) / 1048576:.1f} MiB on {used} (UTC)")
         for model in state.registry.installed():
             notes = [" (active)" if model.active else ""]
             if state.blobs.quarantined_of(model.sha256).exists():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.sync.metering import parse_windows
 from edgefleet.config_files import is_loopback, load_layered, split_address
 from edgefleet.errors import ConfigError
 
@@ -25,6 +26,9 @@ class AgentConfig:
 
     data_dir: Path
     api_listen: str = "127.0.0.1:8080"
+    # HOST:PORT of the controller's sync listener when it is not the one enrollment
+    # learned (a port forward, a proxy); empty: the enrolled address.
+    controller_sync_address: str = ""
     sync_interval_seconds: int = 30
     sync_jitter_seconds: int = 5
     rpc_timeout_seconds: int = 30
@@ -51,6 +55,21 @@ class AgentConfig:
     # records are never pruned, and a warning is raised when this many are waiting.
     audit_keep_acknowledged: int = 100_000
     audit_warn_unacknowledged: int = 250_000
+    # While the controller is unreachable, wait up to this long between attempts.
+    max_backoff_seconds: int = 300
+    # The watch stream (changes pushed at once) is deemed dead after this long without
+    # even a heartbeat; a change makes the device sync after up to watch_jitter_seconds.
+    watch_timeout_seconds: int = 75
+    watch_reconnect_max_seconds: int = 30
+    watch_jitter_seconds: int = 2
+    # Metered links (model downloads and repairs only): allowed local-time windows such as
+    # "01:00-05:00,22:00-23:30" (empty: always), a bandwidth cap and a daily (UTC) budget
+    # in bytes (0: none).
+    transfer_windows: str = ""
+    bandwidth_limit_bytes_per_second: int = 0
+    daily_data_budget_bytes: int = 0
+    # Load a new version and generate a few tokens before it replaces the serving one.
+    smoke_test: bool = True
     # A download that receives nothing for this long is abandoned (resumed at the next sync).
     download_stall_seconds: int = 60
     # Before a model is loaded: "size" checks the file's length, "sample" also hashes
@@ -73,6 +92,8 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         split_address(self.api_listen)
+        if self.controller_sync_address:
+            split_address(self.controller_sync_address)
         for name in (
             "sync_interval_seconds",
             "rpc_timeout_seconds",
@@ -89,6 +110,9 @@ class AgentConfig:
             "audit_keep_acknowledged",
             "audit_warn_unacknowledged",
             "download_stall_seconds",
+            "max_backoff_seconds",
+            "watch_timeout_seconds",
+            "watch_reconnect_max_seconds",
             "verify_sample_chunks",
             "max_offline_days",
         ):
@@ -96,6 +120,11 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.sync_jitter_seconds < 0 or self.memory_budget_bytes < 0:
             raise ConfigError("sync_jitter_seconds and memory_budget_bytes must not be negative")
+        if self.bandwidth_limit_bytes_per_second < 0 or self.daily_data_budget_bytes < 0:
+            raise ConfigError("bandwidth and data budget limits must not be negative")
+        parse_windows(self.transfer_windows)
+        if self.watch_jitter_seconds < 0:
+            raise ConfigError("watch_jitter_seconds must not be negative")
         if self.scrub_interval_hours < 0:
             raise ConfigError("scrub_interval_hours must not be negative")
         if self.verify_before_load not in VERIFY_MODES:

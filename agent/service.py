@@ -21,12 +21,14 @@ from agent.inference.api import build_app
 from agent.inference.context import ApiContext
 from agent.inference.engine import ChatBackend, LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
+from agent.inference.smoke import smoke_test
 from agent.offline import OfflineGuard
 from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
 from agent.sync.renewal import CertificateRenewer
+from agent.sync.watch import watch_forever
 from agent.sync.worker import Syncer
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, HashMismatchError
@@ -72,7 +74,7 @@ def sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
     identity = state.paths.identity
     enrollment = identity.load()
     return SyncClient(
-        f"{enrollment.controller_host}:{enrollment.sync_port}",
+        config.controller_sync_address or f"{enrollment.controller_host}:{enrollment.sync_port}",
         identity.read(identity.ca),
         identity.read(identity.tls_key),
         identity.read(identity.certificate),
@@ -119,6 +121,10 @@ async def run(config: AgentConfig) -> None:
 
     pool = ModelPool(load_model, pool_settings(config), verify_before_load)
     syncer.preflight = pool.check_fits_budget
+    if config.smoke_test:
+        syncer.smoke_test = lambda manifest: smoke_test(
+            state.blobs.path_of(manifest.sha256), config.n_threads
+        )
     policy = DevicePolicy(LocalPolicy(config.data_dir), trust.policy)
     syncer.on_policy = policy.set_signed
     syncer.renewer = CertificateRenewer(state.paths.identity, client, state.audit)
@@ -158,6 +164,7 @@ async def run(config: AgentConfig) -> None:
             max_instances=1,
         )
     scheduler.start()
+    watcher = asyncio.get_running_loop().create_task(watch_forever(config, client, syncer))
     log.info("agent.running", device_id=enrollment.device_id, api=api_address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,6 +175,9 @@ async def run(config: AgentConfig) -> None:
     finally:
         log.info("agent.stopping")
         scheduler.shutdown(wait=False)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await runner.cleanup()
         await client.close()
         pool.close()

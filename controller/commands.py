@@ -74,6 +74,15 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
                 f"{'':<22} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
                 f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
             )
+        for d in v.downloads:
+            percent = 100 * d.received / d.total if d.total else 0
+            why = f": {d.reason}" if d.reason else ""
+            print(f"{'':<22} {d.name}@{d.version} {d.state} {percent:.0f} %{why}")
+        if v.daily_data_budget:
+            print(
+                f"{'':<22} data today: {v.data_used_today / 1048576:.0f} of "
+                f"{v.daily_data_budget / 1048576:.0f} MiB"
+            )
         if v.state != "active":
             print(f"{'':<22} state: {v.state}")
         if v.audit_alert:

@@ -30,6 +30,8 @@ class ControllerConfig:
     device_certificate_seconds: int = 30 * 24 * 3600
     policy_expiry_days: int = 365
     max_audit_batch: int = 1000
+    # Watch streams send a heartbeat this often, so that both ends notice a dead link.
+    watch_heartbeat_seconds: int = 20
 
     def __post_init__(self) -> None:
         split_address(self.listen)
@@ -43,6 +45,7 @@ class ControllerConfig:
             "token_ttl_seconds",
             "device_certificate_seconds",
             "policy_expiry_days",
+            "watch_heartbeat_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -16,6 +16,7 @@ from edgefleet.fleet import (
     BenchResult,
     DesiredState,
     DeviceView,
+    DownloadProgress,
     InstalledModel,
     ModelAssignment,
     StatusReport,
@@ -37,6 +38,12 @@ def sync_device(
         device.installed = [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]]
         device.last_error = report.last_error[:1024]
         device.bench = [asdict(b) for b in report.bench[:MAX_REPORTED_MODELS]]
+        device.downloads = [
+            asdict(replace(d, reason=d.reason[:512]))
+            for d in report.downloads[:MAX_REPORTED_MODELS]
+        ]
+        device.data_used_today = report.data_used_today
+        device.daily_data_budget = report.daily_data_budget
         assignments = session.execute(
             select(Assignment)
             .where(Assignment.device_id == device_id)
@@ -71,6 +78,12 @@ def list_devices(db: Database) -> list[DeviceView]:
                     key_fingerprint=device.key_fingerprint,
                     audit_alert=tamper_reason(session, device.device_id),
                     bench=tuple(BenchResult(**b) for b in device.bench or []),  # type: ignore[arg-type]
+                    downloads=tuple(
+                        DownloadProgress(**d)  # type: ignore[arg-type]
+                        for d in device.downloads or []
+                    ),
+                    data_used_today=device.data_used_today or 0,
+                    daily_data_budget=device.daily_data_budget or 0,
                 )
             )
         return views

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from controller.access import AccessControl
 from controller.blobs import BlobStore
 from controller.ca import CertificateAuthority
 from controller.catalog import Catalog
+from controller.changes import ChangeFeed
 from controller.config import ControllerConfig
 from controller.datadir import DataDir
 from controller.enrollment import Enrollment
@@ -53,6 +54,7 @@ class ControllerApp:
     snapshots: Snapshots
     ca_pem: bytes
     sync_port: int = 0
+    changes: ChangeFeed = field(default_factory=ChangeFeed)
 
     @property
     def root_chain(self) -> tuple[Envelope, ...]:
@@ -157,6 +159,7 @@ async def serve(config: ControllerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("controller.stopping")
+    app.changes.close()
     await server.stop(grace=5)
     with contextlib.suppress(FileNotFoundError):
         app.data.listening_file.unlink()

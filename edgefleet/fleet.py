@@ -33,6 +33,18 @@ class BenchResult:
 
 
 @dataclass(frozen=True)
+class DownloadProgress:
+    """A model download in progress, paused or refused, and why."""
+
+    name: str
+    version: str
+    received: int
+    total: int
+    state: str  # downloading | paused | refused
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """What a device says about itself at each sync."""
 
@@ -41,8 +53,9 @@ class StatusReport:
     audit_head_seq: int = 0
     last_error: str = ""
     bench: tuple[BenchResult, ...] = ()
-    state: str = "active"
-    key_fingerprint: str = ""
+    downloads: tuple[DownloadProgress, ...] = ()
+    data_used_today: int = 0
+    daily_data_budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,3 +94,6 @@ class DeviceView:
     state: str = "active"
     key_fingerprint: str = ""
     audit_alert: str = ""
+    downloads: tuple[DownloadProgress, ...] = ()
+    data_used_today: int = 0
+    daily_data_budget: int = 0

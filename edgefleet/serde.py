@@ -9,6 +9,7 @@ from edgefleet.fleet import (
     BenchResult,
     DesiredState,
     DeviceView,
+    DownloadProgress,
     InstalledModel,
     ModelAssignment,
     StatusReport,
@@ -67,6 +68,29 @@ def _bench_from_pb(results: Iterable[device_pb2.BenchResult]) -> tuple[BenchResu
     )
 
 
+def _downloads_to_pb(downloads: tuple[DownloadProgress, ...]) -> list[device_pb2.DownloadProgress]:
+    return [
+        device_pb2.DownloadProgress(
+            name=d.name,
+            version=d.version,
+            received=d.received,
+            total=d.total,
+            state=d.state,
+            reason=d.reason,
+        )
+        for d in downloads
+    ]
+
+
+def _downloads_from_pb(
+    messages: Iterable[device_pb2.DownloadProgress],
+) -> tuple[DownloadProgress, ...]:
+    return tuple(
+        DownloadProgress(d.name, d.version, d.received, d.total, d.state, d.reason)
+        for d in messages
+    )
+
+
 def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
     """Dataclass → message."""
     return device_pb2.StatusReport(
@@ -75,6 +99,9 @@ def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
         audit_head_seq=report.audit_head_seq,
         last_error=report.last_error,
         bench=_bench_to_pb(report.bench),
+        downloads=_downloads_to_pb(report.downloads),
+        data_used_today=report.data_used_today,
+        daily_data_budget=report.daily_data_budget,
     )
 
 
@@ -86,6 +113,9 @@ def status_from_pb(message: device_pb2.StatusReport) -> StatusReport:
         audit_head_seq=message.audit_head_seq,
         last_error=message.last_error,
         bench=_bench_from_pb(message.bench),
+        downloads=_downloads_from_pb(message.downloads),
+        data_used_today=message.data_used_today,
+        daily_data_budget=message.daily_data_budget,
     )
 
 
@@ -130,6 +160,9 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         state=view.state,
         key_fingerprint=view.key_fingerprint,
         audit_alert=view.audit_alert,
+        downloads=_downloads_to_pb(view.downloads),
+        data_used_today=view.data_used_today,
+        daily_data_budget=view.daily_data_budget,
     )
 
 
@@ -148,4 +181,7 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         state=message.state,
         key_fingerprint=message.key_fingerprint,
         audit_alert=message.audit_alert,
+        downloads=_downloads_from_pb(message.downloads),
+        data_used_today=message.data_used_today,
+        daily_data_budget=message.daily_data_budget,
     )

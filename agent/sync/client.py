@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from edgefleet import serde
-from edgefleet.errors import EdgefleetError, error_from_status
+from edgefleet.errors import EdgefleetError, TransportError, error_from_status
 from edgefleet.fleet import DesiredState, StatusReport
 from edgefleet.trust.envelope import Envelope
 from edgefleet.v1 import device_pb2, device_pb2_grpc
@@ -107,6 +108,11 @@ class SyncClient:
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect soon after a cut link; the sync worker's own backoff decides how
+            # often calls are attempted while the controller stays unreachable.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.min_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 10_000),
         ]
         self._timeout = timeout
         self._connect(cert_pem)
@@ -145,6 +151,27 @@ class SyncClient:
         try:
             async for chunk in call:
                 yield chunk.offset, bytes(chunk.data)
+        except grpc.RpcError as e:
+            raise _error(e) from e
+        finally:
+            call.cancel()
+
+    async def watch(self, idle_timeout: float) -> AsyncIterator[str]:
+        """Event kinds from the controller's watch stream; TransportError when it ends or
+        stays silent for ``idle_timeout`` seconds (heartbeats come more often)."""
+        call = self._stub.Watch(device_pb2.WatchRequest())
+        stream = aiter(call)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(stream), idle_timeout)
+                except StopAsyncIteration as e:
+                    raise TransportError("the controller closed the watch stream") from e
+                except TimeoutError as e:
+                    raise TransportError(
+                        f"no word from the controller in {idle_timeout:g} s"
+                    ) from e
+                yield event.kind
         except grpc.RpcError as e:
             raise _error(e) from e
         finally:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from agent.registry.blobs import BlobStore
+from agent.sync.metering import Meter
+from agent.sync.progress import ProgressBoard
 from edgefleet.errors import HashMismatchError, MalformedInputError, TransportError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
@@ -60,9 +62,17 @@ def _write(handle: BinaryIO, data: bytes) -> None:
 class Fetcher:
     """Downloads and repairs blobs into a :class:`BlobStore`."""
 
-    def __init__(self, blobs: BlobStore, stall_seconds: float) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        stall_seconds: float,
+        meter: Meter | None = None,
+        board: ProgressBoard | None = None,
+    ) -> None:
         self.blobs = blobs
         self.stall_seconds = stall_seconds
+        self.meter = meter  # transfer windows, bandwidth cap, daily budget
+        self.board = board  # progress for status reports
 
     async def _stream(
         self, source: BlobSource, sha256: str, offset: int, limit: int, transfer: Transfer
@@ -86,6 +96,8 @@ class Fetcher:
                     raise MalformedInputError(f"chunk at offset {at}, expected {expected}")
                 transfer.bytes_received += len(data)
                 expected += len(data)
+                if self.meter is not None:
+                    await self.meter.took(len(data))  # paces; raises at window/budget end
                 yield at, data
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
@@ -108,6 +120,8 @@ class Fetcher:
 
     async def download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
         """Fetch the blob from its last verified chunk, check everything, commit it."""
+        if self.meter is not None:
+            self.meter.check()
         index = await self.chunk_index(source, manifest)
         partial = self.blobs.partial_of(manifest.sha256)
         partial.touch(exist_ok=True)
@@ -133,6 +147,8 @@ class Fetcher:
                     await asyncio.to_thread(_write, handle, piece)
                     transfer.chunks_written += 1
                     number += 1
+                    if self.board is not None:
+                        self.board.update(manifest, min(manifest.length, number * index.chunk_size))
         finally:
             await asyncio.to_thread(_close_durably, handle)
         if digest.received < manifest.length:
@@ -155,6 +171,8 @@ class Fetcher:
 
     async def repair(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
         """Re-fetch only the damaged chunks of a stored or quarantined blob."""
+        if self.meter is not None:
+            self.meter.check()
         index = await self.chunk_index(source, manifest)
         damaged = self.blobs.path_of(manifest.sha256)
         if not damaged.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -15,14 +16,18 @@ from agent.inference.bench import load_results
 from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
+from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
 from agent.sync.fetch import Fetcher
+from agent.sync.metering import Meter, TransferPausedError
+from agent.sync.progress import ProgressBoard
 from agent.sync.renewal import CertificateRenewer
 from edgefleet import __version__
 from edgefleet.audit import AuditEvent, Checkpoint, verify_receipt
 from edgefleet.errors import (
     AuditChainError,
     EdgefleetError,
+    InferenceError,
     ResourceError,
     TransportError,
     UntrustedInputError,
@@ -38,10 +43,15 @@ from edgefleet.trust.verifier import TrustedState
 log = structlog.get_logger("agent.sync")
 
 DISK_RESERVE = 256 * MIB
+SMOKE_RETRY_SECONDS = 3600.0
 LAST_SYNC_KEY = "last_sync"
 CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
 RECEIPT_KEY = "audit_receipt"
 LAST_ERROR_KEY = "last_error"
+
+
+class ControllerUnreachableError(TransportError):
+    """The Sync call itself failed: back off before the next scheduled pass."""
 
 
 class Syncer:
@@ -71,17 +81,53 @@ class Syncer:
         self.renewer: CertificateRenewer | None = None
         self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
         self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
-        self.fetcher = Fetcher(blobs, config.download_stall_seconds)
+        self.meter = Meter(
+            registry.db,
+            config.transfer_windows,
+            config.bandwidth_limit_bytes_per_second,
+            config.daily_data_budget_bytes,
+        )
+        self.board = ProgressBoard(registry.db)
+        self.fetcher = Fetcher(blobs, config.download_stall_seconds, self.meter, self.board)
         # Re-reads the stored trust state (set by the service): a bundle imported from the
         # command line may have moved it forward since the last pass.
         self.reload_trust: Callable[[], TrustedState] | None = None
+        self.backoff = Backoff(config.sync_interval_seconds, config.max_backoff_seconds)
+        # Loads a new version and generates a few tokens before it may serve (set by the
+        # service); a failure keeps the old version serving and is retried only later.
+        self.smoke_test: Callable[[ModelManifest], None] | None = None
+        self._smoke_failures: dict[str, tuple[float, str]] = {}
+        self._requested: asyncio.Task[None] | None = None
 
-    async def run_once(self) -> None:
-        """A whole pass; errors are logged and reported at the next pass, never raised."""
+    def request_sync(self, delay: float = 0.0) -> None:
+        """Sync soon (after ``delay`` seconds), whatever the backoff says: the controller
+        just proved it is there. Requests made while one is pending are merged."""
+        if self._requested is not None and not self._requested.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self.run_once(forced=True)
+
+        self._requested = asyncio.get_running_loop().create_task(later())
+
+    async def run_once(self, forced: bool = False) -> None:
+        """A whole pass; errors are logged and reported at the next pass, never raised.
+
+        While the controller is unreachable, scheduled passes wait out an exponential
+        backoff; a forced pass (the watch stream reconnected) goes ahead at once.
+        """
+        if not forced and not self.backoff.ready():
+            return
         async with self._lock:
             try:
                 await self._pass()
                 await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, "")
+            except ControllerUnreachableError as e:
+                wait = self.backoff.failed()
+                log.warning("sync.unreachable", reason=str(e), retry_in_seconds=round(wait, 1))
+                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, str(e))
+                return  # nothing to ship audit records to either
             except EdgefleetError as e:
                 log.warning("sync.failed", error=type(e).__name__, reason=str(e))
                 await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, str(e))
@@ -109,10 +155,18 @@ class Syncer:
             audit_head_seq=await asyncio.to_thread(self.audit.head_seq),
             last_error=await asyncio.to_thread(db.get_state, LAST_ERROR_KEY),
             bench=await asyncio.to_thread(load_results, db, active),
+            downloads=self.board.items(),
+            data_used_today=self.meter.used_today(),
+            daily_data_budget=self.meter.daily_budget,
         )
-        desired = await self.client.sync(report)
+        try:
+            desired = await self.client.sync(report)
+        except TransportError as e:
+            raise ControllerUnreachableError(f"controller unreachable: {e}") from e
+        self.backoff.succeeded()
         await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))
         await self._accept_trust(desired)
+        self.board.keep_only({f"{a.name}@{a.version}" for a in desired.assignments})
         failures: list[EdgefleetError] = []
         for assignment in desired.assignments:  # one model's failure does not block the others
             try:
@@ -158,36 +212,70 @@ class Syncer:
         if not await asyncio.to_thread(self.registry.is_installed, manifest):
             await self._install(manifest)
         if await asyncio.to_thread(self.registry.active_version, manifest.name) != manifest.version:
+            await self._smoke_test(manifest)
             await asyncio.to_thread(self.registry.activate, manifest)
             log.info("model.activated", model=manifest.ref)
+
+    async def _smoke_test(self, manifest: ModelManifest) -> None:
+        """Refuse to activate a version that cannot load and generate; say why, once."""
+        if self.smoke_test is None:
+            return
+        failed = self._smoke_failures.get(manifest.sha256)
+        if failed is not None and time.monotonic() - failed[0] < SMOKE_RETRY_SECONDS:
+            raise InferenceError(failed[1])
+        try:
+            await asyncio.to_thread(self.smoke_test, manifest)
+        except InferenceError as e:
+            serving = await asyncio.to_thread(self.registry.active_version, manifest.name)
+            reason = (
+                f"{manifest.ref} failed its smoke test ({e}); "
+                f"{f'{manifest.name}@{serving}' if serving else 'nothing'} keeps serving"
+            )
+            self._smoke_failures[manifest.sha256] = (time.monotonic(), reason)
+            event = AuditEvent(
+                "agent", "model.activate", manifest.ref, "smoke_failed", {"reason": str(e)}
+            )
+            await asyncio.to_thread(self.audit.append, event)
+            raise InferenceError(reason) from e
+        self._smoke_failures.pop(manifest.sha256, None)
 
     async def _install(self, manifest: ModelManifest) -> None:
         """Download (or repair, if a damaged copy is in quarantine) and record a version."""
         quarantined = self.blobs.quarantined_of(manifest.sha256).exists()
-        if not quarantined:
-            await self._check_before_download(manifest)
         try:
             if quarantined:
-                transfer = await self.fetcher.repair(self.client, manifest)
-                await asyncio.to_thread(
-                    self.registry.record_repaired,
-                    manifest,
-                    transfer.repaired_chunks,
-                    transfer.bytes_received,
-                )
+                await self._repair(manifest)
                 if await asyncio.to_thread(self.registry.is_installed, manifest):
-                    log.info("model.repaired", model=manifest.ref)
                     return
             else:
+                await self._check_before_download(manifest)
                 await self.fetcher.download(self.client, manifest)
-        except UntrustedInputError as e:
-            await self._audit_failure("model.install", manifest.ref, e)
+        except TransferPausedError as e:
+            self.board.note(manifest, "paused", str(e))
+            log.info("model.download_paused", model=manifest.ref, reason=str(e))
+            raise
+        except (UntrustedInputError, ResourceError) as e:
+            self.board.note(manifest, "refused", str(e))
+            if isinstance(e, UntrustedInputError):
+                await self._audit_failure("model.install", manifest.ref, e)
             raise
         except TransportError as e:
+            self.board.note(manifest, "paused", str(e))
             await self._audit_failure("model.download", manifest.ref, e, outcome="interrupted")
             raise
         await asyncio.to_thread(self.registry.record_installed, manifest)
+        self.board.done(manifest)
         log.info("model.installed", model=manifest.ref)
+
+    async def _repair(self, manifest: ModelManifest) -> None:
+        transfer = await self.fetcher.repair(self.client, manifest)
+        await asyncio.to_thread(
+            self.registry.record_repaired,
+            manifest,
+            transfer.repaired_chunks,
+            transfer.bytes_received,
+        )
+        log.info("model.repaired", model=manifest.ref, chunks=len(transfer.repaired_chunks))
 
     def _check_resources(self, manifest: ModelManifest) -> None:
         """Before downloading: refuse a model over the size limit, memory budget or free disk."""

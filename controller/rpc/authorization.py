@@ -41,6 +41,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _DEVICE + "ReadBlob": Rule(frozenset({"device"})),
     _DEVICE + "PushAudit": Rule(frozenset({"device"})),
     _DEVICE + "RenewCertificate": Rule(frozenset({"device"})),
+    _DEVICE + "Watch": Rule(frozenset({"device"})),
     _OPERATOR + "CreateEnrollmentToken": _operator("devices.manage"),
     _OPERATOR + "PublishModel": _operator("models.publish"),
     _OPERATOR + "CreateRollout": _operator("rollouts.manage"),

@@ -106,6 +106,20 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                 return
             yield device_pb2.BlobChunk(offset=item[0], data=item[1])
 
+    async def Watch(
+        self, request: device_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[device_pb2.WatchEvent]:
+        changes = self.app.changes
+        seen = changes.generation
+        yield device_pb2.WatchEvent(kind="hello")
+        while not changes.closed:
+            current = await changes.wait(seen, self.app.config.watch_heartbeat_seconds)
+            if changes.closed:
+                return
+            kind = "changed" if current != seen else "heartbeat"
+            seen = current
+            yield device_pb2.WatchEvent(kind=kind)
+
     async def PushAudit(
         self, request: device_pb2.PushAuditRequest, context: grpc.aio.ServicerContext
     ) -> device_pb2.PushAuditResponse:
@@ -166,6 +180,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             upload.abort()
             raise
         published = await asyncio.to_thread(upload.finish, caller().name)
+        self.app.changes.notify()
         m = published.manifest
         return operator_pb2.PublishModelResponse(
             name=m.name,
@@ -190,6 +205,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             request.version,
             dict(request.selector),
         )
+        self.app.changes.notify()
         return operator_pb2.CreateRolloutResponse(
             rollout_id=created.rollout_id, device_ids=created.device_ids
         )
@@ -294,6 +310,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         policy = await asyncio.to_thread(
             self.app.policies.apply, caller().name, bytes(request.document)
         )
+        self.app.changes.notify()
         return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
 
     async def GetPolicy(
@@ -315,6 +332,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             tuple(request.models),
             dict(request.devices),
         )
+        self.app.changes.notify()
         return operator_pb2.CreateAppTokenResponse(
             token=token, token_id=token_id, policy_version=policy.version
         )
@@ -325,6 +343,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         policy = await asyncio.to_thread(
             self.app.policies.revoke_token, caller().name, request.token_id
         )
+        self.app.changes.notify()
         return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
 
     async def SetDeviceState(
@@ -333,6 +352,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         state = await asyncio.to_thread(
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
+        self.app.changes.notify()
         return operator_pb2.SetDeviceStateResponse(state=state)
 
     async def PreauthorizeDevice(

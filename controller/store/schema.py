@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -53,6 +54,9 @@ class Device(Base):
     installed: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     last_error: Mapped[str] = mapped_column(String(1024), default="")
     bench: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    downloads: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    data_used_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    daily_data_budget: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Operator(Base):

@@ -235,6 +235,45 @@ class BenchResult(_message.Message):
 Global___BenchResult: _TypeAlias = BenchResult  # noqa: Y015
 
 @_typing.final
+class DownloadProgress(_message.Message):
+    """A model download in progress, paused or waiting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    received: _builtins.int
+    total: _builtins.int
+    state: _builtins.str
+    """"downloading", "paused" (outside a transfer window, out of daily budget, link
+    lost) or "refused" (pre-flight: memory, disk, size); `reason` says which.
+    """
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        received: _builtins.int = ...,
+        total: _builtins.int = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "received", b"received", "state", b"state", "total", b"total", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadProgress: _TypeAlias = DownloadProgress  # noqa: Y015
+
+@_typing.final
 class StatusReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -243,15 +282,23 @@ class StatusReport(_message.Message):
     AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     BENCH_FIELD_NUMBER: _builtins.int
+    DOWNLOADS_FIELD_NUMBER: _builtins.int
+    DATA_USED_TODAY_FIELD_NUMBER: _builtins.int
+    DAILY_DATA_BUDGET_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     audit_head_seq: _builtins.int
     """Highest audit sequence number written locally."""
     last_error: _builtins.str
     """Last error the agent met while converging, empty when none."""
+    data_used_today: _builtins.int
+    """Bytes of model data downloaded today (UTC) and the daily budget (0: none)."""
+    daily_data_budget: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstalledModel]: ...
     @_builtins.property
     def bench(self) -> _containers.RepeatedCompositeFieldContainer[Global___BenchResult]: ...
+    @_builtins.property
+    def downloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadProgress]: ...
     def __init__(
         self,
         *,
@@ -260,10 +307,13 @@ class StatusReport(_message.Message):
         audit_head_seq: _builtins.int = ...,
         last_error: _builtins.str = ...,
         bench: _abc.Iterable[Global___BenchResult] | None = ...,
+        downloads: _abc.Iterable[Global___DownloadProgress] | None = ...,
+        data_used_today: _builtins.int = ...,
+        daily_data_budget: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "last_error", b"last_error", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "downloads", b"downloads", "last_error", b"last_error", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,3 +547,37 @@ class RenewCertificateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015

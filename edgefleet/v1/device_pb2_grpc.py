@@ -67,6 +67,11 @@ class DeviceServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_device__pb2.RenewCertificateRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_device__pb2.RenewCertificateResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/edgefleet.v1.DeviceService/Watch',
+                request_serializer=edgefleet_dot_v1_dot_device__pb2.WatchRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_device__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -117,6 +122,14 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Held open while connected: "hello" at once, "changed" when the device should sync
+        now, "heartbeat" every few seconds so that both sides notice a dead link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +162,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.RenewCertificate,
                     request_deserializer=edgefleet_dot_v1_dot_device__pb2.RenewCertificateRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_device__pb2.RenewCertificateResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=edgefleet_dot_v1_dot_device__pb2.WatchRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_device__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +334,33 @@ class DeviceService:
             '/edgefleet.v1.DeviceService/RenewCertificate',
             edgefleet_dot_v1_dot_device__pb2.RenewCertificateRequest.SerializeToString,
             edgefleet_dot_v1_dot_device__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgefleet.v1.DeviceService/Watch',
+            edgefleet_dot_v1_dot_device__pb2.WatchRequest.SerializeToString,
+            edgefleet_dot_v1_dot_device__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class DeviceServiceStub:
     """Ship audit records; the reply acknowledges the highest stored sequence number."""
     RenewCertificate: _grpc.UnaryUnaryMultiCallable[_device_pb2.RenewCertificateRequest, _device_pb2.RenewCertificateResponse]
     """Trade a CSR for a fresh certificate before the current one expires."""
+    Watch: _grpc.UnaryStreamMultiCallable[_device_pb2.WatchRequest, _device_pb2.WatchEvent]
+    """Held open while connected: "hello" at once, "changed" when the device should sync
+    now, "heartbeat" every few seconds so that both sides notice a dead link.
+    """
 
 @_typing.type_check_only
 class DeviceServiceAsyncStub(DeviceServiceStub):
@@ -69,6 +73,10 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     """Ship audit records; the reply acknowledges the highest stored sequence number."""
     RenewCertificate: _aio.UnaryUnaryMultiCallable[_device_pb2.RenewCertificateRequest, _device_pb2.RenewCertificateResponse]  # type: ignore[assignment]
     """Trade a CSR for a fresh certificate before the current one expires."""
+    Watch: _aio.UnaryStreamMultiCallable[_device_pb2.WatchRequest, _device_pb2.WatchEvent]  # type: ignore[assignment]
+    """Held open while connected: "hello" at once, "changed" when the device should sync
+    now, "heartbeat" every few seconds so that both sides notice a dead link.
+    """
 
 class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API an agent uses. Enrollment calls are anonymous (the token is the
@@ -123,5 +131,15 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_device_pb2.RenewCertificateResponse, _abc.Awaitable[_device_pb2.RenewCertificateResponse]]:
         """Trade a CSR for a fresh certificate before the current one expires."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _device_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_device_pb2.WatchEvent], _abc.AsyncIterator[_device_pb2.WatchEvent]]:
+        """Held open while connected: "hello" at once, "changed" when the device should sync
+        now, "heartbeat" every few seconds so that both sides notice a dead link.
+        """
 
 def add_DeviceServiceServicer_to_server(servicer: DeviceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

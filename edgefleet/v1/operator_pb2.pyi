@@ -297,6 +297,9 @@ class DeviceView(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     AUDIT_ALERT_FIELD_NUMBER: _builtins.int
+    DOWNLOADS_FIELD_NUMBER: _builtins.int
+    DATA_USED_TODAY_FIELD_NUMBER: _builtins.int
+    DAILY_DATA_BUDGET_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     hostname: _builtins.str
     last_seen: _builtins.str
@@ -308,12 +311,16 @@ class DeviceView(_message.Message):
     key_fingerprint: _builtins.str
     audit_alert: _builtins.str
     """Why the device's audit chain was flagged as tampered; empty when it is intact."""
+    data_used_today: _builtins.int
+    daily_data_budget: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.InstalledModel]: ...
     @_builtins.property
     def bench(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.BenchResult]: ...
+    @_builtins.property
+    def downloads(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.DownloadProgress]: ...
     def __init__(
         self,
         *,
@@ -329,10 +336,13 @@ class DeviceView(_message.Message):
         state: _builtins.str = ...,
         key_fingerprint: _builtins.str = ...,
         audit_alert: _builtins.str = ...,
+        downloads: _abc.Iterable[_device_pb2.DownloadProgress] | None = ...,
+        data_used_today: _builtins.int = ...,
+        daily_data_budget: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_alert", b"audit_alert", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "device_id", b"device_id", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_alert", b"audit_alert", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,6 +35,8 @@ def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelFleet
 def small_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
     """A fresh controller and one running agent (site=lab) with nothing rolled out yet."""
     fleet = Fleet(tmp_path)
+    # Tiny test models have weights but no vocabulary: llama.cpp cannot load them.
+    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"
     try:
         fleet.init_controller()
         fleet.start_controller()

@@ -1,0 +1,65 @@
+"""Download progress: kept in memory, reported at each sync, saved for `status`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+from agent.database import AgentDatabase
+from edgefleet.fleet import DownloadProgress
+from edgefleet.trust.metadata import ModelManifest
+
+STATE_KEY = "downloads"
+SAVE_EVERY_SECONDS = 2.0
+
+
+class ProgressBoard:
+    """What each model download is doing, by ``name@version``."""
+
+    def __init__(self, db: AgentDatabase) -> None:
+        self.db = db
+        self._items: dict[str, DownloadProgress] = {}
+        self._saved_at = 0.0
+
+    def update(
+        self, manifest: ModelManifest, received: int, state: str = "downloading", reason: str = ""
+    ) -> None:
+        """Record progress; saved to the database at most every few seconds while moving."""
+        self._items[manifest.ref] = DownloadProgress(
+            manifest.name, manifest.version, received, manifest.length, state, reason
+        )
+        if state != "downloading" or time.monotonic() - self._saved_at > SAVE_EVERY_SECONDS:
+            self.save()
+
+    def note(self, manifest: ModelManifest, state: str, reason: str) -> None:
+        """A pause or refusal, keeping the bytes received so far."""
+        known = self._items.get(manifest.ref)
+        self.update(manifest, known.received if known else 0, state, reason)
+
+    def done(self, manifest: ModelManifest) -> None:
+        """The download finished (installed): forget it."""
+        if self._items.pop(manifest.ref, None) is not None:
+            self.save()
+
+    def keep_only(self, refs: set[str]) -> None:
+        """Drop entries of models no longer assigned."""
+        for ref in set(self._items) - refs:
+            del self._items[ref]
+
+    def items(self) -> tuple[DownloadProgress, ...]:
+        """Every download known, by name."""
+        return tuple(self._items[ref] for ref in sorted(self._items))
+
+    def save(self) -> None:
+        """Write the board for `edgefleet-agent status`."""
+        self.db.set_state(STATE_KEY, json.dumps([asdict(d) for d in self.items()]))
+        self._saved_at = time.monotonic()
+
+
+def load_board(db: AgentDatabase) -> list[DownloadProgress]:
+    """The saved board (for the command line)."""
+    try:
+        return [DownloadProgress(**d) for d in json.loads(db.get_state(STATE_KEY, "[]"))]
+    except (ValueError, TypeError):
+        return []

@@ -1,0 +1,53 @@
+"""Sync behaviour over real processes: changes pushed at once, backoff and resumption."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from demo import Fleet, wait_for
+from tests.integration.fleets import models, publish_tiny
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def slow_polling_fleet(tmp_path: object) -> Fleet:
+    """An agent that polls only every 10 minutes: anything sooner came by the watch stream."""
+    fleet = Fleet(tmp_path)  # type: ignore[arg-type]
+    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"
+    fleet.init_controller()
+    fleet.start_controller()
+    fleet.enroll("gw", {"site": "lab"})
+    fleet.start_agent("gw", sync_interval=600)
+    yield fleet  # type: ignore[misc]
+    fleet.stop_all()
+
+
+def _active(fleet: Fleet, ref: str) -> bool | None:
+    return True if f"* {ref}" in models(fleet, "gw") else None
+
+
+def test_changes_reach_the_device_at_once_and_after_an_outage(slow_polling_fleet: Fleet) -> None:
+    """A rollout arrives within seconds although the device polls every 10 minutes; after
+    the controller was down, the device syncs by itself as soon as it is back."""
+    fleet = slow_polling_fleet
+    publish_tiny(fleet, "1", seed=1)
+    started = time.monotonic()
+    fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
+    wait_for("tiny@1 pushed to the device", lambda: _active(fleet, "tiny@1"), 30)
+    assert time.monotonic() - started < 30
+
+    fleet.stop("controller")
+    time.sleep(3)  # the watch stream breaks; reconnecting backs off
+    fleet.start_controller()
+    publish_tiny(fleet, "2", seed=2)
+    fleet.ctl("rollout", "create", "tiny@2", "--selector", "site=lab")
+    wait_for("tiny@2 after the outage", lambda: _active(fleet, "tiny@2"), 45)
+    log = fleet.log("agent-gw")
+    assert "watch.lost" in log and log.count("watch.connected") >= 2
+    devices = fleet.devices()
+    assert devices[0]["last_error"] == ""
+    assert json.dumps(devices[0]["downloads"]) == "[]"  # finished downloads are not shown
