@@ -15,6 +15,9 @@ from edgefleet.trust.envelope import Envelope
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 
 
+STREAM_WINDOW_BYTES = 1024 * 1024
+
+
 def _error(e: grpc.RpcError) -> EdgefleetError:
     return error_from_status(e.code().name, e.details() or "")
 
@@ -113,6 +116,11 @@ class SyncClient:
             ("grpc.initial_reconnect_backoff_ms", 500),
             ("grpc.min_reconnect_backoff_ms", 500),
             ("grpc.max_reconnect_backoff_ms", 10_000),
+            # A fixed flow-control window of about one chunk instead of one that grows
+            # with the bandwidth-delay product: a cut link then loses at most about one
+            # chunk in flight, which matters more on a metered link than peak speed.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
         ]
         self._timeout = timeout
         self._connect(cert_pem)
