@@ -14,7 +14,6 @@ from edgefleet.fleet import DesiredState, StatusReport
 from edgefleet.trust.envelope import Envelope
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 
-
 STREAM_WINDOW_BYTES = 1024 * 1024
 
 
