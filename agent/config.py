@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.sync.metering import parse_windows
+from agent.sync.mirrors import parse_sources
 from edgefleet.config_files import is_loopback, load_layered, split_address
 from edgefleet.errors import ConfigError
 
@@ -68,6 +69,14 @@ class AgentConfig:
     transfer_windows: str = ""
     bandwidth_limit_bytes_per_second: int = 0
     daily_data_budget_bytes: int = 0
+    # Other blob sources, tried in order before the controller: HTTP(S) mirrors or CDNs
+    # and LAN peers, as base URLs ("https://cdn.example/blobs/,http://10.0.0.5:8081/blobs/");
+    # what they send is verified like the controller's bytes. mirror_ca_file: a private CA.
+    mirrors: str = ""
+    mirror_ca_file: str = ""
+    # Opt-in: serve this device's verified blobs to LAN peers on HOST:PORT (plain HTTP,
+    # Range requests; anyone who can reach it can read the model files).
+    peer_listen: str = ""
     # Load a new version and generate a few tokens before it replaces the serving one.
     smoke_test: bool = True
     # A download that receives nothing for this long is abandoned (resumed at the next sync).
@@ -123,6 +132,9 @@ class AgentConfig:
         if self.bandwidth_limit_bytes_per_second < 0 or self.daily_data_budget_bytes < 0:
             raise ConfigError("bandwidth and data budget limits must not be negative")
         parse_windows(self.transfer_windows)
+        parse_sources(self.mirrors)
+        if self.peer_listen:
+            split_address(self.peer_listen)
         if self.watch_jitter_seconds < 0:
             raise ConfigError("watch_jitter_seconds must not be negative")
         if self.scrub_interval_hours < 0:

@@ -27,6 +27,7 @@ from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
+from agent.sync.mirrors import HttpSource, client_session, parse_sources, peer_app
 from agent.sync.renewal import CertificateRenewer
 from agent.sync.watch import watch_forever
 from agent.sync.worker import Syncer
@@ -97,6 +98,22 @@ async def _start_api(config: AgentConfig, ctx: ApiContext) -> tuple[web.AppRunne
     return runner, f"{bound[0]}:{bound[1]}"
 
 
+async def _start_peer_server(config: AgentConfig, blobs: BlobStore) -> web.AppRunner:
+    """Serve verified blobs to LAN peers (opt-in); the bound address goes to peer.addr."""
+    host, port = split_address(config.peer_listen)
+    runner = web.AppRunner(peer_app(blobs), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {config.peer_listen}: {e.strerror}") from e
+    bound = runner.addresses[0]
+    (config.data_dir / "peer.addr").write_text(f"{bound[0]}:{bound[1]}\n")
+    log.info("peer.serving", address=f"{bound[0]}:{bound[1]}")
+    return runner
+
+
 async def run(config: AgentConfig) -> None:
     """Serve the local API and sync on a schedule until SIGINT/SIGTERM."""
     state = await asyncio.to_thread(LocalState.open, config.data_dir)
@@ -141,6 +158,12 @@ async def run(config: AgentConfig) -> None:
     )
     runner, api_address = await _start_api(config, ctx)
     (config.data_dir / "api.addr").write_text(api_address + "\n")
+    http = client_session(config.mirror_ca_file)
+    syncer.mirrors = [
+        HttpSource(url, http, config.download_stall_seconds)
+        for url in parse_sources(config.mirrors)
+    ]
+    peers = await _start_peer_server(config, state.blobs) if config.peer_listen else None
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         syncer.run_once,
@@ -179,6 +202,9 @@ async def run(config: AgentConfig) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await runner.cleanup()
+        if peers is not None:
+            await peers.cleanup()
+        await http.close()
         await client.close()
         pool.close()
         await asyncio.to_thread(state.audit.flush)

@@ -18,7 +18,7 @@ from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
-from agent.sync.fetch import Fetcher
+from agent.sync.fetch import BlobSource, Fetcher
 from agent.sync.metering import Meter, TransferPausedError
 from agent.sync.progress import ProgressBoard
 from agent.sync.renewal import CertificateRenewer
@@ -27,6 +27,7 @@ from edgefleet.audit import AuditEvent, Checkpoint, verify_receipt
 from edgefleet.errors import (
     AuditChainError,
     EdgefleetError,
+    HashMismatchError,
     InferenceError,
     ResourceError,
     TransportError,
@@ -89,6 +90,8 @@ class Syncer:
         )
         self.board = ProgressBoard(registry.db)
         self.fetcher = Fetcher(blobs, config.download_stall_seconds, self.meter, self.board)
+        # Mirrors and LAN peers tried before the controller (set by the service).
+        self.mirrors: list[BlobSource] = []
         # Re-reads the stored trust state (set by the service): a bundle imported from the
         # command line may have moved it forward since the last pass.
         self.reload_trust: Callable[[], TrustedState] | None = None
@@ -249,7 +252,7 @@ class Syncer:
                     return
             else:
                 await self._check_before_download(manifest)
-                await self.fetcher.download(self.client, manifest)
+                await self._download(manifest)
         except TransferPausedError as e:
             self.board.note(manifest, "paused", str(e))
             log.info("model.download_paused", model=manifest.ref, reason=str(e))
@@ -266,6 +269,21 @@ class Syncer:
         await asyncio.to_thread(self.registry.record_installed, manifest)
         self.board.done(manifest)
         log.info("model.installed", model=manifest.ref)
+
+    async def _download(self, manifest: ModelManifest) -> None:
+        """From the first source that delivers; each resumes where the previous stopped."""
+        for mirror in self.mirrors:
+            try:
+                await self.fetcher.download(mirror, manifest)
+                log.info("model.downloaded", model=manifest.ref, source=repr(mirror))
+                return
+            except TransferPausedError:
+                raise
+            except (TransportError, HashMismatchError) as e:
+                if isinstance(e, HashMismatchError):
+                    await self._audit_failure("model.download", repr(mirror), e)
+                log.warning("mirror.failed", source=repr(mirror), reason=str(e))
+        await self.fetcher.download(self.client, manifest)
 
     async def _repair(self, manifest: ModelManifest) -> None:
         transfer = await self.fetcher.repair(self.client, manifest)
