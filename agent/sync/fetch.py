@@ -47,16 +47,52 @@ class Transfer:
     repaired_chunks: tuple[int, ...] = ()
 
 
-def _resume_point(partial: Path, index: ChunkIndex, digest: BoundedDigest) -> int:
-    """Hash the verified whole chunks at the start of ``partial``; cut anything after them."""
-    good = index.verified_prefix(partial, digest.update)
+def _resume_point(partial: Path, index: ChunkIndex, length: int) -> tuple[int, bytes]:
+    """(verified bytes, the unfinished chunk after them) of a ``.partial`` file.
+
+    Whole chunks at the start that match the index count as verified; the bytes of a
+    chunk still being received are kept (checked once it is complete); a complete
+    chunk that does not match, and anything after it, is cut off.
+    """
+    good = index.verified_prefix(partial)
+    tail_length = partial.stat().st_size - good
     with partial.open("r+b") as handle:
+        if 0 < tail_length < min(index.chunk_size, length - good):
+            handle.seek(good)
+            return good, handle.read()
         handle.truncate(good)
-    return good
+    return good, b""
 
 
-def _write(handle: BinaryIO, data: bytes) -> None:
+def _complete_chunks(pending: bytearray, data: bytes, size: int, last: bool) -> list[memoryview]:
+    """The whole chunks ``pending`` + ``data`` complete (all of it when ``last``); the rest
+    stays in ``pending``. Messages usually start on a chunk boundary: then no byte is copied."""
+    if pending:
+        pending += data
+        data = bytes(pending)
+        pending.clear()
+    view = memoryview(data)
+    end = len(view) if last else len(view) - len(view) % size
+    pending += view[end:]
+    return [view[i : i + size] for i in range(0, end, size)]
+
+
+def _write_and_check(
+    handle: BinaryIO,
+    data: bytes,
+    pieces: list[memoryview],
+    index: ChunkIndex,
+    first: int,
+) -> int | None:
+    """Append ``data``; check the chunks it completed. On a bad chunk, cut the file back to
+    where that chunk starts and return its number."""
     handle.write(data)
+    for number, piece in enumerate(pieces, start=first):
+        if not index.matches(number, piece):
+            handle.flush()
+            handle.truncate(number * index.chunk_size)
+            return number
+    return None
 
 
 class Fetcher:
@@ -125,45 +161,50 @@ class Fetcher:
         index = await self.chunk_index(source, manifest)
         partial = self.blobs.partial_of(manifest.sha256)
         partial.touch(exist_ok=True)
-        digest = BoundedDigest(manifest.sha256, manifest.length)
-        offset = await asyncio.to_thread(_resume_point, partial, index, digest)
+        verified, tail = await asyncio.to_thread(_resume_point, partial, index, manifest.length)
         transfer = Transfer()
-        number = offset // index.chunk_size
-        pending = bytearray()
+        number = verified // index.chunk_size
+        pending = bytearray(tail)  # received, written, not yet a whole chunk to check
+        received = verified + len(tail)
         handle = partial.open("ab")
         try:
-            async for _, data in self._stream(source, manifest.sha256, offset, 0, transfer):
-                digest.update(data)  # refuses bytes past the manifest's length, unwritten
-                pending += data
-                while len(pending) >= index.chunk_size or (
-                    pending and digest.received == manifest.length
-                ):
-                    piece = bytes(pending[: index.chunk_size])
-                    del pending[: index.chunk_size]
-                    if not index.matches(number, piece):
-                        raise HashMismatchError(
-                            f"{manifest.ref}: chunk {number} does not match its signed hash"
-                        )
-                    await asyncio.to_thread(_write, handle, piece)
-                    transfer.chunks_written += 1
-                    number += 1
-                    if self.board is not None:
-                        self.board.update(manifest, min(manifest.length, number * index.chunk_size))
+            async for _, data in self._stream(source, manifest.sha256, received, 0, transfer):
+                if received + len(data) > manifest.length:
+                    raise HashMismatchError(
+                        f"blob is longer than its manifest's {manifest.length} bytes"
+                    )
+                # Written at once, checked when its chunk is complete: a cut link or a
+                # restart loses only what was still in flight. Both happen on the loop
+                # (about 1 ms per MiB): a thread hop per message doubled the agent's CPU
+                # per GB with grpc.aio (benchmarks/transfer.py).
+                received += len(data)
+                pieces = _complete_chunks(
+                    pending, data, index.chunk_size, received == manifest.length
+                )
+                bad = _write_and_check(handle, data, pieces, index, number)
+                if bad is not None:
+                    raise HashMismatchError(
+                        f"{manifest.ref}: chunk {bad} does not match its signed hash"
+                    )
+                number += len(pieces)
+                transfer.chunks_written += len(pieces)
+                if pieces and self.board is not None:
+                    self.board.update(manifest, min(manifest.length, number * index.chunk_size))
         finally:
             await asyncio.to_thread(_close_durably, handle)
-        if digest.received < manifest.length:
+        if received < manifest.length:
             raise TransportError(
-                f"{manifest.ref}: the source stopped at byte {digest.received} of "
+                f"{manifest.ref}: the source stopped at byte {received} of "
                 f"{manifest.length}; it resumes at the next sync"
             )
         try:
-            digest.finish()
-            # Signed is not the same as sane: parse the header defensively before llama.cpp
-            # ever sees the file, and hold it to the facts the manifest was signed with.
+            # Every byte is now checked: each chunk against the chunk index whose SHA-256
+            # the signed manifest names. Signed is not the same as sane, though: parse the
+            # header defensively before llama.cpp ever sees the file, and hold it to the
+            # facts the manifest was signed with.
             await asyncio.to_thread(check_model_header, partial, manifest)
         except (HashMismatchError, MalformedInputError):
-            # Every chunk matched yet the file is wrong or hostile: nothing vouches for
-            # these bytes, so start over rather than keep them.
+            # Signed, yet hostile or not what its manifest describes: keep nothing of it.
             self.blobs.discard_partial(manifest.sha256)
             raise
         await asyncio.to_thread(self.blobs.commit, manifest.sha256)

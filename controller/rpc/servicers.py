@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 
 MAX_QUERY_RECORDS = 10_000
+READ_AHEAD_CHUNKS = 4
 
 
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
@@ -100,11 +102,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         chunks = self.app.blobs.read(
             request.sha256, request.offset, request.limit, self.app.config.blob_chunk_bytes
         )
-        while True:
-            item = await asyncio.to_thread(next, chunks, None)
-            if item is None:
+        while True:  # a few chunks per trip to the file-reading thread
+            batch = await asyncio.to_thread(list, itertools.islice(chunks, READ_AHEAD_CHUNKS))
+            if not batch:
                 return
-            yield device_pb2.BlobChunk(offset=item[0], data=item[1])
+            for offset, data in batch:
+                yield device_pb2.BlobChunk(offset=offset, data=data)
 
     async def Watch(
         self, request: device_pb2.WatchRequest, context: grpc.aio.ServicerContext

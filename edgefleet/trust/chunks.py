@@ -103,7 +103,7 @@ class ChunkIndex:
         offset = number * self.chunk_size
         return offset, min(self.chunk_size, length - offset)
 
-    def matches(self, number: int, data: bytes) -> bool:
+    def matches(self, number: int, data: bytes | memoryview) -> bool:
         """Tell whether ``data`` is chunk ``number``."""
         return 0 <= number < len(self.digests) and (
             hashlib.sha256(data).digest() == self.digests[number]

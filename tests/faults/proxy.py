@@ -1,6 +1,6 @@
 """A fault-injecting TCP proxy for tests: forwards to an upstream, counts the bytes sent
-downstream (upstream → client), and cuts every connection when the running total passes
-each of the given cut points."""
+downstream (upstream → client), cuts every connection when the running total passes each
+of the given cut points, and can pace downstream bytes like a link of a given speed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from collections.abc import Sequence
 class CuttingProxy:
     """Runs its own event loop in a thread; ``address`` is where clients connect."""
 
-    def __init__(self, upstream: str, cut_points: Sequence[int] = ()) -> None:
+    def __init__(
+        self, upstream: str, cut_points: Sequence[int] = (), bytes_per_second: int = 0
+    ) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
+        self.bytes_per_second = bytes_per_second  # 0: as fast as loopback goes
         self.cut_points = sorted(cut_points)
         self.downstream_bytes = 0
         self.cuts = 0
@@ -77,6 +80,8 @@ class CuttingProxy:
                         self._cut_all()
                         return
                 self.downstream_bytes += len(data)
+                if self.bytes_per_second:
+                    await asyncio.sleep(len(data) / self.bytes_per_second)
             sink.write(data)
             with contextlib.suppress(ConnectionError):
                 await sink.drain()

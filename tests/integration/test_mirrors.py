@@ -4,48 +4,18 @@ serves wrong bytes is caught and the controller takes over."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from controller.ca import CertificateAuthority
-from demo import Fleet, free_port, wait_for
+from demo import Fleet, wait_for
 from edgefleet.files import sha256_of_file
-from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from tests.integration.fleets import agent_actions, models, publish_tiny
+from tests.nginxkit import NGINX, NginxMirror
 
 pytestmark = pytest.mark.integration
-
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-NGINX_CONF = """
-{user}
-worker_processes 1;
-error_log {root}/error.log;
-pid {root}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log {root}/access.log;
-    client_body_temp_path {root}/tmp;
-    proxy_temp_path {root}/tmp;
-    fastcgi_temp_path {root}/tmp;
-    uwsgi_temp_path {root}/tmp;
-    scgi_temp_path {root}/tmp;
-    sendfile on;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {root}/cert.pem;
-        ssl_certificate_key {root}/key.pem;
-        location /blobs/ {{
-            alias {blobs}/;
-        }}
-    }}
-}}
-"""
 
 
 @pytest.fixture
@@ -53,36 +23,10 @@ def nginx(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     """nginx on loopback with a certificate from a throwaway CA; (base URL, CA file, blob dir)."""
     if NGINX is None:
         pytest.skip("nginx is not installed (the Makefile installs Debian's nginx when it can)")
-    root = tmp_path / "nginx"
-    (root / "tmp").mkdir(parents=True)
     blobs = tmp_path / "mirror-blobs"
     blobs.mkdir()
-    ca = CertificateAuthority.create("mirror-test")
-    key = new_tls_key()
-    (root / "cert.pem").write_bytes(cert_pem(ca.issue_server(key, ["127.0.0.1"])))
-    (root / "key.pem").write_bytes(key_pem(key))
-    (root / "ca.pem").write_bytes(cert_pem(ca.cert))
-    port = free_port()
-    conf = root / "nginx.conf"
-    # As root, nginx's workers would drop to an account that cannot read pytest's folders.
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONF.format(user=user, root=root, port=port, blobs=blobs))
-    process = subprocess.Popen(
-        [NGINX, "-c", str(conf), "-p", str(root), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for("nginx", lambda: True if _listening(port) else None, 15)
-        yield f"https://127.0.0.1:{port}/blobs/", root / "ca.pem", blobs
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    with NginxMirror(tmp_path / "nginx", blobs) as mirror:
+        yield mirror.url, mirror.ca_file, blobs
 
 
 def _mirror(fleet: Fleet, blobs: Path) -> None:
@@ -120,7 +64,7 @@ def test_a_model_comes_from_an_nginx_mirror_and_a_bad_mirror_is_caught(
         "tiny@1 from the mirror", lambda: True if "* tiny@1" in models(fleet, "gw") else None, 30
     )
     assert not _controller_served(fleet, device_id)
-    access = (ca_file.parent / "access.log").read_text()
+    access = (ca_file.parent / "access.log").read_text()  # nginx's own log
     assert " 200 " in access or " 206 " in access
 
     tiny2 = publish_tiny(fleet, "2", seed=2, rows=100_000)

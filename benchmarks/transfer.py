@@ -1,0 +1,123 @@
+"""The same 256 MB blob to the agent over our gRPC mTLS path and over HTTPS from nginx.
+
+Both sides are the agent's own download path (:class:`agent.sync.fetch.Fetcher`: chunk
+index, per-chunk verification, whole-file SHA-256, GGUF header check, fsync and rename
+into a blob store), in this process, from a real controller process and from a real
+nginx (Debian's package) on loopback serving the controller's blob folder. Rounds are
+interleaved; the median of each side is reported, with this process's CPU seconds per
+GB (the agent's cost). Target (issue 7): ours >= 0.8x nginx's throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from agent.config import load_agent_config
+from agent.registry.blobs import BlobStore
+from agent.service import LocalState, sync_client
+from agent.sync.fetch import BlobSource, Fetcher
+from agent.sync.mirrors import HttpSource, client_session
+from demo import Fleet
+from edgefleet import __version__
+from edgefleet.fleet import StatusReport
+from edgefleet.trust.metadata import ModelManifest, Targets
+from tests.ggufkit import write_tiny_gguf
+from tests.nginxkit import NGINX, NginxMirror
+
+MIB = 1024 * 1024
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _fetch(source: BlobSource, manifest: ModelManifest, store: Path) -> tuple[float, float]:
+    shutil.rmtree(store, ignore_errors=True)
+    fetcher = Fetcher(BlobStore(store), stall_seconds=60)
+    cpu, started = _cpu(), time.perf_counter()
+    await fetcher.download(source, manifest)
+    return time.perf_counter() - started, _cpu() - cpu
+
+
+async def _drain(source: BlobSource, manifest: ModelManifest) -> tuple[float, float]:
+    """Transport only: read the blob and throw it away."""
+    cpu, started = _cpu(), time.perf_counter()
+    async for _ in source.read_blob(manifest.sha256, 0):
+        pass
+    return time.perf_counter() - started, _cpu() - cpu
+
+
+async def _run(fleet: Fleet, mirror: NginxMirror, rounds: int, scratch: Path) -> None:
+    data_dir = fleet.agent_dir("bench")
+    config = load_agent_config(data_dir)
+    state = LocalState.open(data_dir)
+    client = sync_client(config, state)
+    http = client_session(str(mirror.ca_file))
+    try:
+        desired = await client.sync(StatusReport(agent_version=__version__))
+        manifest = Targets.from_payload(desired.targets.payload).models["big@1"]
+        sources: dict[str, BlobSource] = {
+            "grpc mTLS (controller)": client,
+            "https (nginx)": HttpSource(mirror.url, http, 60),
+        }
+        walls: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for name, source in sources.items():
+                for label, measure in (
+                    (name, _fetch(source, manifest, scratch / "store")),
+                    (f"{name}, transport only", _drain(source, manifest)),
+                ):
+                    wall, cpu = await measure
+                    walls.setdefault(label, []).append(wall)
+                    cpus.setdefault(label, []).append(cpu)
+    finally:
+        await http.close()
+        await client.close()
+        state.db.dispose()
+    size_mib = manifest.length / MIB
+    print(f"blob: {manifest.length} bytes, {rounds} rounds, medians")
+    rates = {}
+    for name in walls:
+        rates[name] = size_mib / statistics.median(walls[name])
+        per_gb = statistics.median(cpus[name]) / (manifest.length / 1e9)
+        print(f"  {name:<40} {rates[name]:8.1f} MiB/s   agent CPU {per_gb:.2f} s/GB")
+    ours, theirs = rates["grpc mTLS (controller)"], rates["https (nginx)"]
+    print(f"  ours / nginx = {ours:.1f} / {theirs:.1f} = {ours / theirs:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if NGINX is None:
+        raise SystemExit("nginx is not installed: run `make system-deps` (Debian) first")
+    with tempfile.TemporaryDirectory(prefix="edgefleet-transfer-") as tmp:
+        root = Path(tmp)
+        fleet = Fleet(root / "fleet")
+        fleet.root.mkdir()
+        try:
+            fleet.init_controller()
+            fleet.start_controller()
+            rows = args.size_mb * 1_000_000 // 16
+            model = write_tiny_gguf(root / "big.gguf", seed=1, rows=rows)
+            fleet.ctl("models", "publish", str(model), "--name", "big", "--version", "1")
+            fleet.enroll("bench", {"site": "bench"})
+            blobs = fleet.controller_dir / "blobs" / "sha256"
+            with NginxMirror(root / "nginx", blobs) as mirror:
+                asyncio.run(_run(fleet, mirror, args.rounds, root))
+        finally:
+            fleet.stop_all()
+
+
+if __name__ == "__main__":
+    main()
