@@ -155,7 +155,7 @@ class Fetcher:
         return ChunkIndex.from_bytes(data, manifest.chunk_size, manifest.length)
 
     async def download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
-        """Fetch the blob from its last verified chunk, check everything, commit it."""
+        """Fetch the blob from where an earlier attempt stopped, check every chunk, commit."""
         if self.meter is not None:
             self.meter.check()
         index = await self.chunk_index(source, manifest)
