@@ -1,18 +1,21 @@
 """The agent's content-addressed blob store: verified blobs, downloads, quarantine.
 
 ``sha256/<hex>`` holds verified read-only blobs (models and their chunk indexes),
-``partial/<hex>.partial`` holds downloads and repairs in progress (only verified chunks
-are ever written to them), ``quarantine/<hex>`` holds blobs found damaged, kept so a
-repair re-fetches only their bad chunks and never served.
+``partial/<hex>.partial`` holds downloads and repairs in progress (never served; checked
+chunk by chunk before they are committed), ``quarantine/<hex>`` holds blobs found damaged,
+kept so a repair re-fetches only their bad chunks and never served, ``locks/<hex>`` lets
+one process at a time fetch a blob.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from edgefleet.errors import HashMismatchError, MalformedInputError
+from edgefleet.errors import ConflictError, HashMismatchError, MalformedInputError
 from edgefleet.files import fsync_directory, publish_read_only, sha256_of_file
 from edgefleet.trust.chunks import ChunkIndex
 from edgefleet.trust.metadata import SHA256_PATTERN, ModelManifest
@@ -25,7 +28,8 @@ class BlobStore:
         self.objects = root / "sha256"
         self.partials = root / "partial"
         self.quarantine = root / "quarantine"
-        for folder in (self.objects, self.partials, self.quarantine):
+        self.locks = root / "locks"
+        for folder in (self.objects, self.partials, self.quarantine, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
@@ -50,6 +54,22 @@ class BlobStore:
         """Tell whether a blob of the expected length is present."""
         path = self.path_of(sha256)
         return path.exists() and path.stat().st_size == length
+
+    @contextlib.contextmanager
+    def claim(self, sha256: str) -> Iterator[None]:
+        """The exclusive right to fetch or repair this blob, across processes (the running
+        agent and a command-line `models repair` or `import`)."""
+        fd = os.open(self.locks / self._check(sha256), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise ConflictError(f"blob {sha256[:16]}… is being fetched by another process") from e
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def commit(self, sha256: str) -> Path:
         """Move a completely verified download into the store."""

@@ -156,6 +156,10 @@ class Fetcher:
 
     async def download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
         """Fetch the blob from where an earlier attempt stopped, check every chunk, commit."""
+        with self.blobs.claim(manifest.sha256):
+            return await self._download(source, manifest)
+
+    async def _download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
         if self.meter is not None:
             self.meter.check()
         index = await self.chunk_index(source, manifest)
@@ -220,6 +224,12 @@ class Fetcher:
             damaged = self.blobs.quarantined_of(manifest.sha256)
         if not damaged.exists():
             return await self.download(source, manifest)
+        with self.blobs.claim(manifest.sha256):
+            return await self._repair(source, manifest, index, damaged)
+
+    async def _repair(
+        self, source: BlobSource, manifest: ModelManifest, index: ChunkIndex, damaged: Path
+    ) -> Transfer:
         partial = self.blobs.partial_of(manifest.sha256)
         await asyncio.to_thread(_copy_truncated, damaged, partial, manifest.length)
         bad = await asyncio.to_thread(index.bad_chunks, partial)

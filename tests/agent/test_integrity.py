@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.errors import ConflictError
 from tests.attacks.kit import CHUNK, Device, make_device, with_v1_serving
 
 
@@ -61,3 +62,16 @@ def test_a_short_file_fails_the_size_check(device: Device) -> None:
     path.chmod(0o644)
     path.write_bytes(path.read_bytes()[:-1])
     assert "size" in device.registry.verify(v1.manifest, "size").reason
+
+
+def test_one_process_at_a_time_fetches_a_blob(device: Device) -> None:
+    """A second claim on a blob being fetched (another process, another descriptor) fails."""
+    sha = "ab" * 32
+    with (
+        device.blobs.claim(sha),
+        pytest.raises(ConflictError, match="another process"),
+        device.blobs.claim(sha),
+    ):
+        pass
+    with device.blobs.claim(sha):  # released: free again
+        pass
