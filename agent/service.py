@@ -201,6 +201,7 @@ async def run(config: AgentConfig) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await syncer.stop()
         await runner.cleanup()
         if peers is not None:
             await peers.cleanup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -113,6 +114,13 @@ class Syncer:
             await self.run_once(forced=True)
 
         self._requested = asyncio.get_running_loop().create_task(later())
+
+    async def stop(self) -> None:
+        """Cancel a requested pass that has not run yet (the agent is stopping)."""
+        if self._requested is not None and not self._requested.done():
+            self._requested.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._requested
 
     async def run_once(self, forced: bool = False) -> None:
         """A whole pass; errors are logged and reported at the next pass, never raised.
