@@ -332,9 +332,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 f"download:      {download.name}@{download.version} {download.state} "
                 f"{download.received}/{download.total} bytes ({percent:.0f} %){why}"
             )
-        used, _, budget = state.db.get_state(USED_KEY, "").partition(" ")
-        if budget:
-            print(f"data used:     {int(budget) / 1048576:.1f} MiB on {used} (UTC)")
+        day, _, used = state.db.get_state(USED_KEY, "").partition(" ")
+        if used.isdigit():
+            print(f"data used:     {int(used) / 1048576:.1f} MiB on {day} (UTC)")
         for model in state.registry.installed():
             notes = [" (active)" if model.active else ""]
             if state.blobs.quarantined_of(model.sha256).exists():
