@@ -75,13 +75,13 @@ class Syncer:
         self.audit = audit
         self.trust = trust
         self._lock = asyncio.Lock()
-        # Raises ResourceError when a model can never fit the memory budget (set by the
-        # service from the model pool), checked before any byte is downloaded.
-        self._refusals: dict[str, str] = {}
+        self._refusals: dict[str, str] = {}  # the last reason audited, per action and target
         # Called with each newly verified signed policy (set by the service).
         self.on_policy: Callable[[Policy], None] = lambda policy: None
         self.renewer: CertificateRenewer | None = None
         self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
+        # Raises ResourceError when a model can never fit the memory budget (set by the
+        # service from the model pool), checked before any byte is downloaded.
         self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
         self.meter = Meter(
             registry.db,
@@ -102,16 +102,22 @@ class Syncer:
         self.smoke_test: Callable[[ModelManifest], None] | None = None
         self._smoke_failures: dict[str, tuple[float, str]] = {}
         self._requested: asyncio.Task[None] | None = None
+        self._again = False
 
     def request_sync(self, delay: float = 0.0) -> None:
         """Sync soon (after ``delay`` seconds), whatever the backoff says: the controller
-        just proved it is there. Requests made while one is pending are merged."""
+        just proved it is there. A request made while one is pending or running adds one
+        more pass after it (a pass already under way may have missed the change)."""
         if self._requested is not None and not self._requested.done():
+            self._again = True
             return
 
         async def later() -> None:
             await asyncio.sleep(delay)
             await self.run_once(forced=True)
+            while self._again:
+                self._again = False
+                await self.run_once(forced=True)
 
         self._requested = asyncio.get_running_loop().create_task(later())
 
