@@ -133,8 +133,10 @@ class Fetcher:
                 transfer.bytes_received += len(data)
                 expected += len(data)
                 if self.meter is not None:
-                    await self.meter.took(len(data))  # paces; raises at window/budget end
-                yield at, data
+                    await self.meter.took(len(data))  # counted and paced
+                yield at, data  # bytes paid for are kept, then the transfer may pause
+                if self.meter is not None:
+                    self.meter.check()
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
@@ -192,8 +194,8 @@ class Fetcher:
                     )
                 number += len(pieces)
                 transfer.chunks_written += len(pieces)
-                if pieces and self.board is not None:
-                    self.board.update(manifest, min(manifest.length, number * index.chunk_size))
+                if self.board is not None:
+                    self.board.update(manifest, received)
         finally:
             await asyncio.to_thread(_close_durably, handle)
         if received < manifest.length:

@@ -4,8 +4,8 @@
 cross midnight; empty means always), ``bandwidth_limit_bytes_per_second`` (0: no cap)
 and ``daily_data_budget_bytes`` (per UTC day; 0: no budget) apply to model downloads and
 repairs, from whatever source. A download that reaches the end of its window or of the
-budget pauses, keeps its verified chunks and resumes when allowed again. Sync, audit
-shipping and the watch stream are small and are not held back.
+budget pauses after the bytes already paid for, keeps them and resumes when allowed.
+Sync, audit shipping and the watch stream are small and are not held back.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Meter:
             raise TransferPausedError(reason)
 
     async def took(self, count: int) -> None:
-        """Account for ``count`` bytes just received; pace to the cap; pause if due."""
+        """Account for ``count`` bytes just received and pace to the cap."""
         today = self._today()
         if today != self._day:
             self._day, self._used = today, 0
@@ -115,7 +115,6 @@ class Meter:
             self._next_free = max(self._next_free, now) + count / self.bandwidth
             if self._next_free > now:
                 await asyncio.sleep(self._next_free - now)
-        self.check()
 
     def flush(self) -> None:
         """Persist today's usage."""

@@ -51,8 +51,9 @@ def test_the_daily_budget_pauses_a_transfer_and_resets_the_next_day(tmp_path: Pa
     meter = Meter(db, "", 0, 10 * MIB, clock=lambda: now[0])
 
     async def receive(megabytes: int) -> None:
-        for _ in range(megabytes):
+        for _ in range(megabytes):  # as the fetcher does: count, keep, then check
             await meter.took(MIB)
+            meter.check()
 
     with pytest.raises(TransferPausedError, match="daily data budget of 10 MiB is used"):
         asyncio.run(receive(20))

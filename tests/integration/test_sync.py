@@ -51,3 +51,31 @@ def test_changes_reach_the_device_at_once_and_after_an_outage(slow_polling_fleet
     devices = fleet.devices()
     assert devices[0]["last_error"] == ""
     assert json.dumps(devices[0]["downloads"]) == "[]"  # finished downloads are not shown
+
+
+def test_a_paused_download_and_the_data_used_show_at_the_controller(
+    small_fleet: tuple[Fleet, str],
+) -> None:
+    """With a daily budget smaller than the model, the download pauses; the controller's
+    device view says so, with the reason and the bytes used today."""
+    fleet, _device = small_fleet
+    fleet.stop("agent-gw")
+    budget = 200_000
+    fleet.start_agent(
+        "gw", sync_interval=1, env={"EDGEFLEET_AGENT_DAILY_DATA_BUDGET_BYTES": str(budget)}
+    )
+    publish_tiny(fleet, "1", seed=1, rows=100_000)  # about 1.6 MB
+    fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
+
+    def paused() -> dict[str, object] | None:
+        device = fleet.devices()[0]
+        downloads = device["downloads"]
+        return device if downloads and downloads[0]["state"] == "paused" else None
+
+    device = wait_for("the paused download at the controller", paused, 30)
+    [download] = device["downloads"]
+    assert download["name"] == "tiny" and "daily data budget" in download["reason"]
+    assert 0 < download["received"] < download["total"]
+    assert device["daily_data_budget"] == budget and device["data_used_today"] >= budget
+    listing = fleet.ctl("devices", "list").stdout
+    assert "tiny@1 paused" in listing and "data today:" in listing
