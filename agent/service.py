@@ -137,7 +137,6 @@ async def run(config: AgentConfig) -> None:
             )
 
     pool = ModelPool(load_model, pool_settings(config), verify_before_load)
-    syncer.preflight = pool.check_fits_budget
     if config.smoke_test:
         syncer.smoke_test = lambda manifest: smoke_test(
             state.blobs.path_of(manifest.sha256), config.n_threads

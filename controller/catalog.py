@@ -21,7 +21,7 @@ from controller.store.schema import Model, TargetsVersion
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import ConflictError, MalformedInputError
 from edgefleet.gguf import read_gguf_file
-from edgefleet.trust.chunks import DEFAULT_CHUNK_SIZE, ChunkIndex
+from edgefleet.trust.chunks import DEFAULT_CHUNK_SIZE, ChunkIndexBuilder
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import (
     TARGETS_TYPE,
@@ -170,6 +170,7 @@ class Upload:
         fd, self.path = catalog.blobs.open_incoming()
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
+        self._chunks = ChunkIndexBuilder(DEFAULT_CHUNK_SIZE)
         self.received = 0
 
     def write(self, data: bytes) -> None:
@@ -178,6 +179,7 @@ class Upload:
             raise MalformedInputError(f"upload is longer than the declared {self.length} bytes")
         self._file.write(data)
         self._hash.update(data)
+        self._chunks.update(data)
         self.received += len(data)
 
     def finish(self, operator: str) -> Published:
@@ -192,7 +194,7 @@ class Upload:
             self._file.close()
             info = read_gguf_file(self.path)
             sha256 = self._hash.hexdigest()
-            chunks = ChunkIndex.of_file(self.path, DEFAULT_CHUNK_SIZE)
+            chunks = self._chunks.finish()
             self.catalog.blobs.put_bytes(chunks.to_bytes())
             manifest = ModelManifest(
                 name=self.name,

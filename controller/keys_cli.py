@@ -100,7 +100,7 @@ def _export_draft(args: argparse.Namespace) -> int:
     data = _data(args)
     if rootkeys.load_draft(data) is None:
         raise ConfigError("there is no draft to export")
-    shutil.copyfile(data.root_metadata.parent / "root-draft.json", args.out)
+    shutil.copyfile(rootkeys.draft_path(data), args.out)
     print(f"wrote {args.out}: sign it with `edgefleetctl keys sign {args.out.name} --key KEY`")
     return 0
 

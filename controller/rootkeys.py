@@ -38,7 +38,8 @@ class DraftStatus:
     missing: tuple[str, ...]
 
 
-def _draft_path(data: DataDir) -> Path:
+def draft_path(data: DataDir) -> Path:
+    """Where the draft of the next root version is kept."""
     return data.root_metadata.parent / "root-draft.json"
 
 
@@ -49,13 +50,13 @@ def current_root(data: DataDir) -> Root:
 
 def load_draft(data: DataDir) -> Envelope | None:
     """The draft in progress, if any."""
-    path = _draft_path(data)
+    path = draft_path(data)
     return Envelope.from_json(path.read_bytes()) if path.exists() else None
 
 
 def _save_draft(data: DataDir, root: Root, signatures: tuple[Signature, ...] = ()) -> Envelope:
     envelope = Envelope(ROOT_TYPE, root.to_payload(), signatures)
-    write_atomically(_draft_path(data), envelope.to_json())
+    write_atomically(draft_path(data), envelope.to_json())
     return envelope
 
 
@@ -219,8 +220,9 @@ def publish(data: DataDir, now: datetime | None = None) -> Root:
     chain = data.root_chain()
     signatures = {s.keyid: s for s in draft.signatures}
     message = pae(ROOT_TYPE, draft.payload)
+    may_sign = _signing_keys(data, new)
     for keyid, key in load_private_keys(data.keys).items():
-        if keyid in _signing_keys(data, new) and keyid not in signatures:
+        if keyid in may_sign and keyid not in signatures:
             signatures[keyid] = Signature(keyid, key.sign(message))
     signed = Envelope(ROOT_TYPE, draft.payload, tuple(signatures.values()))
     now = now or datetime.now(UTC)
@@ -236,7 +238,7 @@ def publish(data: DataDir, now: datetime | None = None) -> Root:
         ) from e
     target = data.root_metadata / f"{new.version}.json"
     write_atomically(target, signed.to_json())
-    _draft_path(data).unlink()
+    draft_path(data).unlink()
     _retire_unused_keys(data, new)
     return new
 

@@ -86,25 +86,29 @@ class Snapshots:
         """The snapshot to serve now (signing a new timestamp when needed)."""
         material = self.keyring.current()
         with self._lock:
-            self._resign_after_rotation(material)
-            with self.db.session() as session:
-                targets = latest_targets(session)
-                if targets is None:
-                    raise StorageError("the controller has no targets metadata")
-                policy = latest_policy(session)
-                timestamp = self._timestamp(session, material, targets[1], policy)
-            return Snapshot(
-                material.root_chain, timestamp, targets[1], policy[1] if policy else None
-            )
+            snapshot = self._read(material)
+            if snapshot is None:  # keys were rotated: re-sign, then read again
+                self.catalog.resign(material)
+                self.policies.resign(material)
+                snapshot = self._read(material)
+            if snapshot is None:
+                raise StorageError("targets or policy are not signed by the current root's keys")
+            return snapshot
 
-    def _resign_after_rotation(self, material: TrustMaterial) -> None:
+    def _read(self, material: TrustMaterial) -> Snapshot | None:
+        """The current snapshot, or None when the current root's keys did not sign its
+        targets or policy (a rotation); one transaction, on every device's sync."""
         with self.db.session() as session:
             targets = latest_targets(session)
+            if targets is None:
+                raise StorageError("the controller has no targets metadata")
             policy = latest_policy(session)
-        if targets is not None and not self._vouches(material, "targets", targets[1]):
-            self.catalog.resign(material)
-        if policy is not None and not self._vouches(material, "policy", policy[1]):
-            self.policies.resign(material)
+            if not self._vouches(material, "targets", targets[1]) or (
+                policy is not None and not self._vouches(material, "policy", policy[1])
+            ):
+                return None
+            timestamp = self._timestamp(session, material, targets[1], policy)
+        return Snapshot(material.root_chain, timestamp, targets[1], policy[1] if policy else None)
 
     def _timestamp(
         self,

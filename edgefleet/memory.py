@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet.errors import ResourceError
+
 MIB = 1024 * 1024
 BASE_OVERHEAD = 64 * MIB
 F16_BYTES = 2
@@ -68,3 +70,12 @@ def estimate_memory(weights: int, kv_per_token: int, context: int, slots: int) -
 def fits(estimate: MemoryEstimate, budget: int, in_use: int = 0) -> bool:
     """Tell whether the model fits beside ``in_use`` bytes within ``budget``."""
     return estimate.total + in_use <= budget
+
+
+def require_fit(ref: str, estimate: MemoryEstimate, budget: int) -> MemoryEstimate:
+    """Raise ResourceError (with the numbers) if ``ref`` can never fit ``budget``."""
+    if not fits(estimate, budget):
+        raise ResourceError(
+            f"{ref} needs {estimate}, over the memory budget of {budget / MIB:.0f} MiB"
+        )
+    return estimate

@@ -19,7 +19,7 @@ import structlog
 
 from agent.inference.engine import BackendFactory, ModelWorker
 from edgefleet.errors import ResourceError
-from edgefleet.memory import MIB, MemoryEstimate, estimate_memory, fits
+from edgefleet.memory import MIB, MemoryEstimate, estimate_memory, fits, require_fit
 from edgefleet.trust.metadata import ModelManifest
 
 log = structlog.get_logger("agent.pool")
@@ -82,13 +82,7 @@ class ModelPool:
 
     def check_fits_budget(self, manifest: ModelManifest) -> MemoryEstimate:
         """Raise ResourceError (with the numbers) if the model can never fit the budget."""
-        estimate = self.estimate(manifest)
-        if not fits(estimate, self.settings.budget_bytes):
-            raise ResourceError(
-                f"{manifest.ref} needs {estimate}, over the memory budget of "
-                f"{self.settings.budget_bytes / MIB:.0f} MiB"
-            )
-        return estimate
+        return require_fit(manifest.ref, self.estimate(manifest), self.settings.budget_bytes)
 
     @property
     def in_use(self) -> int:

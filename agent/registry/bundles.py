@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.offline import mark_fresh
+from agent.registry.preflight import check_before_download
 from agent.registry.registry import Registry
 from agent.sync.fetch import Fetcher
 from edgefleet.audit import AuditEvent
@@ -20,7 +21,6 @@ from edgefleet.errors import (
     SignatureError,
     UntrustedInputError,
 )
-from edgefleet.memory import estimate_memory, fits
 from edgefleet.trust.metadata import ModelManifest, Targets
 from edgefleet.trust.verifier import TrustedState, root_fingerprint
 
@@ -82,16 +82,7 @@ def _import(
             raise
         state = trusted
     manifest = state.manifest(name, version)
-    if manifest.length > config.max_model_bytes:
-        raise ResourceError(
-            f"{manifest.ref} has {manifest.length} bytes, over max_model_bytes "
-            f"{config.max_model_bytes}"
-        )
-    estimate = estimate_memory(
-        manifest.length, manifest.kv_bytes_per_token, config.n_ctx, config.n_parallel
-    )
-    if not fits(estimate, config.resolved_memory_budget):
-        raise ResourceError(f"{manifest.ref} needs {estimate}, over the memory budget")
+    check_before_download(config, registry.blobs, manifest)
     if state is not trusted:
         registry.save_trust(state)
         mark_fresh(registry.db, now)

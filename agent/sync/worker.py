@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from agent.config import AgentConfig
 from agent.inference.bench import load_results
 from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
+from agent.registry.preflight import check_before_download
 from agent.registry.registry import Registry
 from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
@@ -35,7 +35,6 @@ from edgefleet.errors import (
     UntrustedInputError,
 )
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
-from edgefleet.memory import MIB
 from edgefleet.rbac import Policy
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
@@ -44,7 +43,6 @@ from edgefleet.trust.verifier import TrustedState
 
 log = structlog.get_logger("agent.sync")
 
-DISK_RESERVE = 256 * MIB
 SMOKE_RETRY_SECONDS = 3600.0
 LAST_SYNC_KEY = "last_sync"
 CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
@@ -80,9 +78,6 @@ class Syncer:
         self.on_policy: Callable[[Policy], None] = lambda policy: None
         self.renewer: CertificateRenewer | None = None
         self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
-        # Raises ResourceError when a model can never fit the memory budget (set by the
-        # service from the model pool), checked before any byte is downloaded.
-        self.preflight: Callable[[ModelManifest], object] = lambda manifest: None
         self.meter = Meter(
             registry.db,
             config.transfer_windows,
@@ -309,26 +304,9 @@ class Syncer:
         )
         log.info("model.repaired", model=manifest.ref, chunks=len(transfer.repaired_chunks))
 
-    def _check_resources(self, manifest: ModelManifest) -> None:
-        """Before downloading: refuse a model over the size limit, memory budget or free disk."""
-        if manifest.length > self.config.max_model_bytes:
-            raise ResourceError(
-                f"{manifest.ref} has {manifest.length} bytes, over max_model_bytes "
-                f"{self.config.max_model_bytes}"
-            )
-        self.preflight(manifest)
-        partial = self.blobs.partial_of(manifest.sha256)
-        have = partial.stat().st_size if partial.exists() else 0
-        free = shutil.disk_usage(self.blobs.partials).free
-        if manifest.length - have + DISK_RESERVE > free:
-            raise ResourceError(
-                f"{manifest.ref} needs {(manifest.length - have) / MIB:.0f} MiB more disk, "
-                f"{free / MIB:.0f} MiB free (keeping {DISK_RESERVE / MIB:.0f} MiB in reserve)"
-            )
-
     async def _check_before_download(self, manifest: ModelManifest) -> None:
         try:
-            self._check_resources(manifest)
+            check_before_download(self.config, self.blobs, manifest)
         except ResourceError as e:
             await self._audit_failure("model.install", manifest.ref, e, outcome="refused")
             raise

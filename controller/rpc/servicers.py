@@ -39,6 +39,16 @@ MAX_QUERY_RECORDS = 10_000
 READ_AHEAD_CHUNKS = 4
 
 
+async def _blob_chunks(
+    app: ControllerApp, sha256: str, offset: int, limit: int
+) -> AsyncIterator[tuple[int, bytes]]:
+    """(offset, bytes) of a stored blob, reading a few chunks per trip to a thread."""
+    chunks = app.blobs.read(sha256, offset, limit, app.config.blob_chunk_bytes)
+    while batch := await asyncio.to_thread(list, itertools.islice(chunks, READ_AHEAD_CHUNKS)):
+        for item in batch:
+            yield item
+
+
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     """The agent-facing API."""
 
@@ -99,15 +109,9 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     async def ReadBlob(
         self, request: device_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[device_pb2.BlobChunk]:
-        chunks = self.app.blobs.read(
-            request.sha256, request.offset, request.limit, self.app.config.blob_chunk_bytes
-        )
-        while True:  # a few chunks per trip to the file-reading thread
-            batch = await asyncio.to_thread(list, itertools.islice(chunks, READ_AHEAD_CHUNKS))
-            if not batch:
-                return
-            for offset, data in batch:
-                yield device_pb2.BlobChunk(offset=offset, data=data)
+        stream = _blob_chunks(self.app, request.sha256, request.offset, request.limit)
+        async for offset, data in stream:
+            yield device_pb2.BlobChunk(offset=offset, data=data)
 
     async def Watch(
         self, request: device_pb2.WatchRequest, context: grpc.aio.ServicerContext
@@ -230,12 +234,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         await asyncio.to_thread(record_alone, self.app.db, event)
         yield operator_pb2.ExportBundleChunk(header=header.to_bytes())
         yield operator_pb2.ExportBundleChunk(chunk_index=index)
-        chunks = self.app.blobs.read(manifest.sha256, 0, 0, self.app.config.blob_chunk_bytes)
-        while True:
-            item = await asyncio.to_thread(next, chunks, None)
-            if item is None:
-                return
-            yield operator_pb2.ExportBundleChunk(data=item[1])
+        async for _, data in _blob_chunks(self.app, manifest.sha256, 0, 0):
+            yield operator_pb2.ExportBundleChunk(data=data)
 
     async def ListDevices(
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext

@@ -20,7 +20,6 @@ DIGEST_BYTES = 32
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
-READ_BLOCK = 1024 * 1024
 
 
 def check_chunk_size(chunk_size: int) -> int:
@@ -43,21 +42,37 @@ def index_length(length: int, chunk_size: int) -> int:
 
 
 def iter_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
-    """Read ``handle`` chunk by chunk (each read is at most ``READ_BLOCK`` at a time)."""
-    while True:
-        parts = []
-        wanted = chunk_size
-        while wanted:
-            block = handle.read(min(wanted, max(READ_BLOCK, chunk_size)))
-            if not block:
-                break
-            parts.append(block)
-            wanted -= len(block)
-        if not parts:
-            return
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
-        if wanted:
-            return
+    """Read a file chunk by chunk (a buffered read returns fewer bytes only at the end)."""
+    return iter(lambda: handle.read(chunk_size), b"")
+
+
+class ChunkIndexBuilder:
+    """Builds a chunk index from bytes as they arrive, in pieces of any size (an upload)."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = check_chunk_size(chunk_size)
+        self._digests: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        """Add the next bytes."""
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.chunk_size - self._filled)
+            self._hash.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.chunk_size:
+                self._digests.append(self._hash.digest())
+                self._hash, self._filled = hashlib.sha256(), 0
+
+    def finish(self) -> ChunkIndex:
+        """The index of everything added."""
+        if self._filled:
+            self._digests.append(self._hash.digest())
+            self._hash, self._filled = hashlib.sha256(), 0
+        return ChunkIndex(self.chunk_size, tuple(self._digests))
 
 
 @dataclass(frozen=True)

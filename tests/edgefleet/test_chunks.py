@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from edgefleet.errors import HashMismatchError, MalformedInputError
-from edgefleet.trust.chunks import MIN_CHUNK_SIZE, ChunkIndex, check_chunk_size, index_length
+from edgefleet.trust.chunks import (
+    MIN_CHUNK_SIZE,
+    ChunkIndex,
+    ChunkIndexBuilder,
+    check_chunk_size,
+    index_length,
+)
 
 SIZE = MIN_CHUNK_SIZE
 
@@ -53,3 +59,13 @@ def test_chunk_sizes_outside_the_bounds_are_refused(size: int) -> None:
     """Only powers of two between 64 KiB and 64 MiB."""
     with pytest.raises(MalformedInputError, match="power of two"):
         check_chunk_size(size)
+
+
+def test_an_index_built_from_pieces_equals_the_file_index(tmp_path: Path) -> None:
+    """Bytes arriving in pieces of any size (an upload) give the same index as the file."""
+    path = _file(tmp_path, 2 * SIZE + 12345)
+    data = path.read_bytes()
+    builder = ChunkIndexBuilder(SIZE)
+    for start in range(0, len(data), 50_000):
+        builder.update(data[start : start + 50_000])
+    assert builder.finish() == ChunkIndex.of_file(path, SIZE)
