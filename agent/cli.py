@@ -30,6 +30,7 @@ from edgefleet.cli_support import run_command
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
+from edgefleet.speed import DEFAULT_GENERATED_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS
 from edgefleet.tls import key_fingerprint
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import format_time
@@ -92,9 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure prompt and generation tokens/s of a model")
     bench.add_argument("model")
     bench.add_argument("--threads", type=int, help="default: the agent's n_threads")
-    bench.add_argument("--prompt-tokens", type=int, default=512)
-    bench.add_argument("--gen-tokens", type=int, default=128)
-    bench.add_argument("--repetitions", type=int, default=3)
+    bench.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS)
+    bench.add_argument("--gen-tokens", type=int, default=DEFAULT_GENERATED_TOKENS)
+    bench.add_argument("--repetitions", type=int, default=DEFAULT_REPETITIONS)
     return parser
 
 

@@ -44,6 +44,36 @@ class DownloadProgress:
     reason: str = ""
 
 
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class DeviceResources:
+    """What a device can hold, sent with its status: the controller picks the variant of a
+    model family that fits by the same rule (``edgefleet.fit``) the device checks again."""
+
+    machine: str = ""
+    cpu_count: int = 0
+    memory_total: int = 0
+    memory_budget: int = 0
+    context: int = 0
+    slots: int = 0
+    disk_free: int = 0
+    max_model_bytes: int = 0
+
+    @property
+    def known(self) -> bool:
+        """False for a device that has not reported them (an older agent)."""
+        return self.memory_budget > 0 and self.max_model_bytes > 0
+
+    @property
+    def device_class(self) -> str:
+        """Devices that should run a model at the same speed: ``aarch64 4 cpu 8 GiB``."""
+        if not self.machine:
+            return "unknown"
+        return f"{self.machine} {self.cpu_count} cpu {round(self.memory_total / GIB)} GiB"
+
+
 @dataclass(frozen=True)
 class StatusReport:
     """What a device says about itself at each sync."""
@@ -56,6 +86,7 @@ class StatusReport:
     downloads: tuple[DownloadProgress, ...] = ()
     data_used_today: int = 0
     daily_data_budget: int = 0
+    resources: DeviceResources = DeviceResources()
 
 
 @dataclass(frozen=True)
@@ -97,3 +128,4 @@ class DeviceView:
     downloads: tuple[DownloadProgress, ...] = ()
     data_used_today: int = 0
     daily_data_budget: int = 0
+    resources: DeviceResources = DeviceResources()

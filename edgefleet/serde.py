@@ -8,6 +8,7 @@ from dataclasses import asdict
 from edgefleet.fleet import (
     BenchResult,
     DesiredState,
+    DeviceResources,
     DeviceView,
     DownloadProgress,
     InstalledModel,
@@ -91,6 +92,25 @@ def _downloads_from_pb(
     )
 
 
+def resources_to_pb(resources: DeviceResources) -> device_pb2.DeviceResources:
+    """Dataclass → message."""
+    return device_pb2.DeviceResources(**asdict(resources))
+
+
+def resources_from_pb(message: device_pb2.DeviceResources) -> DeviceResources:
+    """Message → dataclass (a device's own figures: stored and shown, never trusted)."""
+    return DeviceResources(
+        machine=message.machine[:32],
+        cpu_count=message.cpu_count,
+        memory_total=message.memory_total,
+        memory_budget=message.memory_budget,
+        context=message.context,
+        slots=message.slots,
+        disk_free=message.disk_free,
+        max_model_bytes=message.max_model_bytes,
+    )
+
+
 def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
     """Dataclass → message."""
     return device_pb2.StatusReport(
@@ -102,6 +122,7 @@ def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
         downloads=_downloads_to_pb(report.downloads),
         data_used_today=report.data_used_today,
         daily_data_budget=report.daily_data_budget,
+        resources=resources_to_pb(report.resources),
     )
 
 
@@ -116,6 +137,7 @@ def status_from_pb(message: device_pb2.StatusReport) -> StatusReport:
         downloads=_downloads_from_pb(message.downloads),
         data_used_today=message.data_used_today,
         daily_data_budget=message.daily_data_budget,
+        resources=resources_from_pb(message.resources),
     )
 
 
@@ -163,6 +185,7 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         downloads=_downloads_to_pb(view.downloads),
         data_used_today=view.data_used_today,
         daily_data_budget=view.daily_data_budget,
+        resources=resources_to_pb(view.resources),
     )
 
 
@@ -184,4 +207,5 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         downloads=_downloads_from_pb(message.downloads),
         data_used_today=message.data_used_today,
         daily_data_budget=message.daily_data_budget,
+        resources=resources_from_pb(message.resources),
     )

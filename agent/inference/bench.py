@@ -1,16 +1,10 @@
-"""`edgefleet-agent bench`: prompt-processing and generation speed, the way llama-bench measures.
-
-pp: evaluate ``prompt_tokens`` tokens in one batch; tg: evaluate ``generated_tokens``
-tokens one at a time (no sampling, so the figure is the model's, not the sampler's).
-Each is repeated and the median kept; results are stored and reported to the controller.
+"""`edgefleet-agent bench`: prompt-processing and generation speed of an installed model
+(``edgefleet.speed``, llama-bench style); results are stored and reported to the controller.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import statistics
-import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,15 +13,10 @@ from typing import Any
 from agent.database import AgentDatabase
 from edgefleet.errors import InferenceError
 from edgefleet.fleet import BenchResult
+from edgefleet.speed import measure_speed
 from edgefleet.trust.metadata import ModelManifest, format_time
 
 STATE_PREFIX = "bench/"
-
-
-def _timed(action: Any) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
 
 
 def run_bench(
@@ -52,20 +41,7 @@ def run_bench(
         )
     except (ValueError, RuntimeError, OSError) as e:
         raise InferenceError(f"cannot load {manifest.ref}: {e}") from e
-    rng = random.Random(0)  # noqa: S311 - token ids for timing, not secrets
-    vocabulary = llm.n_vocab()
-    tokens = [rng.randrange(vocabulary) for _ in range(prompt_tokens)]
-    pp_times, tg_times = [], []
-    for _ in range(repetitions):
-        llm.reset()
-        pp_times.append(_timed(lambda: llm.eval(tokens)))
-        llm.reset()
-
-        def generate() -> None:
-            for _ in range(generated_tokens):
-                llm.eval([rng.randrange(vocabulary)])
-
-        tg_times.append(_timed(generate))
+    speed = measure_speed(llm, prompt_tokens, generated_tokens, repetitions)
     return BenchResult(
         model=manifest.name,
         version=manifest.version,
@@ -73,8 +49,8 @@ def run_bench(
         threads=threads,
         prompt_tokens=prompt_tokens,
         generated_tokens=generated_tokens,
-        prompt_tokens_per_second=round(prompt_tokens / statistics.median(pp_times), 2),
-        generation_tokens_per_second=round(generated_tokens / statistics.median(tg_times), 2),
+        prompt_tokens_per_second=speed.prompt_tokens_per_second,
+        generation_tokens_per_second=speed.generation_tokens_per_second,
         measured_at=format_time(datetime.now(UTC)),
     )
 

@@ -3,34 +3,37 @@ hold it at all? Size limit, memory budget and free disk, with the numbers in the
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 
 from agent.config import AgentConfig
 from agent.registry.blobs import BlobStore
 from edgefleet.errors import ResourceError
-from edgefleet.memory import MIB, estimate_memory, require_fit
+from edgefleet.fit import why_not_fit
+from edgefleet.fleet import DeviceResources
 from edgefleet.trust.metadata import ModelManifest
 
-DISK_RESERVE = 256 * MIB
+
+def device_resources(config: AgentConfig, blobs: BlobStore) -> DeviceResources:
+    """This device's resources as the controller is told them."""
+    return DeviceResources(
+        machine=platform.machine(),
+        cpu_count=os.cpu_count() or 1,
+        memory_total=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        memory_budget=config.resolved_memory_budget,
+        context=config.n_ctx,
+        slots=config.n_parallel,
+        disk_free=shutil.disk_usage(blobs.partials).free,
+        max_model_bytes=config.max_model_bytes,
+    )
 
 
 def check_before_download(config: AgentConfig, blobs: BlobStore, manifest: ModelManifest) -> None:
     """Raise ResourceError if ``manifest`` is over the size limit, the memory budget (with
     the context and slots the pool would give it) or the free disk."""
-    if manifest.length > config.max_model_bytes:
-        raise ResourceError(
-            f"{manifest.ref} has {manifest.length} bytes, over max_model_bytes "
-            f"{config.max_model_bytes}"
-        )
-    estimate = estimate_memory(
-        manifest.length, manifest.kv_bytes_per_token, config.n_ctx, config.n_parallel
-    )
-    require_fit(manifest.ref, estimate, config.resolved_memory_budget)
     partial = blobs.partial_of(manifest.sha256)
     have = partial.stat().st_size if partial.exists() else 0
-    free = shutil.disk_usage(blobs.partials).free
-    if manifest.length - have + DISK_RESERVE > free:
-        raise ResourceError(
-            f"{manifest.ref} needs {(manifest.length - have) / MIB:.0f} MiB more disk, "
-            f"{free / MIB:.0f} MiB free (keeping {DISK_RESERVE / MIB:.0f} MiB in reserve)"
-        )
+    reason = why_not_fit(manifest, device_resources(config, blobs), have)
+    if reason is not None:
+        raise ResourceError(reason)

@@ -15,7 +15,7 @@ from agent.config import AgentConfig
 from agent.inference.bench import load_results
 from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
-from agent.registry.preflight import check_before_download
+from agent.registry.preflight import check_before_download, device_resources
 from agent.registry.registry import Registry
 from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
@@ -170,6 +170,7 @@ class Syncer:
             downloads=self.board.items(),
             data_used_today=self.meter.used_today(),
             daily_data_budget=self.meter.daily_budget,
+            resources=await asyncio.to_thread(device_resources, self.config, self.blobs),
         )
         try:
             desired = await self.client.sync(report)

@@ -274,6 +274,48 @@ class DownloadProgress(_message.Message):
 Global___DownloadProgress: _TypeAlias = DownloadProgress  # noqa: Y015
 
 @_typing.final
+class DeviceResources(_message.Message):
+    """What the device can hold: the controller picks the variant of a model family that fits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MACHINE_FIELD_NUMBER: _builtins.int
+    CPU_COUNT_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_FIELD_NUMBER: _builtins.int
+    MEMORY_BUDGET_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    DISK_FREE_FIELD_NUMBER: _builtins.int
+    MAX_MODEL_BYTES_FIELD_NUMBER: _builtins.int
+    machine: _builtins.str
+    cpu_count: _builtins.int
+    memory_total: _builtins.int
+    memory_budget: _builtins.int
+    context: _builtins.int
+    slots: _builtins.int
+    disk_free: _builtins.int
+    max_model_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        machine: _builtins.str = ...,
+        cpu_count: _builtins.int = ...,
+        memory_total: _builtins.int = ...,
+        memory_budget: _builtins.int = ...,
+        context: _builtins.int = ...,
+        slots: _builtins.int = ...,
+        disk_free: _builtins.int = ...,
+        max_model_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "cpu_count", b"cpu_count", "disk_free", b"disk_free", "machine", b"machine", "max_model_bytes", b"max_model_bytes", "memory_budget", b"memory_budget", "memory_total", b"memory_total", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceResources: _TypeAlias = DeviceResources  # noqa: Y015
+
+@_typing.final
 class StatusReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -285,6 +327,7 @@ class StatusReport(_message.Message):
     DOWNLOADS_FIELD_NUMBER: _builtins.int
     DATA_USED_TODAY_FIELD_NUMBER: _builtins.int
     DAILY_DATA_BUDGET_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     audit_head_seq: _builtins.int
     """Highest audit sequence number written locally."""
@@ -299,6 +342,8 @@ class StatusReport(_message.Message):
     def bench(self) -> _containers.RepeatedCompositeFieldContainer[Global___BenchResult]: ...
     @_builtins.property
     def downloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadProgress]: ...
+    @_builtins.property
+    def resources(self) -> Global___DeviceResources: ...
     def __init__(
         self,
         *,
@@ -310,10 +355,11 @@ class StatusReport(_message.Message):
         downloads: _abc.Iterable[Global___DownloadProgress] | None = ...,
         data_used_today: _builtins.int = ...,
         daily_data_budget: _builtins.int = ...,
+        resources: Global___DeviceResources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "downloads", b"downloads", "last_error", b"last_error", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "downloads", b"downloads", "last_error", b"last_error", "models", b"models", "resources", b"resources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -91,19 +91,25 @@ class PublishModelHeader(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
+    EVALUATION_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     length: _builtins.int
+    evaluation_json: _builtins.str
+    """A variant from `models quantize`: its measurements against the source (JSON), kept
+    with the model so rollouts can pick the best variant that fits each device.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         length: _builtins.int = ...,
+        evaluation_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_json", b"evaluation_json", "length", b"length", "name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,6 +306,7 @@ class DeviceView(_message.Message):
     DOWNLOADS_FIELD_NUMBER: _builtins.int
     DATA_USED_TODAY_FIELD_NUMBER: _builtins.int
     DAILY_DATA_BUDGET_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     hostname: _builtins.str
     last_seen: _builtins.str
@@ -321,6 +328,8 @@ class DeviceView(_message.Message):
     def bench(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.BenchResult]: ...
     @_builtins.property
     def downloads(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.DownloadProgress]: ...
+    @_builtins.property
+    def resources(self) -> _device_pb2.DeviceResources: ...
     def __init__(
         self,
         *,
@@ -339,10 +348,11 @@ class DeviceView(_message.Message):
         downloads: _abc.Iterable[_device_pb2.DownloadProgress] | None = ...,
         data_used_today: _builtins.int = ...,
         daily_data_budget: _builtins.int = ...,
+        resources: _device_pb2.DeviceResources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_alert", b"audit_alert", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_alert", b"audit_alert", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "resources", b"resources", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -852,3 +862,117 @@ class ExportBundleChunk(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___ExportBundleChunk: _TypeAlias = ExportBundleChunk  # noqa: Y015
+
+@_typing.final
+class GetModelReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelReportRequest: _TypeAlias = GetModelReportRequest  # noqa: Y015
+
+@_typing.final
+class ModelVersionView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    QUANTIZATION_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    EVALUATION_JSON_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    sha256: _builtins.str
+    length: _builtins.int
+    quantization: _builtins.str
+    published_at: _builtins.str
+    evaluation_json: _builtins.str
+    """The pipeline's measurements of a quantized variant; empty for a plain publish."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        length: _builtins.int = ...,
+        quantization: _builtins.str = ...,
+        published_at: _builtins.str = ...,
+        evaluation_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_json", b"evaluation_json", "length", b"length", "published_at", b"published_at", "quantization", b"quantization", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersionView: _TypeAlias = ModelVersionView  # noqa: Y015
+
+@_typing.final
+class DeviceClassSpeed(_message.Message):
+    """`edgefleet-agent bench` figures of one version on one class of device (medians)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEVICE_CLASS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    GENERATION_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    device_class: _builtins.str
+    devices: _builtins.int
+    prompt_tokens_per_second: _builtins.float
+    generation_tokens_per_second: _builtins.float
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        device_class: _builtins.str = ...,
+        devices: _builtins.int = ...,
+        prompt_tokens_per_second: _builtins.float = ...,
+        generation_tokens_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_class", b"device_class", "devices", b"devices", "generation_tokens_per_second", b"generation_tokens_per_second", "prompt_tokens_per_second", b"prompt_tokens_per_second", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceClassSpeed: _TypeAlias = DeviceClassSpeed  # noqa: Y015
+
+@_typing.final
+class GetModelReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    SPEEDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersionView]: ...
+    @_builtins.property
+    def speeds(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceClassSpeed]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        versions: _abc.Iterable[Global___ModelVersionView] | None = ...,
+        speeds: _abc.Iterable[Global___DeviceClassSpeed] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "speeds", b"speeds", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelReportResponse: _TypeAlias = GetModelReportResponse  # noqa: Y015

@@ -105,6 +105,11 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleChunk.FromString,
                 _registered_method=True)
+        self.GetModelReport = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/GetModelReport',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -206,6 +211,13 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelReport(self, request, context):
+        """Every version of a model with its evaluation, and the speed devices measured, by class.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +290,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ExportBundle,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportBundleChunk.SerializeToString,
+            ),
+            'GetModelReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelReport,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -659,6 +676,33 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/ExportBundle',
             edgefleet_dot_v1_dot_operator__pb2.ExportBundleRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.ExportBundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/GetModelReport',
+            edgefleet_dot_v1_dot_operator__pb2.GetModelReportRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.GetModelReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,8 @@ class OperatorServiceStub:
     """Everything an air-gapped device needs to install name@version: first the bundle
     header (metadata chain), then the chunk index, then the model's bytes in order.
     """
+    GetModelReport: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetModelReportRequest, _operator_pb2.GetModelReportResponse]
+    """Every version of a model with its evaluation, and the speed devices measured, by class."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -93,6 +95,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Everything an air-gapped device needs to install name@version: first the bundle
     header (metadata chain), then the chunk index, then the model's bytes in order.
     """
+    GetModelReport: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetModelReportRequest, _operator_pb2.GetModelReportResponse]  # type: ignore[assignment]
+    """Every version of a model with its evaluation, and the speed devices measured, by class."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -207,5 +211,13 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Everything an air-gapped device needs to install name@version: first the bundle
         header (metadata chain), then the chunk index, then the model's bytes in order.
         """
+
+    @_abc_1.abstractmethod
+    def GetModelReport(
+        self,
+        request: _operator_pb2.GetModelReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.GetModelReportResponse, _abc.Awaitable[_operator_pb2.GetModelReportResponse]]:
+        """Every version of a model with its evaluation, and the speed devices measured, by class."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
