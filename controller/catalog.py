@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from controller.auditlog import record_event
 from controller.blobs import BlobStore
 from controller.keyring import Keyring, TrustMaterial
+from controller.quantization.family import parse_evaluation
 from controller.store.database import Database
 from controller.store.schema import Model, TargetsVersion
 from edgefleet.audit import AuditEvent
@@ -69,10 +71,14 @@ class Catalog:
         self.max_model_bytes = max_model_bytes
         self._lock = threading.Lock()
 
-    def start_upload(self, name: str, version: str, length: int) -> Upload:
-        """Check the name, version and declared size before any byte is accepted."""
+    def start_upload(
+        self, name: str, version: str, length: int, evaluation_json: str = ""
+    ) -> Upload:
+        """Check the name, version, declared size and any variant measurements before any
+        byte is accepted."""
         check_model_name(name)
         check_model_version(version)
+        evaluation = parse_evaluation(evaluation_json, version)
         if not 0 < length <= self.max_model_bytes:
             raise MalformedInputError(
                 f"declared length {length} is outside 1..{self.max_model_bytes} bytes"
@@ -80,7 +86,7 @@ class Catalog:
         with self.db.session() as session:
             if self._find(session, name, version) is not None:
                 raise ConflictError(f"{name}@{version} is already published")
-        return Upload(self, name, version, length)
+        return Upload(self, name, version, length, evaluation)
 
     @staticmethod
     def _find(session: Session, name: str, version: str) -> Model | None:
@@ -129,7 +135,9 @@ class Catalog:
         )
         return version
 
-    def register(self, operator: str, manifest: ModelManifest) -> Published:
+    def register(
+        self, operator: str, manifest: ModelManifest, evaluation: dict[str, Any] | None = None
+    ) -> Published:
         """Record the model and sign targets naming it, with its audit record, atomically."""
         with self._lock, self.db.session() as session:
             if self._find(session, manifest.name, manifest.version) is not None:
@@ -141,6 +149,7 @@ class Catalog:
                     sha256=manifest.sha256,
                     manifest=manifest.to_dict(),
                     published_at=datetime.now(UTC),
+                    evaluation=evaluation,
                 )
             )
             version = self.sign_targets(session, manifest)
@@ -164,9 +173,17 @@ class Catalog:
 class Upload:
     """One model upload in progress: bounded, hashed as it arrives, removed on failure."""
 
-    def __init__(self, catalog: Catalog, name: str, version: str, length: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        name: str,
+        version: str,
+        length: int,
+        evaluation: dict[str, Any] | None,
+    ) -> None:
         self.catalog = catalog
         self.name, self.version, self.length = name, version, length
+        self.evaluation = evaluation
         fd, self.path = catalog.blobs.open_incoming()
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
@@ -211,7 +228,7 @@ class Upload:
             )
             if not self.catalog.blobs.path_of(sha256).exists():
                 self.catalog.blobs.commit(self.path, sha256)
-            return self.catalog.register(operator, manifest)
+            return self.catalog.register(operator, manifest, self.evaluation)
         finally:
             self.abort()
 

@@ -14,6 +14,7 @@ from controller.commands import OPERATIONS, audit_verify
 from controller.config import load_controller_config
 from controller.datadir import initialize
 from controller.keys_cli import run_keys_command
+from controller.quantization.cli import add_quantize_parser, quantize_command
 from controller.service import serve
 from edgefleet.cli_support import key_value, run_command
 from edgefleet.errors import ConfigError
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file", type=Path)
     publish.add_argument("--name", required=True)
     publish.add_argument("--version", required=True)
+    add_quantize_parser(models)
 
     bundle = commands.add_parser(
         "bundle", help="model bundles for air-gapped sites"
@@ -236,6 +238,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return audit_verify(args)
     if args.command == "keys":
         return run_keys_command(args)
+    if (args.command, getattr(args, "action", "")) == ("models", "quantize"):
+        configure_logging("console", "WARNING")
+        return quantize_command(args, lambda: _client(args))
     configure_logging("console", "WARNING")
     return _operate(args)
 

@@ -85,15 +85,20 @@ class OperatorClient:
         response = self._call(self._stub.CreateEnrollmentToken, request)
         return response.token, response.expires_at
 
-    def publish(self, path: Path, name: str, version: str) -> operator_pb2.PublishModelResponse:
-        """Upload a GGUF file; the controller hashes, checks, signs and stores it."""
+    def publish(
+        self, path: Path, name: str, version: str, evaluation_json: str = ""
+    ) -> operator_pb2.PublishModelResponse:
+        """Upload a GGUF file (a quantized variant with its measurements); the controller
+        hashes, checks, signs and stores it."""
         try:
             length = path.stat().st_size
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e.strerror}") from e
 
         def parts() -> Iterator[operator_pb2.PublishModelRequest]:
-            header = operator_pb2.PublishModelHeader(name=name, version=version, length=length)
+            header = operator_pb2.PublishModelHeader(
+                name=name, version=version, length=length, evaluation_json=evaluation_json
+            )
             yield operator_pb2.PublishModelRequest(header=header)
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(UPLOAD_CHUNK), b""):
@@ -111,6 +116,13 @@ class OperatorClient:
         request = operator_pb2.CreateRolloutRequest(name=name, version=version, selector=selector)
         response = self._call(self._stub.CreateRollout, request)
         return response.rollout_id, list(response.device_ids)
+
+    def model_report(self, name: str) -> operator_pb2.GetModelReportResponse:
+        """Every version of ``name`` with its evaluation, and device speeds by class."""
+        response: operator_pb2.GetModelReportResponse = self._call(
+            self._stub.GetModelReport, operator_pb2.GetModelReportRequest(name=name)
+        )
+        return response
 
     def list_devices(self) -> list[DeviceView]:
         """Every enrolled device."""

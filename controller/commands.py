@@ -14,6 +14,7 @@ from pathlib import Path
 from controller.client import OperatorClient
 from controller.datadir import write_operator_credential
 from controller.policies import pretty
+from controller.quantization.cli import report_command
 from edgefleet.audit_export import render, verify_export
 from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.errors import ConfigError, TransportError
@@ -283,6 +284,7 @@ def _tokens_revoke(client: OperatorClient, args: argparse.Namespace) -> int:
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("token", "create"): _token_create,
     ("models", "publish"): _models_publish,
+    ("models", "report"): report_command,
     ("rollout", "create"): _rollout_create,
     ("devices", "list"): _devices_list,
     ("devices", "accept"): _devices_state,

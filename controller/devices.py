@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from controller.auditlog import acked_seq, tamper_reason
+from controller.rollouts import repick_variant
 from controller.snapshots import Snapshot
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device
@@ -15,6 +16,7 @@ from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     BenchResult,
     DesiredState,
+    DeviceResources,
     DeviceView,
     DownloadProgress,
     InstalledModel,
@@ -44,11 +46,17 @@ def sync_device(
         ]
         device.data_used_today = report.data_used_today
         device.daily_data_budget = report.daily_data_budget
-        assignments = session.execute(
-            select(Assignment)
-            .where(Assignment.device_id == device_id)
-            .order_by(Assignment.model_name)
-        ).scalars()
+        device.resources = asdict(report.resources)
+        assignments = list(
+            session.execute(
+                select(Assignment)
+                .where(Assignment.device_id == device_id)
+                .order_by(Assignment.model_name)
+            ).scalars()
+        )
+        for assignment in assignments:
+            if assignment.family:
+                repick_variant(session, device, assignment)
         return DesiredState(
             root_chain=snapshot.root_chain,
             timestamp=snapshot.timestamp,
@@ -84,6 +92,7 @@ def list_devices(db: Database) -> list[DeviceView]:
                     ),
                     data_used_today=device.data_used_today or 0,
                     daily_data_budget=device.daily_data_budget or 0,
+                    resources=DeviceResources(**(device.resources or {})),  # type: ignore[arg-type]
                 )
             )
         return views

@@ -146,7 +146,7 @@ class Enrollment:
         device.previous_serial = device.certificate_serial
         device.certificate_serial = format(cert.serial_number, "x")
         session.flush()
-        assign_matching_rollouts(session, device.device_id, device.labels)
+        assign_matching_rollouts(session, device)
         record_event(
             session,
             AuditEvent(

@@ -1,4 +1,5 @@
-"""Rollouts: assign a published model version to the devices a label selector matches."""
+"""Rollouts: assign a published model version, or the best fitting variant of a model
+family, to the devices a label selector matches."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
+from controller.quantization.family import family_variants, pick_variant
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device, Model, Rollout
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import NotFoundError
+from edgefleet.fleet import DeviceResources
 from edgefleet.trust.metadata import check_model_name, check_model_version
 
 
@@ -21,19 +24,53 @@ def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
-def _assign(session: Session, device_id: str, rollout: Rollout) -> None:
-    current = session.get(Assignment, (device_id, rollout.name))
+def _on_disk(device: Device, variants: list[Model]) -> dict[str, int]:
+    """sha256 -> bytes of each variant the device holds installed or part-downloaded."""
+    have = {}
+    for row in variants:
+        length = int(row.manifest["length"])  # type: ignore[call-overload]
+        if any(m.get("sha256") == row.sha256 for m in device.installed or []):
+            have[row.sha256] = length
+        for download in device.downloads or []:
+            if download.get("name") == row.name and download.get("version") == row.version:
+                have[row.sha256] = min(length, int(download.get("received") or 0))  # type: ignore[call-overload]
+    return have
+
+
+def _pick(session: Session, device: Device, name: str, release: str) -> tuple[str, str]:
+    variants = family_variants(session, name, release)
+    resources = DeviceResources(**(device.resources or {}))  # type: ignore[arg-type]
+    row, why = pick_variant(variants, resources, _on_disk(device, variants))
+    return row.version, why
+
+
+def repick_variant(session: Session, device: Device, assignment: Assignment) -> None:
+    """Re-choose a family assignment's variant from the device's latest report."""
+    version, _ = _pick(session, device, assignment.model_name, assignment.family)
+    if version != assignment.version:
+        assignment.version = version
+
+
+def _assign(session: Session, device: Device, rollout: Rollout) -> str:
+    """Assign the rollout's version (or, for a family, the variant that fits best); say which."""
+    version, family = rollout.version, ""
+    if rollout.family:
+        family = rollout.version
+        version, _ = _pick(session, device, rollout.name, family)
+    current = session.get(Assignment, (device.device_id, rollout.name))
     if current is None:
         session.add(
             Assignment(
-                device_id=device_id,
+                device_id=device.device_id,
                 model_name=rollout.name,
-                version=rollout.version,
+                version=version,
                 rollout_id=rollout.id,
+                family=family,
             )
         )
     else:
-        current.version, current.rollout_id = rollout.version, rollout.id
+        current.version, current.rollout_id, current.family = version, rollout.id, family
+    return version
 
 
 @dataclass(frozen=True)
@@ -47,14 +84,18 @@ class RolloutCreated:
 def create_rollout(
     db: Database, operator: str, name: str, version: str, selector: dict[str, str]
 ) -> RolloutCreated:
-    """Assign ``name@version`` to matching devices now (and to matching ones enrolling later)."""
+    """Assign ``name@version`` to matching devices now (and to matching ones enrolling later).
+
+    ``version`` may name a release published as quantized variants (``models quantize``):
+    each device then gets the best variant that fits it, chosen again as it reports."""
     check_model_name(name)
     check_model_version(version)
     with db.session() as session:
         exists = session.execute(
             select(Model.id).where(Model.name == name, Model.version == version)
         ).first()
-        if exists is None:
+        family = exists is None and bool(family_variants(session, name, version))
+        if exists is None and not family:
             raise NotFoundError(f"{name}@{version} is not published")
         rollout = Rollout(
             name=name,
@@ -62,13 +103,14 @@ def create_rollout(
             selector=dict(selector),
             created_by=operator,
             created_at=datetime.now(UTC),
+            family=family,
         )
         session.add(rollout)
         session.flush()
-        matched = []
+        matched, picked = [], {}
         for device in session.execute(select(Device).order_by(Device.device_id)).scalars():
             if selector_matches(selector, device.labels):
-                _assign(session, device.device_id, rollout)
+                picked[device.device_id] = _assign(session, device, rollout)
                 matched.append(device.device_id)
         record_event(
             session,
@@ -77,17 +119,22 @@ def create_rollout(
                 "rollout.create",
                 f"{name}@{version}",
                 "success",
-                {"rollout_id": rollout.id, "selector": selector, "devices": matched},
+                {
+                    "rollout_id": rollout.id,
+                    "selector": selector,
+                    "devices": matched,
+                    **({"variants": picked} if family else {}),
+                },
             ),
         )
         return RolloutCreated(rollout.id, matched)
 
 
-def assign_matching_rollouts(session: Session, device_id: str, labels: dict[str, str]) -> None:
+def assign_matching_rollouts(session: Session, device: Device) -> None:
     """Give a newly enrolled device the latest matching rollout of each model."""
     latest: dict[str, Rollout] = {}
     for rollout in session.execute(select(Rollout).order_by(Rollout.id)).scalars():
-        if selector_matches(rollout.selector, labels):
+        if selector_matches(rollout.selector, device.labels):
             latest[rollout.name] = rollout
     for rollout in latest.values():
-        _assign(session, device_id, rollout)
+        _assign(session, device, rollout)

@@ -56,6 +56,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "SetDeviceState": _operator("devices.manage"),
     _OPERATOR + "PreauthorizeDevice": _operator("devices.manage"),
     _OPERATOR + "ExportBundle": _operator("models.publish"),
+    _OPERATOR + "GetModelReport": _operator("models.read"),
 }
 
 ALL = frozenset(PERMISSIONS)

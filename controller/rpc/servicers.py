@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,7 @@ from controller.auditlog import (
 from controller.devices import list_devices, sync_device
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
+from controller.quantization.family import model_report
 from controller.rollouts import create_rollout
 from controller.rpc.guard import caller
 from controller.snapshots import bundle_header
@@ -176,7 +179,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             raise MalformedInputError("the first message of a publish must be its header")
         header = first.header
         upload = await asyncio.to_thread(
-            self.app.catalog.start_upload, header.name, header.version, header.length
+            self.app.catalog.start_upload,
+            header.name,
+            header.version,
+            header.length,
+            header.evaluation_json,
         )
         try:
             async for part in stream:
@@ -236,6 +243,26 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         yield operator_pb2.ExportBundleChunk(chunk_index=index)
         async for _, data in _blob_chunks(self.app, manifest.sha256, 0, 0):
             yield operator_pb2.ExportBundleChunk(data=data)
+
+    async def GetModelReport(
+        self, request: operator_pb2.GetModelReportRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.GetModelReportResponse:
+        versions, speeds = await asyncio.to_thread(model_report, self.app.db, request.name)
+        return operator_pb2.GetModelReportResponse(
+            name=request.name,
+            versions=[
+                operator_pb2.ModelVersionView(
+                    version=v.version,
+                    sha256=v.sha256,
+                    length=v.length,
+                    quantization=v.quantization,
+                    published_at=v.published_at,
+                    evaluation_json=json.dumps(v.evaluation) if v.evaluation else "",
+                )
+                for v in versions
+            ],
+            speeds=[operator_pb2.DeviceClassSpeed(**asdict(s)) for s in speeds],
+        )
 
     async def ListDevices(
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext

@@ -57,6 +57,8 @@ class Device(Base):
     downloads: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     data_used_today: Mapped[int] = mapped_column(BigInteger, default=0)
     daily_data_budget: Mapped[int] = mapped_column(BigInteger, default=0)
+    # edgefleet.fleet.DeviceResources as last reported (memory, disk, machine).
+    resources: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
 
 
 class Operator(Base):
@@ -101,6 +103,8 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     manifest: Mapped[dict[str, object]] = mapped_column(JSON)
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A quantized variant's measurements (controller.quantization.family); None otherwise.
+    evaluation: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
 
 class TargetsVersion(Base):
@@ -131,6 +135,8 @@ class Rollout(Base):
     selector: Mapped[dict[str, str]] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # ``version`` is a release published as quantized variants: devices get the best fit.
+    family: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Assignment(Base):
@@ -141,6 +147,9 @@ class Assignment(Base):
     model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[str] = mapped_column(String(64))
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"))
+    # The release of a model family this device gets the best fitting variant of ("" when
+    # the rollout named one exact version); ``version`` is the variant picked.
+    family: Mapped[str] = mapped_column(String(64), default="")
 
 
 class AuditRecordRow(Base):

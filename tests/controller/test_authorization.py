@@ -31,15 +31,17 @@ EXPECTED = {
         "CreateRollout",
         "ListDevices",
         "QueryAudit",
+        "GetModelReport",
     },
     "device-manager": {
         "CreateEnrollmentToken",
         "ListDevices",
         "SetDeviceState",
         "PreauthorizeDevice",
+        "GetModelReport",
     },
-    "auditor": {"ListDevices", "ExportAudit", "QueryAudit", "GetPolicy"},
-    "viewer": {"ListDevices", "GetPolicy"},
+    "auditor": {"ListDevices", "ExportAudit", "QueryAudit", "GetPolicy", "GetModelReport"},
+    "viewer": {"ListDevices", "GetPolicy", "GetModelReport"},
 }
 
 
