@@ -38,9 +38,7 @@ def main() -> None:
         work = Path(tmp)
         source = work / "smollm2-f16.gguf"
         quantize_file(bundled_model_path(), source, "f16", os.cpu_count() or 1, lambda *_: None)
-        report = run_pipeline(
-            source, work / "out", "smollm2", "1.0.0", args.variants.split(",")
-        )
+        report = run_pipeline(source, work / "out", "smollm2", "1.0.0", args.variants.split(","))
         print(format_table(report))
         chart = write_chart(report, work / "out")
         if args.docs:

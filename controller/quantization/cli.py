@@ -22,6 +22,7 @@ from controller.quantization.pipeline import (
 from controller.quantization.report import MIB, format_table, write_chart
 from controller.quantization.variants import DEFAULT_VARIANTS, parse_variants, variant_version
 from edgefleet.errors import ConfigError, ConflictError, EdgefleetError, NotFoundError
+from edgefleet.speed import DEFAULT_REPETITIONS
 
 
 def add_quantize_parser(models: Any) -> None:
@@ -50,6 +51,12 @@ def add_quantize_parser(models: Any) -> None:
     quantize.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     quantize.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="perplexity window")
     quantize.add_argument("--text", type=Path, help="evaluation text (default: the bundled one)")
+    quantize.add_argument(
+        "--repetitions",
+        type=int,
+        default=DEFAULT_REPETITIONS,
+        help="speed runs per file, median kept (default %(default)s)",
+    )
     quantize.add_argument(
         "--no-publish", action="store_true", help="measure and report only; no controller needed"
     )
@@ -126,6 +133,7 @@ def quantize_command(args: argparse.Namespace, connect: Callable[[], OperatorCli
             max_perplexity_increase=args.max_ppl_increase,
             threads=args.threads,
             context=args.context,
+            repetitions=args.repetitions,
             on_progress=_ProgressLine(),
             **options,
         )

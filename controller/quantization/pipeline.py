@@ -19,6 +19,7 @@ from typing import Any
 from controller.quantization.variants import VARIANTS, variant_version
 from edgefleet.errors import MalformedInputError, StorageError
 from edgefleet.gguf import read_gguf_file
+from edgefleet.speed import DEFAULT_REPETITIONS
 from edgefleet.trust.metadata import check_model_name, check_model_version, format_time
 
 EVALUATION_TEXT = Path(__file__).with_name("evaluation.txt")
@@ -72,6 +73,7 @@ class QuantizationReport:
     threads: int
     context: int
     evaluation_text_sha256: str
+    text_tokens: int
     evaluated_tokens: int
     max_perplexity_increase_percent: float
     source: Measurement
@@ -168,18 +170,32 @@ def run_worker(arguments: Sequence[str], stage: str, on_progress: Progress) -> d
         return result
 
 
+@dataclass(frozen=True)
+class Bench:
+    """How every file is measured: threads, perplexity window, text, speed repetitions."""
+
+    threads: int
+    context: int
+    text: Path
+    repetitions: int
+
+
 def _measure(
-    path: Path,
-    variant: str,
-    threads: int,
-    context: int,
-    text: Path,
-    reference: tuple[str, Path],
-    on_progress: Progress,
-) -> tuple[Measurement, int]:
+    path: Path, variant: str, bench: Bench, reference: tuple[str, Path], on_progress: Progress
+) -> tuple[Measurement, dict[str, Any]]:
     flag, reference_file = reference
     result = run_worker(
-        ["evaluate", str(path), str(text), str(threads), str(context), flag, str(reference_file)],
+        [
+            "evaluate",
+            str(path),
+            str(bench.text),
+            str(bench.threads),
+            str(bench.context),
+            flag,
+            str(reference_file),
+            "--repetitions",
+            str(bench.repetitions),
+        ],  # fmt: skip
         f"evaluate {variant}",
         on_progress,
     )
@@ -196,7 +212,7 @@ def _measure(
         top1_agreement=result["top1_agreement"],
         kl_divergence=result["kl_divergence"],
     )
-    return measurement, int(result["evaluated_tokens"])
+    return measurement, result
 
 
 def quantize_file(
@@ -227,6 +243,7 @@ def run_pipeline(
     threads: int | None = None,
     context: int = DEFAULT_CONTEXT,
     text: Path = EVALUATION_TEXT,
+    repetitions: int = DEFAULT_REPETITIONS,
     on_progress: Progress = lambda stage, done, total: None,
 ) -> QuantizationReport:
     """Quantize ``source`` into ``variants`` under ``out_dir``, measure the source and each
@@ -242,7 +259,10 @@ def run_pipeline(
         raise MalformedInputError("--context must be within 64..8192 tokens")
     if max_perplexity_increase < 0:
         raise MalformedInputError("--max-ppl-increase must not be negative")
+    if not 1 <= repetitions <= 20:
+        raise MalformedInputError("--repetitions must be within 1..20")
     threads = threads or os.cpu_count() or 1
+    bench = Bench(threads, context, text, repetitions)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -252,13 +272,13 @@ def run_pipeline(
         quantize_file(source, target, variant, threads, on_progress)
     reference = out_dir / "source-logprobs.npy"
     try:
-        measured_source, tokens = _measure(
-            source, "source", threads, context, text, ("--save-reference", reference), on_progress
+        measured_source, counts = _measure(
+            source, "source", bench, ("--save-reference", reference), on_progress
         )
         outcomes = []
         for variant, target in files.items():
             measurement, _ = _measure(
-                target, variant, threads, context, text, ("--reference", reference), on_progress
+                target, variant, bench, ("--reference", reference), on_progress
             )
             outcomes.append(gate(measured_source, measurement, max_perplexity_increase))
     finally:
@@ -272,7 +292,8 @@ def run_pipeline(
         threads=threads,
         context=context,
         evaluation_text_sha256=_sha256(text),
-        evaluated_tokens=tokens,
+        text_tokens=int(counts["text_tokens"]),
+        evaluated_tokens=int(counts["evaluated_tokens"]),
         max_perplexity_increase_percent=max_perplexity_increase,
         source=replace(measured_source, file=source.name),
         variants=tuple(outcomes),

@@ -55,8 +55,9 @@ def format_table(report: QuantizationReport) -> str:
         ).rstrip()
 
     title = (
-        f"{report.name} {report.version}: {report.evaluated_tokens} tokens scored at context "
-        f"{report.context}, {report.threads} threads on {report.machine}; "
+        f"{report.name} {report.version}: perplexity over {report.evaluated_tokens} of "
+        f"{report.text_tokens} text tokens (windows of {report.context}), "
+        f"{report.threads} threads on {report.machine}; "
         f"gate +{report.max_perplexity_increase_percent:g}% perplexity"
     )
     return "\n".join([title, line(header), *(line(r) for r in rows)])

@@ -2,7 +2,7 @@
 
 ``python -m controller.quantization.worker quantize SRC DST FTYPE THREADS`` and
 ``python -m controller.quantization.worker evaluate MODEL TEXT THREADS N_CTX
-[--save-reference FILE | --reference FILE]`` write JSON lines to stdout:
+[--save-reference FILE | --reference FILE] [--repetitions N]`` write JSON lines to stdout:
 ``{"progress": [done, total]}`` while working, then ``{"result": {...}}`` or
 ``{"error": "one line"}`` (exit status 1). A crash in llama.cpp ends only this process.
 """
@@ -107,6 +107,7 @@ def evaluate(
     n_ctx: int,
     save_reference: Path | None,
     reference: Path | None,
+    repetitions: int = DEFAULT_REPETITIONS,
 ) -> dict[str, Any]:
     """Memory when loaded and speed (like the agent's bench), then perplexity over ``text``
     in windows of ``n_ctx`` tokens scoring the second half of each (as llama.cpp's
@@ -123,7 +124,7 @@ def evaluate(
         n_ctx=DEFAULT_PROMPT_TOKENS + DEFAULT_GENERATED_TOKENS + 8,
         n_batch=DEFAULT_PROMPT_TOKENS,
     )
-    speed = measure_speed(llm, DEFAULT_PROMPT_TOKENS, DEFAULT_GENERATED_TOKENS, DEFAULT_REPETITIONS)
+    speed = measure_speed(llm, DEFAULT_PROMPT_TOKENS, DEFAULT_GENERATED_TOKENS, repetitions)
     loaded_memory = resident_bytes() - before
     del llm
 
@@ -171,6 +172,7 @@ def evaluate(
         "generation_tokens_per_second": speed.generation_tokens_per_second,
         "perplexity": math.exp(nll / rows_total),
         "evaluated_tokens": rows_total,
+        "text_tokens": len(tokens),
         "top1_agreement": agree / rows_total if expected is not None else None,
         "kl_divergence": kl / rows_total if expected is not None else None,
     }
@@ -191,13 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("n_ctx", type=int)
     e.add_argument("--save-reference", type=Path)
     e.add_argument("--reference", type=Path)
+    e.add_argument("--repetitions", type=int, default=DEFAULT_REPETITIONS)
     args = parser.parse_args(argv)
     try:
         if args.command == "quantize":
             result = quantize(args.source, args.target, args.ftype, args.threads)
         else:
             result = evaluate(
-                args.model, args.text, args.threads, args.n_ctx, args.save_reference, args.reference
+                args.model,
+                args.text,
+                args.threads,
+                args.n_ctx,
+                args.save_reference,
+                args.reference,
+                args.repetitions,
             )
     except (WorkerError, OSError, ValueError) as e:
         _emit("error", str(e))

@@ -27,7 +27,8 @@ def test_each_device_runs_the_best_variant_that_fits(smollm2_f16: Path, tmp_path
         out = tmp_path / "variants"
         quantized = fleet.ctl(
             "models", "quantize", str(smollm2_f16), "--name", "smollm2", "--version", "1.0.0",
-            "--variants", "q4_0,q8_0", "--max-ppl-increase", "1000", "--out", str(out),
+            "--variants", "q4_0,q8_0", "--max-ppl-increase", "1000", "--repetitions", "1",
+            "--out", str(out),
         ).stdout  # fmt: skip
         assert "published smollm2@1.0.0+q4_0" in quantized
         assert "published smollm2@1.0.0+q8_0" in quantized
