@@ -5,7 +5,8 @@ exactly what `edgefleetctl models quantize --no-publish` runs: q4_0, q5_1, q8_0 
 variants, each measured against the F16 source on the bundled evaluation text — file size,
 resident memory when loaded, prompt (pp) and generation (tg) tokens/s the way
 `edgefleet-agent bench` measures them, perplexity, top-1 agreement and KL divergence —
-and gated at +25% perplexity. Prints the table; `--docs` also refreshes the chart and JSON
+and gated at +25% perplexity. Speed is the median of five runs (this VM's figures vary
+from run to run). Prints the table; `--docs` also refreshes the chart and JSON
 in docs/images/ that docs/quantization.md shows.
 
 Note what the source is: F16 holding the Q4_1 weights exactly, so the variants are
@@ -32,6 +33,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--repetitions", type=int, default=5, help="speed runs per file")
     parser.add_argument("--docs", action="store_true", help="write the chart and JSON to docs/")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:

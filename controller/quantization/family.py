@@ -59,7 +59,9 @@ def parse_evaluation(text: str, version: str) -> dict[str, Any] | None:
 def family_variants(session: Session, name: str, release: str) -> list[Model]:
     """The evaluated variants of ``name`` ``release``, best quality (lowest perplexity) first."""
     rows = session.execute(
-        select(Model).where(Model.name == name, Model.version.startswith(release + "+"))
+        select(Model).where(
+            Model.name == name, Model.version.startswith(release + "+", autoescape=True)
+        )
     ).scalars()
     variants = [
         row

@@ -86,6 +86,7 @@ def write_chart(report: QuantizationReport, out_dir: Path) -> Path:
     speed.set_ylabel("generation tokens/s (higher is better)")
     for axis in (quality, speed):
         axis.grid(alpha=0.3)
+        axis.margins(x=0.08, y=0.12)
     figure.suptitle(
         f"{report.name} {report.version}: size against quality and speed "
         f"(green passed the +{report.max_perplexity_increase_percent:g}% gate, red refused)"
