@@ -111,11 +111,13 @@ class OperatorClient:
 
     def create_rollout(
         self, name: str, version: str, selector: dict[str, str]
-    ) -> tuple[int, list[str]]:
-        """Assign name@version to the matching devices."""
+    ) -> tuple[int, dict[str, str]]:
+        """Assign name@version to the matching devices; return the rollout id and what each
+        device was given (for a model family: the variant and why)."""
         request = operator_pb2.CreateRolloutRequest(name=name, version=version, selector=selector)
         response = self._call(self._stub.CreateRollout, request)
-        return response.rollout_id, list(response.device_ids)
+        assigned = {d: response.assigned.get(d, version) for d in response.device_ids}
+        return response.rollout_id, assigned
 
     def model_report(self, name: str) -> operator_pb2.GetModelReportResponse:
         """Every version of ``name`` with its evaluation, and device speeds by class."""

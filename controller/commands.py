@@ -51,10 +51,10 @@ def _models_publish(client: OperatorClient, args: argparse.Namespace) -> int:
 
 def _rollout_create(client: OperatorClient, args: argparse.Namespace) -> int:
     name, version = _split_ref(args.ref)
-    rollout_id, device_ids = client.create_rollout(name, version, dict(args.selector))
-    print(f"rollout {rollout_id}: {name}@{version} assigned to {len(device_ids)} device(s)")
-    for device_id in device_ids:
-        print(f"  {device_id}")
+    rollout_id, assigned = client.create_rollout(name, version, dict(args.selector))
+    print(f"rollout {rollout_id}: {name}@{version} assigned to {len(assigned)} device(s)")
+    for device_id, given in assigned.items():
+        print(f"  {device_id}" if given == version else f"  {device_id}: {name}@{given}")
     return 0
 
 

@@ -26,14 +26,18 @@ def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 def _on_disk(device: Device, variants: list[Model]) -> dict[str, int]:
     """sha256 -> bytes of each variant the device holds installed or part-downloaded."""
+    installed = {str(m.get("sha256")) for m in device.installed or []}
+    received = {
+        (str(d.get("name")), str(d.get("version"))): int(d.get("received") or 0)  # type: ignore[call-overload]
+        for d in device.downloads or []
+    }
     have = {}
     for row in variants:
         length = int(row.manifest["length"])  # type: ignore[call-overload]
-        if any(m.get("sha256") == row.sha256 for m in device.installed or []):
+        if row.sha256 in installed:
             have[row.sha256] = length
-        for download in device.downloads or []:
-            if download.get("name") == row.name and download.get("version") == row.version:
-                have[row.sha256] = min(length, int(download.get("received") or 0))  # type: ignore[call-overload]
+        elif (row.name, row.version) in received:
+            have[row.sha256] = min(length, received[(row.name, row.version)])
     return have
 
 
@@ -45,18 +49,32 @@ def _pick(session: Session, device: Device, name: str, release: str) -> tuple[st
 
 
 def repick_variant(session: Session, device: Device, assignment: Assignment) -> None:
-    """Re-choose a family assignment's variant from the device's latest report."""
-    version, _ = _pick(session, device, assignment.model_name, assignment.family)
-    if version != assignment.version:
-        assignment.version = version
+    """Re-choose a family assignment's variant from the device's latest report (audited
+    when it changes: the device moves to another variant of the same release)."""
+    version, why = _pick(session, device, assignment.model_name, assignment.family)
+    if version == assignment.version:
+        return
+    record_event(
+        session,
+        AuditEvent(
+            "controller",
+            "rollout.variant",
+            f"{assignment.model_name}@{version}",
+            "success",
+            {"device": device.device_id, "previous": assignment.version, "reason": why},
+        ),
+    )
+    assignment.version = version
 
 
 def _assign(session: Session, device: Device, rollout: Rollout) -> str:
-    """Assign the rollout's version (or, for a family, the variant that fits best); say which."""
-    version, family = rollout.version, ""
+    """Assign the rollout's version (or, for a family, the variant that fits best); return
+    what was assigned and, for a family, why: ``1.0.0+q4_0 (best quality that fits)``."""
+    version, family, picked = rollout.version, "", rollout.version
     if rollout.family:
         family = rollout.version
-        version, _ = _pick(session, device, rollout.name, family)
+        version, why = _pick(session, device, rollout.name, family)
+        picked = f"{version} ({why})"
     current = session.get(Assignment, (device.device_id, rollout.name))
     if current is None:
         session.add(
@@ -70,7 +88,7 @@ def _assign(session: Session, device: Device, rollout: Rollout) -> str:
         )
     else:
         current.version, current.rollout_id, current.family = version, rollout.id, family
-    return version
+    return picked
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,8 @@ class RolloutCreated:
 
     rollout_id: int
     device_ids: list[str]
+    # device id -> what it was given, e.g. "1.0.0+q4_0 (best quality that fits)".
+    assigned: dict[str, str]
 
 
 def create_rollout(
@@ -127,7 +147,7 @@ def create_rollout(
                 },
             ),
         )
-        return RolloutCreated(rollout.id, matched)
+        return RolloutCreated(rollout.id, matched, picked)
 
 
 def assign_matching_rollouts(session: Session, device: Device) -> None:

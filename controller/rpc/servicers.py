@@ -221,7 +221,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         )
         self.app.changes.notify()
         return operator_pb2.CreateRolloutResponse(
-            rollout_id=created.rollout_id, device_ids=created.device_ids
+            rollout_id=created.rollout_id, device_ids=created.device_ids, assigned=created.assigned
         )
 
     async def ExportBundle(

@@ -13,9 +13,9 @@ from controller.quantization.family import (
     parse_evaluation,
     pick_variant,
 )
-from controller.rollouts import create_rollout
+from controller.rollouts import create_rollout, repick_variant
 from controller.store.database import Database
-from controller.store.schema import Assignment, Device, Model
+from controller.store.schema import Assignment, AuditRecordRow, Device, Model
 from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.fleet import DeviceResources
 
@@ -162,8 +162,28 @@ def test_a_family_rollout_assigns_each_device_its_variant(db: Database) -> None:
     with db.session() as session:
         picked = {a.device_id: (a.version, a.family) for a in session.query(Assignment).all()}
     assert picked == {"big": ("1.0.0+q8_0", "1.0.0"), "small": ("1.0.0+q4_0", "1.0.0")}
+    assert created.assigned["big"] == "1.0.0+q8_0 (best quality that fits)"
     with pytest.raises(NotFoundError):
         create_rollout(db, "alice", "smollm2", "2.0.0", {})
+
+
+def test_a_device_whose_budget_shrinks_moves_to_a_smaller_variant(db: Database) -> None:
+    """The choice is made again from each report; the move is audited with its reason."""
+    create_rollout(db, "alice", "smollm2", "1.0.0", {"site": "lab"})
+    with db.session() as session:
+        device = session.get(Device, "big")
+        assert device is not None
+        device.resources = vars(resources(190))
+        assignment = session.get(Assignment, ("big", "smollm2"))
+        assert assignment is not None
+        repick_variant(session, device, assignment)
+        repick_variant(session, device, assignment)  # unchanged: not audited again
+        assert assignment.version == "1.0.0+q4_0"
+        moves = session.query(AuditRecordRow).filter_by(action="rollout.variant").all()
+    assert len(moves) == 1
+    record = json.loads(moves[0].canonical)
+    assert record["target"] == "smollm2@1.0.0+q4_0"
+    assert record["details"]["previous"] == "1.0.0+q8_0"
 
 
 def test_an_exact_version_rollout_is_not_a_family(db: Database) -> None:

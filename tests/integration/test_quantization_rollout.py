@@ -47,8 +47,19 @@ def test_each_device_runs_the_best_variant_that_fits(smollm2_f16: Path, tmp_path
             ids[name] = fleet.enroll(name, {"site": "lab"})
             fleet.start_agent(name, env={"EDGEFLEET_AGENT_MEMORY_BUDGET_BYTES": str(budget)})
 
+        wait_for(
+            "both devices to report what they can hold",
+            lambda: (
+                True
+                if all(d["resources"]["memory_budget"] for d in fleet.devices())
+                and len(fleet.devices()) == 2
+                else None
+            ),
+            30,
+        )
         rollout = fleet.ctl("rollout", "create", "smollm2@1.0.0", "--selector", "site=lab")
         assert "assigned to 2 device(s)" in rollout.stdout
+        assert f"{ids['gw-small']}: smollm2@1.0.0+q4_0 (best quality that fits)" in rollout.stdout
         for name, variant in (("gw-big", "q8_0"), ("gw-small", "q4_0")):
             wait_for(
                 f"{name} to serve smollm2@1.0.0+{variant}",
