@@ -1,4 +1,4 @@
-"""From one F16 file to a fleet: `models quantize` publishes the variants that pass their
+"""From one GGUF file to a fleet: `models quantize` publishes the variants that pass their
 gate as one family, a rollout gives each device the best variant that fits its memory,
 and `models report` shows the pipeline's measurements beside the devices' own speed."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from demo import Fleet, wait_for
+from edgefleet.bundled import bundled_model_path
 from edgefleet.memory import estimate_memory
 from tests.integration.fleets import models
 
@@ -19,14 +20,14 @@ KV_BYTES_PER_TOKEN = 30 * 3 * (64 + 64) * 2  # SmolLM2-135M: 30 layers, 3 KV hea
 CONTEXT = 2048  # the agent's default n_ctx, one slot
 
 
-def test_each_device_runs_the_best_variant_that_fits(smollm2_f16: Path, tmp_path: Path) -> None:
+def test_each_device_runs_the_best_variant_that_fits(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
     try:
         fleet.init_controller()
         fleet.start_controller()
-        out = tmp_path / "variants"
+        out, source = tmp_path / "variants", str(bundled_model_path())
         quantized = fleet.ctl(
-            "models", "quantize", str(smollm2_f16), "--name", "smollm2", "--version", "1.0.0",
+            "models", "quantize", source, "--name", "smollm2", "--version", "1.0.0",
             "--variants", "q4_0,q8_0", "--max-ppl-increase", "1000", "--repetitions", "1",
             "--out", str(out),
         ).stdout  # fmt: skip
