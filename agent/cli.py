@@ -26,7 +26,7 @@ from agent.sync.progress import load_board
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent
 from edgefleet.audit_export import ExportBuilder, render
-from edgefleet.cli_support import run_command
+from edgefleet.cli_support import add_completion_command, run_command
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         help="state directory (env EDGEFLEET_AGENT_DATA_DIR)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_completion_command(commands)
     enroll_cmd = commands.add_parser(
         "enroll", help="join the fleet (with a one-time token, or by approval)"
     )

@@ -16,7 +16,7 @@ from controller.datadir import initialize
 from controller.keys_cli import run_keys_command
 from controller.quantization.cli import add_quantize_parser, quantize_command
 from controller.service import serve
-from edgefleet.cli_support import key_value, run_command
+from edgefleet.cli_support import add_completion_command, key_value, run_command
 from edgefleet.errors import ConfigError
 from edgefleet.logging import configure_logging
 
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help=f"operator config file (env {CONFIG_ENV})")
     parser.add_argument("--controller", help="override the controller HOST:PORT of the config")
     commands = parser.add_subparsers(dest="command", required=True)
+    add_completion_command(commands)
 
     init = commands.add_parser("init", help="create a new controller data directory")
     init.add_argument("--data-dir", type=Path, required=True)

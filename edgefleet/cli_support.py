@@ -1,4 +1,5 @@
-"""What both command-line tools share: `k=v` parsing and the one-line error exit."""
+"""What both command-line tools share: `k=v` parsing, shell completion and the one-line
+error exit."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+import shtab
 import structlog
 
 from edgefleet.errors import EdgefleetError
@@ -21,6 +23,17 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+COMPLETION = "completion"
+
+
+def add_completion_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`completion bash|zsh|tcsh`: print a completion script generated from the parser."""
+    completion = commands.add_parser(
+        COMPLETION, help="print a shell completion script (e.g. > /etc/bash_completion.d/NAME)"
+    )
+    completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
+
+
 def run_command(
     prog: str,
     parser: argparse.ArgumentParser,
@@ -29,6 +42,9 @@ def run_command(
 ) -> int:
     """Parse, run, and turn any edgefleet error into ``prog: error: reason`` and exit 1."""
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) == COMPLETION:
+        print(shtab.complete(parser, shell=args.shell))
+        return 0
     try:
         return dispatch(args)
     except EdgefleetError as e:

@@ -49,6 +49,11 @@ if [ ! -e "$DATA_DIR/agent.toml" ]; then
         "$SOURCE/deploy/agent/agent.toml.example" "$DATA_DIR/agent.toml"
 fi
 
+echo "== shell completion"
+if [ -d /etc/bash_completion.d ]; then
+    "$PREFIX/venv/bin/edgefleet-agent" completion bash > /etc/bash_completion.d/edgefleet-agent
+fi
+
 echo "== systemd unit"
 install -m 0644 "$SOURCE/deploy/systemd/edgefleet-agent.service" "$UNIT"
 if [ "$PREFIX" != /opt/edgefleet ]; then
