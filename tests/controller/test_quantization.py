@@ -10,6 +10,7 @@ import pytest
 
 from controller.cli import main as edgefleetctl
 from controller.quantization.pipeline import (
+    EVALUATION_TEXT,
     QuantizationReport,
     gate,
     run_pipeline,
@@ -115,10 +116,12 @@ def test_the_cli_refuses_what_the_gate_refuses(
 ) -> None:
     """`models quantize --no-publish` with a gate no 4-bit variant meets: exit 1, one line.
     (The bundled Q4_1 file is the source here: quicker to measure than F16.)"""
-    out = tmp_path / "out"
+    out, text = tmp_path / "out", tmp_path / "short.txt"
+    text.write_text(EVALUATION_TEXT.read_text()[:1500])  # a few 64-token windows: quick
     source = str(bundled_model_path())
     argv = ["models", "quantize", source, "--name", "smollm2", "--version", "1.0.0"]
     argv += ["--variants", "q4_0", "--max-ppl-increase", "0.01", "--repetitions", "1"]
+    argv += ["--context", "64", "--text", str(text)]
     argv += ["--no-publish", "--out", str(out)]
     assert edgefleetctl(argv) == 1
     captured = capsys.readouterr()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.quantization.pipeline import EVALUATION_TEXT
 from demo import Fleet, wait_for
 from edgefleet.bundled import bundled_model_path
 from edgefleet.memory import estimate_memory
@@ -26,10 +27,12 @@ def test_each_device_runs_the_best_variant_that_fits(tmp_path: Path) -> None:
         fleet.init_controller()
         fleet.start_controller()
         out, source = tmp_path / "variants", str(bundled_model_path())
+        text = tmp_path / "short.txt"  # a few 64-token windows: this test is about the rollout
+        text.write_text(EVALUATION_TEXT.read_text()[:1500])
         quantized = fleet.ctl(
             "models", "quantize", source, "--name", "smollm2", "--version", "1.0.0",
             "--variants", "q4_0,q8_0", "--max-ppl-increase", "1000", "--repetitions", "1",
-            "--out", str(out),
+            "--context", "64", "--text", str(text), "--out", str(out),
         ).stdout  # fmt: skip
         assert "published smollm2@1.0.0+q4_0" in quantized
         assert "published smollm2@1.0.0+q8_0" in quantized
