@@ -21,7 +21,13 @@ from controller.quantization.pipeline import (
 )
 from controller.quantization.report import MIB, format_table, write_chart
 from controller.quantization.variants import DEFAULT_VARIANTS, parse_variants, variant_version
-from edgefleet.errors import ConfigError, ConflictError, EdgefleetError, NotFoundError
+from edgefleet.errors import (
+    ConfigError,
+    ConflictError,
+    EdgefleetError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from edgefleet.speed import DEFAULT_REPETITIONS
 
 
@@ -106,8 +112,8 @@ def evaluation_of(report: QuantizationReport, outcome: VariantOutcome) -> dict[s
 def _refuse_published(client: OperatorClient, name: str, versions: list[str]) -> None:
     try:
         published = {v.version for v in client.model_report(name).versions}
-    except NotFoundError:
-        return
+    except (NotFoundError, PermissionDeniedError):
+        return  # nothing published yet, or no models.read: the publish itself will tell
     taken = sorted(published.intersection(versions))
     if taken:
         raise ConflictError(f"{name}@{taken[0]} is already published")
