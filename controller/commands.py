@@ -70,6 +70,12 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
             f"{v.device_id:<22} {v.hostname[:20]:<20} {v.last_seen or 'never':<27} "
             f"{v.audit_stored_seq:>6}  {models or '-'}"
         )
+        r = v.resources
+        if r.known:
+            print(
+                f"{'':<22} {r.device_class}; model memory budget {r.memory_budget / 1048576:.0f}"
+                f" MiB, disk free {r.disk_free / 1048576:.0f} MiB"
+            )
         for b in v.bench:
             print(
                 f"{'':<22} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "

@@ -202,7 +202,9 @@ def test_devices_list_shows_the_active_model(model_fleet: ModelFleet) -> None:
         out = fleet.ctl("devices", "list").stdout
         return out if "smollm2@1.0*" in out else None
 
-    assert model_fleet.device_id in wait_for("the installed model in the device view", listed, 30)
+    shown = wait_for("the installed model in the device view", listed, 30)
+    assert model_fleet.device_id in shown
+    assert "model memory budget" in shown and "disk free" in shown  # what the device can hold
     status = fleet.agent("gw1", "status").stdout
     assert "acknowledged with the fleet's signed receipt" in status
 
