@@ -66,6 +66,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.audit_append
 	$(BIN)/python -m benchmarks.audit_ingest
 	$(BIN)/python -m benchmarks.verify
+	$(BIN)/python -m benchmarks.transfer
 	$(BIN)/python -m benchmarks.quantization
 
 clean:
