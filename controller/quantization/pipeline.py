@@ -131,7 +131,7 @@ def _sha256(path: Path) -> str:
 
 def run_worker(arguments: Sequence[str], stage: str, on_progress: Progress) -> dict[str, Any]:
     """Run one worker child; pass its progress on; return its result or raise its error."""
-    with tempfile.TemporaryFile("w+") as stderr:
+    with tempfile.TemporaryFile("w+", errors="replace") as stderr:
         child = subprocess.Popen(
             [sys.executable, "-m", "controller.quantization.worker", *arguments],
             stdout=subprocess.PIPE,
