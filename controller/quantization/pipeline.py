@@ -137,6 +137,7 @@ def run_worker(arguments: Sequence[str], stage: str, on_progress: Progress) -> d
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
+            errors="replace",
         )
         result: dict[str, Any] | None = None
         error: str | None = None
