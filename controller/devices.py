@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from controller.auditlog import acked_seq, tamper_reason
+from controller.quantization.family import stored_resources
 from controller.rollouts import repick_variant
 from controller.snapshots import Snapshot
 from controller.store.database import Database
@@ -16,7 +17,6 @@ from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     BenchResult,
     DesiredState,
-    DeviceResources,
     DeviceView,
     DownloadProgress,
     InstalledModel,
@@ -92,7 +92,7 @@ def list_devices(db: Database) -> list[DeviceView]:
                     ),
                     data_used_today=device.data_used_today or 0,
                     daily_data_budget=device.daily_data_budget or 0,
-                    resources=DeviceResources(**(device.resources or {})),  # type: ignore[arg-type]
+                    resources=stored_resources(device),
                 )
             )
         return views

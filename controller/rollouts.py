@@ -10,12 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
-from controller.quantization.family import family_variants, pick_variant
+from controller.quantization.family import family_variants, pick_variant, stored_resources
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device, Model, Rollout
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import NotFoundError
-from edgefleet.fleet import DeviceResources
 from edgefleet.trust.metadata import check_model_name, check_model_version
 
 
@@ -43,8 +42,7 @@ def _on_disk(device: Device, variants: list[Model]) -> dict[str, int]:
 
 def _pick(session: Session, device: Device, name: str, release: str) -> tuple[str, str]:
     variants = family_variants(session, name, release)
-    resources = DeviceResources(**(device.resources or {}))  # type: ignore[arg-type]
-    row, why = pick_variant(variants, resources, _on_disk(device, variants))
+    row, why = pick_variant(variants, stored_resources(device), _on_disk(device, variants))
     return row.version, why
 
 

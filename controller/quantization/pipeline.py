@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ from typing import Any
 
 from controller.quantization.variants import VARIANTS, variant_version
 from edgefleet.errors import MalformedInputError, StorageError
+from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
 from edgefleet.speed import DEFAULT_REPETITIONS
 from edgefleet.trust.metadata import check_model_name, check_model_version, format_time
@@ -121,14 +121,6 @@ def gate(
     return VariantOutcome(measurement, round(reduction, 2), round(increase, 3), passed, reason)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_worker(arguments: Sequence[str], stage: str, on_progress: Progress) -> dict[str, Any]:
     """Run one worker child; pass its progress on; return its result or raise its error."""
     with tempfile.TemporaryFile("w+", errors="replace") as stderr:
@@ -204,7 +196,7 @@ def _measure(
         variant=variant,
         quantization=read_gguf_file(path).quantization,
         file=path.name,
-        sha256=_sha256(path),
+        sha256=sha256_of_file(path),
         size_bytes=path.stat().st_size,
         loaded_memory_bytes=int(result["loaded_memory_bytes"]),
         prompt_tokens_per_second=float(result["prompt_tokens_per_second"]),
@@ -292,7 +284,7 @@ def run_pipeline(
         machine=f"{platform.machine()} {os.cpu_count()} cores {platform.system()}",
         threads=threads,
         context=context,
-        evaluation_text_sha256=_sha256(text),
+        evaluation_text_sha256=sha256_of_file(text),
         text_tokens=int(counts["text_tokens"]),
         evaluated_tokens=int(counts["evaluated_tokens"]),
         max_perplexity_increase_percent=max_perplexity_increase,
