@@ -157,8 +157,15 @@ class Fetcher:
         return ChunkIndex.from_bytes(data, manifest.chunk_size, manifest.length)
 
     async def download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
-        """Fetch the blob from where an earlier attempt stopped, check every chunk, commit."""
+        """Fetch the blob from where an earlier attempt stopped, check every chunk, commit.
+
+        A blob already in the store was verified before it was committed there (an agent
+        killed between commit and recording the install finds it so): nothing is fetched,
+        and a stray ``.partial`` beside it is dropped."""
         with self.blobs.claim(manifest.sha256):
+            if self.blobs.has(manifest.sha256, manifest.length):
+                self.blobs.discard_partial(manifest.sha256)
+                return Transfer()
             return await self._download(source, manifest)
 
     async def _download(self, source: BlobSource, manifest: ModelManifest) -> Transfer:
