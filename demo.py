@@ -51,6 +51,8 @@ class Fleet:
         self.fingerprint = ""
         self.sync_address = ""
         self.enroll_address = ""
+        self.health_address = ""  # plaintext gRPC health checking
+        self.metrics_address = ""  # Prometheus /metrics
         self.agent_env: dict[str, str] = {}  # settings every agent started here gets
 
     # --- commands ---------------------------------------------------------------------
@@ -114,6 +116,8 @@ class Fleet:
         addr_file.unlink(missing_ok=True)
         listen = self.sync_address or f"127.0.0.1:{free_port()}"
         enroll_listen = self.enroll_address or f"127.0.0.1:{free_port()}"
+        health_listen = self.health_address or f"127.0.0.1:{free_port()}"
+        metrics_listen = self.metrics_address or f"127.0.0.1:{free_port()}"
         process = self._spawn(
             "controller",
             [
@@ -125,6 +129,10 @@ class Fleet:
                 listen,
                 "--enroll-listen",
                 enroll_listen,
+                "--health-listen",
+                health_listen,
+                "--metrics-listen",
+                metrics_listen,
             ],
         )
 
@@ -132,9 +140,12 @@ class Fleet:
             if process.poll() is not None:
                 raise RuntimeError(f"controller exited: {self.log('controller')[-2000:]}")
             lines = addr_file.read_text().split() if addr_file.exists() else []
-            return lines if len(lines) == 2 else None
+            return lines if len(lines) == 4 else None
 
-        self.sync_address, self.enroll_address = wait_for("the controller", listening, 30)
+        addresses = wait_for("the controller", listening, 30)
+        self.sync_address, self.enroll_address, self.health_address, self.metrics_address = (
+            addresses
+        )
 
     def start_agent(
         self, name: str, sync_interval: int = 2, env: dict[str, str] | None = None

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, text
 
 from controller.auditlog import ingest
-from controller.store.database import Database
-from controller.store.schema import AuditRecordRow, Base
+from controller.store.database import Database, reset_scratch_database
+from controller.store.schema import AuditRecordRow
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash
 
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -36,13 +36,8 @@ def make_chains(devices: int, per_device: int) -> dict[str, list[tuple[int, byte
     return chains
 
 
-def fresh(db: Database) -> None:
-    Base.metadata.drop_all(db.engine)
-    db.create_schema()
-
-
 def ours(db: Database, chains: dict[str, list[tuple[int, bytes]]], batch: int) -> float:
-    fresh(db)
+    reset_scratch_database(db)
     started = time.perf_counter()
     for device, records in chains.items():
         for i in range(0, len(records), batch):
@@ -52,7 +47,7 @@ def ours(db: Database, chains: dict[str, list[tuple[int, bytes]]], batch: int) -
 
 
 def row_by_row(db: Database, chains: dict[str, list[tuple[int, bytes]]], limit: int) -> float:
-    fresh(db)
+    reset_scratch_database(db)
     rows = [
         (device, seq, canonical) for device, records in chains.items() for seq, canonical in records
     ]
@@ -94,7 +89,7 @@ def main() -> int:
     total = args.devices * args.records
     ours_rate = ours(db, chains, args.batch)
     baseline = row_by_row(db, chains, args.baseline_records)
-    fresh(db)
+    reset_scratch_database(db)
     shape = f"{args.devices} devices x {args.records} records, pushes of {args.batch}"
     print(f"PostgreSQL {version}; {shape}")
     print(f"{'path':<48}{'records':>9}{'records/s':>12}")

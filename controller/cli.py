@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--listen", help="mTLS HOST:PORT (default 127.0.0.1:7443)")
     serve_cmd.add_argument("--enroll-listen", help="enrollment HOST:PORT (default 127.0.0.1:7444)")
     serve_cmd.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in data dir)")
+    serve_cmd.add_argument(
+        "--health-listen", help='plaintext gRPC health HOST:PORT (default 127.0.0.1:7445; "" off)'
+    )
+    serve_cmd.add_argument(
+        "--metrics-listen", help='Prometheus /metrics HOST:PORT (default 127.0.0.1:9464; "" off)'
+    )
     serve_cmd.add_argument("--log-level", default="INFO")
 
     _add_keys_parser(commands)
@@ -217,6 +223,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         enroll_listen=args.enroll_listen,
         database_url=args.database_url,
+        health_listen=args.health_listen,
+        metrics_listen=args.metrics_listen,
     )
     asyncio.run(serve(config))
     return 0

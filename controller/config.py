@@ -32,10 +32,21 @@ class ControllerConfig:
     max_audit_batch: int = 1000
     # Watch streams send a heartbeat this often, so that both ends notice a dead link.
     watch_heartbeat_seconds: int = 20
+    # gRPC health checking without TLS (Kubernetes probes, load balancers); "" disables.
+    health_listen: str = "127.0.0.1:7445"
+    # Prometheus /metrics over HTTP; "" disables.
+    metrics_listen: str = "127.0.0.1:9464"
+    # On SIGTERM: report NOT_SERVING, then let calls in flight finish for this long.
+    shutdown_grace_seconds: int = 10
+    # A device that has not reported for this long is shown (and counted) as stale.
+    stale_after_seconds: int = 300
 
     def __post_init__(self) -> None:
         split_address(self.listen)
         split_address(self.enroll_listen)
+        for optional in (self.health_listen, self.metrics_listen):
+            if optional:
+                split_address(optional)
         if not 64 * 1024 <= self.blob_chunk_bytes <= self.max_message_bytes - 1024:
             raise ConfigError("blob_chunk_bytes must be >= 64 KiB and below max_message_bytes")
         for name in (
@@ -46,6 +57,8 @@ class ControllerConfig:
             "device_certificate_seconds",
             "policy_expiry_days",
             "watch_heartbeat_seconds",
+            "shutdown_grace_seconds",
+            "stale_after_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -21,9 +21,11 @@ from controller.config import ControllerConfig
 from controller.datadir import DataDir
 from controller.enrollment import Enrollment
 from controller.keyring import Keyring
+from controller.metrics import ControllerMetrics
 from controller.operators import ensure_bootstrap_admin
 from controller.policies import PolicyService
 from controller.rpc.guard import GuardInterceptor
+from controller.rpc.operations import Operations, add_health_and_reflection
 from controller.rpc.servicers import DeviceServicer, OperatorServicer
 from controller.snapshots import Snapshots
 from controller.store.database import Database
@@ -55,6 +57,7 @@ class ControllerApp:
     ca_pem: bytes
     sync_port: int = 0
     changes: ChangeFeed = field(default_factory=ChangeFeed)
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     @property
     def root_chain(self) -> tuple[Envelope, ...]:
@@ -76,7 +79,7 @@ class ControllerApp:
             material.signers(role)  # refuse to start without the online keys
         ca = data.load_ca()
         db = Database(config.resolved_database_url)
-        db.create_schema()
+        db.upgrade_schema()
         blobs = BlobStore(data.blobs)
         catalog = Catalog(
             db,
@@ -89,6 +92,8 @@ class ControllerApp:
         ensure_bootstrap_admin(db, _read(data.operators / "admin" / "cert.pem"))
         lifetime = timedelta(seconds=config.device_certificate_seconds)
         policies = PolicyService(db, keyring, timedelta(days=config.policy_expiry_days))
+        metrics = ControllerMetrics()
+        metrics.add_fleet(db, timedelta(seconds=config.stale_after_seconds))
         return cls(
             config=config,
             data=data,
@@ -104,6 +109,7 @@ class ControllerApp:
                 db, keyring, catalog, policies, timedelta(days=config.timestamp_expiry_days)
             ),
             ca_pem=cert_pem(ca.cert),
+            metrics=metrics,
         )
 
 
@@ -114,11 +120,12 @@ def _read(path: Path) -> bytes:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
 
 
-def build_server(app: ControllerApp) -> tuple[grpc.aio.Server, int, int]:
-    """A grpc.aio server with an mTLS listener and a TLS-only enrollment listener."""
+def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.Server, int, int]:
+    """A grpc.aio server with an mTLS listener and a TLS-only enrollment listener (both
+    also answer health checks and reflection)."""
     limit = app.config.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor(app.access)],
+        interceptors=[GuardInterceptor(app.access, app.metrics)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -126,6 +133,7 @@ def build_server(app: ControllerApp) -> tuple[grpc.aio.Server, int, int]:
     )
     device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(app), server)
     operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(app), server)
+    add_health_and_reflection(server, operations.health)
     key_pair = [(_read(app.data.tls / "server.key"), _read(app.data.tls / "server.pem"))]
     mtls = grpc.ssl_server_credentials(
         key_pair, root_certificates=app.ca_pem, require_client_auth=True
@@ -142,25 +150,40 @@ def build_server(app: ControllerApp) -> tuple[grpc.aio.Server, int, int]:
 
 
 async def serve(config: ControllerConfig) -> None:
-    """Run until SIGINT/SIGTERM, then drain calls for up to 5 seconds."""
+    """Run until SIGINT/SIGTERM; then report NOT_SERVING, end watch streams and let calls
+    in flight finish for up to ``shutdown_grace_seconds``."""
     app = await asyncio.to_thread(ControllerApp.build, config)
-    server, sync_port, enroll_port = build_server(app)
+    operations = Operations(app.db, app.metrics, config.health_listen, config.metrics_listen)
+    server, sync_port, enroll_port = build_server(app, operations)
     app.sync_port = sync_port
+    await operations.start()
     await server.start()
     host, _ = split_address(config.listen)
     enroll_host, _ = split_address(config.enroll_listen)
-    app.data.listening_file.write_text(f"{host}:{sync_port}\n{enroll_host}:{enroll_port}\n")
+    lines = [f"{host}:{sync_port}", f"{enroll_host}:{enroll_port}"]
+    for address, port in (
+        (config.health_listen, operations.health_port),
+        (config.metrics_listen, operations.metrics_port),
+    ):
+        lines.append(f"{split_address(address)[0]}:{port}" if address else "off")
+    app.data.listening_file.write_text("\n".join(lines) + "\n")
     log.info(
-        "controller.listening", sync=f"{host}:{sync_port}", enroll=f"{enroll_host}:{enroll_port}"
+        "controller.listening",
+        sync=f"{host}:{sync_port}",
+        enroll=f"{enroll_host}:{enroll_port}",
+        health=operations.health_port or "off",
+        metrics=operations.metrics_port or "off",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("controller.stopping")
+    log.info("controller.stopping", grace_seconds=config.shutdown_grace_seconds)
+    await operations.draining()
     app.changes.close()
-    await server.stop(grace=5)
+    await server.stop(grace=config.shutdown_grace_seconds)
+    await operations.stop()
     with contextlib.suppress(FileNotFoundError):
         app.data.listening_file.unlink()
     app.db.dispose()

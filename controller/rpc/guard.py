@@ -13,12 +13,16 @@ import grpc
 import structlog
 
 from controller.access import AccessControl
+from controller.metrics import ControllerMetrics
 from controller.rpc.authorization import Principal, principal_from_common_name
 from controller.rpc.status import status_for
 from edgefleet.errors import EdgefleetError
 from edgefleet.tls import load_certificate
 
 log = structlog.get_logger("controller.rpc")
+
+# Health checking and reflection need no principal (the listener's TLS still applies).
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
 
@@ -52,6 +56,11 @@ async def _admit(access: AccessControl, method: str, context: grpc.aio.ServicerC
     )
 
 
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
 async def _fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
     if isinstance(error, EdgefleetError):
         code, message = status_for(error)
@@ -62,43 +71,66 @@ async def _fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
     await context.abort(code, message)
 
 
+class _Timed:
+    """Counts a call and its duration under its method and final status code."""
+
+    def __init__(self, metrics: ControllerMetrics, method: str) -> None:
+        self.metrics = metrics
+        self.method = method.rsplit("/", 1)[-1]
+        self.started = time.monotonic()
+
+    def done(self, context: grpc.aio.ServicerContext) -> float:
+        seconds = time.monotonic() - self.started
+        self.metrics.calls.labels(self.method, _code_name(context)).inc()
+        self.metrics.latency.labels(self.method).observe(seconds)
+        return seconds
+
+
 def _wrap_unary(
-    access: AccessControl, method: str, behavior: Callable[..., Awaitable[Any]]
+    guard: GuardInterceptor, method: str, behavior: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Any]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _admit(access, method, context)
-        started = time.monotonic()
+        timed = _Timed(guard.metrics, method)
         try:
-            response = await behavior(request, context)
-        except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
-            await _fail(context, e)
-        log.info("rpc.ok", ms=round((time.monotonic() - started) * 1000, 1))
+            await _admit(guard.access, method, context)
+            try:
+                response = await behavior(request, context)
+            except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
+                await _fail(context, e)
+        finally:
+            seconds = timed.done(context)
+        log.info("rpc.ok", ms=round(seconds * 1000, 1))
         return response
 
     return guarded
 
 
 def _wrap_stream(
-    access: AccessControl, method: str, behavior: Callable[..., AsyncIterator[Any]]
+    guard: GuardInterceptor, method: str, behavior: Callable[..., AsyncIterator[Any]]
 ) -> Callable[..., Any]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await _admit(access, method, context)
-        started = time.monotonic()
+        timed = _Timed(guard.metrics, method)
         try:
-            async for item in behavior(request, context):
-                yield item
-        except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
-            await _fail(context, e)
-        log.info("rpc.ok", ms=round((time.monotonic() - started) * 1000, 1))
+            await _admit(guard.access, method, context)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
+                await _fail(context, e)
+        finally:
+            seconds = timed.done(context)
+        log.info("rpc.ok", ms=round(seconds * 1000, 1))
 
     return guarded
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps each method handler so that no call reaches a servicer unauthorized."""
+    """Wraps each method handler so that no call reaches a servicer unauthorized; health
+    checking and reflection (``PUBLIC_METHOD_PREFIXES``) pass as they are."""
 
-    def __init__(self, access: AccessControl) -> None:
+    def __init__(self, access: AccessControl, metrics: ControllerMetrics) -> None:
         self.access = access
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -106,8 +138,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        if handler is None:
-            return None
+        if handler is None or details.method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
         method = details.method
         serializers = {
             "request_deserializer": handler.request_deserializer,
@@ -115,16 +147,16 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(self.access, method, handler.unary_unary), **serializers
+                _wrap_unary(self, method, handler.unary_unary), **serializers
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(self.access, method, handler.stream_unary), **serializers
+                _wrap_unary(self, method, handler.stream_unary), **serializers
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(self.access, method, handler.unary_stream), **serializers
+                _wrap_stream(self, method, handler.unary_stream), **serializers
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(self.access, method, handler.stream_stream), **serializers
+            _wrap_stream(self, method, handler.stream_stream), **serializers
         )

@@ -121,14 +121,18 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     ) -> AsyncIterator[device_pb2.WatchEvent]:
         changes = self.app.changes
         seen = changes.generation
-        yield device_pb2.WatchEvent(kind="hello")
-        while not changes.closed:
-            current = await changes.wait(seen, self.app.config.watch_heartbeat_seconds)
-            if changes.closed:
-                return
-            kind = "changed" if current != seen else "heartbeat"
-            seen = current
-            yield device_pb2.WatchEvent(kind=kind)
+        self.app.metrics.watch_streams.inc()
+        try:
+            yield device_pb2.WatchEvent(kind="hello")
+            while not changes.closed:
+                current = await changes.wait(seen, self.app.config.watch_heartbeat_seconds)
+                if changes.closed:
+                    return
+                kind = "changed" if current != seen else "heartbeat"
+                seen = current
+                yield device_pb2.WatchEvent(kind=kind)
+        finally:
+            self.app.metrics.watch_streams.dec()
 
     async def PushAudit(
         self, request: device_pb2.PushAuditRequest, context: grpc.aio.ServicerContext

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from controller.store.database import Database
-from controller.store.schema import Base
+from controller.store.database import Database, reset_scratch_database
 
 POSTGRES_URL = os.environ.get(
     "EDGEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -30,7 +29,6 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
                 connection.execute(text("select 1"))
         except Exception as e:  # noqa: BLE001 - any connection failure means: skip, visibly
             pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(e).__name__}")
-        Base.metadata.drop_all(db.engine)
-    db.create_schema()
+    reset_scratch_database(db)
     yield db
     db.dispose()
