@@ -155,6 +155,7 @@ async def run(config: AgentConfig) -> None:
         labels=dict(enrollment.labels),
         offline=OfflineGuard(state.db, state.audit, config.max_offline_days, config.offline_mode),
     )
+    syncer.serving = ctx.serving
     runner, api_address = await _start_api(config, ctx)
     (config.data_dir / "api.addr").write_text(api_address + "\n")
     http = client_session(config.mirror_ca_file)

@@ -15,6 +15,7 @@ from controller.config import load_controller_config
 from controller.datadir import initialize
 from controller.keys_cli import run_keys_command
 from controller.quantization.cli import add_quantize_parser, quantize_command
+from controller.rollouts.cli import add_rollout_parser
 from controller.service import serve
 from edgefleet.cli_support import add_completion_command, key_value, run_command
 from edgefleet.errors import ConfigError
@@ -77,18 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     bundle_export.add_argument("ref", metavar="NAME@VERSION")
     bundle_export.add_argument("--out", type=Path, required=True)
 
-    rollout = commands.add_parser("rollout", help="model rollouts").add_subparsers(
-        dest="action", required=True
-    )
-    rollout_create = rollout.add_parser("create", help="assign NAME@VERSION to matching devices")
-    rollout_create.add_argument("ref", metavar="NAME@VERSION")
-    rollout_create.add_argument("--selector", type=key_value, action="append", default=[])
+    add_rollout_parser(commands)
 
     devices = commands.add_parser("devices", help="enrolled devices").add_subparsers(
         dest="action", required=True
     )
     devices_list = devices.add_parser("list", help="every device and its last report")
     devices_list.add_argument("--json", action="store_true")
+    devices_show = devices.add_parser("show", help="one device: status, health, assignments")
+    devices_show.add_argument("device_id")
+    devices_show.add_argument("--json", action="store_true")
 
     for action, text in (
         ("accept", "accept a pending device"),

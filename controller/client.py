@@ -110,14 +110,65 @@ class OperatorClient:
         return response
 
     def create_rollout(
-        self, name: str, version: str, selector: dict[str, str]
-    ) -> tuple[int, dict[str, str]]:
-        """Assign name@version to the matching devices; return the rollout id and what each
-        device was given (for a model family: the variant and why)."""
-        request = operator_pb2.CreateRolloutRequest(name=name, version=version, selector=selector)
-        response = self._call(self._stub.CreateRollout, request)
-        assigned = {d: response.assigned.get(d, version) for d in response.device_ids}
-        return response.rollout_id, assigned
+        self,
+        name: str,
+        version: str,
+        selector: dict[str, str],
+        strategy: operator_pb2.RolloutStrategy | None = None,
+    ) -> operator_pb2.CreateRolloutResponse:
+        """Start rolling name@version out; the response names the devices its first wave
+        was assigned (for a model family: the variant and why) and the whole plan."""
+        request = operator_pb2.CreateRolloutRequest(
+            name=name, version=version, selector=selector, strategy=strategy
+        )
+        response: operator_pb2.CreateRolloutResponse = self._call(self._stub.CreateRollout, request)
+        return response
+
+    def plan_rollout(
+        self,
+        name: str,
+        version: str,
+        selector: dict[str, str],
+        strategy: operator_pb2.RolloutStrategy | None = None,
+    ) -> operator_pb2.RolloutPlan:
+        """Which devices a rollout would give what, in which wave, and who is left out."""
+        request = operator_pb2.CreateRolloutRequest(
+            name=name, version=version, selector=selector, strategy=strategy
+        )
+        plan: operator_pb2.RolloutPlan = self._call(self._stub.PlanRollout, request)
+        return plan
+
+    def get_rollout(self, rollout_id: int) -> operator_pb2.RolloutView:
+        """One rollout with its devices."""
+        view: operator_pb2.RolloutView = self._call(
+            self._stub.GetRollout, operator_pb2.GetRolloutRequest(id=rollout_id)
+        )
+        return view
+
+    def list_rollouts(self) -> list[operator_pb2.RolloutView]:
+        """Every rollout, newest first."""
+        response = self._call(self._stub.ListRollouts, operator_pb2.ListRolloutsRequest())
+        return list(response.rollouts)
+
+    def change_rollout(self, rollout_id: int, action: str) -> operator_pb2.RolloutView:
+        """pause | resume | abort | rollback."""
+        view: operator_pb2.RolloutView = self._call(
+            self._stub.ChangeRollout,
+            operator_pb2.ChangeRolloutRequest(id=rollout_id, action=action),
+        )
+        return view
+
+    def pin(self, name: str, version: str, device_id: str, selector: dict[str, str]) -> list[str]:
+        """Hold name at version on one device or the devices a selector matches."""
+        request = operator_pb2.PinModelRequest(
+            name=name, version=version, device_id=device_id, selector=selector
+        )
+        return list(self._call(self._stub.PinModel, request).device_ids)
+
+    def unpin(self, name: str, device_id: str, selector: dict[str, str]) -> list[str]:
+        """Remove a pin; return the devices it held."""
+        request = operator_pb2.PinModelRequest(name=name, device_id=device_id, selector=selector)
+        return list(self._call(self._stub.UnpinModel, request).device_ids)
 
     def model_report(self, name: str) -> operator_pb2.GetModelReportResponse:
         """Every version of ``name`` with its evaluation, and device speeds by class."""

@@ -15,21 +15,17 @@ from controller.client import OperatorClient
 from controller.datadir import write_operator_credential
 from controller.policies import pretty
 from controller.quantization.cli import report_command
+from controller.rollouts.cli import ROLLOUT_OPERATIONS
 from edgefleet.audit_export import render, verify_export
 from edgefleet.bundle import BundleHeader, write_bundle
-from edgefleet.errors import ConfigError, TransportError
+from edgefleet.cli_support import split_ref
+from edgefleet.errors import ConfigError, NotFoundError, TransportError
+from edgefleet.fleet import DeviceView
 from edgefleet.rbac import Policy
 from edgefleet.tls import key_pem, make_csr, new_tls_key
 from edgefleet.trust.metadata import Targets, parse_time
 
 Operation = Callable[[OperatorClient, argparse.Namespace], int]
-
-
-def _split_ref(ref: str) -> tuple[str, str]:
-    name, sep, version = ref.partition("@")
-    if not sep or not name or not version:
-        raise ConfigError(f"{ref!r} is not NAME@VERSION")
-    return name, version
 
 
 def _token_create(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -49,13 +45,55 @@ def _models_publish(client: OperatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollout_create(client: OperatorClient, args: argparse.Namespace) -> int:
-    name, version = _split_ref(args.ref)
-    rollout_id, assigned = client.create_rollout(name, version, dict(args.selector))
-    print(f"rollout {rollout_id}: {name}@{version} assigned to {len(assigned)} device(s)")
-    for device_id, given in assigned.items():
-        print(f"  {device_id}" if given == version else f"  {device_id}: {name}@{given}")
-    return 0
+def _print_device(v: DeviceView, detail: bool) -> None:
+    models = ", ".join(f"{m.name}@{m.version}{'*' if m.active else ''}" for m in v.models)
+    seen = (v.last_seen or "never") + (" STALE" if v.stale else "")
+    print(
+        f"{v.device_id:<22} {v.hostname[:20]:<20} {seen:<33} "
+        f"{v.audit_stored_seq:>6}  {models or '-'}"
+    )
+    pad = " " * 22
+    active = {(m.name, m.version) for m in v.models if m.active}
+    for a in v.assignments:
+        if (a.name, a.version) not in active:
+            print(f"{pad} to run {a.name}@{a.version} (not active yet)")
+    if v.audit_head_seq > v.audit_stored_seq:
+        print(f"{pad} audit backlog: {v.audit_head_seq - v.audit_stored_seq} record(s)")
+    r = v.resources
+    if r.known:
+        print(
+            f"{pad} {r.device_class}; model memory budget {r.memory_budget / 1048576:.0f}"
+            f" MiB, disk free {r.disk_free / 1048576:.0f} MiB"
+        )
+    for b in v.bench:
+        print(
+            f"{pad} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
+            f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
+        )
+    for d in v.downloads:
+        percent = 100 * d.received / d.total if d.total else 0
+        why = f": {d.reason}" if d.reason else ""
+        print(f"{pad} {d.name}@{d.version} {d.state} {percent:.0f} %{why}")
+    if v.daily_data_budget:
+        print(
+            f"{pad} data today: {v.data_used_today / 1048576:.0f} of "
+            f"{v.daily_data_budget / 1048576:.0f} MiB"
+        )
+    if detail:
+        print(f"{pad} agent {v.agent_version or '?'}; labels {v.labels}")
+        for h in v.health:
+            speed = f", smoke {h.smoke_tokens_per_second:.1f} tok/s" if h.smoke else ""
+            why = f" ({h.smoke_reason})" if h.smoke_reason else ""
+            print(
+                f"{pad} {h.name}@{h.version}: smoke {h.smoke or 'not run'}{why}{speed}, "
+                f"{h.requests} requests, {h.errors} failed"
+            )
+    if v.state != "active":
+        print(f"{pad} state: {v.state}")
+    if v.audit_alert:
+        print(f"{pad} AUDIT TAMPER ALERT: {v.audit_alert}")
+    if v.last_error:
+        print(f"{pad} last error: {v.last_error}")
 
 
 def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -63,44 +101,25 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(v) for v in views], indent=2))
         return 0
-    print(f"{'DEVICE':<22} {'HOSTNAME':<20} {'LAST SEEN':<27} {'AUDIT':>6}  MODELS")
+    print(f"{'DEVICE':<22} {'HOSTNAME':<20} {'LAST SEEN':<33} {'AUDIT':>6}  MODELS")
     for v in views:
-        models = ", ".join(f"{m.name}@{m.version}{'*' if m.active else ''}" for m in v.models)
-        print(
-            f"{v.device_id:<22} {v.hostname[:20]:<20} {v.last_seen or 'never':<27} "
-            f"{v.audit_stored_seq:>6}  {models or '-'}"
-        )
-        r = v.resources
-        if r.known:
-            print(
-                f"{'':<22} {r.device_class}; model memory budget {r.memory_budget / 1048576:.0f}"
-                f" MiB, disk free {r.disk_free / 1048576:.0f} MiB"
-            )
-        for b in v.bench:
-            print(
-                f"{'':<22} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
-                f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
-            )
-        for d in v.downloads:
-            percent = 100 * d.received / d.total if d.total else 0
-            why = f": {d.reason}" if d.reason else ""
-            print(f"{'':<22} {d.name}@{d.version} {d.state} {percent:.0f} %{why}")
-        if v.daily_data_budget:
-            print(
-                f"{'':<22} data today: {v.data_used_today / 1048576:.0f} of "
-                f"{v.daily_data_budget / 1048576:.0f} MiB"
-            )
-        if v.state != "active":
-            print(f"{'':<22} state: {v.state}")
-        if v.audit_alert:
-            print(f"{'':<22} AUDIT TAMPER ALERT: {v.audit_alert}")
-        if v.last_error:
-            print(f"{'':<22} last error: {v.last_error}")
+        _print_device(v, detail=False)
+    return 0
+
+
+def _devices_show(client: OperatorClient, args: argparse.Namespace) -> int:
+    view = next((v for v in client.list_devices() if v.device_id == args.device_id), None)
+    if view is None:
+        raise NotFoundError(f"device {args.device_id} is not enrolled")
+    if args.json:
+        print(json.dumps(asdict(view), indent=2))
+        return 0
+    _print_device(view, detail=True)
     return 0
 
 
 def _bundle_export(client: OperatorClient, args: argparse.Namespace) -> int:
-    name, version = _split_ref(args.ref)
+    name, version = split_ref(args.ref)
     parts = client.export_bundle(name, version)
     kind, data = next(parts, ("", b""))
     if kind != "header":
@@ -288,11 +307,12 @@ def _tokens_revoke(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
+    **ROLLOUT_OPERATIONS,
     ("token", "create"): _token_create,
     ("models", "publish"): _models_publish,
     ("models", "report"): report_command,
-    ("rollout", "create"): _rollout_create,
     ("devices", "list"): _devices_list,
+    ("devices", "show"): _devices_show,
     ("devices", "accept"): _devices_state,
     ("devices", "reject"): _devices_state,
     ("devices", "revoke"): _devices_state,

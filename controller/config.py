@@ -40,6 +40,8 @@ class ControllerConfig:
     shutdown_grace_seconds: int = 10
     # A device that has not reported for this long is shown (and counted) as stale.
     stale_after_seconds: int = 300
+    # How often rollouts are judged and advanced (one replica at a time on PostgreSQL).
+    rollout_tick_seconds: int = 5
 
     def __post_init__(self) -> None:
         split_address(self.listen)
@@ -59,6 +61,7 @@ class ControllerConfig:
             "watch_heartbeat_seconds",
             "shutdown_grace_seconds",
             "stale_after_seconds",
+            "rollout_tick_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

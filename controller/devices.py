@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from controller.auditlog import acked_seq, tamper_reason
 from controller.quantization.family import stored_resources
-from controller.rollouts import repick_variant
+from controller.rollouts.engine import is_stale, repick_variant
+from controller.rollouts.pins import pins_for
 from controller.snapshots import Snapshot
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device
@@ -21,10 +23,23 @@ from edgefleet.fleet import (
     DownloadProgress,
     InstalledModel,
     ModelAssignment,
+    ModelHealth,
     StatusReport,
 )
 
 MAX_REPORTED_MODELS = 256
+
+
+def desired_assignments(session: Session, device: Device) -> tuple[ModelAssignment, ...]:
+    """What the device is to run: its rollouts' assignments, pinned models where pinned."""
+    rows = session.execute(
+        select(Assignment.model_name, Assignment.version).where(
+            Assignment.device_id == device.device_id
+        )
+    )
+    desired = {name: version for name, version in rows}
+    desired.update(pins_for(session, device))
+    return tuple(ModelAssignment(n, v) for n, v in sorted(desired.items()))
 
 
 def sync_device(
@@ -47,6 +62,8 @@ def sync_device(
         device.data_used_today = report.data_used_today
         device.daily_data_budget = report.daily_data_budget
         device.resources = asdict(report.resources)
+        device.health = [asdict(h) for h in report.health[:MAX_REPORTED_MODELS]]
+        device.audit_head_seq = report.audit_head_seq
         assignments = list(
             session.execute(
                 select(Assignment)
@@ -61,14 +78,15 @@ def sync_device(
             root_chain=snapshot.root_chain,
             timestamp=snapshot.timestamp,
             targets=snapshot.targets,
-            assignments=tuple(ModelAssignment(a.model_name, a.version) for a in assignments),
+            assignments=desired_assignments(session, device),
             audit_acked_seq=acked_seq(session, device_id),
             policy=snapshot.policy,
         )
 
 
-def list_devices(db: Database) -> list[DeviceView]:
-    """Every enrolled device with its last report."""
+def list_devices(db: Database, stale_after: timedelta) -> list[DeviceView]:
+    """Every enrolled device with its last report; silent past ``stale_after``: stale."""
+    now = datetime.now(UTC)
     with db.session() as session:
         views = []
         for device in session.execute(select(Device).order_by(Device.device_id)).scalars():
@@ -93,6 +111,10 @@ def list_devices(db: Database) -> list[DeviceView]:
                     data_used_today=device.data_used_today or 0,
                     daily_data_budget=device.daily_data_budget or 0,
                     resources=stored_resources(device),
+                    health=tuple(ModelHealth(**h) for h in device.health or []),  # type: ignore[arg-type]
+                    stale=device.state == "active" and is_stale(device, now, stale_after),
+                    audit_head_seq=device.audit_head_seq or 0,
+                    assignments=desired_assignments(session, device),
                 )
             )
         return views

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
 from controller.ca import CertificateAuthority
-from controller.rollouts import assign_matching_rollouts
+from controller.rollouts.engine import assign_matching_rollouts
 from controller.store.database import Database
 from controller.store.schema import Device, EnrollmentToken, Preauthorization
 from edgefleet.audit import AuditEvent

@@ -1,7 +1,7 @@
 """Prometheus metrics of the controller (prometheus-client, one registry per process).
 
 Call counts and latencies are counted as calls are served; fleet figures (devices by state,
-stale devices, audit tamper alerts) are read from the database when
+stale devices, rollouts by state, audit tamper alerts) are read from the database when
 ``/metrics`` is scraped, so every replica reports the same fleet.
 """
 
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from controller.store.database import Database
-from controller.store.schema import AuditHead, Device
+from controller.store.schema import AuditHead, Device, Rollout
 from edgefleet.errors import EdgefleetError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
@@ -37,6 +37,7 @@ class FleetCollector(Collector):
             "edgefleet_devices_stale",
             "Active devices that have not reported within stale_after_seconds",
         )
+        rollouts = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
         alerts = GaugeMetricFamily(
             "edgefleet_audit_tamper_alerts", "Audit chains with a tamper alert"
         )
@@ -60,6 +61,10 @@ class FleetCollector(Collector):
                     )
                     or 0,
                 )
+                for state, count in session.execute(
+                    select(Rollout.state, func.count()).group_by(Rollout.state)
+                ):
+                    rollouts.add_metric([state], count)
                 alerts.add_metric(
                     [],
                     session.scalar(
@@ -74,7 +79,7 @@ class FleetCollector(Collector):
             yield up
             return
         up.add_metric([], 1)
-        yield from (devices, stale, alerts, up)
+        yield from (devices, stale, rollouts, alerts, up)
 
 
 class ControllerMetrics:

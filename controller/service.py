@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import grpc
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controller.access import AccessControl
 from controller.blobs import BlobStore
@@ -24,13 +25,14 @@ from controller.keyring import Keyring
 from controller.metrics import ControllerMetrics
 from controller.operators import ensure_bootstrap_admin
 from controller.policies import PolicyService
+from controller.rollouts.engine import advance_rollouts
 from controller.rpc.guard import GuardInterceptor
 from controller.rpc.operations import Operations, add_health_and_reflection
 from controller.rpc.servicers import DeviceServicer, OperatorServicer
 from controller.snapshots import Snapshots
 from controller.store.database import Database
 from edgefleet.config_files import split_address
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.tls import cert_pem
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
@@ -120,6 +122,18 @@ def _read(path: Path) -> bytes:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
 
 
+async def advance_rollouts_job(app: ControllerApp) -> None:
+    """Judge and advance rollouts; wake devices' watch streams when assignments moved."""
+    stale_after = timedelta(seconds=app.config.stale_after_seconds)
+    try:
+        changed = await asyncio.to_thread(advance_rollouts, app.db, stale_after)
+    except EdgefleetError as e:
+        log.warning("rollouts.advance_failed", reason=str(e))
+        return
+    if changed:
+        app.changes.notify()
+
+
 def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.Server, int, int]:
     """A grpc.aio server with an mTLS listener and a TLS-only enrollment listener (both
     also answer health checks and reflection)."""
@@ -158,6 +172,17 @@ async def serve(config: ControllerConfig) -> None:
     app.sync_port = sync_port
     await operations.start()
     await server.start()
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(
+        advance_rollouts_job,
+        "interval",
+        args=(app,),
+        seconds=config.rollout_tick_seconds,
+        max_instances=1,
+        coalesce=True,
+        id="advance_rollouts",
+    )
+    scheduler.start()
     host, _ = split_address(config.listen)
     enroll_host, _ = split_address(config.enroll_listen)
     lines = [f"{host}:{sync_port}", f"{enroll_host}:{enroll_port}"]
@@ -180,6 +205,7 @@ async def serve(config: ControllerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("controller.stopping", grace_seconds=config.shutdown_grace_seconds)
+    scheduler.shutdown(wait=False)
     await operations.draining()
     app.changes.close()
     await server.stop(grace=config.shutdown_grace_seconds)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import shtab
 import structlog
 
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import ConfigError, EdgefleetError
 
 EXIT_FAILURE = 1
 
@@ -21,6 +21,14 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
     return key, value
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``NAME@VERSION`` -> (name, version); ConfigError otherwise."""
+    name, sep, version = ref.partition("@")
+    if not sep or not name or not version:
+        raise ConfigError(f"{ref!r} is not NAME@VERSION")
+    return name, version
 
 
 COMPLETION = "completion"

@@ -75,6 +75,21 @@ class DeviceResources:
 
 
 @dataclass(frozen=True)
+class ModelHealth:
+    """How one model version does on a device: what rollout health gates judge."""
+
+    name: str
+    version: str
+    smoke: str = ""  # passed | failed | "" (not smoke-tested)
+    smoke_reason: str = ""
+    # Smoke-test generation speed: same prompt and length for every version.
+    smoke_tokens_per_second: float = 0.0
+    # Requests served by this version since the agent started; those failed on the device.
+    requests: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """What a device says about itself at each sync."""
 
@@ -87,6 +102,7 @@ class StatusReport:
     data_used_today: int = 0
     daily_data_budget: int = 0
     resources: DeviceResources = DeviceResources()
+    health: tuple[ModelHealth, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,3 +145,7 @@ class DeviceView:
     data_used_today: int = 0
     daily_data_budget: int = 0
     resources: DeviceResources = DeviceResources()
+    health: tuple[ModelHealth, ...] = ()
+    stale: bool = False
+    audit_head_seq: int = 0
+    assignments: tuple[ModelAssignment, ...] = ()

@@ -11,6 +11,12 @@ import structlog
 Renderer = Literal["json", "console"]
 
 
+def _current_stderr(*_args: object) -> structlog.PrintLogger:
+    """A logger on whatever ``sys.stderr`` is when the event is logged (not when logging
+    was configured: a replaced and closed stream must not break later events)."""
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(renderer: Renderer = "json", level: str = "INFO") -> None:
     """Route structlog events to stderr with stable keys (timestamp, level, event)."""
     numeric_level = logging.getLevelName(level.upper())
@@ -29,6 +35,6 @@ def configure_logging(renderer: Renderer = "json", level: str = "INFO") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_current_stderr,
         cache_logger_on_first_use=False,
     )

@@ -29,6 +29,7 @@ PERMISSIONS = frozenset(
         "models.read",
         "models.import",
         "models.publish",
+        "rollouts.read",
         "rollouts.manage",
         "devices.read",
         "devices.manage",

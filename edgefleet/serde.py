@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -13,6 +14,7 @@ from edgefleet.fleet import (
     DownloadProgress,
     InstalledModel,
     ModelAssignment,
+    ModelHealth,
     StatusReport,
 )
 from edgefleet.trust.envelope import Envelope, Signature
@@ -92,6 +94,30 @@ def _downloads_from_pb(
     )
 
 
+def _health_to_pb(health: Iterable[ModelHealth]) -> list[device_pb2.ModelHealth]:
+    return [device_pb2.ModelHealth(**asdict(h)) for h in health]
+
+
+def _health_from_pb(messages: Iterable[device_pb2.ModelHealth]) -> tuple[ModelHealth, ...]:
+    """A device's own figures: bounded, stored and judged, never trusted for anything else."""
+    return tuple(
+        ModelHealth(
+            name=h.name[:64],
+            version=h.version[:64],
+            smoke=h.smoke if h.smoke in ("passed", "failed") else "",
+            smoke_reason=h.smoke_reason[:512],
+            smoke_tokens_per_second=(
+                h.smoke_tokens_per_second
+                if math.isfinite(h.smoke_tokens_per_second) and h.smoke_tokens_per_second > 0
+                else 0.0
+            ),
+            requests=h.requests,
+            errors=min(h.errors, h.requests),
+        )
+        for h in messages
+    )
+
+
 def resources_to_pb(resources: DeviceResources) -> device_pb2.DeviceResources:
     """Dataclass → message."""
     return device_pb2.DeviceResources(**asdict(resources))
@@ -123,6 +149,7 @@ def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
         data_used_today=report.data_used_today,
         daily_data_budget=report.daily_data_budget,
         resources=resources_to_pb(report.resources),
+        health=_health_to_pb(report.health),
     )
 
 
@@ -138,6 +165,7 @@ def status_from_pb(message: device_pb2.StatusReport) -> StatusReport:
         data_used_today=message.data_used_today,
         daily_data_budget=message.daily_data_budget,
         resources=resources_from_pb(message.resources),
+        health=_health_from_pb(message.health),
     )
 
 
@@ -186,6 +214,12 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         data_used_today=view.data_used_today,
         daily_data_budget=view.daily_data_budget,
         resources=resources_to_pb(view.resources),
+        health=_health_to_pb(view.health),
+        stale=view.stale,
+        audit_head_seq=view.audit_head_seq,
+        assignments=[
+            device_pb2.Assignment(name=a.name, version=a.version) for a in view.assignments
+        ],
     )
 
 
@@ -208,4 +242,8 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         data_used_today=message.data_used_today,
         daily_data_budget=message.daily_data_budget,
         resources=resources_from_pb(message.resources),
+        health=_health_from_pb(message.health),
+        stale=message.stale,
+        audit_head_seq=message.audit_head_seq,
+        assignments=tuple(ModelAssignment(a.name, a.version) for a in message.assignments),
     )

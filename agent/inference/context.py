@@ -12,6 +12,7 @@ from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.inference.metrics import ApiMetrics
 from agent.inference.pool import ModelPool
+from agent.inference.serving_stats import ServingStats
 from agent.offline import OfflineGuard
 from agent.policy import DevicePolicy
 from agent.registry.registry import Registry
@@ -33,6 +34,7 @@ class ApiContext:
     policy: DevicePolicy
     labels: dict[str, str] = field(default_factory=dict)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    serving: ServingStats = field(default_factory=ServingStats)
     offline: OfflineGuard | None = None
 
     def allows(self, subject: str, permission: str, model: str = "") -> bool:

@@ -118,6 +118,10 @@ class GenerationEndpoint:
             raise
         finally:
             self._observe(req, outcome, started)
+            if active is not None:
+                self.ctx.serving.record(
+                    active.manifest.name, active.manifest.version, outcome.label
+                )
             await self.ctx.audit_event(self._audit_event(subject, req, active, outcome, started))
 
     async def _generate(

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from pathlib import Path
 
 from agent.inference.engine import Generation, LlamaBackend, Prompt, SamplingParams
 from edgefleet.errors import InferenceError
 
 SMOKE_CONTEXT = 256
-SMOKE_TOKENS = 4
+SMOKE_TOKENS = 16
+SMOKE_PROMPT = "Once upon a time, in a small town by the sea,"
 
 
-def smoke_test(path: Path, n_threads: int) -> None:
-    """Load the model with a small context and generate a few tokens; InferenceError if not."""
+def smoke_test(path: Path, n_threads: int) -> float:
+    """Load the model with a small context and generate a few tokens; InferenceError if not.
+
+    Returns the generation speed after the first token (tokens/s; 0.0 when fewer than two
+    tokens came). Every version is tested with the same prompt and length, so the speeds
+    of two versions on one device compare: rollouts gate on that ratio."""
     backend = LlamaBackend(path, SMOKE_CONTEXT, n_threads)
     try:
         params = SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0)
-        stream = backend.generate(Prompt(text="Hello"), params, threading.Event())
-        totals = Generation()
+        stream = backend.generate(Prompt(text=SMOKE_PROMPT), params, threading.Event())
+        totals, first, last = Generation(), 0.0, 0.0
         for _, totals in stream:  # noqa: B007 - the running totals of the last token
-            continue
+            last = time.perf_counter()
+            first = first or last
         if totals.completion_tokens == 0:
             raise InferenceError(f"{path.name} loaded but generated no token")
     except (ValueError, RuntimeError) as e:
@@ -29,3 +36,5 @@ def smoke_test(path: Path, n_threads: int) -> None:
     finally:
         del backend
         gc.collect()  # free the weights now, not when the collector gets round to it
+    span = last - first
+    return (totals.completion_tokens - 1) / span if totals.completion_tokens > 1 and span else 0.0

@@ -13,6 +13,7 @@ import structlog
 from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.inference.bench import load_results
+from agent.inference.serving_stats import ServingStats
 from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
 from agent.registry.preflight import check_before_download, device_resources
@@ -20,6 +21,7 @@ from agent.registry.registry import Registry
 from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
 from agent.sync.fetch import BlobSource, Fetcher
+from agent.sync.health import model_health, save_smoke_result
 from agent.sync.metering import Meter, TransferPausedError
 from agent.sync.progress import ProgressBoard
 from agent.sync.renewal import CertificateRenewer
@@ -94,7 +96,10 @@ class Syncer:
         self.backoff = Backoff(config.sync_interval_seconds, config.max_backoff_seconds)
         # Loads a new version and generates a few tokens before it may serve (set by the
         # service); a failure keeps the old version serving and is retried only later.
-        self.smoke_test: Callable[[ModelManifest], None] | None = None
+        # Returns the smoke test's generation speed (tokens/s, reported as health).
+        self.smoke_test: Callable[[ModelManifest], float] | None = None
+        # Requests served per version (set by the service; reported as health).
+        self.serving: ServingStats | None = None
         self._smoke_failures: dict[str, tuple[float, str]] = {}
         self._requested: asyncio.Task[None] | None = None
         self._again = False
@@ -171,6 +176,7 @@ class Syncer:
             data_used_today=self.meter.used_today(),
             daily_data_budget=self.meter.daily_budget,
             resources=await asyncio.to_thread(device_resources, self.config, self.blobs),
+            health=await asyncio.to_thread(model_health, db, installed, self.serving),
         )
         try:
             desired = await self.client.sync(report)
@@ -237,7 +243,7 @@ class Syncer:
         if failed is not None and time.monotonic() - failed[0] < SMOKE_RETRY_SECONDS:
             raise InferenceError(failed[1])
         try:
-            await asyncio.to_thread(self.smoke_test, manifest)
+            speed = await asyncio.to_thread(self.smoke_test, manifest)
         except InferenceError as e:
             serving = await asyncio.to_thread(self.registry.active_version, manifest.name)
             reason = (
@@ -245,12 +251,16 @@ class Syncer:
                 f"{f'{manifest.name}@{serving}' if serving else 'nothing'} keeps serving"
             )
             self._smoke_failures[manifest.sha256] = (time.monotonic(), reason)
+            await asyncio.to_thread(
+                save_smoke_result, self.registry.db, manifest, "failed", str(e), 0.0
+            )
             event = AuditEvent(
                 "agent", "model.activate", manifest.ref, "smoke_failed", {"reason": str(e)}
             )
             await asyncio.to_thread(self.audit.append, event)
             raise InferenceError(reason) from e
         self._smoke_failures.pop(manifest.sha256, None)
+        await asyncio.to_thread(save_smoke_result, self.registry.db, manifest, "passed", "", speed)
 
     async def _install(self, manifest: ModelManifest) -> None:
         """Download (or repair, if a damaged copy is in quarantine) and record a version."""

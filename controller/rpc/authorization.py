@@ -45,6 +45,12 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "CreateEnrollmentToken": _operator("devices.manage"),
     _OPERATOR + "PublishModel": _operator("models.publish"),
     _OPERATOR + "CreateRollout": _operator("rollouts.manage"),
+    _OPERATOR + "PlanRollout": _operator("rollouts.read"),
+    _OPERATOR + "GetRollout": _operator("rollouts.read"),
+    _OPERATOR + "ListRollouts": _operator("rollouts.read"),
+    _OPERATOR + "ChangeRollout": _operator("rollouts.manage"),
+    _OPERATOR + "PinModel": _operator("rollouts.manage"),
+    _OPERATOR + "UnpinModel": _operator("rollouts.manage"),
     _OPERATOR + "ListDevices": _operator("devices.read"),
     _OPERATOR + "ExportAudit": _operator("audit.export"),
     _OPERATOR + "QueryAudit": _operator("audit.read"),
@@ -63,13 +69,27 @@ ALL = frozenset(PERMISSIONS)
 BUILTIN_OPERATOR_ROLES: Mapping[str, frozenset[str]] = {
     "admin": ALL,
     "release-manager": frozenset(
-        {"models.read", "models.publish", "rollouts.manage", "devices.read", "audit.read"}
+        {
+            "models.read",
+            "models.publish",
+            "rollouts.read",
+            "rollouts.manage",
+            "devices.read",
+            "audit.read",
+        }
     ),
-    "device-manager": frozenset({"devices.read", "devices.manage", "models.read"}),
+    "device-manager": frozenset({"devices.read", "devices.manage", "models.read", "rollouts.read"}),
     "auditor": frozenset(
-        {"audit.read", "audit.export", "devices.read", "models.read", "policy.read"}
+        {
+            "audit.read",
+            "audit.export",
+            "devices.read",
+            "models.read",
+            "policy.read",
+            "rollouts.read",
+        }
     ),
-    "viewer": frozenset({"devices.read", "models.read", "policy.read"}),
+    "viewer": frozenset({"devices.read", "models.read", "policy.read", "rollouts.read"}),
 }
 
 

@@ -24,7 +24,10 @@ from controller.devices import list_devices, sync_device
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
 from controller.quantization.family import model_report
-from controller.rollouts import create_rollout
+from controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
+from controller.rollouts.engine import plan as plan_rollout
+from controller.rollouts.messages import plan_to_pb, strategy_from_pb, view_to_pb
+from controller.rollouts.pins import pin_model, unpin_model
 from controller.rpc.guard import caller
 from controller.snapshots import bundle_header
 from edgefleet import serde
@@ -222,11 +225,79 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             request.name,
             request.version,
             dict(request.selector),
+            strategy_from_pb(request.strategy),
         )
         self.app.changes.notify()
         return operator_pb2.CreateRolloutResponse(
-            rollout_id=created.rollout_id, device_ids=created.device_ids, assigned=created.assigned
+            rollout_id=created.rollout_id,
+            device_ids=created.device_ids,
+            assigned=created.assigned,
+            plan=plan_to_pb(created.plan),
         )
+
+    async def PlanRollout(
+        self, request: operator_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.RolloutPlan:
+        planned = await asyncio.to_thread(
+            plan_rollout,
+            self.app.db,
+            request.name,
+            request.version,
+            dict(request.selector),
+            strategy_from_pb(request.strategy),
+        )
+        return plan_to_pb(planned)
+
+    async def GetRollout(
+        self, request: operator_pb2.GetRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.RolloutView:
+        (view,) = await asyncio.to_thread(describe_rollouts, self.app.db, request.id)
+        return view_to_pb(view)
+
+    async def ListRollouts(
+        self, request: operator_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ListRolloutsResponse:
+        views = await asyncio.to_thread(describe_rollouts, self.app.db)
+        return operator_pb2.ListRolloutsResponse(rollouts=[view_to_pb(v) for v in views])
+
+    async def ChangeRollout(
+        self, request: operator_pb2.ChangeRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.RolloutView:
+        await asyncio.to_thread(
+            change_rollout, self.app.db, caller().name, request.id, request.action
+        )
+        self.app.changes.notify()
+        (view,) = await asyncio.to_thread(describe_rollouts, self.app.db, request.id)
+        return view_to_pb(view)
+
+    async def PinModel(
+        self, request: operator_pb2.PinModelRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.PinModelResponse:
+        held = await asyncio.to_thread(
+            pin_model,
+            self.app.db,
+            caller().name,
+            request.name,
+            request.version,
+            request.device_id,
+            dict(request.selector),
+        )
+        self.app.changes.notify()
+        return operator_pb2.PinModelResponse(device_ids=held)
+
+    async def UnpinModel(
+        self, request: operator_pb2.PinModelRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.PinModelResponse:
+        released = await asyncio.to_thread(
+            unpin_model,
+            self.app.db,
+            caller().name,
+            request.name,
+            request.device_id,
+            dict(request.selector),
+        )
+        self.app.changes.notify()
+        return operator_pb2.PinModelResponse(device_ids=released)
 
     async def ExportBundle(
         self, request: operator_pb2.ExportBundleRequest, context: grpc.aio.ServicerContext
@@ -271,7 +342,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def ListDevices(
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.ListDevicesResponse:
-        views = await asyncio.to_thread(list_devices, self.app.db)
+        stale_after = timedelta(seconds=self.app.config.stale_after_seconds)
+        views = await asyncio.to_thread(list_devices, self.app.db, stale_after)
         return operator_pb2.ListDevicesResponse(devices=[serde.device_view_to_pb(v) for v in views])
 
     async def ExportAudit(

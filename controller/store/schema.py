@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -59,6 +60,10 @@ class Device(Base):
     daily_data_budget: Mapped[int] = mapped_column(BigInteger, default=0)
     # edgefleet.fleet.DeviceResources as last reported (memory, disk, machine).
     resources: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    # The highest audit sequence number the device reported writing.
+    audit_head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # edgefleet.fleet.ModelHealth of each installed version, as last reported.
+    health: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
 
 
 class Operator(Base):
@@ -137,6 +142,18 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # ``version`` is a release published as quantized variants: devices get the best fit.
     family: Mapped[bool] = mapped_column(Boolean, default=False)
+    # running | paused | halted | completed | aborted | rolled_back
+    state: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    # controller.rollouts.strategy.Strategy as a dict: canary, waves, soak and gates.
+    strategy: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    waves: Mapped[int] = mapped_column(Integer, default=1)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    # When every device of the current wave was first seen healthy (the soak starts).
+    wave_healthy_since: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    # Why it halted, or who paused, aborted or rolled it back.
+    reason: Mapped[str] = mapped_column(String(1024), default="")
 
 
 class Assignment(Base):
@@ -150,6 +167,42 @@ class Assignment(Base):
     # The release of a model family this device gets the best fitting variant of ("" when
     # the rollout named one exact version); ``version`` is the variant picked.
     family: Mapped[str] = mapped_column(String(64), default="")
+
+
+class RolloutTarget(Base):
+    """One device of a rollout: its wave, what it gets, and how it did."""
+
+    __tablename__ = "rollout_targets"
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    # The version assigned (for a model family: the variant picked when assigned).
+    version: Mapped[str] = mapped_column(String(64), default="")
+    # The device's assignment before this rollout ("" none): where a rollback returns it.
+    previous_version: Mapped[str] = mapped_column(String(64), default="")
+    # Smoke-test tokens/s of the version the device ran before (0: unknown).
+    baseline_tokens_per_second: Mapped[float] = mapped_column(Float, default=0.0)
+    # pending | assigned | healthy | failed | rolled_back
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str] = mapped_column(String(1024), default="")
+    assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Pin(Base):
+    """A model held at one version on one device, or on the devices a selector matches."""
+
+    __tablename__ = "pins"
+    __table_args__ = (UniqueConstraint("model_name", "device_id", "selector_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    # Either one device ("" otherwise) or a label selector (empty otherwise).
+    device_id: Mapped[str] = mapped_column(String(64), default="")
+    selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # The selector as canonical text, so that one selector holds one pin per model.
+    selector_key: Mapped[str] = mapped_column(String(512), default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AuditRecordRow(Base):

@@ -328,6 +328,7 @@ class StatusReport(_message.Message):
     DATA_USED_TODAY_FIELD_NUMBER: _builtins.int
     DAILY_DATA_BUDGET_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     audit_head_seq: _builtins.int
     """Highest audit sequence number written locally."""
@@ -344,6 +345,10 @@ class StatusReport(_message.Message):
     def downloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadProgress]: ...
     @_builtins.property
     def resources(self) -> Global___DeviceResources: ...
+    @_builtins.property
+    def health(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelHealth]:
+        """How each model version does here: rollout health gates read it."""
+
     def __init__(
         self,
         *,
@@ -356,14 +361,61 @@ class StatusReport(_message.Message):
         data_used_today: _builtins.int = ...,
         daily_data_budget: _builtins.int = ...,
         resources: Global___DeviceResources | None = ...,
+        health: _abc.Iterable[Global___ModelHealth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "downloads", b"downloads", "last_error", b"last_error", "models", b"models", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_head_seq", b"audit_head_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "downloads", b"downloads", "health", b"health", "last_error", b"last_error", "models", b"models", "resources", b"resources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusReport: _TypeAlias = StatusReport  # noqa: Y015
+
+@_typing.final
+class ModelHealth(_message.Message):
+    """One model version on this device, as a rollout's health gate judges it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SMOKE_FIELD_NUMBER: _builtins.int
+    SMOKE_REASON_FIELD_NUMBER: _builtins.int
+    SMOKE_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    smoke: _builtins.str
+    """"passed" or "failed"; empty when not smoke-tested (smoke tests off, or not yet)."""
+    smoke_reason: _builtins.str
+    smoke_tokens_per_second: _builtins.float
+    """Generation speed in the smoke test: the same prompt and length for every version, so
+    two versions on one device compare.
+    """
+    requests: _builtins.int
+    """Requests this version served since the agent started, and those that failed on the
+    device's side (5xx).
+    """
+    errors: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        smoke: _builtins.str = ...,
+        smoke_reason: _builtins.str = ...,
+        smoke_tokens_per_second: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "name", b"name", "requests", b"requests", "smoke", b"smoke", "smoke_reason", b"smoke_reason", "smoke_tokens_per_second", b"smoke_tokens_per_second", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelHealth: _TypeAlias = ModelHealth  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):

@@ -184,6 +184,81 @@ class PublishModelResponse(_message.Message):
 Global___PublishModelResponse: _TypeAlias = PublishModelResponse  # noqa: Y015
 
 @_typing.final
+class RolloutStrategy(_message.Message):
+    """How a rollout advances. Unset fields take the controller's defaults (all devices in
+    one wave, gates on).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANARY_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    SOAK_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_FAILURES_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MIN_SPEED_RATIO_FIELD_NUMBER: _builtins.int
+    canary: _builtins.int
+    """Devices in the first (canary) wave; 0 for none."""
+    soak_seconds: _builtins.int
+    """A wave stays healthy this long before the next one starts."""
+    max_failures: _builtins.int
+    """Failed devices tolerated; one more halts the rollout and rolls its devices back."""
+    max_error_rate: _builtins.float
+    """Health gates: the share of requests that failed on the device (judged once it has
+    served min_requests), and smoke-test tokens/s against the version it ran before.
+    """
+    min_requests: _builtins.int
+    min_speed_ratio: _builtins.float
+    @_builtins.property
+    def waves(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cumulative sizes of the waves after the canary: "25%", "100%", or counts such as "10".
+        The last wave always takes every remaining device.
+        """
+
+    def __init__(
+        self,
+        *,
+        canary: _builtins.int | None = ...,
+        waves: _abc.Iterable[_builtins.str] | None = ...,
+        soak_seconds: _builtins.int | None = ...,
+        max_failures: _builtins.int | None = ...,
+        max_error_rate: _builtins.float | None = ...,
+        min_requests: _builtins.int | None = ...,
+        min_speed_ratio: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_canary", b"_canary", "_max_error_rate", b"_max_error_rate", "_max_failures", b"_max_failures", "_min_requests", b"_min_requests", "_min_speed_ratio", b"_min_speed_ratio", "_soak_seconds", b"_soak_seconds", "canary", b"canary", "max_error_rate", b"max_error_rate", "max_failures", b"max_failures", "min_requests", b"min_requests", "min_speed_ratio", b"min_speed_ratio", "soak_seconds", b"soak_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canary", b"_canary", "_max_error_rate", b"_max_error_rate", "_max_failures", b"_max_failures", "_min_requests", b"_min_requests", "_min_speed_ratio", b"_min_speed_ratio", "_soak_seconds", b"_soak_seconds", "canary", b"canary", "max_error_rate", b"max_error_rate", "max_failures", b"max_failures", "min_requests", b"min_requests", "min_speed_ratio", b"min_speed_ratio", "soak_seconds", b"soak_seconds", "waves", b"waves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__canary: _TypeAlias = _typing.Literal["canary"]  # noqa: Y015
+    _WhichOneofArgType__canary: _TypeAlias = _typing.Literal["_canary", b"_canary"]  # noqa: Y015
+    _WhichOneofReturnType__max_error_rate: _TypeAlias = _typing.Literal["max_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__max_error_rate: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate"]  # noqa: Y015
+    _WhichOneofReturnType__max_failures: _TypeAlias = _typing.Literal["max_failures"]  # noqa: Y015
+    _WhichOneofArgType__max_failures: _TypeAlias = _typing.Literal["_max_failures", b"_max_failures"]  # noqa: Y015
+    _WhichOneofReturnType__min_requests: _TypeAlias = _typing.Literal["min_requests"]  # noqa: Y015
+    _WhichOneofArgType__min_requests: _TypeAlias = _typing.Literal["_min_requests", b"_min_requests"]  # noqa: Y015
+    _WhichOneofReturnType__min_speed_ratio: _TypeAlias = _typing.Literal["min_speed_ratio"]  # noqa: Y015
+    _WhichOneofArgType__min_speed_ratio: _TypeAlias = _typing.Literal["_min_speed_ratio", b"_min_speed_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__soak_seconds: _TypeAlias = _typing.Literal["soak_seconds"]  # noqa: Y015
+    _WhichOneofArgType__soak_seconds: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__canary) -> _WhichOneofReturnType__canary | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate) -> _WhichOneofReturnType__max_error_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_failures) -> _WhichOneofReturnType__max_failures | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_requests) -> _WhichOneofReturnType__min_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_speed_ratio) -> _WhichOneofReturnType__min_speed_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__soak_seconds) -> _WhichOneofReturnType__soak_seconds | None: ...
+
+Global___RolloutStrategy: _TypeAlias = RolloutStrategy  # noqa: Y015
+
+@_typing.final
 class CreateRolloutRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -210,20 +285,24 @@ class CreateRolloutRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SELECTOR_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     @_builtins.property
     def selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def strategy(self) -> Global___RolloutStrategy: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        strategy: Global___RolloutStrategy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "selector", b"selector", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "selector", b"selector", "strategy", b"strategy", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,27 +335,347 @@ class CreateRolloutResponse(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     DEVICE_IDS_FIELD_NUMBER: _builtins.int
     ASSIGNED_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.int
     @_builtins.property
-    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Devices assigned now (the first wave)."""
+
     @_builtins.property
     def assigned(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Device id -> the version it was given; for a model family, the variant and why."""
 
+    @_builtins.property
+    def plan(self) -> Global___RolloutPlan: ...
     def __init__(
         self,
         *,
         rollout_id: _builtins.int = ...,
         device_ids: _abc.Iterable[_builtins.str] | None = ...,
         assigned: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        plan: Global___RolloutPlan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "device_ids", b"device_ids", "rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "device_ids", b"device_ids", "plan", b"plan", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateRolloutResponse: _TypeAlias = CreateRolloutResponse  # noqa: Y015
+
+@_typing.final
+class PlannedDevice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    WAVE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    wave: _builtins.int
+    """0 is the first wave; -1: excluded, `reason` says why."""
+    version: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        wave: _builtins.int = ...,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "reason", b"reason", "version", b"version", "wave", b"wave"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedDevice: _TypeAlias = PlannedDevice  # noqa: Y015
+
+@_typing.final
+class RolloutPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    waves: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedDevice]: ...
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___PlannedDevice] | None = ...,
+        waves: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "waves", b"waves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutPlan: _TypeAlias = RolloutPlan  # noqa: Y015
+
+@_typing.final
+class RolloutTargetView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    WAVE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    wave: _builtins.int
+    version: _builtins.str
+    previous_version: _builtins.str
+    """What the device was assigned before (a rollback returns it there); empty: nothing."""
+    state: _builtins.str
+    """pending | assigned | healthy | failed | rolled_back"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        wave: _builtins.int = ...,
+        version: _builtins.str = ...,
+        previous_version: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "previous_version", b"previous_version", "reason", b"reason", "state", b"state", "version", b"version", "wave", b"wave"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutTargetView: _TypeAlias = RolloutTargetView  # noqa: Y015
+
+@_typing.final
+class RolloutView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CURRENT_WAVE_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    state: _builtins.str
+    """running | paused | halted | completed | aborted | rolled_back"""
+    reason: _builtins.str
+    current_wave: _builtins.int
+    """The wave being deployed (0-based) and how many there are."""
+    waves: _builtins.int
+    created_by: _builtins.str
+    created_at: _builtins.str
+    @_builtins.property
+    def selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def strategy(self) -> Global___RolloutStrategy: ...
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutTargetView]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        current_wave: _builtins.int = ...,
+        waves: _builtins.int = ...,
+        strategy: Global___RolloutStrategy | None = ...,
+        created_by: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        targets: _abc.Iterable[Global___RolloutTargetView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "current_wave", b"current_wave", "id", b"id", "name", b"name", "reason", b"reason", "selector", b"selector", "state", b"state", "strategy", b"strategy", "targets", b"targets", "version", b"version", "waves", b"waves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutView: _TypeAlias = RolloutView  # noqa: Y015
+
+@_typing.final
+class GetRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloutRequest: _TypeAlias = GetRolloutRequest  # noqa: Y015
+
+@_typing.final
+class ListRolloutsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolloutsRequest: _TypeAlias = ListRolloutsRequest  # noqa: Y015
+
+@_typing.final
+class ListRolloutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutView]: ...
+    def __init__(
+        self,
+        *,
+        rollouts: _abc.Iterable[Global___RolloutView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolloutsResponse: _TypeAlias = ListRolloutsResponse  # noqa: Y015
+
+@_typing.final
+class ChangeRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    action: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeRolloutRequest: _TypeAlias = ChangeRolloutRequest  # noqa: Y015
+
+@_typing.final
+class PinModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    """Empty for UnpinModel."""
+    device_id: _builtins.str
+    """One device, or every device the selector matches (one of the two)."""
+    @_builtins.property
+    def selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "name", b"name", "selector", b"selector", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinModelRequest: _TypeAlias = PinModelRequest  # noqa: Y015
+
+@_typing.final
+class PinModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The devices held now (pin) or released (unpin)."""
+
+    def __init__(
+        self,
+        *,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_ids", b"device_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinModelResponse: _TypeAlias = PinModelResponse  # noqa: Y015
 
 @_typing.final
 class ListDevicesRequest(_message.Message):
@@ -333,6 +732,10 @@ class DeviceView(_message.Message):
     DATA_USED_TODAY_FIELD_NUMBER: _builtins.int
     DAILY_DATA_BUDGET_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     hostname: _builtins.str
     last_seen: _builtins.str
@@ -346,6 +749,12 @@ class DeviceView(_message.Message):
     """Why the device's audit chain was flagged as tampered; empty when it is intact."""
     data_used_today: _builtins.int
     daily_data_budget: _builtins.int
+    stale: _builtins.bool
+    """No report for longer than the controller's stale_after_seconds."""
+    audit_head_seq: _builtins.int
+    """Highest audit sequence number the device reported writing (minus audit_stored_seq:
+    its backlog).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -356,6 +765,12 @@ class DeviceView(_message.Message):
     def downloads(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.DownloadProgress]: ...
     @_builtins.property
     def resources(self) -> _device_pb2.DeviceResources: ...
+    @_builtins.property
+    def health(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.ModelHealth]: ...
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[_device_pb2.Assignment]:
+        """What the device is to run (rollouts and pins); `models` says what it runs."""
+
     def __init__(
         self,
         *,
@@ -375,10 +790,14 @@ class DeviceView(_message.Message):
         data_used_today: _builtins.int = ...,
         daily_data_budget: _builtins.int = ...,
         resources: _device_pb2.DeviceResources | None = ...,
+        health: _abc.Iterable[_device_pb2.ModelHealth] | None = ...,
+        stale: _builtins.bool = ...,
+        audit_head_seq: _builtins.int = ...,
+        assignments: _abc.Iterable[_device_pb2.Assignment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "audit_alert", b"audit_alert", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "resources", b"resources", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assignments", b"assignments", "audit_alert", b"audit_alert", "audit_head_seq", b"audit_head_seq", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "health", b"health", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "resources", b"resources", "stale", b"stale", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

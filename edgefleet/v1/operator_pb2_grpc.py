@@ -50,6 +50,36 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.CreateRolloutRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.CreateRolloutResponse.FromString,
                 _registered_method=True)
+        self.PlanRollout = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/PlanRollout',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.CreateRolloutRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/GetRollout',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RolloutView.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ListRollouts',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.ChangeRollout = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ChangeRollout',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ChangeRolloutRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RolloutView.FromString,
+                _registered_method=True)
+        self.PinModel = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/PinModel',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PinModelResponse.FromString,
+                _registered_method=True)
+        self.UnpinModel = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/UnpinModel',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.PinModelResponse.FromString,
+                _registered_method=True)
         self.ListDevices = channel.unary_unary(
                 '/edgefleet.v1.OperatorService/ListDevices',
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListDevicesRequest.SerializeToString,
@@ -130,6 +160,47 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateRollout(self, request, context):
+        """Start a rollout: a canary wave, then waves, each gated on the devices' health.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanRollout(self, request, context):
+        """Which devices a rollout would give what, in which wave, and why others are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeRollout(self, request, context):
+        """pause | resume | abort | rollback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinModel(self, request, context):
+        """Hold a device (or the devices a selector matches) at one version of a model;
+        rollouts leave pinned devices alone until unpinned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpinModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +306,36 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.CreateRollout,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.CreateRolloutRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.CreateRolloutResponse.SerializeToString,
+            ),
+            'PlanRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.CreateRolloutRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.RolloutPlan.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetRolloutRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.RolloutView.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'ChangeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ChangeRolloutRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.RolloutView.SerializeToString,
+            ),
+            'PinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinModel,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.PinModelRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.PinModelResponse.SerializeToString,
+            ),
+            'UnpinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinModel,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.PinModelRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.PinModelResponse.SerializeToString,
             ),
             'ListDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDevices,
@@ -379,6 +480,168 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/CreateRollout',
             edgefleet_dot_v1_dot_operator__pb2.CreateRolloutRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.CreateRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/PlanRollout',
+            edgefleet_dot_v1_dot_operator__pb2.CreateRolloutRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/GetRollout',
+            edgefleet_dot_v1_dot_operator__pb2.GetRolloutRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.RolloutView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ListRollouts',
+            edgefleet_dot_v1_dot_operator__pb2.ListRolloutsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ChangeRollout',
+            edgefleet_dot_v1_dot_operator__pb2.ChangeRolloutRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.RolloutView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/PinModel',
+            edgefleet_dot_v1_dot_operator__pb2.PinModelRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.PinModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/UnpinModel',
+            edgefleet_dot_v1_dot_operator__pb2.PinModelRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.PinModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,18 @@ class OperatorServiceStub:
     PublishModel: _grpc.StreamUnaryMultiCallable[_operator_pb2.PublishModelRequest, _operator_pb2.PublishModelResponse]
     """First message carries the metadata, then the file's bytes in order."""
     CreateRollout: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.CreateRolloutResponse]
+    """Start a rollout: a canary wave, then waves, each gated on the devices' health."""
+    PlanRollout: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.RolloutPlan]
+    """Which devices a rollout would give what, in which wave, and why others are left out."""
+    GetRollout: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetRolloutRequest, _operator_pb2.RolloutView]
+    ListRollouts: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListRolloutsRequest, _operator_pb2.ListRolloutsResponse]
+    ChangeRollout: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ChangeRolloutRequest, _operator_pb2.RolloutView]
+    """pause | resume | abort | rollback."""
+    PinModel: _grpc.UnaryUnaryMultiCallable[_operator_pb2.PinModelRequest, _operator_pb2.PinModelResponse]
+    """Hold a device (or the devices a selector matches) at one version of a model;
+    rollouts leave pinned devices alone until unpinned.
+    """
+    UnpinModel: _grpc.UnaryUnaryMultiCallable[_operator_pb2.PinModelRequest, _operator_pb2.PinModelResponse]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]
     ExportAudit: _grpc.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportAuditChunk]
     """The matching records verbatim, then a trailer with the export header whose manifest
@@ -72,6 +84,18 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     PublishModel: _aio.StreamUnaryMultiCallable[_operator_pb2.PublishModelRequest, _operator_pb2.PublishModelResponse]  # type: ignore[assignment]
     """First message carries the metadata, then the file's bytes in order."""
     CreateRollout: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.CreateRolloutResponse]  # type: ignore[assignment]
+    """Start a rollout: a canary wave, then waves, each gated on the devices' health."""
+    PlanRollout: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateRolloutRequest, _operator_pb2.RolloutPlan]  # type: ignore[assignment]
+    """Which devices a rollout would give what, in which wave, and why others are left out."""
+    GetRollout: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetRolloutRequest, _operator_pb2.RolloutView]  # type: ignore[assignment]
+    ListRollouts: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListRolloutsRequest, _operator_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    ChangeRollout: _aio.UnaryUnaryMultiCallable[_operator_pb2.ChangeRolloutRequest, _operator_pb2.RolloutView]  # type: ignore[assignment]
+    """pause | resume | abort | rollback."""
+    PinModel: _aio.UnaryUnaryMultiCallable[_operator_pb2.PinModelRequest, _operator_pb2.PinModelResponse]  # type: ignore[assignment]
+    """Hold a device (or the devices a selector matches) at one version of a model;
+    rollouts leave pinned devices alone until unpinned.
+    """
+    UnpinModel: _aio.UnaryUnaryMultiCallable[_operator_pb2.PinModelRequest, _operator_pb2.PinModelResponse]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]  # type: ignore[assignment]
     ExportAudit: _aio.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportAuditChunk]  # type: ignore[assignment]
     """The matching records verbatim, then a trailer with the export header whose manifest
@@ -121,7 +145,55 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _operator_pb2.CreateRolloutRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_operator_pb2.CreateRolloutResponse, _abc.Awaitable[_operator_pb2.CreateRolloutResponse]]: ...
+    ) -> _typing.Union[_operator_pb2.CreateRolloutResponse, _abc.Awaitable[_operator_pb2.CreateRolloutResponse]]:
+        """Start a rollout: a canary wave, then waves, each gated on the devices' health."""
+
+    @_abc_1.abstractmethod
+    def PlanRollout(
+        self,
+        request: _operator_pb2.CreateRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RolloutPlan, _abc.Awaitable[_operator_pb2.RolloutPlan]]:
+        """Which devices a rollout would give what, in which wave, and why others are left out."""
+
+    @_abc_1.abstractmethod
+    def GetRollout(
+        self,
+        request: _operator_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RolloutView, _abc.Awaitable[_operator_pb2.RolloutView]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRollouts(
+        self,
+        request: _operator_pb2.ListRolloutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListRolloutsResponse, _abc.Awaitable[_operator_pb2.ListRolloutsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangeRollout(
+        self,
+        request: _operator_pb2.ChangeRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RolloutView, _abc.Awaitable[_operator_pb2.RolloutView]]:
+        """pause | resume | abort | rollback."""
+
+    @_abc_1.abstractmethod
+    def PinModel(
+        self,
+        request: _operator_pb2.PinModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PinModelResponse, _abc.Awaitable[_operator_pb2.PinModelResponse]]:
+        """Hold a device (or the devices a selector matches) at one version of a model;
+        rollouts leave pinned devices alone until unpinned.
+        """
+
+    @_abc_1.abstractmethod
+    def UnpinModel(
+        self,
+        request: _operator_pb2.PinModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PinModelResponse, _abc.Awaitable[_operator_pb2.PinModelResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListDevices(

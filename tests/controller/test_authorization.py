@@ -22,13 +22,16 @@ SERVICES = [
 ALL_METHODS = [f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods]
 OPERATOR_METHODS = [m.name for m in SERVICES[1].methods]
 
+READ_ROLLOUTS = {"PlanRollout", "GetRollout", "ListRollouts"}
+MANAGE_ROLLOUTS = {"CreateRollout", "ChangeRollout", "PinModel", "UnpinModel"}
 # What each built-in role may do, written out by hand: the matrix the code must match.
 EXPECTED = {
     "admin": set(OPERATOR_METHODS),
     "release-manager": {
         "PublishModel",
         "ExportBundle",
-        "CreateRollout",
+        *MANAGE_ROLLOUTS,
+        *READ_ROLLOUTS,
         "ListDevices",
         "QueryAudit",
         "GetModelReport",
@@ -39,9 +42,17 @@ EXPECTED = {
         "SetDeviceState",
         "PreauthorizeDevice",
         "GetModelReport",
+        *READ_ROLLOUTS,
     },
-    "auditor": {"ListDevices", "ExportAudit", "QueryAudit", "GetPolicy", "GetModelReport"},
-    "viewer": {"ListDevices", "GetPolicy", "GetModelReport"},
+    "auditor": {
+        "ListDevices",
+        "ExportAudit",
+        "QueryAudit",
+        "GetPolicy",
+        "GetModelReport",
+        *READ_ROLLOUTS,
+    },
+    "viewer": {"ListDevices", "GetPolicy", "GetModelReport", *READ_ROLLOUTS},
 }
 
 

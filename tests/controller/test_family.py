@@ -13,7 +13,7 @@ from controller.quantization.family import (
     parse_evaluation,
     pick_variant,
 )
-from controller.rollouts import create_rollout, repick_variant
+from controller.rollouts.engine import create_rollout, repick_variant
 from controller.store.database import Database
 from controller.store.schema import Assignment, AuditRecordRow, Device, Model
 from edgefleet.errors import MalformedInputError, NotFoundError

@@ -1,0 +1,556 @@
+"""Rollouts as they run: create (first wave assigned at once), advance (judge devices,
+halt past the failure threshold, start the next wave after the soak), operator actions,
+and devices enrolling while a rollout is under way.
+
+``advance_rollouts`` is the controller's one singleton job: on PostgreSQL each pass runs
+under a transaction-scoped advisory lock, so that with several replicas one of them
+advances rollouts at a time, and a replica that dies mid-pass releases the lock with its
+connection. Each step is one transaction with its audit record: a device is assigned a
+step at most once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from controller.auditlog import record_event
+from controller.quantization.family import family_variants
+from controller.rollouts.health import judge, smoke_speed
+from controller.rollouts.pins import pins_for, selector_matches
+from controller.rollouts.plan import Plan, pick_for, plan_rollout
+from controller.rollouts.strategy import Strategy
+from controller.store.database import Database
+from controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
+from edgefleet.audit import AuditEvent
+from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError
+from edgefleet.trust.metadata import check_model_name, check_model_version
+
+# Rollouts that still move; the others are final.
+ACTIVE = ("running", "paused")
+# pg_try_advisory_xact_lock key of the pass that advances rollouts.
+ADVANCE_LOCK_KEY = 0x6564_6765_0002
+ACTIONS = ("pause", "resume", "abort", "rollback")
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes for timezone-aware columns: they are UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def is_stale(device: Device, now: datetime, stale_after: timedelta) -> bool:
+    """No report within ``stale_after`` (or never)."""
+    seen = aware(device.last_seen)
+    return seen is None or now - seen > stale_after
+
+
+def _is_family(session: Session, name: str, version: str) -> bool:
+    exact = session.execute(
+        select(Model.id).where(Model.name == name, Model.version == version)
+    ).first()
+    if exact is not None:
+        return False
+    if family_variants(session, name, version):
+        return True
+    raise NotFoundError(f"{name}@{version} is not published")
+
+
+def _audit(session: Session, actor: str, action: str, rollout: Rollout, **details: object) -> None:
+    record_event(
+        session,
+        AuditEvent(
+            actor,
+            action,
+            f"{rollout.name}@{rollout.version}",
+            "success",
+            {"rollout_id": rollout.id, **details},
+        ),
+    )
+
+
+def _active_version(device: Device, name: str) -> str:
+    return next(
+        (
+            str(m.get("version"))
+            for m in device.installed or []
+            if m.get("name") == name and m.get("active")
+        ),
+        "",
+    )
+
+
+def _assign(session: Session, device: Device, rollout: Rollout, target: RolloutTarget) -> str:
+    """Give the device this rollout's version (for a family: the variant that fits best),
+    remembering what it had for a rollback and its speed for the health gate."""
+    current = session.get(Assignment, (device.device_id, rollout.name))
+    target.previous_version = current.version if current is not None else ""
+    running = _active_version(device, rollout.name)
+    target.baseline_tokens_per_second = (
+        smoke_speed(device, rollout.name, running) if running else 0.0
+    )
+    version, family = rollout.version, ""
+    if rollout.family:
+        row, why = pick_for(session, device, rollout.name, rollout.version)
+        version, family, target.reason = row.version, rollout.version, why
+    if current is None:
+        session.add(
+            Assignment(
+                device_id=device.device_id,
+                model_name=rollout.name,
+                version=version,
+                rollout_id=rollout.id,
+                family=family,
+            )
+        )
+    else:
+        current.version, current.rollout_id, current.family = version, rollout.id, family
+    target.version = version
+    target.state = "assigned"
+    target.assigned_at = datetime.now(UTC)
+    return version
+
+
+def _start_wave(session: Session, rollout: Rollout, wave: int) -> dict[str, str]:
+    """Assign every pending device of ``wave``; device id -> version given."""
+    given = {}
+    targets = session.execute(
+        select(RolloutTarget)
+        .where(
+            RolloutTarget.rollout_id == rollout.id,
+            RolloutTarget.wave == wave,
+            RolloutTarget.state == "pending",
+        )
+        .order_by(RolloutTarget.device_id)
+    ).scalars()
+    for target in targets:
+        device = session.get(Device, target.device_id)
+        if device is None or device.state != "active":
+            target.state, target.reason = "skipped", "device is no longer active"
+            continue
+        pinned = pins_for(session, device).get(rollout.name)
+        if pinned is not None:
+            target.state, target.reason = "skipped", f"pinned to {rollout.name}@{pinned}"
+            continue
+        given[device.device_id] = _assign(session, device, rollout, target)
+    return given
+
+
+def _revert(session: Session, rollout: Rollout, target: RolloutTarget) -> None:
+    """Put the device back on what it had before this rollout (if this rollout still
+    decides its assignment)."""
+    assignment = session.get(Assignment, (target.device_id, rollout.name))
+    if assignment is None or assignment.rollout_id != rollout.id:
+        return
+    if target.previous_version:
+        assignment.version, assignment.family = target.previous_version, ""
+    else:
+        session.delete(assignment)
+
+
+@dataclass(frozen=True)
+class RolloutCreated:
+    """The new rollout, the devices its first wave assigned, and the whole plan."""
+
+    rollout_id: int
+    device_ids: list[str]
+    # device id -> what it was given, e.g. "1.0.0+q4_0 (best quality that fits)".
+    assigned: dict[str, str]
+    plan: Plan
+
+
+def plan(
+    db: Database, name: str, version: str, selector: dict[str, str], strategy: Strategy
+) -> Plan:
+    """What `create_rollout` would do now, changing nothing."""
+    check_model_name(name)
+    check_model_version(version)
+    with db.session() as session:
+        family = _is_family(session, name, version)
+        return plan_rollout(session, name, version, selector, strategy, family)
+
+
+def create_rollout(
+    db: Database,
+    operator: str,
+    name: str,
+    version: str,
+    selector: dict[str, str],
+    strategy: Strategy | None = None,
+) -> RolloutCreated:
+    """Start rolling ``name@version`` out to matching devices: the first wave is assigned
+    now, later waves as the health gates pass. A rollout of the same model still under
+    way is superseded (aborted). ``version`` may name a release published as quantized
+    variants: each device then gets the best variant that fits it."""
+    strategy = strategy or Strategy()
+    check_model_name(name)
+    check_model_version(version)
+    with db.session() as session:
+        family = _is_family(session, name, version)
+        planned = plan_rollout(session, name, version, selector, strategy, family)
+        rollout = Rollout(
+            name=name,
+            version=version,
+            selector=dict(selector),
+            created_by=operator,
+            created_at=datetime.now(UTC),
+            family=family,
+            state="running",
+            strategy=strategy.to_dict(),
+            waves=max(planned.waves, 1),
+            current_wave=0,
+            reason="",
+        )
+        session.add(rollout)
+        session.flush()
+        for earlier in session.execute(
+            select(Rollout).where(
+                Rollout.name == name, Rollout.state.in_(ACTIVE), Rollout.id != rollout.id
+            )
+        ).scalars():
+            earlier.state, earlier.reason = "aborted", f"superseded by rollout {rollout.id}"
+            _audit(session, f"operator:{operator}", "rollout.abort", earlier, reason=earlier.reason)
+        for device in planned.included:
+            session.add(
+                RolloutTarget(
+                    rollout_id=rollout.id,
+                    device_id=device.device_id,
+                    wave=device.wave,
+                    version=device.version,
+                    state="pending",
+                    reason=device.reason,
+                )
+            )
+        session.flush()
+        given = _start_wave(session, rollout, 0)
+        if not planned.included:
+            rollout.state = "completed"
+        picked = {}
+        for device_id, given_version in given.items():
+            target = session.get(RolloutTarget, (rollout.id, device_id))
+            why = target.reason if family and target is not None else ""
+            picked[device_id] = f"{given_version} ({why})" if why else given_version
+        _audit(
+            session,
+            f"operator:{operator}",
+            "rollout.create",
+            rollout,
+            selector=selector,
+            strategy=strategy.to_dict(),
+            waves=rollout.waves,
+            devices=sorted(given),
+            excluded=len(planned.devices) - len(planned.included),
+            **({"variants": picked} if family else {}),
+        )
+        return RolloutCreated(rollout.id, sorted(given), picked, planned)
+
+
+def _judge_targets(
+    session: Session,
+    rollout: Rollout,
+    targets: list[RolloutTarget],
+    strategy: Strategy,
+    now: datetime,
+    stale_after: timedelta,
+) -> bool:
+    changed = False
+    for target in targets:
+        if target.state not in ("assigned", "healthy"):
+            continue
+        device = session.get(Device, target.device_id)
+        if device is None:
+            continue
+        verdict = judge(device, rollout.name, target, strategy)
+        if verdict.verdict == "failed":
+            target.state, target.reason = "failed", verdict.reason
+            _revert(session, rollout, target)
+            _audit(
+                session,
+                "controller",
+                "rollout.device_failed",
+                rollout,
+                device=target.device_id,
+                version=target.version,
+                reason=verdict.reason,
+            )
+            changed = True
+        elif verdict.verdict == "healthy" and is_stale(device, now, stale_after):
+            target.state, target.reason = "assigned", "stale: no recent report"
+        elif verdict.verdict == "healthy":
+            target.state, target.reason = "healthy", verdict.reason
+        else:
+            target.state, target.reason = "assigned", verdict.reason
+    return changed
+
+
+def _halt(session: Session, rollout: Rollout, targets: list[RolloutTarget], why: str) -> None:
+    rollout.state, rollout.reason = "halted", why
+    rolled_back = []
+    for target in targets:
+        if target.state in ("assigned", "healthy"):
+            _revert(session, rollout, target)
+            target.state, target.reason = "rolled_back", "rolled back: the rollout halted"
+            rolled_back.append(target.device_id)
+        elif target.state == "pending":
+            target.state, target.reason = "skipped", "the rollout halted"
+    _audit(session, "controller", "rollout.halt", rollout, reason=why, rolled_back=rolled_back)
+
+
+def _advance(session: Session, rollout: Rollout, now: datetime, stale_after: timedelta) -> bool:
+    """One pass over one rollout; True when an assignment changed."""
+    strategy = Strategy.from_dict(rollout.strategy)
+    targets = list(
+        session.execute(
+            select(RolloutTarget)
+            .where(RolloutTarget.rollout_id == rollout.id)
+            .order_by(RolloutTarget.wave, RolloutTarget.device_id)
+        ).scalars()
+    )
+    changed = _judge_targets(session, rollout, targets, strategy, now, stale_after)
+    failed = [t for t in targets if t.state == "failed"]
+    if len(failed) > strategy.max_failures:
+        first = failed[0]
+        _halt(
+            session,
+            rollout,
+            targets,
+            f"{len(failed)} device(s) failed, over max_failures {strategy.max_failures}; "
+            f"{first.device_id}: {first.reason}",
+        )
+        return True
+    if rollout.state != "running":
+        return changed
+    deployed = [
+        t for t in targets if t.wave <= rollout.current_wave and t.state in ("assigned", "healthy")
+    ]
+    if not all(t.state == "healthy" for t in deployed):
+        rollout.wave_healthy_since = None
+        return changed
+    if rollout.current_wave >= rollout.waves - 1:
+        rollout.state, rollout.wave_healthy_since = "completed", None
+        _audit(session, "controller", "rollout.complete", rollout, failed=len(failed))
+        return changed
+    since = aware(rollout.wave_healthy_since)
+    if since is None:
+        rollout.wave_healthy_since = since = now
+    if now - since < timedelta(seconds=strategy.soak_seconds):
+        return changed
+    rollout.current_wave += 1
+    rollout.wave_healthy_since = None
+    given = _start_wave(session, rollout, rollout.current_wave)
+    _audit(
+        session,
+        "controller",
+        "rollout.wave",
+        rollout,
+        wave=rollout.current_wave,
+        devices=sorted(given),
+    )
+    return True
+
+
+def advance_rollouts(db: Database, stale_after: timedelta, now: datetime | None = None) -> bool:
+    """Judge the devices of every running or paused rollout, halt, complete or start the
+    next wave. True when an assignment changed (devices should be told). A replica that
+    does not get the lock skips this pass: another one is doing it."""
+    now = now or datetime.now(UTC)
+    with db.session() as session:
+        if db.is_postgresql:
+            held = session.execute(
+                text("select pg_try_advisory_xact_lock(:key)"), {"key": ADVANCE_LOCK_KEY}
+            ).scalar_one()
+            if not held:
+                return False
+        changed = False
+        rollouts = session.execute(
+            select(Rollout).where(Rollout.state.in_(ACTIVE)).order_by(Rollout.id)
+        ).scalars()
+        for rollout in list(rollouts):
+            changed = _advance(session, rollout, now, stale_after) or changed
+        return changed
+
+
+def change_rollout(db: Database, operator: str, rollout_id: int, action: str) -> None:
+    """pause | resume | abort | rollback, by an operator (audited)."""
+    if action not in ACTIONS:
+        raise MalformedInputError(f"unknown rollout action {action!r}: one of {', '.join(ACTIONS)}")
+    with db.session() as session:
+        rollout = session.execute(
+            select(Rollout).where(Rollout.id == rollout_id).with_for_update()
+        ).scalar_one_or_none()
+        if rollout is None:
+            raise NotFoundError(f"rollout {rollout_id} does not exist")
+        allowed = {
+            "pause": ("running",),
+            "resume": ("paused",),
+            "abort": ("running", "paused", "halted"),
+            "rollback": ("running", "paused", "halted", "completed", "aborted"),
+        }[action]
+        if rollout.state not in allowed:
+            raise ConflictError(
+                f"rollout {rollout_id} is {rollout.state}: {action} needs it {' or '.join(allowed)}"
+            )
+        targets = list(
+            session.execute(
+                select(RolloutTarget).where(RolloutTarget.rollout_id == rollout.id)
+            ).scalars()
+        )
+        moved: list[str] = []
+        if action == "pause":
+            rollout.state = "paused"
+        elif action == "resume":
+            rollout.state, rollout.wave_healthy_since = "running", None
+        elif action == "abort":
+            rollout.state = "aborted"
+            for target in targets:
+                if target.state == "pending":
+                    target.state, target.reason = "skipped", "the rollout was aborted"
+        else:
+            rollout.state = "rolled_back"
+            for target in targets:
+                if target.state in ("assigned", "healthy", "failed"):
+                    _revert(session, rollout, target)
+                    if target.state != "failed":
+                        target.state = "rolled_back"
+                    target.reason = f"rolled back by {operator}"
+                    moved.append(target.device_id)
+                elif target.state == "pending":
+                    target.state, target.reason = "skipped", "the rollout was rolled back"
+        rollout.reason = f"{action} by {operator}"
+        _audit(
+            session,
+            f"operator:{operator}",
+            f"rollout.{action}",
+            rollout,
+            **({"devices": sorted(moved)} if action == "rollback" else {}),
+        )
+
+
+def assign_matching_rollouts(session: Session, device: Device) -> None:
+    """A device enrolling later joins the newest matching rollout of each model that is
+    under way or complete: assigned now if that rollout is in (or past) its last wave,
+    otherwise in its last wave."""
+    latest: dict[str, Rollout] = {}
+    for rollout in session.execute(
+        select(Rollout)
+        .where(Rollout.state.in_(("running", "paused", "completed")))
+        .order_by(Rollout.id)
+    ).scalars():
+        if selector_matches(rollout.selector, device.labels):
+            latest[rollout.name] = rollout
+    pinned = pins_for(session, device)
+    for rollout in latest.values():
+        if rollout.name in pinned:
+            continue
+        if session.get(RolloutTarget, (rollout.id, device.device_id)) is not None:
+            continue  # enrolled again (renewed identity): already part of it
+        target = RolloutTarget(
+            rollout_id=rollout.id,
+            device_id=device.device_id,
+            wave=rollout.waves - 1,
+            version=rollout.version,
+            state="pending",
+            reason="enrolled during the rollout",
+        )
+        session.add(target)
+        if rollout.state == "completed" or rollout.current_wave >= rollout.waves - 1:
+            _assign(session, device, rollout, target)
+
+
+def repick_variant(session: Session, device: Device, assignment: Assignment) -> None:
+    """Re-choose a family assignment's variant from the device's latest report (audited
+    when it changes: the device moves to another variant of the same release)."""
+    row, why = pick_for(session, device, assignment.model_name, assignment.family)
+    if row.version == assignment.version:
+        return
+    record_event(
+        session,
+        AuditEvent(
+            "controller",
+            "rollout.variant",
+            f"{assignment.model_name}@{row.version}",
+            "success",
+            {"device": device.device_id, "previous": assignment.version, "reason": why},
+        ),
+    )
+    assignment.version = row.version
+    target = session.get(RolloutTarget, (assignment.rollout_id, device.device_id))
+    if target is not None:
+        target.version = row.version
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """One device of a rollout, for `rollout status`."""
+
+    device_id: str
+    wave: int
+    version: str
+    previous_version: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    """A rollout and (for one rollout) its devices."""
+
+    id: int
+    name: str
+    version: str
+    selector: dict[str, str]
+    state: str
+    reason: str
+    current_wave: int
+    waves: int
+    strategy: Strategy
+    created_by: str
+    created_at: str
+    targets: tuple[TargetView, ...]
+
+
+def describe_rollouts(db: Database, rollout_id: int | None = None) -> list[RolloutView]:
+    """Every rollout, newest first, without devices; or one rollout with its devices."""
+    with db.session() as session:
+        query = select(Rollout).order_by(Rollout.id.desc())
+        if rollout_id is not None:
+            query = query.where(Rollout.id == rollout_id)
+        rows = list(session.execute(query).scalars())
+        if rollout_id is not None and not rows:
+            raise NotFoundError(f"rollout {rollout_id} does not exist")
+        views = []
+        for row in rows:
+            targets: tuple[TargetView, ...] = ()
+            if rollout_id is not None:
+                targets = tuple(
+                    TargetView(
+                        t.device_id, t.wave, t.version, t.previous_version, t.state, t.reason
+                    )
+                    for t in session.execute(
+                        select(RolloutTarget)
+                        .where(RolloutTarget.rollout_id == row.id)
+                        .order_by(RolloutTarget.wave, RolloutTarget.device_id)
+                    ).scalars()
+                )
+            created = aware(row.created_at)
+            views.append(
+                RolloutView(
+                    id=row.id,
+                    name=row.name,
+                    version=row.version,
+                    selector=dict(row.selector),
+                    state=row.state,
+                    reason=row.reason,
+                    current_wave=row.current_wave,
+                    waves=row.waves,
+                    strategy=Strategy.from_dict(dict(row.strategy)),
+                    created_by=row.created_by,
+                    created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ") if created else "",
+                    targets=targets,
+                )
+            )
+        return views

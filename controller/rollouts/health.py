@@ -1,0 +1,76 @@
+"""Judging one device of a rollout from what it reported: still converging, healthy, or
+failed (and why, with the numbers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from controller.rollouts.strategy import Strategy
+from controller.store.schema import Device, RolloutTarget
+
+Verdict = Literal["waiting", "healthy", "failed"]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict on one device, with the reason shown in `rollout status`."""
+
+    verdict: Verdict
+    reason: str
+
+
+def health_of(device: Device, name: str, version: str) -> dict[str, object] | None:
+    """The device's last reported health of ``name@version``, if it reported one."""
+    return next(
+        (h for h in device.health or [] if h.get("name") == name and h.get("version") == version),
+        None,
+    )
+
+
+def smoke_speed(device: Device, name: str, version: str) -> float:
+    """Smoke-test tokens/s of ``name@version`` on the device (0.0: unknown)."""
+    health = health_of(device, name, version)
+    return float(health.get("smoke_tokens_per_second") or 0.0) if health else 0.0  # type: ignore[arg-type]
+
+
+def judge(device: Device, name: str, target: RolloutTarget, strategy: Strategy) -> Judgement:
+    """Has the device taken ``target.version`` and does it serve it well?"""
+    version = target.version
+    refused = next(
+        (
+            d
+            for d in device.downloads or []
+            if d.get("name") == name and d.get("version") == version and d.get("state") == "refused"
+        ),
+        None,
+    )
+    if refused is not None:
+        return Judgement("failed", f"refused to download: {refused.get('reason', '')}")
+    health = health_of(device, name, version)
+    if health is not None and health.get("smoke") == "failed":
+        return Judgement("failed", f"smoke test failed: {health.get('smoke_reason', '')}")
+    active = any(
+        m.get("name") == name and m.get("version") == version and m.get("active")
+        for m in device.installed or []
+    )
+    if not active or health is None:
+        return Judgement("waiting", "not serving it yet")
+    requests, errors = int(health.get("requests") or 0), int(health.get("errors") or 0)  # type: ignore[call-overload]
+    if requests >= strategy.min_requests and errors / requests > strategy.max_error_rate:
+        return Judgement(
+            "failed",
+            f"{errors} of {requests} requests failed ({errors / requests:.1%}), over "
+            f"max_error_rate {strategy.max_error_rate:.1%}",
+        )
+    speed = float(health.get("smoke_tokens_per_second") or 0.0)  # type: ignore[arg-type]
+    baseline = target.baseline_tokens_per_second
+    if baseline > 0 and speed > 0 and speed / baseline < strategy.min_speed_ratio:
+        return Judgement(
+            "failed",
+            f"{speed:.1f} tokens/s in the smoke test, {speed / baseline:.2f}x the "
+            f"{baseline:.1f} of the version before (min_speed_ratio {strategy.min_speed_ratio})",
+        )
+    served = f"{requests} requests, {errors} failed" if requests else "no requests yet"
+    measured = f", {speed:.1f} tokens/s" if speed else ""
+    return Judgement("healthy", f"serving ({served}{measured})")
