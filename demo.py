@@ -54,6 +54,7 @@ class Fleet:
         self.health_address = ""  # plaintext gRPC health checking
         self.metrics_address = ""  # Prometheus /metrics
         self.agent_env: dict[str, str] = {}  # settings every agent started here gets
+        self.controller_env: dict[str, str] = {}  # and the controller
 
     # --- commands ---------------------------------------------------------------------
     def run(
@@ -134,6 +135,7 @@ class Fleet:
                 "--metrics-listen",
                 metrics_listen,
             ],
+            self.controller_env,
         )
 
         def listening() -> list[str] | None:

@@ -96,13 +96,13 @@ class Catalog:
 
     def ensure_targets(self) -> None:
         """Sign an empty targets version 1 on a new controller, so devices always get one."""
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="targets") as session:
             if latest_targets(session) is None:
                 self.sign_targets(session, None)
 
     def resign(self, material: TrustMaterial) -> None:
         """After a targets key rotation: the same models as a new version under the new keys."""
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="targets") as session:
             current = latest_targets(session)
             if current is None or material.vouches("targets", current[1]):
                 return
@@ -139,7 +139,7 @@ class Catalog:
         self, operator: str, manifest: ModelManifest, evaluation: dict[str, Any] | None = None
     ) -> Published:
         """Record the model and sign targets naming it, with its audit record, atomically."""
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="targets") as session:
             if self._find(session, manifest.name, manifest.version) is not None:
                 raise ConflictError(f"{manifest.ref} is already published")
             session.add(

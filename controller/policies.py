@@ -86,7 +86,7 @@ class PolicyService:
 
     def resign(self, material: TrustMaterial) -> None:
         """After a policy key rotation: the same policy as a new version under the new keys."""
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="policy") as session:
             found = latest_policy(session)
             if found is not None and not material.vouches("policy", found[1]):
                 self._sign(session, found[0], "controller", "policy.resign", "policy")
@@ -108,7 +108,7 @@ class PolicyService:
     def apply(self, operator: str, document: bytes) -> Policy:
         """Validate, version and sign an operator's policy document."""
         policy = self.parse_document(document)
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="policy") as session:
             return self._sign(session, policy, f"operator:{operator}", "policy.apply", "policy")
 
     def create_token(
@@ -121,7 +121,7 @@ class PolicyService:
     ) -> tuple[str, str, Policy]:
         """A new token bound to ``role``; returns (token shown once, token id, new policy)."""
         check_subject(subject)
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="policy") as session:
             found = latest_policy(session)
             if found is None or role not in found[0].roles:
                 raise NotFoundError(f"role {role!r} is not defined by the policy: apply one first")
@@ -139,7 +139,7 @@ class PolicyService:
 
     def revoke_token(self, operator: str, token_id: str) -> Policy:
         """A new version without the token; devices refuse the token from their next sync."""
-        with self._lock, self.db.session() as session:
+        with self._lock, self.db.session(exclusive="policy") as session:
             found = latest_policy(session)
             policy = found[0] if found else None
             if policy is None or all(t.token_id != token_id for t in policy.tokens):

@@ -17,7 +17,7 @@ from controller.access import AccessControl
 from controller.blobs import BlobStore
 from controller.ca import CertificateAuthority
 from controller.catalog import Catalog
-from controller.changes import ChangeFeed
+from controller.changes import ChangeFeed, PostgresRelay
 from controller.config import ControllerConfig
 from controller.datadir import DataDir
 from controller.enrollment import Enrollment
@@ -170,6 +170,9 @@ async def serve(config: ControllerConfig) -> None:
     operations = Operations(app.db, app.metrics, config.health_listen, config.metrics_listen)
     server, sync_port, enroll_port = build_server(app, operations)
     app.sync_port = sync_port
+    relay = PostgresRelay(app.db, app.changes) if app.db.is_postgresql else None
+    if relay is not None:
+        relay.start()
     await operations.start()
     await server.start()
     scheduler = AsyncIOScheduler(timezone=UTC)
@@ -208,6 +211,8 @@ async def serve(config: ControllerConfig) -> None:
     scheduler.shutdown(wait=False)
     await operations.draining()
     app.changes.close()
+    if relay is not None:
+        await relay.stop()
     await server.stop(grace=config.shutdown_grace_seconds)
     await operations.stop()
     with contextlib.suppress(FileNotFoundError):

@@ -121,15 +121,23 @@ class Snapshots:
         targets_ref = MetaRef.of(targets.payload)
         policy_ref = MetaRef.of(policy[1].payload) if policy else None
         found = latest_timestamp(session)
-        if found is not None:
+
+        def still_good(found: tuple[Timestamp, Envelope]) -> bool:
             current, envelope = found
-            if (
+            return (
                 current.targets == targets_ref
                 and current.policy == policy_ref
                 and current.expires - now > self.expiry / 2
                 and self._vouches(material, "timestamp", envelope)
-            ):
-                return envelope
+            )
+
+        if found is not None and still_good(found):
+            return found[1]
+        # Another replica may be signing the same new version: take turns, then look again.
+        self.db.hold(session, "timestamp")
+        found = latest_timestamp(session)
+        if found is not None and still_good(found):
+            return found[1]
         version = found[0].version + 1 if found else 1
         timestamp = Timestamp(version, now + self.expiry, targets_ref, policy_ref)
         envelope = material.sign("timestamp", TIMESTAMP_TYPE, timestamp.to_payload())

@@ -74,10 +74,17 @@ class Database:
         return str(revision)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A unit of work: commit on success, roll back on any exception."""
+    def session(self, exclusive: str = "") -> Iterator[Session]:
+        """A unit of work: commit on success, roll back on any exception.
+
+        ``exclusive`` names what the unit of work reads and then writes a new version of
+        (targets, policy, timestamp): on PostgreSQL it first takes a transaction-scoped
+        advisory lock of that name, so that controller replicas take turns instead of
+        colliding on the version number. (SQLite has one writer at a time anyway.)"""
         session = self._sessions()
         try:
+            if exclusive:
+                self.hold(session, exclusive)
             yield session
             session.commit()
         except EdgefleetError:
@@ -91,6 +98,14 @@ class Database:
             raise
         finally:
             session.close()
+
+    def hold(self, session: Session, name: str) -> None:
+        """On PostgreSQL, wait for the transaction-scoped advisory lock ``name`` (held until
+        the session's transaction ends); nothing on SQLite."""
+        if self.is_postgresql:
+            session.execute(
+                text("select pg_advisory_xact_lock(hashtext(:name))"), {"name": f"edgefleet:{name}"}
+            )
 
     def dispose(self) -> None:
         """Close pooled connections."""

@@ -226,25 +226,32 @@ def test_bad_cli_input_gets_one_line_errors(small_fleet: tuple[Fleet, str]) -> N
 
 
 def test_model_over_the_memory_budget_is_never_downloaded(small_fleet: tuple[Fleet, str]) -> None:
-    """Pre-flight: a model whose estimate exceeds the device's budget is refused before download."""
-    fleet, _device = small_fleet
+    """Pre-flight on the device: a model whose estimate exceeds the budget is refused before
+    download; the rollout halts on the refusal; then the controller knows the budget and
+    `rollout plan` leaves the device out, saying why."""
+    fleet, device_id = small_fleet
     fleet.stop("agent-gw")
+    publish_tiny(fleet, "1", seed=1)
+    created = fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab").stdout
+    assert "assigned to 1 device(s)" in created  # the controller still thinks it fits
     fleet.start_agent(
         "gw", sync_interval=1, env={"EDGEFLEET_AGENT_MEMORY_BUDGET_BYTES": str(16 * 1024 * 1024)}
     )
-    publish_tiny(fleet, "1", seed=1)
-    fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
-    wait_for(
-        "the refusal to reach the controller",
+    rollout_id = created.split()[1].rstrip(":")
+    status = wait_for(
+        "the rollout to halt on the refusal",
         lambda: (
-            True if "over the memory budget of 16 MiB" in fleet.devices()[0]["last_error"] else None
+            out if "halted" in (out := fleet.ctl("rollout", "status", rollout_id).stdout) else None
         ),
-        30,
+        60,
     )
+    assert "refused to download" in status and "over the memory budget of 16 MiB" in status
     assert "tiny" not in models(fleet, "gw")
     assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
     refusals = [a for a in agent_actions(fleet, "gw") if a[2] == "refused"]
     assert refusals == [("model.install", "tiny@1", "refused")]  # audited once, not every pass
+    plan = fleet.ctl("rollout", "plan", "tiny@1", "--selector", "site=lab").stdout
+    assert f"{device_id}: tiny@1 needs" in plan and "over the memory budget of 16 MiB" in plan
 
 
 def test_signed_export_verifies_offline_and_tampering_is_named(
