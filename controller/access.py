@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from controller.auditlog import record_event
 from controller.operators import role_permissions
 from controller.policies import latest_policy
@@ -32,11 +34,15 @@ class AccessControl:
             return frozenset()
         with self.db.session() as session:
             if principal.kind == "device":
-                device = session.get(Device, principal.name)
-                if device is None or device.state != "active":
-                    state = device.state if device else "unknown"
+                row = session.execute(
+                    select(Device.state, Device.certificate_serial, Device.previous_serial).where(
+                        Device.device_id == principal.name
+                    )
+                ).first()
+                if row is None or row.state != "active":
+                    state = row.state if row else "unknown"
                     raise PermissionDeniedError(f"device {principal.name} is {state}")
-                if serial not in (device.certificate_serial, device.previous_serial):
+                if serial not in (row.certificate_serial, row.previous_serial):
                     raise AuthenticationError("this device certificate was replaced")
                 return frozenset()
             operator = session.get(Operator, principal.name)

@@ -30,14 +30,18 @@ from edgefleet.fleet import (
 MAX_REPORTED_MODELS = 256
 
 
-def desired_assignments(session: Session, device: Device) -> tuple[ModelAssignment, ...]:
-    """What the device is to run: its rollouts' assignments, pinned models where pinned."""
-    rows = session.execute(
-        select(Assignment.model_name, Assignment.version).where(
-            Assignment.device_id == device.device_id
+def desired_assignments(
+    session: Session, device: Device, assignments: list[Assignment] | None = None
+) -> tuple[ModelAssignment, ...]:
+    """What the device is to run: its rollouts' assignments (read here unless given),
+    pinned models where pinned."""
+    if assignments is None:
+        assignments = list(
+            session.execute(
+                select(Assignment).where(Assignment.device_id == device.device_id)
+            ).scalars()
         )
-    )
-    desired = {name: version for name, version in rows}
+    desired = {a.model_name: a.version for a in assignments}
     desired.update(pins_for(session, device))
     return tuple(ModelAssignment(n, v) for n, v in sorted(desired.items()))
 
@@ -78,7 +82,7 @@ def sync_device(
             root_chain=snapshot.root_chain,
             timestamp=snapshot.timestamp,
             targets=snapshot.targets,
-            assignments=desired_assignments(session, device),
+            assignments=desired_assignments(session, device, assignments),
             audit_acked_seq=acked_seq(session, device_id),
             policy=snapshot.policy,
         )

@@ -12,14 +12,14 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.catalog import Catalog, latest_targets
 from controller.keyring import Keyring, TrustMaterial
 from controller.policies import PolicyService, latest_policy
 from controller.store.database import Database
-from controller.store.schema import TimestampVersion
+from controller.store.schema import PolicyVersion, TargetsVersion, TimestampVersion
 from edgefleet.bundle import BundleHeader
 from edgefleet.errors import NotFoundError, StorageError
 from edgefleet.trust.envelope import Envelope
@@ -73,6 +73,22 @@ class Snapshots:
         self.expiry = expiry
         self._lock = threading.Lock()
         self._vouched: dict[tuple[str, int, bytes], bool] = {}
+        # The last snapshot built, what it was built from (root version and the newest
+        # targets, policy and timestamp versions) and until when its timestamp is fresh.
+        self._cached: tuple[tuple[int, int, int, int], datetime, Snapshot] | None = None
+
+    def _versions(self) -> tuple[int, int, int]:
+        """The newest targets, policy and timestamp versions: one round trip, so that a
+        sync reuses the snapshot unless something changed (here or on another replica)."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(
+                    select(func.max(TargetsVersion.version)).scalar_subquery(),
+                    select(func.max(PolicyVersion.version)).scalar_subquery(),
+                    select(func.max(TimestampVersion.version)).scalar_subquery(),
+                )
+            ).one()
+        return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
 
     def _vouches(self, material: TrustMaterial, role: str, envelope: Envelope) -> bool:
         key = (role, material.root.version, envelope.payload)
@@ -85,6 +101,11 @@ class Snapshots:
     def current(self) -> Snapshot:
         """The snapshot to serve now (signing a new timestamp when needed)."""
         material = self.keyring.current()
+        key = (material.root.version, *self._versions())
+        now = datetime.now(UTC)
+        cached = self._cached
+        if cached is not None and cached[0] == key and now < cached[1]:
+            return cached[2]
         with self._lock:
             snapshot = self._read(material)
             if snapshot is None:  # keys were rotated: re-sign, then read again
@@ -93,6 +114,14 @@ class Snapshots:
                 snapshot = self._read(material)
             if snapshot is None:
                 raise StorageError("targets or policy are not signed by the current root's keys")
+            timestamp = Timestamp.from_payload(snapshot.timestamp.payload)
+            built_from = (
+                material.root.version,
+                timestamp.targets.version,
+                timestamp.policy.version if timestamp.policy else 0,
+                timestamp.version,
+            )
+            self._cached = (built_from, timestamp.expires - self.expiry / 2, snapshot)
             return snapshot
 
     def _read(self, material: TrustMaterial) -> Snapshot | None:

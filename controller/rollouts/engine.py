@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
 from controller.quantization.family import family_variants
 from controller.rollouts.health import judge, smoke_speed
-from controller.rollouts.pins import pins_for, selector_matches
+from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.plan import Plan, pick_for, plan_rollout
 from controller.rollouts.strategy import Strategy
 from controller.store.database import Database
@@ -118,6 +119,7 @@ def _assign(session: Session, device: Device, rollout: Rollout, target: RolloutT
 def _start_wave(session: Session, rollout: Rollout, wave: int) -> dict[str, str]:
     """Assign every pending device of ``wave``; device id -> version given."""
     given = {}
+    pins = all_pins(session)
     targets = session.execute(
         select(RolloutTarget)
         .where(
@@ -132,7 +134,7 @@ def _start_wave(session: Session, rollout: Rollout, wave: int) -> dict[str, str]
         if device is None or device.state != "active":
             target.state, target.reason = "skipped", "device is no longer active"
             continue
-        pinned = pins_for(session, device).get(rollout.name)
+        pinned = pins_for(session, device, pins).get(rollout.name)
         if pinned is not None:
             target.state, target.reason = "skipped", f"pinned to {rollout.name}@{pinned}"
             continue
@@ -250,20 +252,24 @@ def create_rollout(
 
 
 def _judge_targets(
-    session: Session,
-    rollout: Rollout,
-    targets: list[RolloutTarget],
-    strategy: Strategy,
-    now: datetime,
-    stale_after: timedelta,
+    session: Session, rollout: Rollout, strategy: Strategy, now: datetime, stale_after: timedelta
 ) -> bool:
+    """Judge the deployed devices that reported since they were last judged (each device
+    reports once per sync interval: a pass costs the reports that came in, not the
+    fleet); healthy devices that went stale stop counting as healthy."""
     changed = False
-    for target in targets:
-        if target.state not in ("assigned", "healthy"):
-            continue
-        device = session.get(Device, target.device_id)
-        if device is None:
-            continue
+    rows = session.execute(
+        select(RolloutTarget, Device)
+        .join(Device, Device.device_id == RolloutTarget.device_id)
+        .where(
+            RolloutTarget.rollout_id == rollout.id,
+            RolloutTarget.state.in_(("assigned", "healthy")),
+            or_(RolloutTarget.judged_at.is_(None), Device.last_seen > RolloutTarget.judged_at),
+        )
+    ).all()
+    for target, device in rows:
+        # A device that never reported is judged again only once it does.
+        target.judged_at = device.last_seen or now
         verdict = judge(device, rollout.name, target, strategy)
         if verdict.verdict == "failed":
             target.state, target.reason = "failed", verdict.reason
@@ -278,13 +284,36 @@ def _judge_targets(
                 reason=verdict.reason,
             )
             changed = True
-        elif verdict.verdict == "healthy" and is_stale(device, now, stale_after):
-            target.state, target.reason = "assigned", "stale: no recent report"
         elif verdict.verdict == "healthy":
             target.state, target.reason = "healthy", verdict.reason
         else:
             target.state, target.reason = "assigned", verdict.reason
+    session.flush()
+    silent = select(Device.device_id).where(
+        or_(Device.last_seen.is_(None), Device.last_seen < now - stale_after)
+    )
+    session.execute(
+        update(RolloutTarget)
+        .where(
+            RolloutTarget.rollout_id == rollout.id,
+            RolloutTarget.state == "healthy",
+            RolloutTarget.device_id.in_(silent),
+        )
+        .values(state="assigned", reason="stale: no recent report")
+        .execution_options(synchronize_session=False)
+    )
     return changed
+
+
+def _count(session: Session, rollout: Rollout, *where: Any) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(RolloutTarget)
+            .where(RolloutTarget.rollout_id == rollout.id, *where)
+        )
+        or 0
+    )
 
 
 def _halt(session: Session, rollout: Rollout, targets: list[RolloutTarget], why: str) -> None:
@@ -303,36 +332,39 @@ def _halt(session: Session, rollout: Rollout, targets: list[RolloutTarget], why:
 def _advance(session: Session, rollout: Rollout, now: datetime, stale_after: timedelta) -> bool:
     """One pass over one rollout; True when an assignment changed."""
     strategy = Strategy.from_dict(rollout.strategy)
-    targets = list(
-        session.execute(
-            select(RolloutTarget)
-            .where(RolloutTarget.rollout_id == rollout.id)
-            .order_by(RolloutTarget.wave, RolloutTarget.device_id)
-        ).scalars()
-    )
-    changed = _judge_targets(session, rollout, targets, strategy, now, stale_after)
-    failed = [t for t in targets if t.state == "failed"]
-    if len(failed) > strategy.max_failures:
-        first = failed[0]
+    changed = _judge_targets(session, rollout, strategy, now, stale_after)
+    failed = _count(session, rollout, RolloutTarget.state == "failed")
+    if failed > strategy.max_failures:
+        targets = list(
+            session.execute(
+                select(RolloutTarget)
+                .where(RolloutTarget.rollout_id == rollout.id)
+                .order_by(RolloutTarget.wave, RolloutTarget.device_id)
+            ).scalars()
+        )
+        first = next(t for t in targets if t.state == "failed")
         _halt(
             session,
             rollout,
             targets,
-            f"{len(failed)} device(s) failed, over max_failures {strategy.max_failures}; "
+            f"{failed} device(s) failed, over max_failures {strategy.max_failures}; "
             f"{first.device_id}: {first.reason}",
         )
         return True
     if rollout.state != "running":
         return changed
-    deployed = [
-        t for t in targets if t.wave <= rollout.current_wave and t.state in ("assigned", "healthy")
-    ]
-    if not all(t.state == "healthy" for t in deployed):
+    waiting = _count(
+        session,
+        rollout,
+        RolloutTarget.wave <= rollout.current_wave,
+        RolloutTarget.state == "assigned",
+    )
+    if waiting:
         rollout.wave_healthy_since = None
         return changed
     if rollout.current_wave >= rollout.waves - 1:
         rollout.state, rollout.wave_healthy_since = "completed", None
-        _audit(session, "controller", "rollout.complete", rollout, failed=len(failed))
+        _audit(session, "controller", "rollout.complete", rollout, failed=failed)
         return changed
     since = aware(rollout.wave_healthy_since)
     if since is None:

@@ -28,10 +28,15 @@ def _selector_key(selector: dict[str, str]) -> str:
     return json.dumps(selector, sort_keys=True, separators=(",", ":"))
 
 
-def pins_for(session: Session, device: Device) -> dict[str, str]:
-    """Model name -> pinned version for ``device``."""
+def all_pins(session: Session) -> list[Pin]:
+    """Every pin, oldest first (a small table: read once per pass over many devices)."""
+    return list(session.execute(select(Pin).order_by(Pin.id)).scalars())
+
+
+def pins_for(session: Session, device: Device, pins: list[Pin] | None = None) -> dict[str, str]:
+    """Model name -> pinned version for ``device`` (from ``pins`` when already read)."""
     held: dict[str, tuple[int, str]] = {}
-    for pin in session.execute(select(Pin).order_by(Pin.id)).scalars():
+    for pin in all_pins(session) if pins is None else pins:
         if pin.device_id:
             if pin.device_id == device.device_id:
                 held[pin.model_name] = (1, pin.version)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from controller.quantization.family import family_variants, pick_variant, stored_resources
 from controller.quantization.variants import split_variant_version
-from controller.rollouts.pins import pins_for, selector_matches
+from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.strategy import Strategy, wave_of
 from controller.store.schema import Assignment, Device, Model
 from edgefleet.errors import NotFoundError
@@ -100,6 +100,7 @@ class Planner:
         self.version = version
         self.family = family
         self.ranks = release_ranks(session, name)
+        self.pins = all_pins(session)
         self.rank = self.ranks.get(split_variant_version(version)[0], 0)
         self.exact: Model | None = None
         if not family:
@@ -113,7 +114,7 @@ class Planner:
         """(version the device would get, why, whether it is included)."""
         if device.state != "active":
             return self.version, f"device is {device.state}", False
-        pinned = pins_for(self.session, device).get(self.name)
+        pinned = pins_for(self.session, device, self.pins).get(self.name)
         if pinned is not None:
             return self.version, f"pinned to {self.name}@{pinned}", False
         current = current_version(self.session, device, self.name)

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.String(length=1024), nullable=False),
         sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("judged_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["device_id"],
             ["devices.device_id"],
