@@ -68,6 +68,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.verify
 	$(BIN)/python -m benchmarks.transfer
 	$(BIN)/python -m benchmarks.quantization
+	$(BIN)/python -m benchmarks.fleet_load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

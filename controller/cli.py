@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
 from controller.client import OperatorClient, OperatorCredential
 from controller.commands import OPERATIONS, audit_verify
 from controller.config import load_controller_config
@@ -18,7 +20,8 @@ from controller.quantization.cli import add_quantize_parser, quantize_command
 from controller.rollouts.cli import add_rollout_parser
 from controller.service import serve
 from edgefleet.cli_support import add_completion_command, key_value, run_command
-from edgefleet.errors import ConfigError
+from edgefleet.config_files import split_address
+from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 
 PROG = "edgefleetctl"
@@ -50,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-listen", help='Prometheus /metrics HOST:PORT (default 127.0.0.1:9464; "" off)'
     )
     serve_cmd.add_argument("--log-level", default="INFO")
+
+    health = commands.add_parser(
+        "health", help="exit 0 when a controller's plaintext health port answers SERVING"
+    )
+    health.add_argument("--address", default="127.0.0.1:7445", help="its health_listen")
+    health.add_argument("--timeout", type=float, default=3.0)
 
     _add_keys_parser(commands)
 
@@ -229,6 +238,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    """For container health checks and scripts: no credentials, one line, exit status."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    split_address(args.address)
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            raise TransportError(f"{args.address}: {e.code().name.lower()}") from e
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _operate(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
@@ -242,6 +268,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_init(args)
     if args.command == "serve":
         return _cmd_serve(args)
+    if args.command == "health":
+        configure_logging("console", "WARNING")
+        return _cmd_health(args)
     if (args.command, getattr(args, "action", "")) == ("audit", "verify"):
         return audit_verify(args)
     if args.command == "keys":

@@ -64,6 +64,8 @@ def test_health_reflection_and_metrics(fleet: Fleet) -> None:
         assert {"edgefleet.v1.DeviceService", "edgefleet.v1.OperatorService"} <= names
         assert "grpc.health.v1.Health" in names
 
+    health = fleet.run("edgefleetctl", "health", "--address", fleet.health_address)
+    assert health.stdout.strip() == f"{fleet.health_address}: SERVING"
     fleet.ctl("devices", "list")  # one operator call, counted below
     with urllib.request.urlopen(f"http://{fleet.metrics_address}/metrics", timeout=10) as reply:
         assert reply.status == 200
