@@ -19,3 +19,7 @@ def bundled_model_path() -> Path:
     if not path.is_file():
         raise ConfigError(f"the bundled model file {path} is missing")
     return path
+
+
+if __name__ == "__main__":  # `python -m edgefleet.bundled` prints the path (README quickstart)
+    print(bundled_model_path())
