@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from controller.auditlog import acked_seq, tamper_reason
 from controller.quantization.family import stored_resources
-from controller.rollouts.engine import is_stale, repick_variant
+from controller.rollouts.engine import is_stale, judge_report, repick_variant
 from controller.rollouts.pins import pins_for
 from controller.snapshots import Snapshot
 from controller.store.database import Database
@@ -68,6 +68,7 @@ def sync_device(
         device.resources = asdict(report.resources)
         device.health = [asdict(h) for h in report.health[:MAX_REPORTED_MODELS]]
         device.audit_head_seq = report.audit_head_seq
+        judge_report(session, device)  # before reading assignments: a failure reverts one
         assignments = list(
             session.execute(
                 select(Assignment)

@@ -251,6 +251,55 @@ def create_rollout(
         return RolloutCreated(rollout.id, sorted(given), picked, planned)
 
 
+def _judge_one(
+    session: Session,
+    rollout: Rollout,
+    strategy: Strategy,
+    target: RolloutTarget,
+    device: Device,
+    now: datetime,
+) -> bool:
+    """Judge one device's latest report; True when it failed (and was put back)."""
+    target.judged_at = device.last_seen or now
+    verdict = judge(device, rollout.name, target, strategy)
+    if verdict.verdict == "failed":
+        target.state, target.reason = "failed", verdict.reason
+        _revert(session, rollout, target)
+        _audit(
+            session,
+            "controller",
+            "rollout.device_failed",
+            rollout,
+            device=target.device_id,
+            version=target.version,
+            reason=verdict.reason,
+        )
+        return True
+    if verdict.verdict == "healthy":
+        target.state, target.reason = "healthy", verdict.reason
+    else:
+        target.state, target.reason = "assigned", verdict.reason
+    return False
+
+
+def judge_report(session: Session, device: Device) -> None:
+    """Judge the device's report for the rollouts under way that it is part of, in the
+    transaction that stores the report (so a failed device gets its old version back in
+    the same reply, and the advancing pass has nothing left to judge)."""
+    rows = session.execute(
+        select(RolloutTarget, Rollout)
+        .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
+        .where(
+            RolloutTarget.device_id == device.device_id,
+            RolloutTarget.state.in_(("assigned", "healthy")),
+            Rollout.state.in_(ACTIVE),
+        )
+    ).all()
+    now = datetime.now(UTC)
+    for target, rollout in rows:
+        _judge_one(session, rollout, Strategy.from_dict(rollout.strategy), target, device, now)
+
+
 def _judge_targets(
     session: Session, rollout: Rollout, strategy: Strategy, now: datetime, stale_after: timedelta
 ) -> bool:
@@ -269,25 +318,7 @@ def _judge_targets(
     ).all()
     for target, device in rows:
         # A device that never reported is judged again only once it does.
-        target.judged_at = device.last_seen or now
-        verdict = judge(device, rollout.name, target, strategy)
-        if verdict.verdict == "failed":
-            target.state, target.reason = "failed", verdict.reason
-            _revert(session, rollout, target)
-            _audit(
-                session,
-                "controller",
-                "rollout.device_failed",
-                rollout,
-                device=target.device_id,
-                version=target.version,
-                reason=verdict.reason,
-            )
-            changed = True
-        elif verdict.verdict == "healthy":
-            target.state, target.reason = "healthy", verdict.reason
-        else:
-            target.state, target.reason = "assigned", verdict.reason
+        changed = _judge_one(session, rollout, strategy, target, device, now) or changed
     session.flush()
     silent = select(Device.device_id).where(
         or_(Device.last_seen.is_(None), Device.last_seen < now - stale_after)

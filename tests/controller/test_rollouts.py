@@ -363,3 +363,27 @@ def test_wave_bounds() -> None:
     assert Strategy(canary=3, waves=("10%", "100%")).wave_bounds(10) == [3, 10]
     assert Strategy(waves=("2", "5")).wave_bounds(3) == [2, 3]
     assert Strategy().wave_bounds(0) == []
+
+
+def test_a_failing_report_is_judged_as_it_arrives(db: Database) -> None:
+    """The sync that carries a smoke-test failure already answers with the old version."""
+    from controller.devices import sync_device
+    from controller.snapshots import Snapshot
+    from edgefleet.fleet import InstalledModel, StatusReport
+    from edgefleet.trust.envelope import Envelope
+
+    created = create_rollout(db, "alice", "m", "2.0", {"site": "lab"}, Strategy(canary=1))
+    (canary,) = created.device_ids
+    report_ = StatusReport(
+        agent_version="0.1.0",
+        models=(InstalledModel("m", "1.0", "x", True), InstalledModel("m", "2.0", "y", False)),
+        health=(ModelHealth("m", "2.0", "failed", "cannot load m.gguf"),),
+    )
+    nothing = Envelope("t", b"{}", ())
+    desired = sync_device(db, canary, report_, Snapshot((), nothing, nothing, None))
+    assert [(a.name, a.version) for a in desired.assignments] == [("m", "1.0")]
+    (view,) = describe_rollouts(db, created.rollout_id)
+    assert view.targets[0].state == "failed" and "cannot load" in view.targets[0].reason
+    advance_rollouts(db, STALE_AFTER)
+    (view,) = describe_rollouts(db, created.rollout_id)
+    assert view.state == "halted"

@@ -33,15 +33,15 @@ def test_offline_backlog_arrives_exactly_once_through_50_sigkills(tmp_path: Path
         ]
         head = max(f.result() for f in futures)
         state.db.dispose()
-        # Small batches keep shipping busy long enough for every kill to land mid-push.
-        env = {"EDGEFLEET_AGENT_AUDIT_BATCH": "2", "EDGEFLEET_AGENT_SYNC_JITTER_SECONDS": "0"}
+        # One record per push keeps shipping busy long enough for every kill to land mid-push.
+        env = {"EDGEFLEET_AGENT_AUDIT_BATCH": "1", "EDGEFLEET_AGENT_SYNC_JITTER_SECONDS": "0"}
         fleet.start_agent("gw", sync_interval=1, env=env)
         time.sleep(2)  # it tries, and fails, while the controller is away
         fleet.start_controller()
         rng = random.Random(50)
         kills, deadline = 0, time.monotonic() + 300
         while kills < KILLS and time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.05, 0.45))
+            time.sleep(rng.uniform(0.05, 0.3))
             if fleet.devices()[0]["audit_stored_seq"] >= head:
                 break  # shipping finished: further kills would not be mid-push
             victim = rng.choice(["agent-gw", "controller"])
@@ -52,6 +52,8 @@ def test_offline_backlog_arrives_exactly_once_through_50_sigkills(tmp_path: Path
             else:
                 fleet.start_agent("gw", sync_interval=1, env=env)
         assert kills == KILLS, f"only {kills} kills landed before the backlog was shipped"
+        left = head - fleet.devices()[0]["audit_stored_seq"]
+        print(f"after {kills} kills, {left} of {head} records left to ship")
         wait_for(
             "every record at the controller",
             lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
