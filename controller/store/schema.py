@@ -174,7 +174,10 @@ class RolloutTarget(Base):
 
     __tablename__ = "rollout_targets"
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    # Indexed on its own too: each device's report looks up its rollouts.
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.device_id"), primary_key=True, index=True
+    )
     wave: Mapped[int] = mapped_column(Integer)
     # The version assigned (for a model family: the variant picked when assigned).
     version: Mapped[str] = mapped_column(String(64), default="")

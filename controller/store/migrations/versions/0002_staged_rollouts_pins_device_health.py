@@ -57,6 +57,11 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("rollout_id", "device_id"),
     )
+    with op.batch_alter_table("rollout_targets", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_rollout_targets_device_id"), ["device_id"], unique=False
+        )
+
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("audit_head_seq", sa.BigInteger(), nullable=False, server_default="0")
@@ -95,6 +100,9 @@ def downgrade() -> None:
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.drop_column("health")
         batch_op.drop_column("audit_head_seq")
+
+    with op.batch_alter_table("rollout_targets", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_rollout_targets_device_id"))
 
     op.drop_table("rollout_targets")
     with op.batch_alter_table("pins", schema=None) as batch_op:
