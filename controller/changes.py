@@ -38,6 +38,8 @@ class ChangeFeed:
         self._changed: asyncio.Event | None = None
         # Tells the other replicas (set by PostgresRelay); called on the event loop.
         self.publish: Callable[[], None] | None = None
+        # Called on every change, here or on another replica (e.g. drop cached snapshots).
+        self.listeners: list[Callable[[], None]] = []
 
     def notify(self) -> None:
         """Something changed here: wake every waiter, and the other replicas'."""
@@ -47,6 +49,8 @@ class ChangeFeed:
 
     def wake(self) -> None:
         """Wake every waiter of this replica."""
+        for listener in self.listeners:
+            listener()
         self.generation += 1
         if self._changed is not None:
             self._changed.set()

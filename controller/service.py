@@ -167,6 +167,7 @@ async def serve(config: ControllerConfig) -> None:
     """Run until SIGINT/SIGTERM; then report NOT_SERVING, end watch streams and let calls
     in flight finish for up to ``shutdown_grace_seconds``."""
     app = await asyncio.to_thread(ControllerApp.build, config)
+    app.changes.listeners.append(app.snapshots.invalidate)
     operations = Operations(app.db, app.metrics, config.health_listen, config.metrics_listen)
     server, sync_port, enroll_port = build_server(app, operations)
     app.sync_port = sync_port

@@ -9,6 +9,7 @@ a consistent snapshot signed by keys the newest root vouches for.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -55,6 +56,11 @@ def latest_timestamp(session: Session) -> tuple[Timestamp, Envelope] | None:
     return Timestamp.from_payload(envelope.payload), envelope
 
 
+# Without an announced change, the versions a snapshot was built from are looked up again
+# after this long (a safety net should a change notification be lost).
+RECHECK_SECONDS = 2.0
+
+
 class Snapshots:
     """Builds the current snapshot, signing what is missing or stale."""
 
@@ -76,6 +82,16 @@ class Snapshots:
         # The last snapshot built, what it was built from (root version and the newest
         # targets, policy and timestamp versions) and until when its timestamp is fresh.
         self._cached: tuple[tuple[int, int, int, int], datetime, Snapshot] | None = None
+        # When the versions were last looked up, and whether a change came since: within
+        # RECHECK_SECONDS of a lookup and with no change announced (`invalidate`, called by
+        # the change feed, here or relayed from another replica), a sync needs no query.
+        self._checked: float = 0.0
+        self._changes = 0
+        self._changes_seen = 0
+
+    def invalidate(self) -> None:
+        """Something that may change the snapshot happened: look it up at the next sync."""
+        self._changes += 1
 
     def _versions(self) -> tuple[int, int, int]:
         """The newest targets, policy and timestamp versions: one round trip, so that a
@@ -101,10 +117,20 @@ class Snapshots:
     def current(self) -> Snapshot:
         """The snapshot to serve now (signing a new timestamp when needed)."""
         material = self.keyring.current()
-        key = (material.root.version, *self._versions())
         now = datetime.now(UTC)
         cached = self._cached
+        changes = self._changes
+        if (
+            cached is not None
+            and cached[0][0] == material.root.version
+            and now < cached[1]
+            and changes == self._changes_seen
+            and time.monotonic() - self._checked < RECHECK_SECONDS
+        ):
+            return cached[2]
+        key = (material.root.version, *self._versions())
         if cached is not None and cached[0] == key and now < cached[1]:
+            self._checked, self._changes_seen = time.monotonic(), changes
             return cached[2]
         with self._lock:
             snapshot = self._read(material)
@@ -122,6 +148,7 @@ class Snapshots:
                 timestamp.version,
             )
             self._cached = (built_from, timestamp.expires - self.expiry / 2, snapshot)
+            self._checked, self._changes_seen = time.monotonic(), changes
             return snapshot
 
     def _read(self, material: TrustMaterial) -> Snapshot | None:

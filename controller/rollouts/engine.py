@@ -313,11 +313,11 @@ def _judge_targets(
         .where(
             RolloutTarget.rollout_id == rollout.id,
             RolloutTarget.state.in_(("assigned", "healthy")),
+            Device.last_seen.is_not(None),  # never reported: nothing to judge yet
             or_(RolloutTarget.judged_at.is_(None), Device.last_seen > RolloutTarget.judged_at),
         )
     ).all()
     for target, device in rows:
-        # A device that never reported is judged again only once it does.
         changed = _judge_one(session, rollout, strategy, target, device, now) or changed
     session.flush()
     silent = select(Device.device_id).where(
