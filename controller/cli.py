@@ -272,8 +272,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging("console", "WARNING")
         return _cmd_health(args)
     if (args.command, getattr(args, "action", "")) == ("audit", "verify"):
+        configure_logging("console", "WARNING")
         return audit_verify(args)
     if args.command == "keys":
+        configure_logging("console", "WARNING")
         return run_keys_command(args)
     if (args.command, getattr(args, "action", "")) == ("models", "quantize"):
         configure_logging("console", "WARNING")
