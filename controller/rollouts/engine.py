@@ -215,6 +215,12 @@ def create_rollout(
             )
         ).scalars():
             earlier.state, earlier.reason = "aborted", f"superseded by rollout {rollout.id}"
+            session.execute(
+                update(RolloutTarget)
+                .where(RolloutTarget.rollout_id == earlier.id, RolloutTarget.state == "pending")
+                .values(state="skipped", reason=earlier.reason)
+                .execution_options(synchronize_session=False)
+            )
             _audit(session, f"operator:{operator}", "rollout.abort", earlier, reason=earlier.reason)
         for device in planned.included:
             session.add(

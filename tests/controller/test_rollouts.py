@@ -300,6 +300,8 @@ def test_a_new_rollout_supersedes_one_under_way(db: Database) -> None:
     views = {v.id: v for v in describe_rollouts(db)}
     assert views[first.rollout_id].state == "aborted"
     assert "superseded by rollout" in views[first.rollout_id].reason
+    (superseded,) = describe_rollouts(db, first.rollout_id)
+    assert {t.state for t in superseded.targets if t.wave > 0} == {"skipped"}
 
 
 def test_pins_hold_devices_and_rollouts_leave_them_alone(db: Database) -> None:
