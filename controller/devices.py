@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 from controller.auditlog import acked_seq, tamper_reason
 from controller.quantization.family import stored_resources
 from controller.rollouts.engine import is_stale, judge_report, repick_variant
-from controller.rollouts.pins import pins_for
+from controller.rollouts.pins import all_pins, pins_for
 from controller.snapshots import Snapshot
 from controller.store.database import Database
-from controller.store.schema import Assignment, Device
+from controller.store.schema import Assignment, Device, Pin
 from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     BenchResult,
@@ -31,10 +31,13 @@ MAX_REPORTED_MODELS = 256
 
 
 def desired_assignments(
-    session: Session, device: Device, assignments: list[Assignment] | None = None
+    session: Session,
+    device: Device,
+    assignments: list[Assignment] | None = None,
+    pins: list[Pin] | None = None,
 ) -> tuple[ModelAssignment, ...]:
-    """What the device is to run: its rollouts' assignments (read here unless given),
-    pinned models where pinned."""
+    """What the device is to run: its rollouts' assignments, pinned models where pinned
+    (assignments and pins are read here unless given)."""
     if assignments is None:
         assignments = list(
             session.execute(
@@ -42,7 +45,7 @@ def desired_assignments(
             ).scalars()
         )
     desired = {a.model_name: a.version for a in assignments}
-    desired.update(pins_for(session, device))
+    desired.update(pins_for(session, device, pins))
     return tuple(ModelAssignment(n, v) for n, v in sorted(desired.items()))
 
 
@@ -94,6 +97,7 @@ def list_devices(db: Database, stale_after: timedelta) -> list[DeviceView]:
     now = datetime.now(UTC)
     with db.session() as session:
         views = []
+        pins = all_pins(session)
         for device in session.execute(select(Device).order_by(Device.device_id)).scalars():
             views.append(
                 DeviceView(
@@ -119,7 +123,7 @@ def list_devices(db: Database, stale_after: timedelta) -> list[DeviceView]:
                     health=tuple(ModelHealth(**h) for h in device.health or []),  # type: ignore[arg-type]
                     stale=device.state == "active" and is_stale(device, now, stale_after),
                     audit_head_seq=device.audit_head_seq or 0,
-                    assignments=desired_assignments(session, device),
+                    assignments=desired_assignments(session, device, pins=pins),
                 )
             )
         return views

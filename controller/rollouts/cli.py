@@ -11,13 +11,12 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from controller.client import OperatorClient
-from controller.rollouts.messages import strategy_to_pb
+from controller.rollouts.messages import STRATEGY_SCALARS, strategy_to_pb
+from controller.rollouts.plan import EXCLUDED
 from controller.rollouts.strategy import Strategy
 from edgefleet.cli_support import key_value, split_ref
 from edgefleet.errors import ConfigError, MalformedInputError
 from edgefleet.v1 import operator_pb2
-
-EXCLUDED = -1
 
 
 def _add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,14 +98,7 @@ def add_rollout_parser(commands: Any) -> None:
 
 def _strategy(args: argparse.Namespace) -> operator_pb2.RolloutStrategy:
     given: dict[str, Any] = {}
-    for name in (
-        "canary",
-        "soak_seconds",
-        "max_failures",
-        "max_error_rate",
-        "min_requests",
-        "min_speed_ratio",
-    ):
+    for name in STRATEGY_SCALARS:
         value = getattr(args, name)
         if value is not None:
             given[name] = value
@@ -156,7 +148,7 @@ def _plan(client: OperatorClient, args: argparse.Namespace) -> int:
     name, version = split_ref(args.ref)
     plan = client.plan_rollout(name, version, dict(args.selector), _strategy(args))
     if args.json:
-        print(json.dumps(MessageToDict(plan, always_print_fields_with_no_presence=True), indent=2))
+        print(_as_json(plan))
         return 0
     _print_plan(plan, name)
     return 0

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
 from controller.quantization.family import family_variants
-from controller.rollouts.health import judge, smoke_speed
+from controller.rollouts.health import active_version, judge, smoke_speed
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.plan import Plan, pick_for, plan_rollout
 from controller.rollouts.strategy import Strategy
@@ -74,23 +74,12 @@ def _audit(session: Session, actor: str, action: str, rollout: Rollout, **detail
     )
 
 
-def _active_version(device: Device, name: str) -> str:
-    return next(
-        (
-            str(m.get("version"))
-            for m in device.installed or []
-            if m.get("name") == name and m.get("active")
-        ),
-        "",
-    )
-
-
 def _assign(session: Session, device: Device, rollout: Rollout, target: RolloutTarget) -> str:
     """Give the device this rollout's version (for a family: the variant that fits best),
     remembering what it had for a rollback and its speed for the health gate."""
     current = session.get(Assignment, (device.device_id, rollout.name))
     target.previous_version = current.version if current is not None else ""
-    running = _active_version(device, rollout.name)
+    running = active_version(device, rollout.name)
     target.baseline_tokens_per_second = (
         smoke_speed(device, rollout.name, running) if running else 0.0
     )

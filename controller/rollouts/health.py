@@ -28,6 +28,18 @@ def health_of(device: Device, name: str, version: str) -> dict[str, object] | No
     )
 
 
+def active_version(device: Device, name: str) -> str:
+    """The version of ``name`` the device last reported active ("" when none)."""
+    return next(
+        (
+            str(m.get("version"))
+            for m in device.installed or []
+            if m.get("name") == name and m.get("active")
+        ),
+        "",
+    )
+
+
 def smoke_speed(device: Device, name: str, version: str) -> float:
     """Smoke-test tokens/s of ``name@version`` on the device (0.0: unknown)."""
     health = health_of(device, name, version)

@@ -3,7 +3,6 @@ edgefleetctl both use this)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, Literal
 
 from controller.rollouts.engine import RolloutView
@@ -14,7 +13,7 @@ from edgefleet.v1 import operator_pb2
 Optional = Literal[
     "canary", "soak_seconds", "max_failures", "max_error_rate", "min_requests", "min_speed_ratio"
 ]
-_OPTIONAL: tuple[Optional, ...] = (
+STRATEGY_SCALARS: tuple[Optional, ...] = (
     "canary",
     "soak_seconds",
     "max_failures",
@@ -30,7 +29,7 @@ def strategy_to_pb(strategy: Strategy) -> operator_pb2.RolloutStrategy:
     for name in strategy.given:
         if name == "waves":
             message.waves.extend(strategy.waves)
-        elif name in _OPTIONAL:
+        elif name in STRATEGY_SCALARS:
             setattr(message, name, getattr(strategy, name))
     return message
 
@@ -38,7 +37,7 @@ def strategy_to_pb(strategy: Strategy) -> operator_pb2.RolloutStrategy:
 def strategy_from_pb(message: operator_pb2.RolloutStrategy) -> Strategy:
     """Set fields over the defaults; a value out of range is a MalformedInputError."""
     given: dict[str, Any] = {
-        name: getattr(message, name) for name in _OPTIONAL if message.HasField(name)
+        name: getattr(message, name) for name in STRATEGY_SCALARS if message.HasField(name)
     }
     if message.waves:
         given["waves"] = tuple(str(w)[:16] for w in message.waves)
@@ -48,9 +47,8 @@ def strategy_from_pb(message: operator_pb2.RolloutStrategy) -> Strategy:
 def strategy_view_to_pb(strategy: Strategy) -> operator_pb2.RolloutStrategy:
     """Every field, as the rollout runs with it (status output)."""
     message = operator_pb2.RolloutStrategy(waves=list(strategy.waves))
-    for field in fields(Strategy):
-        if field.name in _OPTIONAL:
-            setattr(message, field.name, getattr(strategy, field.name))
+    for name in STRATEGY_SCALARS:
+        setattr(message, name, getattr(strategy, name))
     return message
 
 

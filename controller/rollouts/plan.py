@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from controller.quantization.family import family_variants, pick_variant, stored_resources
 from controller.quantization.variants import split_variant_version
+from controller.rollouts.health import active_version
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.strategy import Strategy, wave_of
 from controller.store.schema import Assignment, Device, Model
@@ -56,16 +57,7 @@ def release_ranks(session: Session, name: str) -> dict[str, int]:
 def current_version(session: Session, device: Device, name: str) -> str:
     """What the device is to run now (its assignment), else what it reports active."""
     assignment = session.get(Assignment, (device.device_id, name))
-    if assignment is not None:
-        return assignment.version
-    return next(
-        (
-            str(m.get("version"))
-            for m in device.installed or []
-            if m.get("name") == name and m.get("active")
-        ),
-        "",
-    )
+    return assignment.version if assignment is not None else active_version(device, name)
 
 
 def on_disk(device: Device, variants: list[Model]) -> dict[str, int]:

@@ -78,7 +78,8 @@ def test_the_canary_goes_first_and_the_wave_follows_its_healthy_report(
         180,
     )
     assert {t["state"] for t in final["targets"]} == {"healthy"}  # type: ignore[union-attr]
-    assert all("smoke" not in t["reason"] or "tokens/s" in t["reason"] for t in final["targets"])  # type: ignore[union-attr]
+    # Each was judged on its own report: its smoke test's speed is in the reason.
+    assert all("tokens/s" in t["reason"] for t in final["targets"])  # type: ignore[union-attr]
     for name in LAB:
         wait_for(
             f"{name} to serve smollm2@2.0",
