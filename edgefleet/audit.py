@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring
 from typing import Any
 
-from edgefleet.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_object
+from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
 from edgefleet.trust.keys import PublicKey, SigningKey
@@ -33,20 +31,17 @@ class AuditEvent:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One stored record: its exact canonical bytes and the fields read from them."""
+    """One stored record: its exact canonical bytes, the fields read from them, and ``hash``,
+    the hex SHA-256 of the bytes (the next record's ``prev``)."""
 
     seq: int
     device: str
     prev: str
     canonical: bytes
     fields: Mapping[str, Any]
-
-    @functools.cached_property
-    def hash(self) -> str:
-        """Hex SHA-256 of the canonical bytes; the next record's ``prev``."""
-        return record_hash(self.canonical)
+    hash: str
 
 
 def record_hash(canonical: bytes) -> str:
@@ -71,30 +66,8 @@ def _record_fields(
 
 
 def encode_record(device: str, seq: int, time: str, event: AuditEvent, prev: str) -> bytes:
-    """Encode a new record once; these bytes are stored, shipped and exported verbatim.
-
-    The top-level keys are fixed and ASCII, so the RFC 8785 form is assembled directly in
-    sorted key order from C-escaped strings (this runs for every inference request); the
-    result equals ``canonical_bytes`` of the whole record, which the tests check.
-    """
-    strings = (device, time, event.actor, event.action, event.target, event.outcome, prev)
-    if (
-        type(seq) is not int
-        or not 0 < seq <= MAX_SAFE_INTEGER
-        or not all(type(v) is str for v in strings)
-    ):
-        return canonical_bytes(_record_fields(device, seq, time, event, prev))
-    quote = encode_basestring
-    try:
-        text = (
-            f'{{"action":{quote(event.action)},"actor":{quote(event.actor)},"details":'
-            f'{canonical_bytes(dict(event.details)).decode("utf-8")},"device":{quote(device)},'
-            f'"outcome":{quote(event.outcome)},"prev":{quote(prev)},"seq":{seq},'
-            f'"target":{quote(event.target)},"time":{quote(time)}}}'
-        )
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise MalformedInputError(f"audit record cannot be encoded: {e}") from e
+    """Encode a new record once; these bytes are stored, shipped and exported verbatim."""
+    return canonical_bytes(_record_fields(device, seq, time, event, prev))
 
 
 def parse_record(canonical: bytes) -> AuditRecord:
@@ -112,12 +85,10 @@ def parse_record(canonical: bytes) -> AuditRecord:
     details = doc["details"]
     if not isinstance(details, dict):
         raise MalformedInputError(f"audit record {seq} details must be an object")
-    event = AuditEvent(doc["actor"], doc["action"], doc["target"], doc["outcome"], details)
-    # encode_record produces the canonical form of these fields (any type: it falls back
-    # to the reference encoder), so equal bytes prove the input was canonical.
-    if encode_record(device, seq, doc["time"], event, prev) != canonical:
+    # Equal bytes prove the input was canonical (and so hashes to what every party hashes).
+    if canonical_bytes(doc) != canonical:
         raise MalformedInputError(f"audit record {seq} is not in canonical form")
-    return AuditRecord(seq, device, prev, canonical, doc)
+    return AuditRecord(seq, device, prev, canonical, doc, record_hash(canonical))
 
 
 class ChainVerifier:

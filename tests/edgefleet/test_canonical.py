@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import rfc8785
 
-from edgefleet.canonical import canonical_bytes
+from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import MalformedInputError
 
 ALPHABET = [
@@ -55,6 +55,29 @@ def test_matches_the_reference_on_random_values() -> None:
     for _ in range(5000):
         value = _value(rng)
         assert canonical_bytes(value) == bytes(rfc8785.dumps(value)), value
+
+
+def test_every_character_of_the_first_planes_encodes_like_the_reference() -> None:
+    """Each character up to U+2FFFF (surrogates aside), in strings and in values, as RFC 8785."""
+    characters = [chr(c) for c in range(0x30000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(characters), 256):
+        run = characters[start : start + 256]
+        value = {"s": "".join(run), "l": run}
+        assert canonical_bytes(value) == bytes(rfc8785.dumps(value)), run[0]
+
+
+def test_parsing_refuses_what_no_canonical_document_holds() -> None:
+    """NaN, Infinity, a lone surrogate escape, a byte-order mark and bad UTF-8 are malformed."""
+    for bad in (
+        b'{"a":NaN}',
+        b'{"a":Infinity}',
+        b'{"a":"\\ud800"}',
+        b"\xef\xbb\xbf{}",
+        b'{"a":"\xff"}',
+    ):
+        with pytest.raises(MalformedInputError):
+            parse_object(bad, "test document")
+    assert parse_object(b'{"a":[1,"\\u00e9"]}', "test document") == {"a": [1, "é"]}
 
 
 def test_floats_and_non_ascii_keys_use_the_reference() -> None:
