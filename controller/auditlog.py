@@ -26,16 +26,19 @@ from edgefleet.trust.metadata import format_time
 
 CONTROLLER_CHAIN = "controller"
 MAX_CHECKPOINTS = 100
+# audit_records columns in the order ingest builds its rows, with their PostgreSQL types
+# for binary COPY.
 RECORD_COLUMNS = (
-    "chain",
-    "seq",
-    "canonical",
-    "record_sha256",
-    "recorded_at",
-    "actor",
-    "action",
-    "received_at",
+    ("chain", "varchar"),
+    ("seq", "int4"),
+    ("canonical", "bytea"),
+    ("record_sha256", "varchar"),
+    ("recorded_at", "varchar"),
+    ("actor", "varchar"),
+    ("action", "varchar"),
+    ("received_at", "timestamptz"),
 )
+RecordRow = tuple[str, int, bytes, str, str, str, str, datetime]
 
 
 def _head(session: Session, chain: str) -> AuditHead:
@@ -106,7 +109,7 @@ def ingest(
             return IngestResult(head.last_seq, 0, head.tamper_reason, head.last_sha256)
         verifier = ChainVerifier(device_id, head.last_seq, head.last_sha256)
         fresh: dict[int, tuple[bytes, str]] = {}  # accepted in this push: seq -> (bytes, hash)
-        rows: list[dict[str, Any]] = []
+        rows: list[RecordRow] = []
         reason, now = "", datetime.now(UTC)
         for seq, canonical in sorted(records):
             if seq <= verifier.last_seq:
@@ -125,16 +128,16 @@ def ingest(
             fresh[seq] = (canonical, record.hash)
             f = record.fields
             rows.append(
-                {
-                    "chain": device_id,
-                    "seq": seq,
-                    "canonical": canonical,
-                    "record_sha256": record.hash,
-                    "recorded_at": str(f["time"])[:20],
-                    "actor": str(f["actor"])[:128],
-                    "action": str(f["action"])[:64],
-                    "received_at": now,
-                }
+                (
+                    device_id,
+                    seq,
+                    canonical,
+                    record.hash,
+                    str(f["time"])[:20],
+                    str(f["actor"])[:128],
+                    str(f["action"])[:64],
+                    now,
+                )
             )
         _insert_records(session, rows)
         stored = len(rows)
@@ -163,19 +166,26 @@ def ingest(
         return IngestResult(head.last_seq, stored, reason, head.last_sha256)
 
 
-def _insert_records(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Store a push's records: COPY on PostgreSQL (the ingest hot path), executemany elsewhere."""
+def _insert_records(session: Session, rows: list[RecordRow]) -> None:
+    """Store a push's records: binary COPY on PostgreSQL (the ingest hot path), executemany
+    elsewhere."""
     if not rows:
         return
     connection = session.connection()
+    names = [name for name, _ in RECORD_COLUMNS]
     if connection.dialect.name != "postgresql":
-        session.execute(insert(AuditRecordRow), rows)
+        session.execute(
+            insert(AuditRecordRow), [dict(zip(names, row, strict=True)) for row in rows]
+        )
         return
     driver: Any = connection.connection.driver_connection
-    statement = f"COPY {AuditRecordRow.__tablename__} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
+    statement = (
+        f"COPY {AuditRecordRow.__tablename__} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
+    )
     with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types([kind for _, kind in RECORD_COLUMNS])
         for row in rows:
-            copy.write_row([row[column] for column in RECORD_COLUMNS])
+            copy.write_row(row)
 
 
 def _stored_bytes(session: Session, chain: str, seq: int) -> bytes | None:
