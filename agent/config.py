@@ -35,7 +35,7 @@ class AgentConfig:
     rpc_timeout_seconds: int = 30
     max_model_bytes: int = 16 * 1024**3
     max_message_bytes: int = 4 * 1024 * 1024
-    audit_batch: int = 500
+    audit_batch: int = 1000
     n_ctx: int = 2048
     n_threads: int = max(1, (os.cpu_count() or 2) - 1)
     max_tokens_limit: int = 1024

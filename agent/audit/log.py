@@ -169,14 +169,25 @@ class AuditLog:
         if seq > self.acked_seq():
             self.db.set_state(ACKED_KEY, str(seq))
 
-    def pending(self, limit: int) -> list[tuple[int, bytes]]:
-        """Records after the acknowledged one, oldest first."""
+    def pending(self, limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """Records after the acknowledged one, oldest first: at most ``limit`` of them and,
+        beyond the first, at most ``max_bytes`` in all (a push must fit one gRPC message)."""
         after = self.acked_seq()
+        batch: list[tuple[int, bytes]] = []
+        size = 0
         with self.db.session() as session:
             rows = session.execute(
-                select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
-            ).scalars()
-            return [(row.seq, row.canonical) for row in rows]
+                select(AuditRow.seq, AuditRow.canonical)
+                .where(AuditRow.seq > after)
+                .order_by(AuditRow.seq)
+                .limit(limit)
+            )
+            for seq, canonical in rows:
+                size += len(canonical)
+                if batch and size > max_bytes:
+                    break
+                batch.append((seq, canonical))
+        return batch
 
     def all_records(self) -> list[bytes]:
         """Every record, verbatim, oldest first."""

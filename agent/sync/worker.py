@@ -365,7 +365,10 @@ class Syncer:
                 await asyncio.to_thread(self.registry.db.get_state, CHECKPOINT_SHIPPED_KEY, "0")
             )
             while True:
-                batch = await asyncio.to_thread(self.audit.pending, self.config.audit_batch)
+                # Records fill at most half a message: the rest is framing and checkpoints.
+                batch = await asyncio.to_thread(
+                    self.audit.pending, self.config.audit_batch, self.config.max_message_bytes // 2
+                )
                 checkpoints = await asyncio.to_thread(self.audit.checkpoints_after, shipped)
                 if not batch and not checkpoints:
                     break

@@ -60,3 +60,15 @@ def test_only_acknowledged_records_are_pruned(tmp_path: Path) -> None:
     log.set_acked(51)
     log.prune_acknowledged(keep=0)
     assert len(log.all_records()) == 1  # the head stays, so the chain can continue
+
+
+def test_pending_records_fit_one_message(tmp_path: Path) -> None:
+    """A push holds at most the byte budget of records (one oversized record still goes alone)."""
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+    for i in range(10):
+        log.append(AuditEvent("a", "b", "c", "ok", {"pad": "x" * 1000, "i": i}))
+    size = len(log.all_records()[0])  # every record here is this size, give or take a digit
+    batch = log.pending(limit=500, max_bytes=3 * size + 5)
+    assert [seq for seq, _ in batch] == [1, 2, 3]
+    assert [seq for seq, _ in log.pending(limit=500, max_bytes=10)] == [1]
+    assert len(log.pending(limit=4, max_bytes=10**6)) == 4

@@ -71,3 +71,34 @@ def test_offline_backlog_arrives_exactly_once_through_50_sigkills(tmp_path: Path
         assert fleet.devices()[0]["audit_alert"] == ""
     finally:
         fleet.stop_all()
+
+
+def test_large_records_ship_in_pushes_that_fit_the_message_limit(tmp_path: Path) -> None:
+    """A backlog of near-maximal records (120 x 60 KB, far over one 4 MiB message) all arrive."""
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        fleet.enroll("gw", {"site": "lab"})
+        fleet.stop("controller")
+        state = LocalState.open(fleet.agent_dir("gw"))
+        rng = random.Random(60)
+        futures = [
+            state.audit.submit(
+                AuditEvent(
+                    "app:x", "tool.output", "m@1", "success", {"out": rng.randbytes(30_000).hex()}
+                )
+            )
+            for _ in range(120)
+        ]
+        head = max(f.result() for f in futures)
+        state.db.dispose()
+        fleet.start_controller()
+        fleet.start_agent("gw", sync_interval=1, env={"EDGEFLEET_AGENT_SYNC_JITTER_SECONDS": "0"})
+        wait_for(
+            "every large record at the controller",
+            lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
+            60,
+        )
+    finally:
+        fleet.stop_all()
