@@ -5,13 +5,15 @@ index, per-chunk verification, whole-file SHA-256, GGUF header check, fsync and 
 into a blob store), in this process, from a real controller process and from a real
 nginx (Debian's package) on loopback serving the controller's blob folder. Rounds are
 interleaved; the median of each side is reported, with this process's CPU seconds per
-GB (the agent's cost). Target (issue 7): ours >= 0.8x nginx's throughput.
+GB (the agent's cost) and the server's (the controller process, or nginx's master and
+worker). Target (issue 7): ours >= 0.8x nginx's throughput.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shutil
 import statistics
@@ -39,20 +41,43 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _fetch(source: BlobSource, manifest: ModelManifest, store: Path) -> tuple[float, float]:
+def _process_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its live children (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pids = 0.0, [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        pids.extend(int(child) for child in children)
+    return total
+
+
+async def _fetch(
+    source: BlobSource, manifest: ModelManifest, store: Path, server: int
+) -> tuple[float, float, float]:
+    """(seconds, agent CPU seconds, server CPU seconds) of one download."""
     shutil.rmtree(store, ignore_errors=True)
     fetcher = Fetcher(BlobStore(store), stall_seconds=60)
-    cpu, started = _cpu(), time.perf_counter()
+    cpu, server_cpu, started = _cpu(), _process_cpu(server), time.perf_counter()
     await fetcher.download(source, manifest)
-    return time.perf_counter() - started, _cpu() - cpu
+    elapsed = time.perf_counter() - started
+    return elapsed, _cpu() - cpu, _process_cpu(server) - server_cpu
 
 
-async def _drain(source: BlobSource, manifest: ModelManifest) -> tuple[float, float]:
+async def _drain(
+    source: BlobSource, manifest: ModelManifest, server: int
+) -> tuple[float, float, float]:
     """Transport only: read the blob and throw it away."""
-    cpu, started = _cpu(), time.perf_counter()
+    cpu, server_cpu, started = _cpu(), _process_cpu(server), time.perf_counter()
     async for _ in source.read_blob(manifest.sha256, 0):
         pass
-    return time.perf_counter() - started, _cpu() - cpu
+    elapsed = time.perf_counter() - started
+    return elapsed, _cpu() - cpu, _process_cpu(server) - server_cpu
 
 
 async def _run(fleet: Fleet, mirror: NginxMirror, rounds: int, scratch: Path) -> None:
@@ -64,21 +89,23 @@ async def _run(fleet: Fleet, mirror: NginxMirror, rounds: int, scratch: Path) ->
     try:
         desired = await client.sync(StatusReport(agent_version=__version__))
         manifest = Targets.from_payload(desired.targets.payload).models["big@1"]
-        sources: dict[str, BlobSource] = {
-            "grpc mTLS (controller)": client,
-            "https (nginx)": HttpSource(mirror.url, http, 60),
+        sources: dict[str, tuple[BlobSource, int]] = {
+            "grpc mTLS (controller)": (client, fleet.processes["controller"].pid),
+            "https (nginx)": (HttpSource(mirror.url, http, 60), mirror.pid),
         }
         walls: dict[str, list[float]] = {}
         cpus: dict[str, list[float]] = {}
+        server_cpus: dict[str, list[float]] = {}
         for _ in range(rounds):
-            for name, source in sources.items():
+            for name, (source, server) in sources.items():
                 for label, measure in (
-                    (name, _fetch(source, manifest, scratch / "store")),
-                    (f"{name}, transport only", _drain(source, manifest)),
+                    (name, _fetch(source, manifest, scratch / "store", server)),
+                    (f"{name}, transport only", _drain(source, manifest, server)),
                 ):
-                    wall, cpu = await measure
+                    wall, cpu, server_cpu = await measure
                     walls.setdefault(label, []).append(wall)
                     cpus.setdefault(label, []).append(cpu)
+                    server_cpus.setdefault(label, []).append(server_cpu)
     finally:
         await http.close()
         await client.close()
@@ -89,7 +116,11 @@ async def _run(fleet: Fleet, mirror: NginxMirror, rounds: int, scratch: Path) ->
     for name in walls:
         rates[name] = size_mib / statistics.median(walls[name])
         per_gb = statistics.median(cpus[name]) / (manifest.length / 1e9)
-        print(f"  {name:<40} {rates[name]:8.1f} MiB/s   agent CPU {per_gb:.2f} s/GB")
+        server_per_gb = statistics.median(server_cpus[name]) / (manifest.length / 1e9)
+        print(
+            f"  {name:<40} {rates[name]:8.1f} MiB/s   agent CPU {per_gb:.2f} s/GB"
+            f"   server CPU {server_per_gb:.2f} s/GB"
+        )
     ours, theirs = rates["grpc mTLS (controller)"], rates["https (nginx)"]
     print(f"  ours / nginx = {ours:.1f} / {theirs:.1f} = {ours / theirs:.2f}")
 
@@ -97,7 +128,7 @@ async def _run(fleet: Fleet, mirror: NginxMirror, rounds: int, scratch: Path) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if NGINX is None:
         raise SystemExit("nginx is not installed: run `make system-deps` (Debian) first")

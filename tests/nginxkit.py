@@ -85,6 +85,12 @@ class NginxMirror:
             time.sleep(0.05)
         raise RuntimeError("nginx did not start listening")
 
+    @property
+    def pid(self) -> int:
+        """The master process (its worker is its child)."""
+        assert self._process is not None
+        return self._process.pid
+
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
             self._process.terminate()
