@@ -28,7 +28,7 @@ from controller.policies import PolicyService
 from controller.rollouts.engine import advance_rollouts
 from controller.rpc.guard import GuardInterceptor
 from controller.rpc.operations import Operations, add_health_and_reflection
-from controller.rpc.servicers import DeviceServicer, OperatorServicer
+from controller.rpc.servicers import DeviceServicer, OperatorServicer, add_device_service
 from controller.snapshots import Snapshots
 from controller.store.database import Database
 from edgefleet.config_files import split_address
@@ -36,7 +36,7 @@ from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.tls import cert_pem
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
-from edgefleet.v1 import device_pb2_grpc, operator_pb2_grpc
+from edgefleet.v1 import operator_pb2_grpc
 
 log = structlog.get_logger("controller")
 
@@ -145,7 +145,7 @@ def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.S
             ("grpc.max_send_message_length", limit),
         ],
     )
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(app), server)
+    add_device_service(server, DeviceServicer(app))
     operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(app), server)
     add_health_and_reflection(server, operations.health)
     key_pair = [(_read(app.data.tls / "server.key"), _read(app.data.tls / "server.pem"))]

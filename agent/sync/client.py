@@ -8,13 +8,24 @@ from dataclasses import dataclass
 
 import grpc
 
+from agent.sync.fetch import Chunk
 from edgefleet import serde
-from edgefleet.errors import EdgefleetError, TransportError, error_from_status
+from edgefleet.errors import EdgefleetError, MalformedInputError, TransportError, error_from_status
 from edgefleet.fleet import DesiredState, StatusReport
 from edgefleet.trust.envelope import Envelope
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 
 STREAM_WINDOW_BYTES = 4 * 1024 * 1024
+READ_BLOB_METHOD = f"/{device_pb2.DESCRIPTOR.services_by_name['DeviceService'].full_name}/ReadBlob"
+
+
+def _read_chunk(message: bytes) -> tuple[int, Chunk] | MalformedInputError:
+    """A BlobChunk read in place, or why it cannot be read (grpc would log and drop an
+    exception raised here)."""
+    try:
+        return serde.blob_chunk_from_wire(message)
+    except MalformedInputError as e:
+        return e
 
 
 def _error(e: grpc.RpcError) -> EdgefleetError:
@@ -130,6 +141,13 @@ class SyncClient:
         )
         self._channel = grpc.aio.secure_channel(self._address, credentials, options=self._options)
         self._stub = device_pb2_grpc.DeviceServiceStub(self._channel)
+        # BlobChunk messages are read in place (serde.blob_chunk_from_wire): no copies of
+        # the data on the way to the file.
+        self._read_blob = self._channel.unary_stream(
+            READ_BLOB_METHOD,
+            request_serializer=device_pb2.ReadBlobRequest.SerializeToString,
+            response_deserializer=_read_chunk,
+        )
 
     async def use_certificate(self, cert_pem: bytes) -> None:
         """Switch to a renewed certificate (new connections use it at once)."""
@@ -150,14 +168,16 @@ class SyncClient:
 
     async def read_blob(
         self, sha256: str, offset: int, limit: int = 0
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncIterator[tuple[int, Chunk]]:
         """Stream (offset, bytes) from ``offset``: ``limit`` bytes, or to the end when 0."""
-        call = self._stub.ReadBlob(
+        call = self._read_blob(
             device_pb2.ReadBlobRequest(sha256=sha256, offset=offset, limit=limit)
         )
         try:
-            async for chunk in call:
-                yield chunk.offset, bytes(chunk.data)
+            async for item in call:
+                if isinstance(item, MalformedInputError):
+                    raise MalformedInputError(f"the controller sent a bad blob chunk: {item}")
+                yield item
         except grpc.RpcError as e:
             raise _error(e) from e
         finally:

@@ -27,13 +27,16 @@ from edgefleet.trust.chunks import ChunkIndex, index_length
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.metadata import ModelManifest
 
+# A piece of a blob as a source yields it: bytes, or a view into a received message.
+Chunk = bytes | memoryview
+
 
 class BlobSource(Protocol):
     """Streams ``(offset, bytes)`` of a blob from ``offset`` (``limit`` 0: to the end)."""
 
     def read_blob(
         self, sha256: str, offset: int, limit: int = 0
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncIterator[tuple[int, Chunk]]:
         """The blob's bytes, in order."""
         ...
 
@@ -64,7 +67,7 @@ def _resume_point(partial: Path, index: ChunkIndex, length: int) -> tuple[int, b
     return good, b""
 
 
-def _complete_chunks(pending: bytearray, data: bytes, size: int, last: bool) -> list[memoryview]:
+def _complete_chunks(pending: bytearray, data: Chunk, size: int, last: bool) -> list[memoryview]:
     """The whole chunks ``pending`` + ``data`` complete (all of it when ``last``); the rest
     stays in ``pending``. Messages usually start on a chunk boundary: then no byte is copied."""
     if pending:
@@ -79,7 +82,7 @@ def _complete_chunks(pending: bytearray, data: bytes, size: int, last: bool) -> 
 
 def _write_and_check(
     handle: BinaryIO,
-    data: bytes,
+    data: Chunk,
     pieces: list[memoryview],
     index: ChunkIndex,
     first: int,
@@ -112,7 +115,7 @@ class Fetcher:
 
     async def _stream(
         self, source: BlobSource, sha256: str, offset: int, limit: int, transfer: Transfer
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncIterator[tuple[int, Chunk]]:
         """The source's chunks, checked for order; a stall past the timeout is abandoned."""
         stream = source.read_blob(sha256, offset, limit)
         expected = offset

@@ -55,6 +55,39 @@ async def _blob_chunks(
             yield item
 
 
+class _Registration:
+    """Stands in for a server to collect the generated method handlers of a service."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_device_service(server: grpc.aio.Server, servicer: DeviceServicer) -> None:
+    """Register the device API as generated, except that ReadBlob's messages come
+    serialized already (:func:`edgefleet.serde.blob_chunk_to_wire`: one copy of the data
+    instead of three)."""
+    registration = _Registration()
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(servicer, registration)
+    handlers = registration.handlers
+    handlers["ReadBlob"] = grpc.unary_stream_rpc_method_handler(
+        servicer.ReadBlob,
+        request_deserializer=device_pb2.ReadBlobRequest.FromString,
+        response_serializer=bytes,
+    )
+    generic = grpc.method_handlers_generic_handler(registration.service, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(registration.service, handlers)
+
+
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     """The agent-facing API."""
 
@@ -112,12 +145,13 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         state = await asyncio.to_thread(sync_device, self.app.db, caller().name, report, snapshot)
         return serde.desired_to_pb(state)
 
-    async def ReadBlob(
+    async def ReadBlob(  # type: ignore[override]  # serialized BlobChunks, not messages
         self, request: device_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[device_pb2.BlobChunk]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized BlobChunk messages (see :func:`add_device_service`)."""
         stream = _blob_chunks(self.app, request.sha256, request.offset, request.limit)
         async for offset, data in stream:
-            yield device_pb2.BlobChunk(offset=offset, data=data)
+            yield serde.blob_chunk_to_wire(offset, data)
 
     async def Watch(
         self, request: device_pb2.WatchRequest, context: grpc.aio.ServicerContext

@@ -16,7 +16,7 @@ class BoundedDigest:
         self.received = 0
         self._hash = hashlib.sha256()
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         """Add the next bytes; raise before accepting anything beyond the expected length."""
         if self.received + len(data) > self.expected_length:
             raise HashMismatchError(
