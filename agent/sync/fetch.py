@@ -23,7 +23,7 @@ from agent.sync.progress import ProgressBoard
 from edgefleet.errors import HashMismatchError, MalformedInputError, TransportError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
-from edgefleet.trust.chunks import ChunkIndex, index_length
+from edgefleet.trust.chunks import ChunkChecker, ChunkIndex, index_length
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.metadata import ModelManifest
 
@@ -65,37 +65,6 @@ def _resume_point(partial: Path, index: ChunkIndex, length: int) -> tuple[int, b
             return good, handle.read()
         handle.truncate(good)
     return good, b""
-
-
-def _complete_chunks(pending: bytearray, data: Chunk, size: int, last: bool) -> list[memoryview]:
-    """The whole chunks ``pending`` + ``data`` complete (all of it when ``last``); the rest
-    stays in ``pending``. Messages usually start on a chunk boundary: then no byte is copied."""
-    if pending:
-        pending += data
-        data = bytes(pending)
-        pending.clear()
-    view = memoryview(data)
-    end = len(view) if last else len(view) - len(view) % size
-    pending += view[end:]
-    return [view[i : i + size] for i in range(0, end, size)]
-
-
-def _write_and_check(
-    handle: BinaryIO,
-    data: Chunk,
-    pieces: list[memoryview],
-    index: ChunkIndex,
-    first: int,
-) -> int | None:
-    """Append ``data``; check the chunks it completed. On a bad chunk, cut the file back to
-    where that chunk starts and return its number."""
-    handle.write(data)
-    for number, piece in enumerate(pieces, start=first):
-        if not index.matches(number, piece):
-            handle.flush()
-            handle.truncate(number * index.chunk_size)
-            return number
-    return None
 
 
 class Fetcher:
@@ -179,8 +148,7 @@ class Fetcher:
         partial.touch(exist_ok=True)
         verified, tail = await asyncio.to_thread(_resume_point, partial, index, manifest.length)
         transfer = Transfer()
-        number = verified // index.chunk_size
-        pending = bytearray(tail)  # received, written, not yet a whole chunk to check
+        checker = ChunkChecker(index, manifest.length, verified // index.chunk_size, tail)
         received = verified + len(tail)
         handle = partial.open("ab")
         try:
@@ -189,21 +157,21 @@ class Fetcher:
                     raise HashMismatchError(
                         f"blob is longer than its manifest's {manifest.length} bytes"
                     )
-                # Written at once, checked when its chunk is complete: a cut link or a
-                # restart loses only what was still in flight. Both happen on the loop
-                # (about 1 ms per MiB): a thread hop per message doubled the agent's CPU
-                # per GB with grpc.aio (benchmarks/transfer.py).
+                # Written at once, checked as its chunk fills: a cut link or a restart
+                # loses only what was still in flight. Both happen on the loop (about 1 ms
+                # per MiB): a thread hop per message doubled the agent's CPU per GB with
+                # grpc.aio (benchmarks/transfer.py).
                 received += len(data)
-                pieces = _complete_chunks(
-                    pending, data, index.chunk_size, received == manifest.length
-                )
-                bad = _write_and_check(handle, data, pieces, index, number)
+                handle.write(data)
+                before = checker.number
+                bad = checker.update(data)
                 if bad is not None:
+                    handle.flush()
+                    handle.truncate(bad * index.chunk_size)
                     raise HashMismatchError(
                         f"{manifest.ref}: chunk {bad} does not match its signed hash"
                     )
-                number += len(pieces)
-                transfer.chunks_written += len(pieces)
+                transfer.chunks_written += checker.number - before
                 if self.board is not None:
                     self.board.update(manifest, received)
         finally:

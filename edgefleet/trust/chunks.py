@@ -75,6 +75,36 @@ class ChunkIndexBuilder:
         return ChunkIndex(self.chunk_size, tuple(self._digests))
 
 
+class ChunkChecker:
+    """Checks a blob's bytes against its index as they arrive, in pieces of any size,
+    without copying them (a download: each chunk is hashed piece by piece)."""
+
+    def __init__(
+        self, index: ChunkIndex, length: int, first: int, received: bytes | memoryview = b""
+    ) -> None:
+        """Start at chunk ``first``, of which ``received`` bytes have arrived already."""
+        self.index, self.length, self.number = index, length, first
+        self._hash = hashlib.sha256(received)
+        self._filled = len(received)
+
+    def update(self, data: bytes | memoryview) -> int | None:
+        """Add the next bytes; return the number of a chunk they complete that does not
+        match the index (None when every completed chunk matches)."""
+        view = memoryview(data)
+        while view:
+            size = self.index.span(self.number, self.length)[1]
+            take = min(len(view), size - self._filled)
+            self._hash.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == size:
+                if not self.index.has_digest(self.number, self._hash.digest()):
+                    return self.number
+                self.number += 1
+                self._hash, self._filled = hashlib.sha256(), 0
+        return None
+
+
 @dataclass(frozen=True)
 class ChunkIndex:
     """The digests of a blob's chunks, in order."""
@@ -120,9 +150,11 @@ class ChunkIndex:
 
     def matches(self, number: int, data: bytes | memoryview) -> bool:
         """Tell whether ``data`` is chunk ``number``."""
-        return 0 <= number < len(self.digests) and (
-            hashlib.sha256(data).digest() == self.digests[number]
-        )
+        return self.has_digest(number, hashlib.sha256(data).digest())
+
+    def has_digest(self, number: int, digest: bytes) -> bool:
+        """Tell whether chunk ``number``'s digest is ``digest``."""
+        return 0 <= number < len(self.digests) and digest == self.digests[number]
 
     def bad_chunks(self, path: Path) -> list[int]:
         """Numbers of the chunks of ``path`` that differ from the index or are missing.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from edgefleet.errors import HashMismatchError, MalformedInputError
 from edgefleet.trust.chunks import (
     MIN_CHUNK_SIZE,
+    ChunkChecker,
     ChunkIndex,
     ChunkIndexBuilder,
     check_chunk_size,
@@ -69,3 +71,33 @@ def test_an_index_built_from_pieces_equals_the_file_index(tmp_path: Path) -> Non
     for start in range(0, len(data), 50_000):
         builder.update(data[start : start + 50_000])
     assert builder.finish() == ChunkIndex.of_file(path, SIZE)
+
+
+def _pieces(data: bytes, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(1, len(data)), 40))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def test_checker_follows_pieces_of_any_size() -> None:
+    """Pieces cut anywhere, from the start or from inside a chunk, check out chunk by chunk."""
+    rng = random.Random(3)
+    data = os.urandom(5 * SIZE + 123)
+    index = ChunkIndex.of_chunks([data[i : i + SIZE] for i in range(0, len(data), SIZE)], SIZE)
+    for start in (0, SIZE, 2 * SIZE + 77):  # a resume: verified chunks, then an unfinished one
+        first, tail = start // SIZE, data[start // SIZE * SIZE : start]
+        checker = ChunkChecker(index, len(data), first, tail)
+        for piece in _pieces(data[start:], rng):
+            assert checker.update(memoryview(piece)) is None
+        assert checker.number == 6  # every chunk, the short last one too
+
+
+def test_checker_names_the_first_bad_chunk() -> None:
+    """One flipped byte in chunk 3 is reported when chunk 3 completes, not before."""
+    data = bytearray(os.urandom(5 * SIZE))
+    index = ChunkIndex.of_chunks(
+        [bytes(data[i : i + SIZE]) for i in range(0, len(data), SIZE)], SIZE
+    )
+    data[3 * SIZE + 10] ^= 1
+    checker = ChunkChecker(index, len(data), 0)
+    assert checker.update(data[: 4 * SIZE - 1]) is None and checker.number == 3
+    assert checker.update(data[4 * SIZE - 1 :]) == 3
