@@ -21,6 +21,10 @@ VERIFY_MODES = ("size", "sample", "full")
 OFFLINE_MODES = ("serve", "strict")
 
 
+# The controller streams blobs in 1 MiB messages by default; an audit record may be 64 KiB.
+MIN_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs, with bounded defaults sized for a Raspberry Pi."""
@@ -127,6 +131,11 @@ class AgentConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ConfigError(
+                f"max_message_bytes must be at least {MIN_MESSAGE_BYTES} (a 1 MiB blob chunk "
+                "with its framing, and audit pushes of whole records)"
+            )
         if self.sync_jitter_seconds < 0 or self.memory_budget_bytes < 0:
             raise ConfigError("sync_jitter_seconds and memory_budget_bytes must not be negative")
         if self.bandwidth_limit_bytes_per_second < 0 or self.daily_data_budget_bytes < 0:

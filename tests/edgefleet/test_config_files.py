@@ -26,6 +26,7 @@ def test_flags_beat_environment_beat_file(tmp_path: Path, monkeypatch: pytest.Mo
     [
         ("n_ctx = 'big'", "n_ctx: expected an integer"),
         ("n_ctx = -1", "n_ctx must be positive"),
+        ("max_message_bytes = 0", "max_message_bytes must be at least 2097152"),
         ("nctx = 5", "unknown setting 'nctx'"),
         ("api_listen = 'localhost'", "is not HOST:PORT"),
         ("n_ctx = [", "is not valid TOML"),
