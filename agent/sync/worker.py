@@ -48,6 +48,7 @@ log = structlog.get_logger("agent.sync")
 SMOKE_RETRY_SECONDS = 3600.0
 LAST_SYNC_KEY = "last_sync"
 CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
+MIN_AUDIT_PUSH_BYTES = 64 * 1024
 RECEIPT_KEY = "audit_receipt"
 LAST_ERROR_KEY = "last_error"
 
@@ -94,6 +95,10 @@ class Syncer:
         # command line may have moved it forward since the last pass.
         self.reload_trust: Callable[[], TrustedState] | None = None
         self.backoff = Backoff(config.sync_interval_seconds, config.max_backoff_seconds)
+        # Records per audit push fill at most this many bytes: half a message (the rest is
+        # framing and checkpoints), halved again each time a push is refused as too large
+        # (a controller with a lower message limit than ours).
+        self.audit_push_bytes = config.max_message_bytes // 2
         # Loads a new version and generates a few tokens before it may serve (set by the
         # service); a failure keeps the old version serving and is retried only later.
         # Returns the smoke test's generation speed (tokens/s, reported as health).
@@ -365,14 +370,22 @@ class Syncer:
                 await asyncio.to_thread(self.registry.db.get_state, CHECKPOINT_SHIPPED_KEY, "0")
             )
             while True:
-                # Records fill at most half a message: the rest is framing and checkpoints.
                 batch = await asyncio.to_thread(
-                    self.audit.pending, self.config.audit_batch, self.config.max_message_bytes // 2
+                    self.audit.pending, self.config.audit_batch, self.audit_push_bytes
                 )
                 checkpoints = await asyncio.to_thread(self.audit.checkpoints_after, shipped)
                 if not batch and not checkpoints:
                     break
-                acked, receipt = await self.client.push_audit(batch, checkpoints)
+                try:
+                    acked, receipt = await self.client.push_audit(batch, checkpoints)
+                except ResourceError as e:
+                    if len(batch) <= 1 or self.audit_push_bytes <= MIN_AUDIT_PUSH_BYTES:
+                        raise
+                    self.audit_push_bytes = max(MIN_AUDIT_PUSH_BYTES, self.audit_push_bytes // 2)
+                    log.warning(
+                        "audit.push_too_large", reason=str(e), next_bytes=self.audit_push_bytes
+                    )
+                    continue
                 before = await asyncio.to_thread(self.audit.acked_seq)
                 if acked > before:
                     await asyncio.to_thread(self._accept_receipt, acked, receipt)

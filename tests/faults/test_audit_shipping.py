@@ -73,9 +73,19 @@ def test_offline_backlog_arrives_exactly_once_through_50_sigkills(tmp_path: Path
         fleet.stop_all()
 
 
-def test_large_records_ship_in_pushes_that_fit_the_message_limit(tmp_path: Path) -> None:
-    """A backlog of near-maximal records (120 x 60 KB, far over one 4 MiB message) all arrive."""
+@pytest.mark.parametrize("controller_limit", [0, 1_200_000], ids=["same-limit", "lower-limit"])
+def test_large_records_ship_in_pushes_that_fit_the_message_limit(
+    tmp_path: Path, controller_limit: int
+) -> None:
+    """A backlog of near-maximal records (120 x 60 KB, far over one 4 MiB message) all arrive,
+    also at a controller whose message limit is lower than the agent's (its refusals of
+    too-large pushes make the agent push less at a time)."""
     fleet = Fleet(tmp_path)
+    if controller_limit:
+        fleet.controller_env = {
+            "EDGEFLEET_CONTROLLER_MAX_MESSAGE_BYTES": str(controller_limit),
+            "EDGEFLEET_CONTROLLER_BLOB_CHUNK_BYTES": str(512 * 1024),
+        }
     try:
         fleet.init_controller()
         fleet.start_controller()
@@ -100,5 +110,7 @@ def test_large_records_ship_in_pushes_that_fit_the_message_limit(tmp_path: Path)
             lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,
             60,
         )
+        if controller_limit:
+            assert "audit.push_too_large" in fleet.log("agent-gw")
     finally:
         fleet.stop_all()
