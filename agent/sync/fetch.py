@@ -27,10 +27,11 @@ from edgefleet.trust.chunks import ChunkChecker, ChunkIndex, index_length
 from edgefleet.trust.digest import BoundedDigest
 from edgefleet.trust.metadata import ModelManifest
 
-# Received bytes go to the file in writes of at most this size. One 1 MiB write makes the
-# kernel (6.x, ext4) fill 1 MiB page-cache folios, and on this VM their copies cost 2-3x
-# the system time of small ones: benchmarks/transfer.py measured 2.8-3.8 s of agent CPU
-# per GB with 1 MiB writes, 1.95 with 64 KiB (the HTTP path's reads are that size).
+# Received bytes go to the file in writes of at most this size. With 1 MiB writes the
+# kernel's copy into the page cache (copy_folio_from_iter_atomic; likely large folios on
+# this 6.x kernel and ext4) took 35-42 % of the agent's CPU samples: benchmarks/transfer.py
+# measured 2.8-3.8 s of agent CPU per GB with 1 MiB writes, 1.95 with 64 KiB (the size
+# the HTTP path's reads have).
 WRITE_BYTES = 64 * 1024
 
 # A piece of a blob as a source yields it: bytes, or a view into a received message.
