@@ -112,13 +112,19 @@ class Fleet:
         return process
 
     def start_controller(self) -> None:
-        """`edgefleetctl serve` on loopback (the same ports on a restart); wait until it listens."""
+        """`edgefleetctl serve` on loopback (the same ports on a restart); wait until it listens.
+
+        The first start lets the kernel pick the ports (port 0; the controller writes the
+        ones it got): a port picked beforehand could be taken by someone else before the
+        controller binds it.
+        """
         addr_file = self.controller_dir / "serve.addr"
         addr_file.unlink(missing_ok=True)
-        listen = self.sync_address or f"127.0.0.1:{free_port()}"
-        enroll_listen = self.enroll_address or f"127.0.0.1:{free_port()}"
-        health_listen = self.health_address or f"127.0.0.1:{free_port()}"
-        metrics_listen = self.metrics_address or f"127.0.0.1:{free_port()}"
+        any_port = "127.0.0.1:0"
+        listen = self.sync_address or any_port
+        enroll_listen = self.enroll_address or any_port
+        health_listen = self.health_address or any_port
+        metrics_listen = self.metrics_address or any_port
         process = self._spawn(
             "controller",
             [

@@ -44,11 +44,16 @@ class ControllerConfig:
     rollout_tick_seconds: int = 5
 
     def __post_init__(self) -> None:
-        split_address(self.listen)
-        split_address(self.enroll_listen)
-        for optional in (self.health_listen, self.metrics_listen):
-            if optional:
-                split_address(optional)
+        listeners = {"listen": self.listen, "enroll_listen": self.enroll_listen}
+        for name in ("health_listen", "metrics_listen"):
+            if getattr(self, name):  # "" disables it
+                listeners[name] = getattr(self, name)
+        by_port: dict[int, str] = {}
+        for name, address in listeners.items():
+            _, port = split_address(address)
+            if port and port in by_port:
+                raise ConfigError(f"{by_port[port]} and {name} both use port {port}")
+            by_port[port] = name
         if not 64 * 1024 <= self.blob_chunk_bytes <= self.max_message_bytes - 1024:
             raise ConfigError("blob_chunk_bytes must be >= 64 KiB and below max_message_bytes")
         for name in (

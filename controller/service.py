@@ -27,7 +27,12 @@ from controller.operators import ensure_bootstrap_admin
 from controller.policies import PolicyService
 from controller.rollouts.engine import advance_rollouts
 from controller.rpc.guard import GuardInterceptor
-from controller.rpc.operations import Operations, add_health_and_reflection
+from controller.rpc.operations import (
+    EXCLUSIVE_PORTS,
+    Operations,
+    add_health_and_reflection,
+    check_can_listen,
+)
 from controller.rpc.servicers import DeviceServicer, OperatorServicer, add_device_service
 from controller.snapshots import Snapshots
 from controller.store.database import Database
@@ -143,6 +148,7 @@ def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.S
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            *EXCLUSIVE_PORTS,
         ],
     )
     add_device_service(server, DeviceServicer(app))
@@ -153,6 +159,8 @@ def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.S
         key_pair, root_certificates=app.ca_pem, require_client_auth=True
     )
     tls_only = grpc.ssl_server_credentials(key_pair)
+    check_can_listen(app.config.listen)
+    check_can_listen(app.config.enroll_listen)
     try:
         sync_port = server.add_secure_port(app.config.listen, mtls)
         enroll_port = server.add_secure_port(app.config.enroll_listen, tls_only)

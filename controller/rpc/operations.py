@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import grpc
 import structlog
@@ -33,6 +34,33 @@ SERVICE_NAMES = (
     operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
 )
 DATABASE_PROBE_SECONDS = 5.0
+# gRPC listens with SO_REUSEPORT by default: a second listener on a port already in use (the
+# sync and enrollment listeners given one address, or a second controller on this host)
+# would bind too and the kernel would split connections between them, so TLS-only
+# enrollments would reach the mTLS listener and be dropped. Bind exclusively: the second
+# listener fails to start with a clear error instead.
+EXCLUSIVE_PORTS = [("grpc.so_reuseport", 0)]
+
+
+def check_can_listen(address: str) -> None:
+    """Refuse, in one line, an address this host cannot listen on (in use, not local,
+    privileged port) before gRPC tries: its own error is a log line and a vaguer message."""
+    host, port = split_address(address)
+    if port == 0:
+        return
+    try:
+        candidates = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as e:
+        raise ConfigError(f"cannot listen on {address}: {e.strerror}") from e
+    for family, kind, proto, _, socket_address in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(socket_address)
+            except OSError as e:
+                raise ConfigError(f"cannot listen on {address}: {e.strerror}") from e
 
 
 def add_health_and_reflection(server: grpc.aio.Server, servicer: health.aio.HealthServicer) -> None:
@@ -64,7 +92,8 @@ class Operations:
         """Open the health and metrics listeners (each may be disabled with "")."""
         await self._set(False)  # until the first database probe answers
         if self.health_listen:
-            server = grpc.aio.server()
+            check_can_listen(self.health_listen)
+            server = grpc.aio.server(options=EXCLUSIVE_PORTS)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             try:
                 self.health_port = server.add_insecure_port(self.health_listen)

@@ -5,6 +5,7 @@ reports NOT_SERVING before it drains."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.client import OperatorCredential
-from demo import Fleet, wait_for
+from demo import BIN, Fleet, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,32 @@ def test_health_reflection_and_metrics(fleet: Fleet) -> None:
     assert "edgefleet_grpc_call_seconds_bucket" in body
     assert "edgefleet_database_up 1.0" in body
     assert "edgefleet_devices_stale 0.0" in body
+
+
+def _serve(fleet: Fleet, listen: str, enroll_listen: str) -> subprocess.CompletedProcess[str]:
+    command = [str(BIN / "edgefleetctl"), "serve", "--data-dir", str(fleet.controller_dir)]
+    command += ["--listen", listen, "--enroll-listen", enroll_listen]
+    command += ["--health-listen", "", "--metrics-listen", ""]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_a_listener_address_in_use_is_refused_not_shared(fleet: Fleet) -> None:
+    """gRPC would share a port with another listener (SO_REUSEPORT) and the kernel would
+    split connections between them; the controller refuses to start instead."""
+    in_use = _serve(fleet, fleet.sync_address, "127.0.0.1:0")  # the running controller's
+    assert in_use.returncode != 0
+    assert in_use.stderr == (
+        f"edgefleetctl: error: cannot listen on {fleet.sync_address}: Address already in use\n"
+    )
+    port = free_port()
+    one_port = _serve(fleet, f"127.0.0.1:{port}", f"0.0.0.0:{port}")
+    assert one_port.returncode != 0
+    assert (
+        one_port.stderr == f"edgefleetctl: error: listen and enroll_listen both use port {port}\n"
+    )
+    health = fleet.run("edgefleetctl", "health", "--address", fleet.health_address)
+    assert health.stdout.strip() == f"{fleet.health_address}: SERVING"
+    assert fleet.devices() == []  # and every connection still reaches the running one
 
 
 def test_a_stopping_replica_reports_not_serving_before_it_drains(fleet: Fleet) -> None:
