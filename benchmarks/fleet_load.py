@@ -33,11 +33,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from controller.datadir import DataDir, initialize
 from controller.store.database import Database, reset_scratch_database
-from controller.store.schema import Device
+from controller.store.schema import Assignment, Device, Rollout, RolloutTarget
 from demo import BIN, free_port, wait_for
 from edgefleet import serde
 from edgefleet.bundled import bundled_model_path
@@ -102,6 +102,40 @@ def _populate(root: Path, db: Database, devices: int, identities: int) -> Path:
         for start in range(0, len(rows), 2000):
             connection.execute(insert(Device), rows[start : start + 2000])
     return ids
+
+
+def _complete_rollout(url: str, name: str, version: str) -> None:
+    """Every device assigned ``name@version`` by a rollout that completed (as when the
+    fleet has run it for a while), written directly: faster than 10,000 devices reporting."""
+    now = datetime.now(UTC)
+    db = Database(url)
+    try:
+        with db.session() as session:
+            rollout = Rollout(
+                name=name, version=version, selector={}, created_by="bench", created_at=now,
+                state="completed",
+            )  # fmt: skip
+            session.add(rollout)
+            session.flush()
+            devices = list(session.execute(select(Device.device_id)).scalars())
+            session.execute(
+                insert(RolloutTarget),
+                [
+                    {"rollout_id": rollout.id, "device_id": d, "wave": 0, "version": version,
+                     "previous_version": "", "state": "healthy", "reason": "bench"}
+                    for d in devices
+                ],
+            )  # fmt: skip
+            session.execute(
+                insert(Assignment),
+                [
+                    {"device_id": d, "model_name": name, "version": version,
+                     "rollout_id": rollout.id}
+                    for d in devices
+                ],
+            )  # fmt: skip
+    finally:
+        db.dispose()
 
 
 def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -289,28 +323,39 @@ def run(args: argparse.Namespace) -> None:
                 60,
             )
             ctl = [str(BIN / "edgefleetctl"), "--controller", sync]
-            subprocess.run(
-                [*ctl, "models", "publish", str(bundled_model_path()), "--name", "smollm2",
-                 "--version", "1.0"],
-                env={**os.environ, **env}, check=True, capture_output=True, timeout=300,
-            )  # fmt: skip
-            began = time.perf_counter()
-            subprocess.run(
-                [*ctl, "rollout", "create", "smollm2@1.0"],
-                env={**os.environ, **env}, check=True, capture_output=True, timeout=600,
-            )  # fmt: skip
-            print(
-                f"rollout to {args.devices} devices created in {time.perf_counter() - began:.1f} s"
-            )
-            results = {}
-            for name, target, method in (
-                ("Sync (controller, PG)", sync, SYNC),
-                ("Echo (empty grpc.aio)", f"127.0.0.1:{echo_port}", ECHO),
-            ):
-                results[name] = (
-                    _load(target, method, ids, args, 0.0),
-                    _load(target, method, ids, args, rate),
+
+            def operator(*command: str) -> None:
+                subprocess.run(
+                    [*ctl, *command], env={**os.environ, **env}, check=True,
+                    capture_output=True, timeout=600,
+                )  # fmt: skip
+
+            model = str(bundled_model_path())
+            operator("models", "publish", model, "--name", "smollm2", "--version", "1.0")
+            _complete_rollout(args.database_url, "smollm2", "1.0")
+            print("every device runs smollm2@1.0 (a completed rollout)")
+            results = {
+                "Sync, fleet at rest": (
+                    _load(sync, SYNC, ids, args, 0.0),
+                    _load(sync, SYNC, ids, args, rate),
                 )
+            }
+            operator("models", "publish", model, "--name", "smollm2", "--version", "1.1")
+            began = time.perf_counter()
+            operator("rollout", "create", "smollm2@1.1")
+            print(
+                f"rollout of smollm2@1.1 to {args.devices} devices created in "
+                f"{time.perf_counter() - began:.1f} s"
+            )
+            results["Sync, rollout under way"] = (
+                _load(sync, SYNC, ids, args, 0.0),
+                _load(sync, SYNC, ids, args, rate),
+            )
+            echo_target = f"127.0.0.1:{echo_port}"
+            results["Echo (empty grpc.aio)"] = (
+                _load(echo_target, ECHO, ids, args, 0.0),
+                _load(echo_target, ECHO, ids, args, rate),
+            )
         finally:
             for process in (controller, echo):
                 process.terminate()
@@ -324,12 +369,14 @@ def run(args: argparse.Namespace) -> None:
     print(f"{'':<26} {head}")
     for name, (at_max, at_rate) in results.items():
         print(_row(name, at_max, at_rate))
-    ours, echo_ = (results[n][0]["per_second"] for n in results)
-    p99 = next(iter(results.values()))[1]["p99_ms"]
-    print(
-        f"\nours / echo at full speed: {ours:.0f} / {echo_:.0f} = {ours / echo_:.2f}x "
-        f"(target >= 0.5x); our p99 at {rate:.0f} syncs/s: {p99:.1f} ms (target < 100 ms)"
-    )
+    echo_max = results["Echo (empty grpc.aio)"][0]["per_second"]
+    for name in ("Sync, fleet at rest", "Sync, rollout under way"):
+        at_max, at_rate = results[name]
+        print(
+            f"{name}: ours / echo at full speed {at_max['per_second']:.0f} / {echo_max:.0f} = "
+            f"{at_max['per_second'] / echo_max:.2f}x (target >= 0.5x); p99 at {rate:.0f} "
+            f"syncs/s {at_rate['p99_ms']:.1f} ms (target < 100 ms)"
+        )
 
 
 def main() -> None:

@@ -15,19 +15,58 @@ from edgefleet.errors import AuthenticationError, EdgefleetError, PermissionDeni
 
 
 class AccessControl:
-    """Admits a call or raises (and audits the denial)."""
+    """Admits a call or raises (and audits the denial).
+
+    A device admitted once is admitted again without a query while the revision it was
+    admitted under holds (controller.syncs: every change of a device's state or
+    certificate moves it, here or on another replica): a device syncing every minute
+    costs its admission query once, not at every call.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # (revision, the device certificates admitted under it); replaced as a whole.
+        self._admitted: tuple[object, set[tuple[str, str]]] = (None, set())
 
-    def admit(self, method: str, principal: Principal, serial: str) -> None:
-        """Check the principal is current (not revoked, this certificate) and allowed."""
+    def admitted(self, method: str, principal: Principal, serial: str, revision: object) -> bool:
+        """True when this device certificate was admitted under ``revision`` (and the
+        method is one a device may call); False means: ask `admit`."""
+        admitted_under, devices = self._admitted
+        if principal.kind != "device" or revision != admitted_under:
+            return False
+        if (principal.name, serial) not in devices:
+            return False
+        authorize(method, principal, frozenset())
+        return True
+
+    def admit(
+        self, method: str, principal: Principal, serial: str, revision: object = None
+    ) -> None:
+        """Check the principal is current (not revoked, this certificate) and allowed;
+        ``revision``, read before this check, lets `admitted` answer for the device later."""
         try:
             permissions = self._current_permissions(principal, serial)
             authorize(method, principal, permissions)
         except EdgefleetError as e:
             self._audit_denial(method, principal, str(e))
             raise
+        if principal.kind == "device" and revision is not None:
+            self._remember(principal.name, serial, revision)
+
+    def forget(self, device_id: str) -> None:
+        """Ask the database again at this device's next call (its certificate changed:
+        the one before last is no longer accepted)."""
+        _, devices = self._admitted
+        for admitted in list(devices):  # a copy: admissions are added from other threads
+            if admitted[0] == device_id:
+                devices.discard(admitted)
+
+    def _remember(self, device_id: str, serial: str, revision: object) -> None:
+        admitted_under, devices = self._admitted
+        if revision != admitted_under:
+            devices = set()
+            self._admitted = (revision, devices)
+        devices.add((device_id, serial))
 
     def _current_permissions(self, principal: Principal, serial: str) -> frozenset[str]:
         if principal.kind == "anonymous":

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from controller.auditlog import acked_seq, tamper_reason
 from controller.quantization.family import stored_resources
-from controller.rollouts.engine import is_stale, judge_report, repick_variant
+from controller.rollouts.engine import (
+    Judged,
+    Judging,
+    is_stale,
+    judge_report,
+    repick_variant,
+    write_judgements,
+)
 from controller.rollouts.pins import all_pins, pins_for
 from controller.snapshots import Snapshot
 from controller.store.database import Database
@@ -28,6 +36,20 @@ from edgefleet.fleet import (
 )
 
 MAX_REPORTED_MODELS = 256
+# What a status report sets on its device's row (see ``report_values``).
+REPORT_COLUMNS = (
+    "last_seen",
+    "agent_version",
+    "installed",
+    "last_error",
+    "bench",
+    "downloads",
+    "data_used_today",
+    "daily_data_budget",
+    "resources",
+    "health",
+    "audit_head_seq",
+)
 
 
 def desired_assignments(
@@ -49,29 +71,47 @@ def desired_assignments(
     return tuple(ModelAssignment(n, v) for n, v in sorted(desired.items()))
 
 
-def sync_device(
-    db: Database, device_id: str, report: StatusReport, snapshot: Snapshot
-) -> DesiredState:
-    """Store the device's report and return its desired state."""
+def report_values(report: StatusReport, seen: datetime) -> dict[str, object]:
+    """The device columns a status report sets (received at ``seen``), bounded in size."""
+    return {
+        "last_seen": seen,
+        "agent_version": report.agent_version[:64],
+        "installed": [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]],
+        "last_error": report.last_error[:1024],
+        "bench": [asdict(b) for b in report.bench[:MAX_REPORTED_MODELS]],
+        "downloads": [
+            asdict(replace(d, reason=d.reason[:512]))
+            for d in report.downloads[:MAX_REPORTED_MODELS]
+        ],
+        "data_used_today": report.data_used_today,
+        "daily_data_budget": report.daily_data_budget,
+        "resources": asdict(report.resources),
+        "health": [asdict(h) for h in report.health[:MAX_REPORTED_MODELS]],
+        "audit_head_seq": report.audit_head_seq,
+    }
+
+
+@dataclass(frozen=True)
+class Synced:
+    """A stored report's answer; whether the next one may reuse it (see controller.syncs:
+    not when a family's variant is re-picked from each report), and the rollouts that
+    judge the device's next report."""
+
+    state: DesiredState
+    reusable: bool
+    judging: tuple[Judging, ...]
+
+
+def sync_device(db: Database, device_id: str, report: StatusReport, snapshot: Snapshot) -> Synced:
+    """Store the device's report (judging it for rollouts under way) and return its
+    desired state, in one transaction."""
     with db.session() as session:
         device = session.get(Device, device_id)
         if device is None:
             raise NotFoundError(f"device {device_id} is not enrolled")
-        device.last_seen = datetime.now(UTC)
-        device.agent_version = report.agent_version[:64]
-        device.installed = [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]]
-        device.last_error = report.last_error[:1024]
-        device.bench = [asdict(b) for b in report.bench[:MAX_REPORTED_MODELS]]
-        device.downloads = [
-            asdict(replace(d, reason=d.reason[:512]))
-            for d in report.downloads[:MAX_REPORTED_MODELS]
-        ]
-        device.data_used_today = report.data_used_today
-        device.daily_data_budget = report.daily_data_budget
-        device.resources = asdict(report.resources)
-        device.health = [asdict(h) for h in report.health[:MAX_REPORTED_MODELS]]
-        device.audit_head_seq = report.audit_head_seq
-        judge_report(session, device)  # before reading assignments: a failure reverts one
+        for column, value in report_values(report, datetime.now(UTC)).items():
+            setattr(device, column, value)
+        judging = judge_report(session, device)  # before reading assignments: a failure reverts one
         assignments = list(
             session.execute(
                 select(Assignment)
@@ -82,7 +122,7 @@ def sync_device(
         for assignment in assignments:
             if assignment.family:
                 repick_variant(session, device, assignment)
-        return DesiredState(
+        state = DesiredState(
             root_chain=snapshot.root_chain,
             timestamp=snapshot.timestamp,
             targets=snapshot.targets,
@@ -90,6 +130,37 @@ def sync_device(
             audit_acked_seq=acked_seq(session, device_id),
             policy=snapshot.policy,
         )
+        return Synced(state, not any(a.family for a in assignments), judging)
+
+
+def write_reports(
+    db: Database,
+    reports: dict[str, dict[str, object]],
+    judgements: dict[tuple[int, str], Judged],
+) -> None:
+    """Store reports received earlier (device id -> ``report_values``) and the verdicts on
+    them (controller.rollouts.engine.write_judgements) in one transaction; a row that
+    already holds a later report keeps it (last_seen only moves forward, also when
+    another replica stored that one)."""
+    if not reports and not judgements:
+        return
+    table = cast(Table, Device.__table__)
+    statement = (
+        update(table)
+        .where(
+            table.c.device_id == bindparam("b_device_id"),
+            or_(table.c.last_seen.is_(None), table.c.last_seen <= bindparam("b_last_seen")),
+        )
+        .values({column: bindparam(f"b_{column}") for column in REPORT_COLUMNS})
+    )
+    rows = [
+        {"b_device_id": device_id, **{f"b_{k}": v for k, v in values.items()}}
+        for device_id, values in sorted(reports.items())  # one lock order for every writer
+    ]
+    with db.session() as session:
+        if rows:
+            session.connection().execute(statement, rows)
+        write_judgements(session, judgements)
 
 
 def list_devices(db: Database, stale_after: timedelta) -> list[DeviceView]:

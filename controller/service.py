@@ -36,6 +36,7 @@ from controller.rpc.operations import (
 from controller.rpc.servicers import DeviceServicer, OperatorServicer, add_device_service
 from controller.snapshots import Snapshots
 from controller.store.database import Database
+from controller.syncs import DeviceSyncs
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.tls import cert_pem
@@ -62,8 +63,9 @@ class ControllerApp:
     keyring: Keyring
     snapshots: Snapshots
     ca_pem: bytes
+    changes: ChangeFeed
+    syncs: DeviceSyncs
     sync_port: int = 0
-    changes: ChangeFeed = field(default_factory=ChangeFeed)
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     @property
@@ -101,6 +103,7 @@ class ControllerApp:
         policies = PolicyService(db, keyring, timedelta(days=config.policy_expiry_days))
         metrics = ControllerMetrics()
         metrics.add_fleet(db, timedelta(seconds=config.stale_after_seconds))
+        changes = ChangeFeed()
         return cls(
             config=config,
             data=data,
@@ -116,6 +119,8 @@ class ControllerApp:
                 db, keyring, catalog, policies, timedelta(days=config.timestamp_expiry_days)
             ),
             ca_pem=cert_pem(ca.cert),
+            changes=changes,
+            syncs=DeviceSyncs(db, changes),
             metrics=metrics,
         )
 
@@ -144,7 +149,7 @@ def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.S
     also answer health checks and reflection)."""
     limit = app.config.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor(app.access, app.metrics)],
+        interceptors=[GuardInterceptor(app.access, app.metrics, lambda: app.syncs.revision)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -184,6 +189,7 @@ async def serve(config: ControllerConfig) -> None:
         relay.start()
     await operations.start()
     await server.start()
+    app.syncs.start()
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         advance_rollouts_job,
@@ -223,6 +229,7 @@ async def serve(config: ControllerConfig) -> None:
     if relay is not None:
         await relay.stop()
     await server.stop(grace=config.shutdown_grace_seconds)
+    await app.syncs.stop()  # the reports of the last syncs
     await operations.stop()
     with contextlib.suppress(FileNotFoundError):
         app.data.listening_file.unlink()

@@ -114,20 +114,28 @@ class Snapshots:
             self._vouched[key] = material.vouches(role, envelope)
         return self._vouched[key]
 
-    def current(self) -> Snapshot:
-        """The snapshot to serve now (signing a new timestamp when needed)."""
-        material = self.keyring.current()
-        now = datetime.now(UTC)
+    def fresh(self) -> Snapshot | None:
+        """The snapshot to serve now if that needs no query (else None: call `current`)."""
         cached = self._cached
-        changes = self._changes
         if (
             cached is not None
-            and cached[0][0] == material.root.version
-            and now < cached[1]
-            and changes == self._changes_seen
+            and cached[0][0] == self.keyring.current().root.version
+            and datetime.now(UTC) < cached[1]
+            and self._changes == self._changes_seen
             and time.monotonic() - self._checked < RECHECK_SECONDS
         ):
             return cached[2]
+        return None
+
+    def current(self) -> Snapshot:
+        """The snapshot to serve now (signing a new timestamp when needed)."""
+        changes = self._changes
+        fresh = self.fresh()
+        if fresh is not None:
+            return fresh
+        material = self.keyring.current()
+        now = datetime.now(UTC)
+        cached = self._cached
         key = (material.root.version, *self._versions())
         if cached is not None and cached[0] == key and now < cached[1]:
             self._checked, self._changes_seen = time.monotonic(), changes

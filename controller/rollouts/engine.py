@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import Table, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
@@ -270,17 +270,27 @@ def _judge_one(
             reason=verdict.reason,
         )
         return True
-    if verdict.verdict == "healthy":
-        target.state, target.reason = "healthy", verdict.reason
-    else:
-        target.state, target.reason = "assigned", verdict.reason
+    target.state, target.reason = verdict_state(verdict.verdict), verdict.reason
     return False
 
 
-def judge_report(session: Session, device: Device) -> None:
+@dataclass(frozen=True)
+class Judging:
+    """A rollout that judges a device's reports, as far as a judgement needs it (see
+    controller.syncs: the next report may be judged without reading the database)."""
+
+    rollout_id: int
+    name: str
+    strategy: Strategy
+    version: str
+    baseline_tokens_per_second: float
+
+
+def judge_report(session: Session, device: Device) -> tuple[Judging, ...]:
     """Judge the device's report for the rollouts under way that it is part of, in the
     transaction that stores the report (so a failed device gets its old version back in
-    the same reply, and the advancing pass has nothing left to judge)."""
+    the same reply, and the advancing pass has nothing left to judge); return the
+    rollouts that go on judging it."""
     rows = session.execute(
         select(RolloutTarget, Rollout)
         .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
@@ -291,8 +301,70 @@ def judge_report(session: Session, device: Device) -> None:
         )
     ).all()
     now = datetime.now(UTC)
+    judging = []
     for target, rollout in rows:
-        _judge_one(session, rollout, Strategy.from_dict(rollout.strategy), target, device, now)
+        strategy = Strategy.from_dict(rollout.strategy)
+        if not _judge_one(session, rollout, strategy, target, device, now):
+            judging.append(
+                Judging(
+                    rollout.id,
+                    rollout.name,
+                    strategy,
+                    target.version,
+                    target.baseline_tokens_per_second,
+                )
+            )
+    return tuple(judging)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A verdict short of failure (see `write_judgements`)."""
+
+    state: str  # assigned | healthy
+    reason: str
+    judged_at: datetime
+
+
+def verdict_state(verdict: str) -> str:
+    """A target's state after a verdict other than failed."""
+    return "healthy" if verdict == "healthy" else "assigned"
+
+
+def write_judgements(session: Session, judgements: dict[tuple[int, str], Judged]) -> None:
+    """Store verdicts reached outside a transaction ((rollout id, device id) -> verdict):
+    only on targets still being judged by a rollout under way, and never over a later
+    verdict."""
+    if not judgements:
+        return
+    table = cast(Table, RolloutTarget.__table__)
+    under_way = select(Rollout.id).where(Rollout.state.in_(ACTIVE)).scalar_subquery()
+    statement = (
+        update(table)
+        .where(
+            table.c.rollout_id == bindparam("b_rollout_id"),
+            table.c.device_id == bindparam("b_device_id"),
+            table.c.state.in_(("assigned", "healthy")),
+            table.c.rollout_id.in_(under_way),
+            or_(table.c.judged_at.is_(None), table.c.judged_at <= bindparam("b_judged_at")),
+        )
+        .values(
+            state=bindparam("b_state"),
+            reason=bindparam("b_reason"),
+            judged_at=bindparam("b_judged_at"),
+        )
+    )
+    rows = [
+        {
+            "b_rollout_id": rollout_id,
+            "b_device_id": device_id,
+            "b_state": judged.state,
+            "b_reason": judged.reason,
+            "b_judged_at": judged.judged_at,
+        }
+        for (rollout_id, device_id), judged in sorted(judgements.items())
+    ]
+    session.connection().execute(statement, rows)
 
 
 def _judge_targets(

@@ -4,12 +4,31 @@ failed (and why, with the numbers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from controller.rollouts.strategy import Strategy
-from controller.store.schema import Device, RolloutTarget
 
 Verdict = Literal["waiting", "healthy", "failed"]
+
+
+class Reported(Protocol):
+    """What a device last reported (a Device row, or a report not yet written)."""
+
+    @property
+    def installed(self) -> list[dict[str, object]]: ...
+    @property
+    def health(self) -> list[dict[str, object]]: ...
+    @property
+    def downloads(self) -> list[dict[str, object]]: ...
+
+
+class Targeted(Protocol):
+    """What a rollout gives a device (a RolloutTarget row, or one remembered)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def baseline_tokens_per_second(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -20,7 +39,7 @@ class Judgement:
     reason: str
 
 
-def health_of(device: Device, name: str, version: str) -> dict[str, object] | None:
+def health_of(device: Reported, name: str, version: str) -> dict[str, object] | None:
     """The device's last reported health of ``name@version``, if it reported one."""
     return next(
         (h for h in device.health or [] if h.get("name") == name and h.get("version") == version),
@@ -28,7 +47,7 @@ def health_of(device: Device, name: str, version: str) -> dict[str, object] | No
     )
 
 
-def active_version(device: Device, name: str) -> str:
+def active_version(device: Reported, name: str) -> str:
     """The version of ``name`` the device last reported active ("" when none)."""
     return next(
         (
@@ -40,13 +59,13 @@ def active_version(device: Device, name: str) -> str:
     )
 
 
-def smoke_speed(device: Device, name: str, version: str) -> float:
+def smoke_speed(device: Reported, name: str, version: str) -> float:
     """Smoke-test tokens/s of ``name@version`` on the device (0.0: unknown)."""
     health = health_of(device, name, version)
     return float(health.get("smoke_tokens_per_second") or 0.0) if health else 0.0  # type: ignore[arg-type]
 
 
-def judge(device: Device, name: str, target: RolloutTarget, strategy: Strategy) -> Judgement:
+def judge(device: Reported, name: str, target: Targeted, strategy: Strategy) -> Judgement:
     """Has the device taken ``target.version`` and does it serve it well?"""
     version = target.version
     refused = next(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,20 +33,28 @@ def caller() -> Principal:
     return current_principal.get()
 
 
+@functools.lru_cache(maxsize=4096)
+def _serial(certificate_pem: bytes) -> str:
+    """A verified peer certificate's serial (hex); the same few certificates come back at
+    every call of their devices, parsing one costs more than the rest of admission."""
+    return format(load_certificate(certificate_pem).serial_number, "x")
+
+
 def _peer(context: grpc.aio.ServicerContext) -> tuple[Principal, str]:
     """The principal and certificate serial (hex) of the verified peer certificate."""
     auth = context.auth_context()
     names = auth.get("x509_common_name")
     principal = principal_from_common_name(names[0].decode("utf-8") if names else None)
     certificates = auth.get("x509_pem_cert")
-    serial = format(load_certificate(certificates[0]).serial_number, "x") if certificates else ""
-    return principal, serial
+    return principal, _serial(certificates[0]) if certificates else ""
 
 
-async def _admit(access: AccessControl, method: str, context: grpc.aio.ServicerContext) -> None:
+async def _admit(guard: GuardInterceptor, method: str, context: grpc.aio.ServicerContext) -> None:
     try:
         principal, serial = _peer(context)
-        await asyncio.to_thread(access.admit, method, principal, serial)
+        revision = guard.revision()
+        if not guard.access.admitted(method, principal, serial, revision):
+            await asyncio.to_thread(guard.access.admit, method, principal, serial, revision)
     except EdgefleetError as e:
         log.warning("rpc.denied", method=method, peer=context.peer(), reason=str(e))
         code, message = status_for(e)
@@ -92,7 +101,7 @@ def _wrap_unary(
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         timed = _Timed(guard.metrics, method)
         try:
-            await _admit(guard.access, method, context)
+            await _admit(guard, method, context)
             try:
                 response = await behavior(request, context)
             except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
@@ -111,7 +120,7 @@ def _wrap_stream(
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         timed = _Timed(guard.metrics, method)
         try:
-            await _admit(guard.access, method, context)
+            await _admit(guard, method, context)
             try:
                 async for item in behavior(request, context):
                     yield item
@@ -128,9 +137,17 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps each method handler so that no call reaches a servicer unauthorized; health
     checking and reflection (``PUBLIC_METHOD_PREFIXES``) pass as they are."""
 
-    def __init__(self, access: AccessControl, metrics: ControllerMetrics) -> None:
+    def __init__(
+        self,
+        access: AccessControl,
+        metrics: ControllerMetrics,
+        revision: Callable[[], object] = lambda: None,
+    ) -> None:
         self.access = access
         self.metrics = metrics
+        # What admissions are remembered under (controller.syncs.DeviceSyncs.revision);
+        # None remembers nothing.
+        self.revision = revision
 
     async def intercept_service(
         self,

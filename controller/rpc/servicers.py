@@ -20,7 +20,7 @@ from controller.auditlog import (
     ingest,
     record_alone,
 )
-from controller.devices import list_devices, sync_device
+from controller.devices import list_devices
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
 from controller.quantization.family import model_report
@@ -135,14 +135,18 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         certificate = await asyncio.to_thread(
             self.app.enrollment.renew, caller().name, bytes(request.csr_pem)
         )
+        self.app.access.forget(caller().name)  # other replicas: at their next recheck
         return device_pb2.RenewCertificateResponse(certificate_pem=certificate)
 
     async def Sync(
         self, request: device_pb2.StatusReport, context: grpc.aio.ServicerContext
     ) -> device_pb2.DesiredState:
         report = serde.status_from_pb(request)
-        snapshot = await asyncio.to_thread(self.app.snapshots.current)
-        state = await asyncio.to_thread(sync_device, self.app.db, caller().name, report, snapshot)
+        snapshots = self.app.snapshots
+        snapshot = snapshots.fresh()
+        if snapshot is None:
+            snapshot = await asyncio.to_thread(snapshots.current)
+        state = await self.app.syncs.sync(caller().name, report, snapshot)
         return serde.desired_to_pb(state)
 
     async def ReadBlob(  # type: ignore[override]  # serialized BlobChunks, not messages
@@ -180,6 +184,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         checkpoints = [serde.envelope_from_pb(e) for e in request.checkpoints]
         device = caller().name
         result = await asyncio.to_thread(ingest, self.app.db, device, records, checkpoints)
+        self.app.syncs.acked(device, result.acked_seq)
         now = format_time(datetime.now(UTC))
         receipt = sign_receipt(
             device, result.acked_seq, result.acked_sha256, now, self.app.audit_key
@@ -252,6 +257,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def CreateRollout(
         self, request: operator_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.CreateRolloutResponse:
+        await self.app.syncs.flush()  # decide from the latest reports
         created = await asyncio.to_thread(
             create_rollout,
             self.app.db,
@@ -272,6 +278,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def PlanRollout(
         self, request: operator_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.RolloutPlan:
+        await self.app.syncs.flush()  # decide from the latest reports
         planned = await asyncio.to_thread(
             plan_rollout,
             self.app.db,
@@ -356,6 +363,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def GetModelReport(
         self, request: operator_pb2.GetModelReportRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.GetModelReportResponse:
+        await self.app.syncs.flush()  # decide from the latest reports
         versions, speeds = await asyncio.to_thread(model_report, self.app.db, request.name)
         return operator_pb2.GetModelReportResponse(
             name=request.name,
@@ -377,6 +385,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.ListDevicesResponse:
         stale_after = timedelta(seconds=self.app.config.stale_after_seconds)
+        await self.app.syncs.flush()  # show the reports this replica has received
         views = await asyncio.to_thread(list_devices, self.app.db, stale_after)
         return operator_pb2.ListDevicesResponse(devices=[serde.device_view_to_pb(v) for v in views])
 

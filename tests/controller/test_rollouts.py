@@ -382,8 +382,9 @@ def test_a_failing_report_is_judged_as_it_arrives(db: Database) -> None:
         health=(ModelHealth("m", "2.0", "failed", "cannot load m.gguf"),),
     )
     nothing = Envelope("t", b"{}", ())
-    desired = sync_device(db, canary, report_, Snapshot((), nothing, nothing, None))
-    assert [(a.name, a.version) for a in desired.assignments] == [("m", "1.0")]
+    synced = sync_device(db, canary, report_, Snapshot((), nothing, nothing, None))
+    assert [(a.name, a.version) for a in synced.state.assignments] == [("m", "1.0")]
+    assert synced.judging == ()  # failed: this rollout judges its reports no more
     (view,) = describe_rollouts(db, created.rollout_id)
     assert view.targets[0].state == "failed" and "cannot load" in view.targets[0].reason
     advance_rollouts(db, STALE_AFTER)
