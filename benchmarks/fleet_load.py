@@ -2,8 +2,17 @@
 against an empty grpc.aio echo service, in one run.
 
 Set-up: a controller data directory, PostgreSQL with --devices enrolled devices (default
-10,000), the bundled model published and rolled out to all of them. The controller runs as
-`edgefleetctl serve` (its own process); the echo service is a grpc.aio server in another
+10,000). The controller runs as `edgefleetctl serve` (its own process). Two fleet states
+are measured, one after the other:
+
+- **at rest**: the bundled model published as smollm2@1.0, and every device assigned it by
+  a completed rollout (written directly to the database, as 10,000 devices reporting
+  healthy would leave it): a sync stores the report and answers the desired state;
+- **rollout under way**: then smollm2@1.1 (same file) rolled out to every device in one
+  wave with `rollout create`: every report is also judged against the rollout's gates.
+
+The controller's /metrics tell how many syncs it answered from a kept answer (no query)
+and how many in full (one transaction). The echo service is a grpc.aio server in another
 process with the same mTLS set-up (server certificate, client certificates required) whose
 one method returns its request. The load comes from a third process: real gRPC clients
 over mTLS, one channel per simulated device (--identities of them, each with its own
@@ -11,7 +20,8 @@ device certificate), sending the StatusReport an agent sends (an installed model
 health, resources) and reading the DesiredState (root chain, timestamp, targets, policy,
 assignments).
 
-Two runs per service: as fast as --concurrency callers go (sustained calls/s, p50/p99),
+Two runs per fleet state and for the echo service: as fast as --concurrency callers go
+(sustained calls/s, p50/p99),
 and at the rate of --agents agents syncing every --interval seconds (p50/p99 at that load).
 Targets (issue 8): our sync >= 0.5x the echo baseline's calls/s; p99 < 100 ms at the load
 of 10,000 agents syncing every 60 s. With fewer identities than agents each identity syncs
@@ -29,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -240,6 +251,18 @@ async def _generate(
     }
 
 
+def _answers(metrics: str) -> dict[str, float]:
+    """How many syncs the controller answered from a kept answer and how many in full."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    counts = {"kept": 0.0, "full": 0.0}
+    for line in text.splitlines():
+        for answer in counts:
+            if line.startswith(f'edgefleet_syncs_total{{answer="{answer}"}}'):
+                counts[answer] = float(line.split()[-1])
+    return counts
+
+
 def _load(
     target: str, method: str, ids: Path, args: argparse.Namespace, rate: float
 ) -> dict[str, float]:
@@ -294,7 +317,7 @@ def run(args: argparse.Namespace) -> None:
                 "--health-listen",
                 "",
                 "--metrics-listen",
-                "",
+                "127.0.0.1:0",
                 "--log-level",
                 "WARNING",
             ],  # fmt: skip
@@ -334,12 +357,14 @@ def run(args: argparse.Namespace) -> None:
             operator("models", "publish", model, "--name", "smollm2", "--version", "1.0")
             _complete_rollout(args.database_url, "smollm2", "1.0")
             print("every device runs smollm2@1.0 (a completed rollout)")
+            metrics = (root / "controller" / "serve.addr").read_text().split()[3]
             results = {
                 "Sync, fleet at rest": (
                     _load(sync, SYNC, ids, args, 0.0),
                     _load(sync, SYNC, ids, args, rate),
                 )
             }
+            answers = {"Sync, fleet at rest": _answers(metrics)}
             operator("models", "publish", model, "--name", "smollm2", "--version", "1.1")
             began = time.perf_counter()
             operator("rollout", "create", "smollm2@1.1")
@@ -351,6 +376,10 @@ def run(args: argparse.Namespace) -> None:
                 _load(sync, SYNC, ids, args, 0.0),
                 _load(sync, SYNC, ids, args, rate),
             )
+            at_rest = answers["Sync, fleet at rest"]
+            answers["Sync, rollout under way"] = {
+                k: v - at_rest[k] for k, v in _answers(metrics).items()
+            }
             echo_target = f"127.0.0.1:{echo_port}"
             results["Echo (empty grpc.aio)"] = (
                 _load(echo_target, ECHO, ids, args, 0.0),
@@ -375,7 +404,8 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"{name}: ours / echo at full speed {at_max['per_second']:.0f} / {echo_max:.0f} = "
             f"{at_max['per_second'] / echo_max:.2f}x (target >= 0.5x); p99 at {rate:.0f} "
-            f"syncs/s {at_rate['p99_ms']:.1f} ms (target < 100 ms)"
+            f"syncs/s {at_rate['p99_ms']:.1f} ms (target < 100 ms); answers kept / full "
+            f"{answers[name]['kept']:.0f} / {answers[name]['full']:.0f}"
         )
 
 

@@ -101,6 +101,13 @@ class ControllerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.syncs = Counter(
+            "edgefleet_syncs",
+            "Device syncs on this replica, by answer: kept (no query; see controller.syncs) "
+            "or full (one transaction)",
+            ["answer"],
+            registry=r,
+        )
         self.watch_streams = Gauge(
             "edgefleet_watch_streams", "Open device watch streams on this replica", registry=r
         )

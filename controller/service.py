@@ -120,7 +120,7 @@ class ControllerApp:
             ),
             ca_pem=cert_pem(ca.cert),
             changes=changes,
-            syncs=DeviceSyncs(db, changes),
+            syncs=DeviceSyncs(db, changes, metrics),
             metrics=metrics,
         )
 

@@ -42,6 +42,7 @@ from sqlalchemy import select
 
 from controller.changes import ChangeFeed
 from controller.devices import Synced, report_values, sync_device, write_reports
+from controller.metrics import ControllerMetrics
 from controller.rollouts.engine import Judged, Judging, verdict_state
 from controller.rollouts.health import judge
 from controller.snapshots import Snapshot
@@ -99,9 +100,11 @@ def _judge(judging: tuple[Judging, ...], values: dict[str, Any]) -> list[tuple[i
 class DeviceSyncs:
     """Answers device syncs, reusing kept answers while the revision holds (see module)."""
 
-    def __init__(self, db: Database, changes: ChangeFeed) -> None:
+    def __init__(self, db: Database, changes: ChangeFeed, metrics: ControllerMetrics) -> None:
         self.db = db
         self.changes = changes
+        self._kept_answers = metrics.syncs.labels("kept")
+        self._full_answers = metrics.syncs.labels("full")
         self._head_moves = 0
         self._head_seq: int | None = None
         self._kept: dict[str, _Kept] = {}
@@ -127,6 +130,7 @@ class DeviceSyncs:
                 self._queued[device_id] = values
                 for rollout_id, judged in verdicts:
                     self._judged[(rollout_id, device_id)] = judged
+                self._kept_answers.inc()
                 return DesiredState(
                     root_chain=snapshot.root_chain,
                     timestamp=snapshot.timestamp,
@@ -138,6 +142,7 @@ class DeviceSyncs:
         self._queued.pop(device_id, None)  # this report is newer
         synced: Synced = await asyncio.to_thread(sync_device, self.db, device_id, report, snapshot)
         self._keep(device_id, synced, revision)
+        self._full_answers.inc()
         return synced.state
 
     def _keep(self, device_id: str, synced: Synced, revision: Revision) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from controller.access import AccessControl
 from controller.changes import ChangeFeed
 from controller.devices import report_values, write_reports
+from controller.metrics import ControllerMetrics
 from controller.rollouts.engine import Judged, create_rollout
 from controller.rollouts.pins import pin_model
 from controller.rollouts.strategy import Strategy
@@ -113,8 +114,10 @@ def _stored(db: Database, device_id: str) -> Device:
 
 
 def test_a_repeated_sync_needs_no_query_and_its_report_is_written_behind(db: Database) -> None:
+    metrics = ControllerMetrics()
+
     async def scenario() -> None:
-        syncs = DeviceSyncs(db, ChangeFeed())
+        syncs = DeviceSyncs(db, ChangeFeed(), metrics)
         await syncs.recheck()
         first = await syncs.sync("gw0", _report("0.1.0"), SNAPSHOT)
         assert first.assignments == (ModelAssignment("m", "1.0"),)
@@ -133,12 +136,15 @@ def test_a_repeated_sync_needs_no_query_and_its_report_is_written_behind(db: Dat
         assert _stored(db, "gw1").agent_version == "0.4.0"
 
     asyncio.run(scenario())
+    exposition = metrics.exposition().decode()
+    assert 'edgefleet_syncs_total{answer="kept"} 2.0' in exposition
+    assert 'edgefleet_syncs_total{answer="full"} 2.0' in exposition
 
 
 def test_a_change_ends_kept_answers_even_when_its_notification_is_lost(db: Database) -> None:
     async def scenario() -> None:
         changes = ChangeFeed()
-        syncs = DeviceSyncs(db, changes)
+        syncs = DeviceSyncs(db, changes, ControllerMetrics())
         await syncs.recheck()
         for device_id in DEVICES:
             await syncs.sync(device_id, _report(), SNAPSHOT)
@@ -174,7 +180,7 @@ def test_a_rollout_judges_each_report_as_it_arrives(db: Database) -> None:
 
     async def scenario() -> None:
         changes = ChangeFeed()
-        syncs = DeviceSyncs(db, changes)
+        syncs = DeviceSyncs(db, changes, ControllerMetrics())
         await syncs.recheck()
         created = create_rollout(db, "alice", "m", "2.0", {}, Strategy(canary=1))
         changes.notify()
@@ -241,7 +247,7 @@ def test_reports_kept_through_a_failed_write_are_written_later(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        syncs = DeviceSyncs(db, ChangeFeed())
+        syncs = DeviceSyncs(db, ChangeFeed(), ControllerMetrics())
         await syncs.recheck()
         await syncs.sync("gw0", _report("0.1.0"), SNAPSHOT)
         await syncs.sync("gw0", _report("0.2.0"), SNAPSHOT)
