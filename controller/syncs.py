@@ -40,6 +40,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
+from controller.auditlog import CONTROLLER_CHAIN
 from controller.changes import ChangeFeed
 from controller.devices import Synced, report_values, sync_device, write_reports
 from controller.metrics import ControllerMetrics
@@ -53,7 +54,6 @@ from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 
 log = structlog.get_logger("controller.syncs")
 
-CONTROLLER_CHAIN = "controller"
 # How often the controller's audit head is read (a lost change notification is noticed
 # within this long).
 RECHECK_SECONDS = 2.0
