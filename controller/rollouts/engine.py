@@ -338,13 +338,14 @@ def write_judgements(session: Session, judgements: dict[tuple[int, str], Judged]
     if not judgements:
         return
     table = cast(Table, RolloutTarget.__table__)
-    under_way = select(Rollout.id).where(Rollout.state.in_(ACTIVE)).scalar_subquery()
+    # No IN (list): its parameters expand per execution, which executemany cannot do.
+    under_way = select(Rollout.id).where(or_(*(Rollout.state == s for s in ACTIVE)))
     statement = (
         update(table)
         .where(
             table.c.rollout_id == bindparam("b_rollout_id"),
             table.c.device_id == bindparam("b_device_id"),
-            table.c.state.in_(("assigned", "healthy")),
+            or_(table.c.state == "assigned", table.c.state == "healthy"),
             table.c.rollout_id.in_(under_way),
             or_(table.c.judged_at.is_(None), table.c.judged_at <= bindparam("b_judged_at")),
         )

@@ -182,23 +182,27 @@ def test_a_rollout_judges_each_report_as_it_arrives(db: Database) -> None:
         changes = ChangeFeed()
         syncs = DeviceSyncs(db, changes, ControllerMetrics())
         await syncs.recheck()
-        created = create_rollout(db, "alice", "m", "2.0", {}, Strategy(canary=1))
+        created = create_rollout(db, "alice", "m", "2.0", {}, Strategy(canary=2))
         changes.notify()
-        (canary,) = created.device_ids
+        canary, other = created.device_ids
         rollout_id = created.rollout_id
         first = await syncs.sync(canary, _report(model="2.0"), SNAPSHOT)  # full path
+        await syncs.sync(other, _report(model="1.0"), SNAPSHOT)
         assert first.assignments == (ModelAssignment("m", "2.0"),)
         judged_first = _target(db, rollout_id, canary)
         assert judged_first.state == "healthy"
         with _statements(db) as sent:
             again = await syncs.sync(canary, _report("0.2.0", model="2.0"), SNAPSHOT)
+            await syncs.sync(other, _report("0.2.0", model="2.0"), SNAPSHOT)
             assert again.assignments == first.assignments and sent == []
-            await syncs.flush()
+            await syncs.flush()  # two reports and two verdicts at once
+            assert len(sent) == 2
         judged_again = _target(db, rollout_id, canary)
         assert judged_again.state == "healthy"
         assert judged_again.judged_at == _stored(db, canary).last_seen
         assert judged_again.judged_at is not None and judged_first.judged_at is not None
         assert judged_again.judged_at > judged_first.judged_at
+        assert _target(db, rollout_id, other).state == "healthy"
 
         waiting = await syncs.sync(canary, _report(model="1.0"), SNAPSHOT)  # not serving 2.0
         assert waiting.assignments == first.assignments
@@ -217,11 +221,15 @@ def test_a_rollout_judges_each_report_as_it_arrives(db: Database) -> None:
 
 
 def test_a_verdict_written_late_never_replaces_a_later_one(db: Database) -> None:
-    created = create_rollout(db, "alice", "m", "2.0", {}, Strategy(canary=1))
-    (canary,) = created.device_ids
+    created = create_rollout(db, "alice", "m", "2.0", {}, Strategy(canary=2))
+    canary, other = created.device_ids
     now = datetime.now(UTC)
     key = (created.rollout_id, canary)
-    write_reports(db, {}, {key: Judged("healthy", "serving", now)})
+    write_reports(
+        db,
+        {},
+        {key: Judged("healthy", "serving", now), (key[0], other): Judged("assigned", "-", now)},
+    )
     write_reports(db, {}, {key: Judged("assigned", "older", now - timedelta(seconds=1))})
     assert _target(db, created.rollout_id, canary).reason == "serving"
     with db.session() as session:
