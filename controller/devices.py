@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -71,22 +71,27 @@ def desired_assignments(
     return tuple(ModelAssignment(n, v) for n, v in sorted(desired.items()))
 
 
+def _flat(record: object) -> dict[str, object]:
+    """A flat dataclass of edgefleet.fleet (its fields are str, int, float or bool) as a
+    dict: what ``dataclasses.asdict`` gives, without its deep copies (every sync)."""
+    return dict(vars(record))
+
+
 def report_values(report: StatusReport, seen: datetime) -> dict[str, object]:
     """The device columns a status report sets (received at ``seen``), bounded in size."""
     return {
         "last_seen": seen,
         "agent_version": report.agent_version[:64],
-        "installed": [asdict(m) for m in report.models[:MAX_REPORTED_MODELS]],
+        "installed": [_flat(m) for m in report.models[:MAX_REPORTED_MODELS]],
         "last_error": report.last_error[:1024],
-        "bench": [asdict(b) for b in report.bench[:MAX_REPORTED_MODELS]],
+        "bench": [_flat(b) for b in report.bench[:MAX_REPORTED_MODELS]],
         "downloads": [
-            asdict(replace(d, reason=d.reason[:512]))
-            for d in report.downloads[:MAX_REPORTED_MODELS]
+            {**_flat(d), "reason": d.reason[:512]} for d in report.downloads[:MAX_REPORTED_MODELS]
         ],
         "data_used_today": report.data_used_today,
         "daily_data_budget": report.daily_data_budget,
-        "resources": asdict(report.resources),
-        "health": [asdict(h) for h in report.health[:MAX_REPORTED_MODELS]],
+        "resources": _flat(report.resources),
+        "health": [_flat(h) for h in report.health[:MAX_REPORTED_MODELS]],
         "audit_head_seq": report.audit_head_seq,
     }
 

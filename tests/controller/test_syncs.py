@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,15 @@ from controller.store.database import Database
 from controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
 from controller.syncs import DeviceSyncs
 from edgefleet.errors import PermissionDeniedError, StorageError
-from edgefleet.fleet import InstalledModel, ModelAssignment, ModelHealth, StatusReport
+from edgefleet.fleet import (
+    BenchResult,
+    DeviceResources,
+    DownloadProgress,
+    InstalledModel,
+    ModelAssignment,
+    ModelHealth,
+    StatusReport,
+)
 from edgefleet.trust.envelope import Envelope
 
 NOTHING = Envelope("t", b"{}", ())
@@ -294,3 +303,22 @@ def test_an_admission_is_remembered_only_while_the_revision_holds(db: Database) 
     with pytest.raises(PermissionDeniedError, match="revoked"):
         access.admit(SYNC, device, "1", revision=(1, 0))
     assert not access.admitted(SYNC, device, "1", (1, 0))
+
+
+def test_report_values_are_what_asdict_gives() -> None:
+    """Every reported record is a flat dataclass: the shallow copy equals ``asdict``."""
+    report = StatusReport(
+        agent_version="0.1.0",
+        models=(InstalledModel("m", "1.0", "x", True),),
+        bench=(BenchResult("m", "1.0", "x", 4, 64, 32, 100.0, 20.0, "2026-11-28T00:00:00Z"),),
+        downloads=(DownloadProgress("m", "2.0", 5, 10, "paused", "r" * 600),),
+        resources=DeviceResources("aarch64", 4, 1, 2, 512, 1, 3, 4),
+        health=(ModelHealth("m", "1.0", "passed", "", 40.0, 10, 1),),
+    )
+    now = datetime.now(UTC)
+    values = report_values(report, now)
+    assert values["installed"] == [asdict(m) for m in report.models]
+    assert values["bench"] == [asdict(b) for b in report.bench]
+    assert values["downloads"] == [asdict(replace(report.downloads[0], reason="r" * 512))]
+    assert values["resources"] == asdict(report.resources)
+    assert values["health"] == [asdict(h) for h in report.health]
