@@ -10,6 +10,7 @@ names for a role signs for that role.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class Keyring:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._material: TrustMaterial | None = None
+        self._looked_at = 0.0
 
     def _folder_stamp(self) -> tuple[int, int]:
         return (
@@ -86,8 +88,12 @@ class Keyring:
             self.data.keys.stat().st_mtime_ns,
         )
 
-    def current(self) -> TrustMaterial:
-        """The trust material as the data directory holds it now."""
+    def current(self, max_age: float = 0.0) -> TrustMaterial:
+        """The trust material as the data directory holds it now — or as it held it at
+        most ``max_age`` seconds ago (no look at the files: for every device sync)."""
+        material = self._material
+        if material is not None and time.monotonic() - self._looked_at < max_age:
+            return material
         stamp = self._folder_stamp()
         with self._lock:
             if self._material is None or stamp != self._stamp:
@@ -95,4 +101,5 @@ class Keyring:
                 root = Root.from_payload(chain[-1].payload)
                 self._material = TrustMaterial(chain, root, load_private_keys(self.data.keys))
                 self._stamp = stamp
+            self._looked_at = time.monotonic()
             return self._material

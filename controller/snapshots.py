@@ -114,12 +114,13 @@ class Snapshots:
             self._vouched[key] = material.vouches(role, envelope)
         return self._vouched[key]
 
-    def fresh(self) -> Snapshot | None:
-        """The snapshot to serve now if that needs no query (else None: call `current`)."""
+    def fresh(self, keys_max_age: float = 0.0) -> Snapshot | None:
+        """The snapshot to serve now if that needs no query (else None: call `current`);
+        ``keys_max_age``: how old the last look at the data directory's keys may be."""
         cached = self._cached
         if (
             cached is not None
-            and cached[0][0] == self.keyring.current().root.version
+            and cached[0][0] == self.keyring.current(keys_max_age).root.version
             and datetime.now(UTC) < cached[1]
             and self._changes == self._changes_seen
             and time.monotonic() - self._checked < RECHECK_SECONDS

@@ -29,7 +29,7 @@ from controller.rollouts.engine import plan as plan_rollout
 from controller.rollouts.messages import plan_to_pb, strategy_from_pb, view_to_pb
 from controller.rollouts.pins import pin_model, unpin_model
 from controller.rpc.guard import caller
-from controller.snapshots import bundle_header
+from controller.snapshots import RECHECK_SECONDS, bundle_header
 from edgefleet import serde
 from edgefleet.audit import AuditEvent, sign_key_attestation, sign_receipt
 from edgefleet.audit_export import ExportBuilder
@@ -143,7 +143,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     ) -> device_pb2.DesiredState:
         report = serde.status_from_pb(request)
         snapshots = self.app.snapshots
-        snapshot = snapshots.fresh()
+        snapshot = snapshots.fresh(keys_max_age=RECHECK_SECONDS)  # as for the versions
         if snapshot is None:
             snapshot = await asyncio.to_thread(snapshots.current)
         state = await self.app.syncs.sync(caller().name, report, snapshot)
