@@ -29,14 +29,18 @@ class AccessControl:
         self._admitted: tuple[object, set[tuple[str, str]]] = (None, set())
 
     def admitted(self, method: str, principal: Principal, serial: str, revision: object) -> bool:
-        """True when this device certificate was admitted under ``revision`` (and the
-        method is one a device may call); False means: ask `admit`."""
+        """True when this device certificate was admitted under ``revision`` and the
+        method is one a device may call; False means: ask `admit` (which also audits a
+        denial)."""
         admitted_under, devices = self._admitted
         if principal.kind != "device" or revision != admitted_under:
             return False
         if (principal.name, serial) not in devices:
             return False
-        authorize(method, principal, frozenset())
+        try:
+            authorize(method, principal, frozenset())
+        except EdgefleetError:
+            return False
         return True
 
     def admit(

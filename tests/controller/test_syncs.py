@@ -292,6 +292,10 @@ def test_an_admission_is_remembered_only_while_the_revision_holds(db: Database) 
     access.admit(SYNC, device, "1", revision=(0, 0))
     assert access.admitted(SYNC, device, "1", (0, 0))
     assert not access.admitted(SYNC, device, "2", (0, 0))  # another certificate: ask
+    operator_call = "/edgefleet.v1.OperatorService/ListDevices"
+    assert not access.admitted(operator_call, device, "1", (0, 0))  # denied by admit, audited
+    with pytest.raises(PermissionDeniedError):
+        access.admit(operator_call, device, "1", revision=(0, 0))
     access.forget("gw0")  # renewed
     assert not access.admitted(SYNC, device, "1", (0, 0))
     access.admit(SYNC, device, "1", revision=(0, 0))
