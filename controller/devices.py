@@ -96,6 +96,20 @@ def report_values(report: StatusReport, seen: datetime) -> dict[str, object]:
     }
 
 
+def desired_state(
+    snapshot: Snapshot, assignments: tuple[ModelAssignment, ...], audit_acked_seq: int
+) -> DesiredState:
+    """A device's answer: the snapshot every device gets, and its own part."""
+    return DesiredState(
+        root_chain=snapshot.root_chain,
+        timestamp=snapshot.timestamp,
+        targets=snapshot.targets,
+        assignments=assignments,
+        audit_acked_seq=audit_acked_seq,
+        policy=snapshot.policy,
+    )
+
+
 @dataclass(frozen=True)
 class Synced:
     """A stored report's answer; whether the next one may reuse it (see controller.syncs:
@@ -127,13 +141,10 @@ def sync_device(db: Database, device_id: str, report: StatusReport, snapshot: Sn
         for assignment in assignments:
             if assignment.family:
                 repick_variant(session, device, assignment)
-        state = DesiredState(
-            root_chain=snapshot.root_chain,
-            timestamp=snapshot.timestamp,
-            targets=snapshot.targets,
-            assignments=desired_assignments(session, device, assignments),
-            audit_acked_seq=acked_seq(session, device_id),
-            policy=snapshot.policy,
+        state = desired_state(
+            snapshot,
+            desired_assignments(session, device, assignments),
+            acked_seq(session, device_id),
         )
         return Synced(state, not any(a.family for a in assignments), judging)
 

@@ -38,17 +38,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
-from controller.auditlog import CONTROLLER_CHAIN
+from controller.auditlog import CONTROLLER_CHAIN, acked_seq
 from controller.changes import ChangeFeed
-from controller.devices import Synced, report_values, sync_device, write_reports
+from controller.devices import (
+    Synced,
+    desired_state,
+    report_values,
+    sync_device,
+    write_reports,
+)
 from controller.metrics import ControllerMetrics
 from controller.rollouts.engine import Judged, Judging, verdict_state
 from controller.rollouts.health import judge
 from controller.snapshots import Snapshot
 from controller.store.database import Database
-from controller.store.schema import AuditHead
 from edgefleet.errors import EdgefleetError
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 
@@ -131,14 +135,7 @@ class DeviceSyncs:
                 for rollout_id, judged in verdicts:
                     self._judged[(rollout_id, device_id)] = judged
                 self._kept_answers.inc()
-                return DesiredState(
-                    root_chain=snapshot.root_chain,
-                    timestamp=snapshot.timestamp,
-                    targets=snapshot.targets,
-                    assignments=kept.assignments,
-                    audit_acked_seq=kept.acked_seq,
-                    policy=snapshot.policy,
-                )
+                return desired_state(snapshot, kept.assignments, kept.acked_seq)
         self._queued.pop(device_id, None)  # this report is newer
         synced: Synced = await asyncio.to_thread(sync_device, self.db, device_id, report, snapshot)
         self._keep(device_id, synced, revision)
@@ -192,10 +189,7 @@ class DeviceSyncs:
 
     def _controller_head(self) -> int:
         with self.db.session() as session:
-            seq = session.scalar(
-                select(AuditHead.last_seq).where(AuditHead.chain == CONTROLLER_CHAIN)
-            )
-        return int(seq or 0)
+            return acked_seq(session, CONTROLLER_CHAIN)
 
     def start(self) -> None:
         """Write queued reports and recheck the revision in the background until `stop`."""
