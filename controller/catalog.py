@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,17 +22,48 @@ from controller.quantization.family import parse_evaluation
 from controller.store.database import Database
 from controller.store.schema import Model, TargetsVersion
 from edgefleet.audit import AuditEvent
-from edgefleet.errors import ConflictError, MalformedInputError
+from edgefleet.canonical import parse_object
+from edgefleet.errors import ConflictError, MalformedInputError, StorageError
 from edgefleet.gguf import read_gguf_file
 from edgefleet.trust.chunks import DEFAULT_CHUNK_SIZE, ChunkIndexBuilder
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import (
-    TARGETS_TYPE,
     ModelManifest,
     Targets,
     check_model_name,
     check_model_version,
 )
+
+log = structlog.get_logger("controller.catalog")
+
+
+def readable_manifests(payload: bytes, version: int) -> tuple[dict[str, ModelManifest], list[str]]:
+    """The entries of a targets payload that parse, and the refs of those that do not.
+
+    Raises StorageError when the payload itself is unreadable: only an entry-level fault
+    is repaired by dropping entries, never a damaged database."""
+    try:
+        doc = parse_object(payload, f"targets version {version}")
+        entries = doc["models"]
+        if not isinstance(entries, dict):
+            raise MalformedInputError("models is not an object")
+    except (MalformedInputError, KeyError) as e:
+        raise StorageError(
+            f"targets version {version} in the database is unreadable ({e}); restore the "
+            "database from a backup (docs/operations.md)"
+        ) from e
+    readable, dropped = {}, []
+    for ref, entry in entries.items():
+        try:
+            manifest = ModelManifest.from_dict(entry)
+        except MalformedInputError:
+            dropped.append(str(ref)[:200])
+            continue
+        if manifest.ref == ref:
+            readable[ref] = manifest
+        else:
+            dropped.append(str(ref)[:200])
+    return readable, dropped
 
 
 @dataclass(frozen=True)
@@ -95,10 +127,48 @@ class Catalog:
         ).scalar_one_or_none()
 
     def ensure_targets(self) -> None:
-        """Sign an empty targets version 1 on a new controller, so devices always get one."""
+        """Sign an empty targets version 1 on a new controller, so devices always get one;
+        and if the newest version holds entries no device can read, sign the next one
+        without them (see `repair_targets`)."""
         with self._lock, self.db.session(exclusive="targets") as session:
-            if latest_targets(session) is None:
+            row = session.execute(
+                select(TargetsVersion).order_by(TargetsVersion.version.desc()).limit(1)
+            ).scalar_one_or_none()
+            if row is None:
                 self.sign_targets(session, None)
+            else:
+                self._repair_targets(session, row)
+
+    def _repair_targets(self, session: Session, row: TargetsVersion) -> None:
+        """Targets signed by a release without today's checks may name a manifest that every
+        device refuses, and with it the whole version: nothing would reach devices. Sign
+        the next version with the readable entries only, drop the catalog rows of the
+        others, and say which version and entries in the log and the audit trail."""
+        payload = Envelope.from_json(row.envelope).payload
+        try:
+            Targets.from_payload(payload)
+            return
+        except MalformedInputError as e:
+            reason = str(e)
+        readable, dropped = readable_manifests(payload, row.version)
+        version = self._sign(session, readable, row.version + 1)
+        for ref in dropped:
+            name, _, model_version = ref.partition("@")
+            found = self._find(session, name, model_version)
+            if found is not None:
+                session.delete(found)
+        details = {"unreadable_version": row.version, "dropped": dropped, "reason": reason[:200]}
+        record_event(
+            session,
+            AuditEvent(
+                "controller",
+                "targets.repair",
+                "targets",
+                "success",
+                {**details, "targets_version": version},
+            ),
+        )
+        log.error("targets.repaired", targets_version=version, **details)
 
     def resign(self, material: TrustMaterial) -> None:
         """After a targets key rotation: the same models as a new version under the new keys."""
@@ -124,10 +194,12 @@ class Catalog:
         models = dict(current[0].models) if current else {}
         if add is not None:
             models[add.ref] = add
-        version = current[0].version + 1 if current else 1
+        return self._sign(session, models, current[0].version + 1 if current else 1)
+
+    def _sign(self, session: Session, models: dict[str, ModelManifest], version: int) -> int:
         expires = datetime.now(UTC).replace(microsecond=0) + self.expiry
         targets = Targets(version, expires, models)
-        envelope = self.keyring.current().sign("targets", TARGETS_TYPE, targets.to_payload())
+        envelope = self.keyring.current().sign("targets", targets)
         session.add(
             TargetsVersion(
                 version=version, envelope=envelope.to_json(), created_at=datetime.now(UTC)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from controller.datadir import DataDir
 from edgefleet.errors import ConfigError, SignatureError
-from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
+from edgefleet.trust.envelope import Envelope, SignedDocument, sign_document, verify_envelope
 from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import Root
 
@@ -47,9 +47,9 @@ class TrustMaterial:
             raise ConfigError(f"the {role} role must have threshold 1 on the controller")
         return signers[0]
 
-    def sign(self, role: str, payload_type: str, payload: bytes) -> Envelope:
-        """Sign ``payload`` with a threshold of ``role``'s keys."""
-        return sign_envelope(payload_type, payload, self.signers(role))
+    def sign(self, role: str, document: SignedDocument) -> Envelope:
+        """Sign ``document`` with a threshold of ``role``'s keys (once it parses back)."""
+        return sign_document(document, self.signers(role))
 
     def vouches(self, role: str, envelope: Envelope) -> bool:
         """Tell whether the current root's keys for ``role`` signed ``envelope``."""

@@ -25,7 +25,6 @@ from edgefleet.bundle import BundleHeader
 from edgefleet.errors import NotFoundError, StorageError
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import (
-    TIMESTAMP_TYPE,
     MetaRef,
     ModelManifest,
     Targets,
@@ -205,7 +204,7 @@ class Snapshots:
             return found[1]
         version = found[0].version + 1 if found else 1
         timestamp = Timestamp(version, now + self.expiry, targets_ref, policy_ref)
-        envelope = material.sign("timestamp", TIMESTAMP_TYPE, timestamp.to_payload())
+        envelope = material.sign("timestamp", timestamp)
         session.add(TimestampVersion(version=version, envelope=envelope.to_json(), created_at=now))
         return envelope
 

@@ -1,12 +1,20 @@
 """GGUF header reading with hard bounds, so a hostile file cannot make us allocate or loop.
 
 Reads the key/value metadata and tensor shapes (never the weights) and reports the facts
-a manifest carries: architecture, parameter count, quantization and context length.
+a manifest carries: architecture, parameter count, quantization, context length and the
+KV cache a token costs. Every fact is checked against a bound before it can reach a
+manifest (and so a signature): a negative or absurd value is refused, never carried.
+
+The reader's cost is bounded too, whatever the file's size: at most ``MAX_HEADER_BYTES``
+of header are read (in blocks) and at most ``MAX_ITEMS`` keys, tensors and strings of
+arrays are looked at one by one (arrays of numbers are stepped over in blocks).
 """
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,11 +24,32 @@ from edgefleet.memory import kv_bytes_per_token
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
-MAX_KV = 100_000
-MAX_TENSORS = 1_000_000
+MAX_KV = 65_536
+MAX_TENSORS = 65_536
 MAX_STRING = 1 << 20
-MAX_ARRAY = 1 << 24
 MAX_DIMS = 8
+# A real header is well under 16 MiB (a 262k-token vocabulary with its scores and
+# merges); these bound a hostile one at a few seconds of CPU and one block of memory.
+MAX_HEADER_BYTES = 64 << 20
+MAX_ITEMS = 1 << 21
+READ_BLOCK = 1 << 20
+
+# The header facts a manifest carries, with the largest value they may take (the largest
+# real models need a small fraction of each). Absent means 0 (unknown / not attention).
+FACT_BOUNDS: Mapping[str, int] = {
+    "context_length": 1 << 24,
+    "block_count": 1 << 12,
+    "embedding_length": 1 << 20,
+    "attention.head_count": 1 << 16,
+    "attention.head_count_kv": 1 << 16,
+    "attention.key_length": 1 << 16,
+    "attention.value_length": 1 << 16,
+}
+MAX_CONTEXT = FACT_BOUNDS["context_length"]
+MAX_TENSOR_DIM = 1 << 40
+MAX_PARAMETERS = 1 << 48
+ARCHITECTURE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+QUANTIZATION_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 
 # llama.cpp's llama_ftype values as stored in general.file_type.
 FILE_TYPES = {
@@ -36,6 +65,7 @@ _SCALARS = {
     10: "<Q", 11: "<q", 12: "<d",
 }  # fmt: skip
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -53,26 +83,70 @@ class GgufInfo:
 
 
 class _Reader:
+    """Reads the header through one buffer, counting bytes and items against the bounds."""
+
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
+        self.buffer = b""
+        self.position = 0  # in buffer
+        self.before = 0  # header bytes consumed before the buffer's start
+        self.items = 0
+
+    def _need(self, size: int) -> None:
+        if self.position + size <= len(self.buffer):
+            return
+        if self.before + self.position + size > MAX_HEADER_BYTES:
+            raise MalformedInputError(
+                f"GGUF header is larger than the bound of {MAX_HEADER_BYTES >> 20} MiB"
+            )
+        rest = self.buffer[self.position :]
+        more = self.stream.read(max(size - len(rest), READ_BLOCK))
+        self.before += self.position
+        self.buffer, self.position = rest + more, 0
+        if len(self.buffer) < size:
+            raise MalformedInputError("GGUF header is truncated")
+
+    def count(self, items: int) -> None:
+        self.items += items
+        if self.items > MAX_ITEMS:
+            raise MalformedInputError(f"GGUF header holds more than {MAX_ITEMS} items")
 
     def take(self, size: int) -> bytes:
-        data = self.stream.read(size)
-        if len(data) != size:
-            raise MalformedInputError("GGUF header is truncated")
+        self._need(size)
+        data = self.buffer[self.position : self.position + size]
+        self.position += size
         return data
 
     def scalar(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
-        length = self.scalar("<Q")
+    def _length(self) -> int:
+        self._need(8)
+        (length,) = _U64.unpack_from(self.buffer, self.position)
+        self.position += 8
         if length > MAX_STRING:
             raise MalformedInputError(f"GGUF string of {length} bytes exceeds the bound")
+        return int(length)
+
+    def string(self) -> str:
         try:
-            return self.take(length).decode("utf-8")
+            return self.take(self._length()).decode("utf-8")
         except UnicodeDecodeError as e:
             raise MalformedInputError("GGUF string is not UTF-8") from e
+
+    def skip_strings(self, count: int) -> None:
+        """Step over ``count`` strings of an array (a vocabulary) without decoding them."""
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if self.position + 8 > len(self.buffer):
+                self._need(8)
+            (length,) = unpack(self.buffer, self.position)
+            if length > MAX_STRING:
+                raise MalformedInputError(f"GGUF string of {length} bytes exceeds the bound")
+            self.position += 8
+            if self.position + length > len(self.buffer):
+                self._need(length)
+            self.position += length
 
     def value(self, kind: int) -> Any:
         if kind in _SCALARS:
@@ -81,13 +155,19 @@ class _Reader:
             return self.string()
         if kind == _ARRAY:
             item_kind, count = self.scalar("<I"), self.scalar("<Q")
-            if count > MAX_ARRAY or item_kind == _ARRAY:
-                raise MalformedInputError("GGUF array is too long or nested")
-            if item_kind in _SCALARS:  # skip fixed-size items without decoding them
-                self.take(struct.calcsize(_SCALARS[item_kind]) * count)
+            if item_kind == _ARRAY:
+                raise MalformedInputError("GGUF arrays of arrays are not supported")
+            if item_kind in _SCALARS:  # fixed-size items: step over them in one bounded take
+                size = struct.calcsize(_SCALARS[item_kind]) * count
+                while size:
+                    step = min(size, READ_BLOCK)
+                    self.take(step)
+                    size -= step
+            elif item_kind == _STRING:
+                self.count(count)
+                self.skip_strings(count)
             else:
-                for _ in range(count):
-                    self.value(item_kind)
+                raise MalformedInputError(f"GGUF array item type {item_kind} is unknown")
             return ("array", count)
         raise MalformedInputError(f"GGUF value type {kind} is unknown")
 
@@ -103,6 +183,7 @@ def read_gguf_header(stream: BinaryIO) -> GgufInfo:
     tensor_count, kv_count = reader.scalar("<Q"), reader.scalar("<Q")
     if tensor_count > MAX_TENSORS or kv_count > MAX_KV:
         raise MalformedInputError("GGUF header claims too many tensors or keys")
+    reader.count(tensor_count + kv_count)
     metadata: dict[str, Any] = {}
     for _ in range(kv_count):
         key = reader.string()
@@ -115,17 +196,41 @@ def read_gguf_header(stream: BinaryIO) -> GgufInfo:
             raise MalformedInputError(f"GGUF tensor has {dims} dimensions")
         count = 1
         for _ in range(dims):
-            count *= reader.scalar("<Q")
+            size = reader.scalar("<Q")
+            if size > MAX_TENSOR_DIM:
+                raise MalformedInputError(f"GGUF tensor dimension {size} exceeds the bound")
+            count *= size
         reader.take(4 + 8)  # tensor type and data offset
         parameters += count
+        if parameters > MAX_PARAMETERS:
+            raise MalformedInputError("GGUF tensors hold more parameters than the bound")
     return _summarize(version, tensor_count, parameters, metadata)
+
+
+def header_facts(metadata: Mapping[str, Any], architecture: str) -> dict[str, int]:
+    """The bounded integer facts (``FACT_BOUNDS``) of ``architecture``; absent ones are 0.
+
+    Raises MalformedInputError for a fact that is negative, over its bound or not an
+    integer. A per-layer array (some models vary heads by layer) counts as absent."""
+    facts = {}
+    for suffix, bound in FACT_BOUNDS.items():
+        key = f"{architecture}.{suffix}"
+        value = metadata.get(key, 0)
+        if isinstance(value, tuple):  # ("array", n)
+            value = 0
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= bound:
+            raise MalformedInputError(f"GGUF key {key} = {value!r} is not an integer 0..{bound}")
+        facts[suffix] = value
+    return facts
 
 
 def _summarize(version: int, tensors: int, parameters: int, metadata: dict[str, Any]) -> GgufInfo:
     architecture = metadata.get("general.architecture")
-    if not isinstance(architecture, str) or not architecture:
-        raise MalformedInputError("GGUF header has no general.architecture")
-    context_length = metadata.get(f"{architecture}.context_length", 0)
+    if not isinstance(architecture, str) or not ARCHITECTURE_PATTERN.match(architecture):
+        raise MalformedInputError(
+            "GGUF general.architecture is missing or not 1-64 chars of a-z, 0-9, '.', '_', '-'"
+        )
+    facts = header_facts(metadata, architecture)
     file_type = metadata.get("general.file_type")
     quantization = FILE_TYPES.get(file_type, "unknown") if isinstance(file_type, int) else "unknown"
     return GgufInfo(
@@ -133,8 +238,8 @@ def _summarize(version: int, tensors: int, parameters: int, metadata: dict[str, 
         architecture=architecture,
         parameter_count=parameters,
         quantization=quantization,
-        context_length=int(context_length) if isinstance(context_length, int) else 0,
-        kv_bytes_per_token=kv_bytes_per_token(metadata, architecture),
+        context_length=facts["context_length"],
+        kv_bytes_per_token=kv_bytes_per_token(facts),
         tensor_count=tensors,
         metadata=metadata,
     )

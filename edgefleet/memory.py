@@ -11,30 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from edgefleet.errors import ResourceError
+from edgefleet.errors import MalformedInputError, ResourceError
 
 MIB = 1024 * 1024
 BASE_OVERHEAD = 64 * MIB
 F16_BYTES = 2
 
 
-def _int(metadata: Mapping[str, Any], key: str, default: int = 0) -> int:
-    value = metadata.get(key, default)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def kv_bytes_per_token(metadata: Mapping[str, Any], architecture: str) -> int:
-    """Bytes of f16 K and V cache one token of context costs, from the GGUF header."""
-    layers = _int(metadata, f"{architecture}.block_count")
-    embedding = _int(metadata, f"{architecture}.embedding_length")
-    heads = _int(metadata, f"{architecture}.attention.head_count")
+def kv_bytes_per_token(facts: Mapping[str, int]) -> int:
+    """Bytes of f16 K and V cache one token of context costs, from a header's checked facts
+    (``edgefleet.gguf.header_facts``: non-negative integers, 0 where absent)."""
+    if any(value < 0 for value in facts.values()):
+        raise MalformedInputError("GGUF header facts must not be negative")
+    layers, embedding = facts.get("block_count", 0), facts.get("embedding_length", 0)
+    heads = facts.get("attention.head_count", 0)
     if not (layers and embedding and heads):
         return 0  # not an attention model (or no header facts): no KV cache to reserve
-    kv_heads = _int(metadata, f"{architecture}.attention.head_count_kv", heads) or heads
-    key_length = _int(metadata, f"{architecture}.attention.key_length", embedding // heads)
-    value_length = _int(metadata, f"{architecture}.attention.value_length", embedding // heads)
+    kv_heads = facts.get("attention.head_count_kv", 0) or heads
+    key_length = facts.get("attention.key_length", 0) or embedding // heads
+    value_length = facts.get("attention.value_length", 0) or embedding // heads
     return layers * kv_heads * (key_length + value_length) * F16_BYTES
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from demo import Fleet, active_models, wait_for
+from edgefleet.bundled import bundled_model_path
+from tests.integration.fleets import ModelFleet
 
 
 @pytest.fixture(scope="session")
@@ -13,8 +18,45 @@ def smollm2_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An F16 GGUF of the bundled Q4_1 SmolLM2-135M, dequantized by llama.cpp's quantizer:
     real weights for the quantization pipeline (DESIGN §5)."""
     from controller.quantization.pipeline import quantize_file
-    from edgefleet.bundled import bundled_model_path
 
     path = tmp_path_factory.mktemp("f16") / "smollm2-f16.gguf"
     quantize_file(bundled_model_path(), path, "f16", os.cpu_count() or 1, lambda *_: None)
     return path
+
+
+# Real controller and agent processes on loopback, for tests/integration and tests/attacks.
+
+
+@pytest.fixture(scope="session")
+def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelFleet]:
+    """The demo path: controller, bundled model published and rolled out, agent gw1 serving it."""
+    fleet = Fleet(tmp_path_factory.mktemp("model-fleet"))
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        model = str(bundled_model_path())
+        fleet.ctl("models", "publish", model, "--name", "smollm2", "--version", "1.0")
+        device_id = fleet.enroll("gw1", {"site": "lab"})
+        token = fleet.app_token("gw1", "app:tests", "smollm2*")
+        fleet.ctl("rollout", "create", "smollm2@1.0", "--selector", "site=lab")
+        api = fleet.start_agent("gw1")
+        wait_for("smollm2 to become active", lambda: active_models(api, token), 120)
+        yield ModelFleet(fleet, device_id, api, token)
+    finally:
+        fleet.stop_all()
+
+
+@pytest.fixture
+def small_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
+    """A fresh controller and one running agent (site=lab) with nothing rolled out yet."""
+    fleet = Fleet(tmp_path)
+    # Tiny test models have weights but no vocabulary: llama.cpp cannot load them.
+    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        device_id = fleet.enroll("gw", {"site": "lab"})
+        fleet.start_agent("gw", sync_interval=1)
+        yield fleet, device_id
+    finally:
+        fleet.stop_all()

@@ -29,3 +29,31 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_gguf_with_facts(path: Path, facts: dict[str, object], arch: str = "llama") -> Path:
+    """A tiny GGUF whose header says ``facts`` (``{arch}.KEY`` → value), written as int32
+    for ints (so negative values can be said), as strings and floats otherwise: the shape
+    of the hostile file of the first adversarial review."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in facts.items():
+        name = f"{arch}.{key}"
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(f"unsupported fact {key}={value!r}")
+        if isinstance(value, str):
+            writer.add_string(name, value)
+        elif isinstance(value, float):
+            writer.add_float32(name, value)
+        elif -(2**31) <= value < 2**31:
+            writer.add_int32(name, value)
+        else:
+            writer.add_uint64(name, value)
+    writer.add_file_type(2)
+    writer.add_tensor("output.weight", np.zeros((3, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

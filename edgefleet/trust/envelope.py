@@ -7,6 +7,7 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar, Protocol, Self
 
 from edgefleet.errors import MalformedInputError, SignatureError
 from edgefleet.trust.keys import PublicKey, SigningKey
@@ -71,6 +72,27 @@ def sign_envelope(payload_type: str, payload: bytes, keys: Iterable[SigningKey])
     message = pae(payload_type, payload)
     signatures = tuple(Signature(k.keyid, k.sign(message)) for k in keys)
     return Envelope(payload_type, payload, signatures)
+
+
+class SignedDocument(Protocol):
+    """Metadata a role signs (root, targets, timestamp, policy): canonical bytes out, and
+    the validating parser every verifier uses to read them back."""
+
+    PAYLOAD_TYPE: ClassVar[str]
+
+    def to_payload(self) -> bytes: ...
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Self: ...
+
+
+def sign_document(document: SignedDocument, keys: Iterable[SigningKey]) -> Envelope:
+    """Sign ``document`` once its bytes parse back, with the parser a verifier uses, to an
+    equal document: nothing is signed that a device would refuse to read."""
+    payload = document.to_payload()
+    if type(document).from_payload(payload) != document:
+        raise MalformedInputError(f"{type(document).__name__} does not survive its own encoding")
+    return sign_envelope(document.PAYLOAD_TYPE, payload, keys)
 
 
 def verify_envelope(

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from edgefleet.bundled import bundled_model_path
+from edgefleet.errors import MalformedInputError
 from edgefleet.gguf import read_gguf_file
 from edgefleet.memory import MIB, estimate_memory, fits, kv_bytes_per_token
 
@@ -31,9 +32,17 @@ def test_kv_cache_of_the_bundled_model() -> None:
 
 def test_grouped_query_attention_and_missing_facts() -> None:
     """KV heads default to heads; a header without attention facts reserves no KV cache."""
-    meta = {"x.block_count": 2, "x.embedding_length": 64, "x.attention.head_count": 4}
-    assert kv_bytes_per_token(meta, "x") == 2 * 4 * (16 + 16) * 2
-    assert kv_bytes_per_token({"x.block_count": 2}, "x") == 0
+    facts = {"block_count": 2, "embedding_length": 64, "attention.head_count": 4}
+    assert kv_bytes_per_token(facts) == 2 * 4 * (16 + 16) * 2
+    assert kv_bytes_per_token({**facts, "attention.head_count_kv": 1}) == 2 * 1 * (16 + 16) * 2
+    assert kv_bytes_per_token({"block_count": 2}) == 0
+
+
+def test_negative_facts_are_refused_not_computed() -> None:
+    """A negative fact never becomes a (negative) KV size."""
+    facts = {"block_count": -30, "embedding_length": 64, "attention.head_count": -9}
+    with pytest.raises(MalformedInputError, match="must not be negative"):
+        kv_bytes_per_token(facts)
 
 
 def test_estimate_scales_with_context_and_slots() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 
+from edgefleet.canonical import canonical_bytes
 from edgefleet.errors import (
     ExpiredMetadataError,
     MalformedInputError,
@@ -65,14 +67,18 @@ def test_a_forged_signature_from_a_named_key_does_not_count() -> None:
 
 
 def test_a_root_key_may_not_sign_for_an_online_role() -> None:
-    """Role separation: a root that lets the offline root key sign targets is malformed."""
+    """Role separation: a root that lets the offline root key sign targets is malformed,
+    whether it is built (before signing) or read (bytes from elsewhere)."""
     fleet = Fleet()
     root = fleet.root()
     roles = dict(root.roles)
     roles["targets"] = RoleKeys((fleet.keys["root"].keyid,), 1)
-    shared = Root(root.version, root.expires, root.keys, roles, root.ca_sha256)
     with pytest.raises(MalformedInputError, match="also signs for an online role"):
-        Root.from_payload(shared.to_payload())
+        Root(root.version, root.expires, root.keys, roles, root.ca_sha256)
+    doc = json.loads(root.to_payload())
+    doc["roles"]["targets"]["keyids"] = [fleet.keys["root"].keyid]
+    with pytest.raises(MalformedInputError, match="also signs for an online role"):
+        Root.from_payload(canonical_bytes(doc))
 
 
 def test_a_snapshot_is_accepted_whole() -> None:
