@@ -108,7 +108,7 @@ def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def _devices_show(client: OperatorClient, args: argparse.Namespace) -> int:
-    view = next((v for v in client.list_devices() if v.device_id == args.device_id), None)
+    view = next(iter(client.list_devices(args.device_id)), None)
     if view is None:
         raise NotFoundError(f"device {args.device_id} is not enrolled")
     if args.json:
@@ -232,10 +232,15 @@ def _devices_preauthorize(client: OperatorClient, args: argparse.Namespace) -> i
 
 
 def _operator_add(client: OperatorClient, args: argparse.Namespace) -> int:
-    args.out.mkdir(parents=True, exist_ok=False, mode=0o700)
+    if args.out.exists():
+        raise ConfigError(f"{args.out} already exists: name a new directory for the credential")
     key = new_tls_key()
     certificate, ca = client.add_operator(args.name, args.role, make_csr(key))
-    write_operator_credential(args.out, key_pem(key), certificate, ca, client.address)
+    try:
+        args.out.mkdir(parents=True, mode=0o700)
+        write_operator_credential(args.out, key_pem(key), certificate, ca, client.address)
+    except OSError as e:
+        raise ConfigError(f"cannot write the credential to {args.out}: {e.strerror}") from e
     print(f"operator {args.name} ({args.role}): credential in {args.out / 'edgefleetctl.toml'}")
     return 0
 

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
 from controller.ca import OPERATOR_VALIDITY, CertificateAuthority
@@ -13,7 +14,12 @@ from controller.rpc.authorization import BUILTIN_OPERATOR_ROLES
 from controller.store.database import Database
 from controller.store.schema import Operator
 from edgefleet.audit import AuditEvent
-from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError
+from edgefleet.errors import (
+    ConflictError,
+    MalformedInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from edgefleet.rbac import Policy
 from edgefleet.tls import cert_pem, load_certificate
 
@@ -21,12 +27,27 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def role_permissions(role: str, policy: Policy | None) -> frozenset[str]:
-    """Permissions of a built-in role, or of a custom role the policy defines."""
+    """Permissions of a built-in role, or of a custom operator role the policy defines."""
     if role in BUILTIN_OPERATOR_ROLES:
         return BUILTIN_OPERATOR_ROLES[role]
-    if policy is not None and role in policy.roles:
-        return policy.roles[role]
+    if policy is not None and role in policy.operator_roles:
+        return policy.operator_roles[role]
     return frozenset()
+
+
+def held_role(session: Session, name: str, policy: Policy | None) -> tuple[str, frozenset[str]]:
+    """The role operator ``name`` holds and its permissions, as this transaction sees them."""
+    operator = session.get(Operator, name)
+    if operator is None:
+        raise PermissionDeniedError(f"operator:{name} is not a registered operator")
+    return operator.role, role_permissions(operator.role, policy)
+
+
+def require_held(held: frozenset[str], granted: frozenset[str], what: str) -> None:
+    """Nobody grants what they do not hold: refuse unless ``granted`` is within ``held``."""
+    missing = sorted(granted - held)
+    if missing:
+        raise PermissionDeniedError(f"{what} grants {', '.join(missing)}, which you do not hold")
 
 
 def ensure_bootstrap_admin(db: Database, admin_cert_pem: bytes) -> None:
@@ -60,10 +81,13 @@ def add_operator(
         raise MalformedInputError(
             f"operator name {name!r} must be 1-64 chars of a-z, 0-9, '.', '_', '-'"
         )
-    if not role_permissions(role, policy):
-        known = sorted(BUILTIN_OPERATOR_ROLES) + sorted(policy.roles if policy else ())
+    granted = role_permissions(role, policy)
+    if not granted:
+        known = sorted(BUILTIN_OPERATOR_ROLES) + sorted(policy.operator_roles if policy else ())
         raise NotFoundError(f"unknown role {role!r}; roles: {', '.join(known)}")
     with db.session() as session:
+        _, held = held_role(session, by, policy)
+        require_held(held, granted, f"role {role}")
         if session.get(Operator, name) is not None:
             raise ConflictError(f"operator {name} already exists")
         cert = ca.issue_from_csr(csr_pem, f"operator:{name}", OPERATOR_VALIDITY)

@@ -9,6 +9,7 @@ and only its SHA-256 is signed into the policy) and revoked by a new version wit
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,16 +19,18 @@ from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
 from controller.keyring import Keyring, TrustMaterial
+from controller.operators import held_role, require_held
+from controller.rpc.authorization import BUILTIN_OPERATOR_ROLES
 from controller.store.database import Database
 from controller.store.schema import PolicyVersion
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import parse_object
-from edgefleet.errors import MalformedInputError, NotFoundError
-from edgefleet.rbac import Binding, Policy, check_subject, new_token
+from edgefleet.errors import MalformedInputError, NotFoundError, PermissionDeniedError
+from edgefleet.rbac import DEVICE_PERMISSIONS, Binding, Policy, check_subject, new_token
 from edgefleet.trust.envelope import Envelope
-from edgefleet.trust.metadata import POLICY_TYPE
 
 MAX_POLICY_BYTES = 1024 * 1024
+ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def latest_policy(session: Session) -> tuple[Policy, Envelope] | None:
@@ -44,6 +47,55 @@ def latest_policy(session: Session) -> tuple[Policy, Envelope] | None:
 def pretty(policy: Policy) -> str:
     """A stable, readable rendering for `policy show` and `policy diff`."""
     return json.dumps(json.loads(policy.to_payload()), indent=2, sort_keys=True) + "\n"
+
+
+def parse_document(document: bytes, current: Policy | None) -> Policy:
+    """An operator's policy file as the policy it would become (tokens kept if omitted).
+
+    Stricter than reading a signed version: ``roles`` may hold device permissions only
+    (operator roles go under ``operator_roles``) and no custom role takes a built-in
+    role's name."""
+    if len(document) > MAX_POLICY_BYTES:
+        raise MalformedInputError(f"a policy document is limited to {MAX_POLICY_BYTES} bytes")
+    doc = parse_object(document, "policy document")
+    unknown = set(doc) - {"roles", "operator_roles", "bindings", "tokens", "audit_redact"}
+    if unknown:
+        raise MalformedInputError(f"policy document: unknown keys {sorted(unknown)}")
+    if "tokens" not in doc and current is not None:
+        doc["tokens"] = json.loads(current.to_payload())["tokens"]
+    doc["version"] = current.version if current else 0
+    policy = Policy.from_payload(json.dumps(doc).encode("utf-8"))
+    for name in (*policy.roles, *policy.operator_roles):
+        if not ROLE_NAME.match(name):
+            raise MalformedInputError(f"policy: role name {name[:64]!r} is not 1-64 of a-z0-9._-")
+    for name, permissions in policy.roles.items():
+        if outside := sorted(permissions - DEVICE_PERMISSIONS):
+            raise MalformedInputError(
+                f"policy: role {name} lists {', '.join(outside)}: roles hold device "
+                f"permissions ({', '.join(sorted(DEVICE_PERMISSIONS))}); put operator roles "
+                "under operator_roles"
+            )
+    if shadowed := sorted(set(policy.operator_roles) & set(BUILTIN_OPERATOR_ROLES)):
+        raise MalformedInputError(f"policy: operator role {shadowed[0]} is a built-in role")
+    return policy
+
+
+def check_operator_roles(
+    session: Session, operator: str, current: Policy | None, proposed: Policy
+) -> None:
+    """Nobody changes the operator role they hold, nor a role granting what they lack."""
+    role, held = held_role(session, operator, current)
+    before = current.operator_roles if current else {}
+    after = proposed.operator_roles
+    for name in sorted(before.keys() | after.keys()):
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        if name == role:
+            raise PermissionDeniedError(
+                f"operator role {name} is the role you hold: another operator must change it"
+            )
+        require_held(held, (old or frozenset()) | (new or frozenset()), f"operator role {name}")
 
 
 class PolicyService:
@@ -69,7 +121,7 @@ class PolicyService:
         version = (current[0].version if current else 0) + 1
         expires = datetime.now(UTC).replace(microsecond=0) + self.expiry
         signed = replace(policy, version=version, expires=expires)
-        envelope = self.keyring.current().sign("policy", POLICY_TYPE, signed.to_payload())
+        envelope = self.keyring.current().sign("policy", signed)
         session.add(
             PolicyVersion(
                 version=version,
@@ -91,24 +143,13 @@ class PolicyService:
             if found is not None and not material.vouches("policy", found[1]):
                 self._sign(session, found[0], "controller", "policy.resign", "policy")
 
-    def parse_document(self, document: bytes) -> Policy:
-        """An operator's policy file as the policy it would become (tokens kept if omitted)."""
-        if len(document) > MAX_POLICY_BYTES:
-            raise MalformedInputError(f"a policy document is limited to {MAX_POLICY_BYTES} bytes")
-        doc = parse_object(document, "policy document")
-        unknown = set(doc) - {"roles", "bindings", "tokens", "audit_redact"}
-        if unknown:
-            raise MalformedInputError(f"policy document: unknown keys {sorted(unknown)}")
-        current = self.current()
-        if "tokens" not in doc and current is not None:
-            doc["tokens"] = json.loads(current.to_payload())["tokens"]
-        doc["version"] = current.version if current else 0
-        return Policy.from_payload(json.dumps(doc).encode("utf-8"))
-
     def apply(self, operator: str, document: bytes) -> Policy:
         """Validate, version and sign an operator's policy document."""
-        policy = self.parse_document(document)
         with self._lock, self.db.session(exclusive="policy") as session:
+            found = latest_policy(session)
+            current = found[0] if found else None
+            policy = parse_document(document, current)
+            check_operator_roles(session, operator, current, policy)
             return self._sign(session, policy, f"operator:{operator}", "policy.apply", "policy")
 
     def create_token(

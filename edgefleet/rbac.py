@@ -16,18 +16,20 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import MalformedInputError
-from edgefleet.trust.metadata import format_time, parse_time
+from edgefleet.trust.metadata import POLICY_TYPE, format_time, parse_time
 
-PERMISSIONS = frozenset(
+# What a device's local API checks: the vocabulary of a policy's ``roles``.
+DEVICE_PERMISSIONS = frozenset({"inference.invoke", "models.read"})
+# What the controller checks on operator calls: the vocabulary of built-in operator roles
+# and of a policy's ``operator_roles``.
+OPERATOR_PERMISSIONS = frozenset(
     {
-        "inference.invoke",
         "models.read",
-        "models.import",
         "models.publish",
         "rollouts.read",
         "rollouts.manage",
@@ -35,11 +37,17 @@ PERMISSIONS = frozenset(
         "devices.manage",
         "policy.read",
         "policy.manage",
+        "tokens.manage",
         "operators.manage",
         "audit.read",
         "audit.export",
     }
 )
+# Policy versions signed before the two vocabularies were split could list operator
+# permissions under ``roles``; they still parse (a device must keep reading the policy it
+# holds), but no device checks them and the controller grants operators nothing from
+# ``roles``. A policy applied now may not list them there.
+LEGACY_ROLE_PERMISSIONS = OPERATOR_PERMISSIONS | {"models.import"}
 TOKEN_PREFIX = "efk_"  # noqa: S105 - a marker, not a secret
 SUBJECT_PATTERN = re.compile(r"^[a-z]+:[A-Za-z0-9._@-]{1,64}$")
 TOKEN_ID_PATTERN = re.compile(r"^[a-z0-9]{8,32}$")
@@ -70,6 +78,8 @@ class TokenEntry:
 class Policy:
     """A whole policy version."""
 
+    PAYLOAD_TYPE: ClassVar[str] = POLICY_TYPE
+
     version: int
     roles: Mapping[str, frozenset[str]]
     bindings: tuple[Binding, ...] = ()
@@ -77,6 +87,8 @@ class Policy:
     expires: datetime | None = None  # set on signed policies (freeze protection)
     # Audit record fields devices replace with "[redacted]": "actor", "target" or "details.<key>".
     audit_redact: tuple[str, ...] = ()
+    # Custom roles the controller may give operators (operator permissions only).
+    operator_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def redact(self, event: AuditEvent) -> AuditEvent:
         """The event with the fields this policy redacts replaced by a marker."""
@@ -97,10 +109,16 @@ class Policy:
         """Canonical bytes (what the policy role signs)."""
         expiry = {"expires": format_time(self.expires)} if self.expires else {}
         redaction = {"audit_redact": list(self.audit_redact)} if self.audit_redact else {}
+        operators = (
+            {"operator_roles": {n: sorted(p) for n, p in self.operator_roles.items()}}
+            if self.operator_roles
+            else {}
+        )
         return canonical_bytes(
             {
                 **expiry,
                 **redaction,
+                **operators,
                 "_type": "policy",
                 "version": self.version,
                 "roles": {name: sorted(perms) for name, perms in self.roles.items()},
@@ -129,7 +147,8 @@ class Policy:
         version = doc.get("version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise MalformedInputError("policy: version must be a non-negative integer")
-        roles = _parse_roles(doc.get("roles", {}))
+        roles = _parse_roles(doc.get("roles", {}), DEVICE_PERMISSIONS | LEGACY_ROLE_PERMISSIONS)
+        operator_roles = _parse_roles(doc.get("operator_roles", {}), OPERATOR_PERMISSIONS)
         bindings = tuple(_parse_binding(b, roles) for b in _list(doc, "bindings"))
         tokens = tuple(_parse_token(t) for t in _list(doc, "tokens"))
         if len({t.token_id for t in tokens}) != len(tokens):
@@ -138,7 +157,7 @@ class Policy:
         redact = _list(doc, "audit_redact")
         if not all(isinstance(f, str) and REDACTABLE.match(f) for f in redact):
             raise MalformedInputError("policy: audit_redact names actor, target or details.<key>")
-        return cls(version, roles, bindings, tokens, expires, tuple(redact))
+        return cls(version, roles, bindings, tokens, expires, tuple(redact), operator_roles)
 
     def subject_of_token(self, token: str) -> str | None:
         """The subject a bearer token authenticates as, or None if it is not valid."""
@@ -197,14 +216,16 @@ def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _parse_roles(raw: Any) -> dict[str, frozenset[str]]:
+def _parse_roles(raw: Any, vocabulary: frozenset[str]) -> dict[str, frozenset[str]]:
     if not isinstance(raw, dict):
         raise MalformedInputError("policy: roles must be an object")
     roles = {}
     for name, perms in raw.items():
-        if not isinstance(perms, list) or not all(p in PERMISSIONS for p in perms):
-            raise MalformedInputError(f"policy: role {name} names unknown permissions")
-        roles[str(name)] = frozenset(perms)
+        if not isinstance(perms, list) or not all(p in vocabulary for p in perms):
+            raise MalformedInputError(
+                f"policy: role {name} names permissions outside {', '.join(sorted(vocabulary))}"
+            )
+        roles[name] = frozenset(perms)
     return roles
 
 

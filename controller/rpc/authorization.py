@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgefleet.errors import AuthenticationError, PermissionDeniedError
-from edgefleet.rbac import PERMISSIONS
+from edgefleet.rbac import OPERATOR_PERMISSIONS
 
 Kind = Literal["anonymous", "device", "operator"]
 
@@ -30,7 +30,7 @@ class Rule:
 
 
 def _operator(permission: str) -> Rule:
-    assert permission in PERMISSIONS, permission
+    assert permission in OPERATOR_PERMISSIONS, permission
     return Rule(frozenset({"operator"}), permission)
 
 
@@ -57,15 +57,15 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "AddOperator": _operator("operators.manage"),
     _OPERATOR + "ApplyPolicy": _operator("policy.manage"),
     _OPERATOR + "GetPolicy": _operator("policy.read"),
-    _OPERATOR + "CreateAppToken": _operator("policy.manage"),
-    _OPERATOR + "RevokeAppToken": _operator("policy.manage"),
+    _OPERATOR + "CreateAppToken": _operator("tokens.manage"),
+    _OPERATOR + "RevokeAppToken": _operator("tokens.manage"),
     _OPERATOR + "SetDeviceState": _operator("devices.manage"),
     _OPERATOR + "PreauthorizeDevice": _operator("devices.manage"),
     _OPERATOR + "ExportBundle": _operator("models.publish"),
     _OPERATOR + "GetModelReport": _operator("models.read"),
 }
 
-ALL = frozenset(PERMISSIONS)
+ALL = OPERATOR_PERMISSIONS
 BUILTIN_OPERATOR_ROLES: Mapping[str, frozenset[str]] = {
     "admin": ALL,
     "release-manager": frozenset(
@@ -75,7 +75,6 @@ BUILTIN_OPERATOR_ROLES: Mapping[str, frozenset[str]] = {
             "rollouts.read",
             "rollouts.manage",
             "devices.read",
-            "audit.read",
         }
     ),
     "device-manager": frozenset({"devices.read", "devices.manage", "models.read", "rollouts.read"}),

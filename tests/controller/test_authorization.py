@@ -33,9 +33,8 @@ EXPECTED = {
         *MANAGE_ROLLOUTS,
         *READ_ROLLOUTS,
         "ListDevices",
-        "QueryAudit",
         "GetModelReport",
-    },
+    },  # no QueryAudit: the audit trail is the auditor's (review hole L14)
     "device-manager": {
         "CreateEnrollmentToken",
         "ListDevices",
@@ -125,3 +124,20 @@ def test_common_names_map_to_principals() -> None:
     for bad in ("controller", "device:", "admin:root"):
         with pytest.raises(AuthenticationError):
             principal_from_common_name(bad)
+
+
+def test_the_readme_role_table_states_each_builtin_role_exactly() -> None:
+    """Review hole L14: the README said less than the release-manager could do. Each row
+    of its table now names the role's permissions, and they are the code's."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| role | permissions (what they allow) |", 1)[1].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| ([a-z-]+) \| (.+) \|$", table, re.MULTILINE))
+    assert set(rows) == set(BUILTIN_OPERATOR_ROLES)
+    for role, text in rows.items():
+        named = set(re.findall(r"`([a-z]+\.[a-z]+)`", text))
+        expected = BUILTIN_OPERATOR_ROLES[role]
+        assert named == (set() if role == "admin" else expected), role
+    assert "audit.read" not in BUILTIN_OPERATOR_ROLES["release-manager"]
