@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from controller.store.database import Database
@@ -42,6 +42,14 @@ RecordRow = tuple[str, int, bytes, str, str, str, str, datetime]
 
 
 def _head(session: Session, chain: str) -> AuditHead:
+    """The chain's head, locked until the transaction ends, so concurrent appends queue.
+
+    ``FOR UPDATE`` locks the row on PostgreSQL; SQLite ignores it and reads outside any
+    transaction until the first write, so a no-op UPDATE comes first: it takes SQLite's
+    write lock (waiting its turn) and the read that follows sees the last commit."""
+    session.execute(
+        update(AuditHead).where(AuditHead.chain == chain).values(last_seq=AuditHead.last_seq)
+    )
     head = session.execute(
         select(AuditHead).where(AuditHead.chain == chain).with_for_update()
     ).scalar_one_or_none()

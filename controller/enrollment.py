@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
@@ -49,6 +49,17 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
             raise MalformedInputError(f"label {key}={value} has characters outside [a-z0-9._/-]")
     return dict(labels)
+
+
+def spend(session: Session, statement: Update) -> bool:
+    """Run a conditional UPDATE of one row; True if this transaction changed it.
+
+    One-time things (tokens, preauthorizations, state transitions) are spent this way and
+    never by reading then writing: the database decides which of concurrent callers wins,
+    on SQLite (the UPDATE waits for the write lock and sees the last commit) and on
+    PostgreSQL (the row lock makes a loser re-check the condition) alike."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 def _token_hash(token: str) -> str:
@@ -181,60 +192,98 @@ class Enrollment:
     def _with_token(
         self, session: Session, request: EnrollmentRequest, fingerprint: str
     ) -> Enrolled:
-        row = session.get(EnrollmentToken, _token_hash(request.token), with_for_update=True)
-        if row is None:
-            raise EnrollmentError("unknown enrollment token")
-        if row.used_at is not None:
-            raise EnrollmentError("enrollment token was already used")
+        token_hash = _token_hash(request.token)
+        device = self._new_device(request, fingerprint, {}, "active")
+        if not spend(
+            session,
+            update(EnrollmentToken)
+            .where(EnrollmentToken.token_sha256 == token_hash, EnrollmentToken.used_at.is_(None))
+            .values(used_at=datetime.now(UTC), device_id=device.device_id),
+        ):
+            row = session.get(EnrollmentToken, token_hash)
+            raise EnrollmentError(
+                "unknown enrollment token" if row is None else "enrollment token was already used"
+            )
+        row = session.get(EnrollmentToken, token_hash)
+        assert row is not None  # just spent in this transaction
         if row.expires_at.replace(tzinfo=UTC) <= datetime.now(UTC):
-            raise EnrollmentError("enrollment token has expired")
-        device = self._new_device(request, fingerprint, dict(row.labels), "active")
+            raise EnrollmentError("enrollment token has expired")  # rolls the spend back
+        device.labels = dict(row.labels)
         session.add(device)
-        row.used_at, row.device_id = datetime.now(UTC), device.device_id
-        return self._issue(session, device, request.csr_pem, f"token:{row.token_sha256[:16]}")
+        return self._issue(session, device, request.csr_pem, f"token:{token_hash[:16]}")
 
     def _without_token(
         self, session: Session, request: EnrollmentRequest, fingerprint: str
     ) -> Enrolled:
+        self.db.hold(session, f"enroll-key:{fingerprint}")  # PostgreSQL: one key at a time
         device = session.execute(
-            select(Device).where(Device.key_fingerprint == fingerprint)
+            select(Device)
+            .where(Device.key_fingerprint == fingerprint)
+            .order_by(Device.enrolled_at.desc())
+            .limit(1)
         ).scalar_one_or_none()
         if device is None:
-            preauthorized = session.get(Preauthorization, fingerprint, with_for_update=True)
-            if preauthorized is not None and not preauthorized.used_by:
-                device = self._new_device(
-                    request, fingerprint, dict(preauthorized.labels), "active"
-                )
-                session.add(device)
-                preauthorized.used_by = device.device_id
-                return self._issue(
-                    session, device, request.csr_pem, f"preauthorized:{fingerprint[:16]}"
-                )
-            pending = session.execute(
-                select(func.count()).select_from(Device).where(Device.state == "pending")
-            ).scalar_one()
-            if pending >= MAX_PENDING:
-                raise ResourceError("too many devices are waiting for approval")
-            device = self._new_device(request, fingerprint, {}, "pending")
-            session.add(device)
-            record_event(
-                session,
-                AuditEvent(
-                    "anonymous",
-                    "device.enroll",
-                    f"device:{device.device_id}",
-                    "pending",
-                    {"hostname": request.hostname, "key_fingerprint": fingerprint},
-                ),
-            )
-            return Enrolled(device.device_id, "pending")
+            return self._new_key(session, request, fingerprint)
         if device.state == "pending":
             return Enrolled(device.device_id, "pending")
         if device.state != "active" or device.certificate_serial:
             raise EnrollmentError(
                 f"device {device.device_id} is {device.state} and cannot enroll again"
             )
+        if not spend(  # an accepted device gets one certificate, whoever asks at once
+            session,
+            update(Device)
+            .where(Device.device_id == device.device_id, Device.certificate_serial == "")
+            .values(certificate_serial="-"),
+        ):
+            raise EnrollmentError(f"device {device.device_id} has enrolled already")
         return self._issue(session, device, request.csr_pem, "approved")
+
+    def _new_key(self, session: Session, request: EnrollmentRequest, fingerprint: str) -> Enrolled:
+        """A key never seen: preauthorized (spent once) or a new pending device."""
+        device = self._new_device(request, fingerprint, {}, "active")
+        if spend(
+            session,
+            update(Preauthorization)
+            .where(Preauthorization.key_fingerprint == fingerprint, Preauthorization.used_by == "")
+            .values(used_by=device.device_id),
+        ):
+            preauthorized = session.get(Preauthorization, fingerprint)
+            assert preauthorized is not None  # just spent in this transaction
+            device.labels = dict(preauthorized.labels)
+            session.add(device)
+            return self._issue(
+                session, device, request.csr_pem, f"preauthorized:{fingerprint[:16]}"
+            )
+        if session.get(Preauthorization, fingerprint) is not None:
+            raise EnrollmentError("this key's preauthorization was already used")
+        pending = session.execute(
+            select(func.count()).select_from(Device).where(Device.state == "pending")
+        ).scalar_one()
+        if pending >= MAX_PENDING:
+            raise ResourceError("too many devices are waiting for approval")
+        device.state = "pending"
+        session.add(device)
+        session.flush()  # SQLite: holds the write lock from here, so it sees every commit
+        earlier = session.execute(
+            select(Device.device_id)
+            .where(Device.key_fingerprint == fingerprint, Device.device_id != device.device_id)
+            .limit(1)
+        ).scalar_one_or_none()
+        if earlier is not None:  # the same key asked at the same moment: one device
+            session.delete(device)
+            return Enrolled(earlier, "pending")
+        record_event(
+            session,
+            AuditEvent(
+                "anonymous",
+                "device.enroll",
+                f"device:{device.device_id}",
+                "pending",
+                {"hostname": request.hostname, "key_fingerprint": fingerprint},
+            ),
+        )
+        return Enrolled(device.device_id, "pending")
 
     def set_state(self, operator: str, device_id: str, action: str) -> str:
         """accept | reject a pending device, revoke an active one; return the new state."""
@@ -242,14 +291,18 @@ class Enrollment:
             raise MalformedInputError(f"action must be one of {', '.join(TRANSITIONS)}")
         before, after = TRANSITIONS[action]
         with self.db.session() as session:
-            device = session.get(Device, device_id, with_for_update=True)
-            if device is None:
-                raise NotFoundError(f"no device {device_id}")
-            if device.state != before:
+            if not spend(
+                session,
+                update(Device)
+                .where(Device.device_id == device_id, Device.state == before)
+                .values(state=after),
+            ):
+                device = session.get(Device, device_id)
+                if device is None:
+                    raise NotFoundError(f"no device {device_id}")
                 raise MalformedInputError(
                     f"cannot {action} device {device_id}: it is {device.state}"
                 )
-            device.state = after
             record_event(
                 session,
                 AuditEvent(

@@ -118,3 +118,88 @@ def test_bad_csr_and_labels_are_refused(enrollment: Enrollment) -> None:
         enrollment.enroll(EnrollmentRequest(token, b"-----BEGIN junk", "gw", "0.1", AUDIT_KEY))
     with pytest.raises(MalformedInputError, match="label"):
         enrollment.create_token("admin", {"Site Name": "x y"}, timedelta(minutes=5))
+
+
+def _race(count: int, call: object) -> list[object]:
+    """Run ``call`` from ``count`` threads released at once; return results or errors."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    barrier = Barrier(count)
+
+    def one(_: int) -> object:
+        barrier.wait()
+        try:
+            return call()  # type: ignore[operator]
+        except Exception as e:  # noqa: BLE001 - the outcome under test
+            return e
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_one_token_enrolls_one_device_among_16_racing_callers(enrollment: Enrollment) -> None:
+    """Review hole H2: 16 concurrent enrollments with one token enroll exactly one device;
+    every loser is told the token was already used (never an internal error)."""
+    token, _ = enrollment.create_token("admin", {"site": "a"}, timedelta(minutes=5))
+    outcomes = _race(16, lambda: enrollment.enroll(request(token)))
+    enrolled = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(enrolled) == 1
+    assert all(
+        isinstance(o, EnrollmentError) and "already used" in str(o)
+        for o in outcomes
+        if isinstance(o, Exception)
+    ), outcomes
+    with enrollment.db.session() as session:
+        assert session.query(Device).count() == 1
+
+
+def test_one_preauthorization_enrolls_one_device_among_16_racing_callers(
+    enrollment: Enrollment,
+) -> None:
+    """A preauthorized key raced by 16 callers becomes one device, no pending extras."""
+    key = new_tls_key()
+    enrollment.preauthorize("admin", key_fingerprint(key), {"site": "p"})
+    outcomes = _race(16, lambda: enrollment.enroll(request(key=key)))
+    enrolled = [o for o in outcomes if not isinstance(o, Exception)]
+    assert [o.status for o in enrolled] == ["enrolled"]  # type: ignore[attr-defined]
+    assert all(isinstance(o, EnrollmentError) for o in outcomes if isinstance(o, Exception))
+    with enrollment.db.session() as session:
+        assert session.query(Device).count() == 1
+
+
+def test_a_new_key_raced_by_16_callers_is_one_pending_device(enrollment: Enrollment) -> None:
+    """Without a token, the same key asking 16 times at once waits as one device."""
+    key = new_tls_key()
+    outcomes = _race(16, lambda: enrollment.enroll(request(key=key)))
+    assert {o.status for o in outcomes} == {"pending"}, outcomes  # type: ignore[attr-defined]
+    assert len({o.device_id for o in outcomes}) == 1  # type: ignore[attr-defined]
+    with enrollment.db.session() as session:
+        assert session.query(Device).count() == 1
+
+
+def test_an_accepted_device_gets_one_certificate_among_16_racing_callers(
+    enrollment: Enrollment,
+) -> None:
+    """Racing to collect an approved device's certificate issues it once."""
+    key = new_tls_key()
+    pending = enrollment.enroll(request(key=key))
+    enrollment.set_state("admin", pending.device_id, "accept")
+    outcomes = _race(16, lambda: enrollment.enroll(request(key=key)))
+    assert len([o for o in outcomes if not isinstance(o, Exception)]) == 1
+    assert all(isinstance(o, EnrollmentError) for o in outcomes if isinstance(o, Exception))
+
+
+def test_a_device_is_accepted_or_rejected_once_among_16_racing_operators(
+    enrollment: Enrollment,
+) -> None:
+    """Accept and reject raced on one pending device: one wins, the rest are refused."""
+    pending = enrollment.enroll(request(key=new_tls_key()))
+    actions = iter(["accept", "reject"] * 8)
+    outcomes = _race(16, lambda: enrollment.set_state("admin", pending.device_id, next(actions)))
+    won = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(won) == 1
+    assert all(isinstance(o, MalformedInputError) for o in outcomes if isinstance(o, Exception))
+    with enrollment.db.session() as session:
+        device = session.get(Device, pending.device_id)
+        assert device is not None and device.state == won[0]
