@@ -51,6 +51,12 @@ class AgentConfig:
     max_queued_requests: int = 16
     # Bearer tokens and RBAC on the local API; off is allowed on loopback only.
     api_auth: bool = True
+    # With api_auth off, browser pages may call the API only from these origins
+    # ("http://localhost:3000,https://ui.example"); any other Origin is refused (403).
+    api_allowed_origins: str = ""
+    # A source (IP address) whose requests fail authentication more than this many times a
+    # minute gets 429 without a check; only its first failure of each minute is audited.
+    api_auth_failures_per_minute: int = 30
     # Store SHA-256 hashes of prompts and completions in inference audit records.
     audit_content_hashes: bool = False
     # Sign a checkpoint of the audit chain every N records or T seconds.
@@ -128,6 +134,7 @@ class AgentConfig:
             "watch_reconnect_max_seconds",
             "verify_sample_chunks",
             "max_offline_days",
+            "api_auth_failures_per_minute",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

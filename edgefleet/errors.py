@@ -35,6 +35,10 @@ class MalformedInputError(UntrustedInputError):
     """Input cannot be parsed: bad JSON, bad GGUF, bad field."""
 
 
+class RequestTooLargeError(UntrustedInputError):
+    """A request asks for more than the model can take (a prompt longer than its context)."""
+
+
 class AuditChainError(UntrustedInputError):
     """An audit record does not link to its predecessor or is out of sequence."""
 

@@ -17,6 +17,7 @@ from agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
 from agent.inference.generation import GenerationEndpoint
 from agent.inference.requests import ApiError
 from edgefleet.audit import AuditEvent
+from edgefleet.config_files import is_loopback
 
 RETRY_AFTER_SECONDS = 1
 
@@ -60,6 +61,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise ApiError(
                 403, f"{request.method} {request.path} is not allowed", "invalid_request_error"
             )
+        _check_browser_rules(ctx, request)
         request[SUBJECT] = ANONYMOUS
         if ROUTE_PERMISSIONS[key] is not None and ctx.config.api_auth:
             request[SUBJECT] = await _authenticate(ctx, request)
@@ -68,24 +70,68 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_response(e)
 
 
+def _check_browser_rules(ctx: ApiContext, request: web.Request) -> None:
+    """Keep web pages out: a body must be JSON (a page's "simple request" cannot send
+    that without a CORS preflight, which is never answered); and with api_auth off, only
+    allowed origins, and only a loopback Host (no DNS rebinding to 127.0.0.1)."""
+    if request.method == "POST" and request.content_type != "application/json":
+        raise ApiError(
+            415,
+            "the request body must be sent as Content-Type: application/json",
+            "invalid_request_error",
+        )
+    if ctx.config.api_auth:
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in ctx.allowed_origins:
+        raise ApiError(
+            403,
+            f"requests from origin {origin[:100]!r} are refused",
+            "invalid_request_error",
+            code="origin_not_allowed",
+        )
+    host = (request.host or "").rsplit(":", 1)[0].strip("[]")
+    if not is_loopback(host):
+        raise ApiError(
+            403,
+            f"Host {request.host[:100]!r} is not this agent's loopback address",
+            "invalid_request_error",
+            code="host_not_allowed",
+        )
+
+
 async def _authenticate(ctx: ApiContext, request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     subject = (
         ctx.policy_now().subject_of_token(token.strip()) if scheme.lower() == "bearer" else None
     )
-    if subject is None:
-        reason = "missing bearer token" if not header else "invalid bearer token"
-        await ctx.audit_event(
-            AuditEvent("anonymous", "api.authenticate", request.path, "denied", {"reason": reason})
-        )
+    if subject is not None:
+        return str(subject)
+    reason = "missing bearer token" if not header else "invalid bearer token"
+    source = request.remote or "unknown"
+    ctx.metrics.auth_failures.labels(reason.split()[0]).inc()
+    denial = ctx.auth_failures.deny(source)
+    if denial.limited:
         raise ApiError(
-            401,
-            f"{reason}: send Authorization: Bearer <token>",
-            "invalid_request_error",
-            code="invalid_api_key",
+            429,
+            f"too many failed authentications from {source}; retry in a minute",
+            "rate_limit_error",
+            code="auth_rate_limited",
         )
-    return str(subject)
+    if denial.record:  # the first of the minute; the metric counts every one
+        details: dict[str, object] = {"reason": reason, "source": source[:64]}
+        if denial.earlier:
+            details["unrecorded_before"] = denial.earlier
+        await ctx.audit_event(
+            AuditEvent("anonymous", "api.authenticate", request.path[:128], "denied", details)
+        )
+    raise ApiError(
+        401,
+        f"{reason}: send Authorization: Bearer <token>",
+        "invalid_request_error",
+        code="invalid_api_key",
+    )
 
 
 async def list_models(request: web.Request) -> web.Response:

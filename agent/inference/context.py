@@ -17,6 +17,7 @@ from agent.offline import OfflineGuard
 from agent.policy import DevicePolicy
 from agent.registry.registry import Registry
 from edgefleet.audit import AuditEvent
+from edgefleet.denials import DenialWindow
 from edgefleet.rbac import Policy
 
 ANONYMOUS = "local:anonymous"
@@ -36,6 +37,15 @@ class ApiContext:
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     serving: ServingStats = field(default_factory=ServingStats)
     offline: OfflineGuard | None = None
+    auth_failures: DenialWindow = field(default_factory=lambda: DenialWindow(60, 30))
+
+    def __post_init__(self) -> None:
+        self.auth_failures = DenialWindow(60, self.config.api_auth_failures_per_minute)
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Origins a browser page may call from with api_auth off."""
+        return frozenset(o.strip() for o in self.config.api_allowed_origins.split(",") if o.strip())
 
     def allows(self, subject: str, permission: str, model: str = "") -> bool:
         """RBAC check (everything is allowed with api_auth off, on loopback only)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgefleet.errors import InferenceError
+from edgefleet.errors import InferenceError, RequestTooLargeError
+
+# llama-cpp-python 0.3's refusal of a prompt that does not fit the context (a ValueError).
+_OVER_CONTEXT = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class LlamaBackend:
         totals = Generation()
         stream = self._stream(prompt, params)
         try:
-            for chunk in stream:
+            for chunk in _caller_errors(stream):
                 if cancel.is_set():
                     totals.finish_reason = "cancelled"
                     break
@@ -116,6 +120,19 @@ class LlamaBackend:
         )
         totals.prompt_tokens = max(0, self._llama.n_tokens - evaluated_sampled)
         yield "", totals
+
+
+def _caller_errors(stream: Iterator[Any]) -> Iterator[Any]:
+    """The stream, with llama.cpp's refusal of an over-long prompt as the caller's error."""
+    try:
+        yield from stream
+    except ValueError as e:
+        found = _OVER_CONTEXT.search(str(e))
+        if found is None:
+            raise
+        raise RequestTooLargeError(
+            f"the prompt is {found[1]} tokens, more than the model's context of {found[2]} tokens"
+        ) from e
 
 
 BackendFactory = Callable[[Path], ChatBackend]
@@ -205,6 +222,8 @@ class ModelWorker:
                 batch, finished, error = await handoff.take()
                 if batch:
                     yield batch
+                if isinstance(error, RequestTooLargeError):
+                    raise error
                 if error is not None:
                     raise InferenceError(f"generation failed: {error}") from error
                 if finished:

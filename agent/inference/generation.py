@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from agent.inference.context import SUBJECT, ApiContext
@@ -22,18 +23,32 @@ from agent.inference.requests import ApiError, GenerationRequest, bad_request, p
 from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes
-from edgefleet.errors import InferenceError, ResourceError, StaleTrustError, UntrustedInputError
+from edgefleet.errors import (
+    InferenceError,
+    RequestTooLargeError,
+    ResourceError,
+    StaleTrustError,
+    UntrustedInputError,
+)
 
 
 async def _read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON, parsed by orjson (it refuses nesting deeper than 1024 levels,
+    where the standard library's parser would exhaust the stack)."""
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request("the request body is not valid JSON") from e
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as e:
+        raise bad_request(f"the request body is not valid JSON: {str(e)[:120]}") from e
     except web.HTTPRequestEntityTooLarge as e:
         raise ApiError(
             413, f"the request body exceeds {limit} bytes", "invalid_request_error"
         ) from e
+
+
+def _client_left(request: web.Request) -> bool:
+    """True once the client has closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @dataclass
@@ -74,26 +89,32 @@ class GenerationEndpoint:
         outcome = Outcome()
         active = None
         try:
-            active = await asyncio.to_thread(self._find, req.model)
-            if active is None:
-                outcome.label = "not_found"
-                raise ApiError(
-                    404,
-                    f"model {req.model!r} is not installed and active on this device",
-                    "invalid_request_error",
-                    "model",
-                    "model_not_found",
-                )
-            if not self.ctx.allows(subject, "inference.invoke", req.model):
+            if not self.ctx.allows(subject, "inference.invoke"):  # on no model at all
                 outcome.label = "denied"
                 raise ApiError(
                     403,
-                    f"{subject} may not invoke {req.model}",
+                    f"{subject} may not invoke models on this device",
                     "invalid_request_error",
                     "model",
                     "permission_denied",
                 )
+            allowed = self.ctx.allows(subject, "inference.invoke", req.model)
+            active = await asyncio.to_thread(self._find, req.model) if allowed else None
+            if active is None:
+                # One answer whether the model is absent or forbidden, so that a caller
+                # learns nothing about models it may not use; the audit record tells which.
+                outcome.label = "not_found" if allowed else "denied"
+                raise ApiError(
+                    404,
+                    f"model {req.model[:64]!r} does not exist on this device "
+                    "or you do not have access to it",
+                    "invalid_request_error",
+                    "model",
+                    "model_not_found",
+                )
             async with self.ctx.pool.slot(active.manifest, Path(active.path)) as worker:
+                if _client_left(request):  # it gave up while waiting for the slot
+                    raise ConnectionResetError("the client closed the connection")
                 response = await self._generate(request, req, worker, outcome)
             outcome.label = (
                 "cancelled" if outcome.result.finish_reason == "cancelled" else "success"
@@ -105,6 +126,15 @@ class GenerationEndpoint:
         except ResourceError as e:
             outcome.label = "refused"
             raise ApiError(503, str(e), "server_error", code="insufficient_memory") from e
+        except RequestTooLargeError as e:  # the caller's mistake: never the model's failure
+            outcome.label = "invalid"
+            raise ApiError(
+                400,
+                str(e),
+                "invalid_request_error",
+                "messages" if self.chat else "prompt",
+                "context_length_exceeded",
+            ) from e
         except InferenceError as e:
             raise ApiError(500, str(e), "server_error") from e
         except StaleTrustError as e:
@@ -138,6 +168,8 @@ class GenerationEndpoint:
                 outcome.result = batch[-1][1]
                 if any(piece for piece, _ in batch):
                     outcome.saw_piece()
+                if _client_left(request):  # nobody will read the answer: free the slot now
+                    raise ConnectionResetError("the client closed the connection")
         return web.json_response(self._whole(request_id, created, req.model, outcome.result))
 
     def _whole(
@@ -219,7 +251,7 @@ class GenerationEndpoint:
 
     def _observe(self, req: GenerationRequest, outcome: Outcome, started: float) -> None:
         m, model = self.ctx.metrics, req.model[:64]
-        known = outcome.label not in ("not_found",)
+        known = outcome.label not in ("not_found", "denied")  # names a caller made up
         label = model if known else "unknown"
         m.requests.labels(self.endpoint, label, outcome.label).inc()
         if outcome.result.completion_tokens:

@@ -20,6 +20,13 @@ class ApiMetrics:
             ["endpoint", "model", "outcome"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "edgefleet_api_auth_failures",
+            "Requests refused for a missing or invalid bearer token (every one; the audit log "
+            "records the first per source and minute)",
+            ["reason"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "edgefleet_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
         )

@@ -36,6 +36,13 @@ class LoadedModel:
     manifest: ModelManifest
     estimate: MemoryEstimate
     workers: list[ModelWorker]
+    path: Path
+    file: tuple[int, ...]  # the identity (_file_id) of the blob at ``path`` it was loaded from
+
+    def file_changed(self) -> bool:
+        """True once its blob was quarantined (moved away, maybe repaired since)."""
+        return self.file != _file_id(self.path)
+
     free: asyncio.Queue[ModelWorker] = field(default_factory=asyncio.Queue)
     busy: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -54,6 +61,16 @@ class PoolSettings:
     slots: int
     keep_alive_seconds: float
     max_queued: int
+
+
+def _file_id(path: Path) -> tuple[int, ...]:
+    """Which file ``path`` is now (device, inode, and its change time, since a freed inode
+    can be reused at once), or () if it is gone (quarantined)."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (found.st_dev, found.st_ino, found.st_ctime_ns, found.st_size)
 
 
 class ModelPool:
@@ -123,13 +140,17 @@ class ModelPool:
         async with self._load_lock:
             current = self._models.get(manifest.name)
             if current is not None and current.manifest.sha256 == manifest.sha256:
-                return current
+                if not current.file_changed():
+                    return current
+                # The blob it mapped was quarantined (and maybe repaired since): its pages
+                # are no longer the verified file's, so it serves nothing more.
+                self._retire(manifest.name, "its file was quarantined")
+                current = None
             if self._verify is not None:  # before anything loaded is given up for it
                 await asyncio.to_thread(self._verify, manifest)
-            if current is not None and current.busy == 0:
-                self._unload(manifest.name, "replaced")
-            elif current is not None:
-                self._retiring.append(self._models.pop(manifest.name))
+            if current is not None:
+                self._retire(manifest.name, "replaced")
+            file = _file_id(path)
             estimate = self.check_fits_budget(manifest)
             self._evict_for(estimate)
             workers = []
@@ -140,7 +161,7 @@ class ModelPool:
                 for worker in workers:
                     worker.close()
                 raise
-            model = LoadedModel(manifest, estimate, workers)
+            model = LoadedModel(manifest, estimate, workers, path, file)
             for worker in workers:
                 model.free.put_nowait(worker)
             self._models[manifest.name] = model
@@ -161,15 +182,28 @@ class ModelPool:
                 f"{budget / MIB:.0f} MiB budget is held by models serving requests"
             )
 
+    def _retire(self, name: str, reason: str) -> None:
+        """Unload ``name`` now if idle, else once its requests in flight are done."""
+        if self._models[name].busy == 0:
+            self._unload(name, reason)
+        else:
+            self._retiring.append(self._models.pop(name))
+            log.info("model.retiring", model=self._retiring[-1].manifest.ref, reason=reason)
+
     def _unload(self, name: str, reason: str) -> None:
         model = self._models.pop(name)
         model.close()
         log.info("model.unloaded", model=model.manifest.ref, reason=reason)
 
     def unload_idle(self) -> list[str]:
-        """Unload models idle longer than the keep-alive; return their names."""
+        """Unload models idle longer than the keep-alive, and idle ones whose blob was
+        quarantined; return their names."""
         cutoff = time.monotonic() - self.settings.keep_alive_seconds
-        idle = [n for n, m in self._models.items() if m.busy == 0 and m.last_used < cutoff]
+        idle = [
+            n
+            for n, m in self._models.items()
+            if m.busy == 0 and (m.last_used < cutoff or m.file_changed())
+        ]
         for name in idle:
             self._unload(name, "keep-alive expired")
         return idle

@@ -24,7 +24,7 @@ from agent.inference.requests import ApiError, parse_request
 from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, RequestTooLargeError
 from edgefleet.memory import MIB
 from tests.edgefleet.trustkit import manifest
 
@@ -53,6 +53,16 @@ class FakeBackend:
             totals.text += f"tok{i} "
             yield f"tok{i} ", totals
         yield "", totals
+
+
+class AgentTestServer(TestServer):
+    """aiohttp's TestServer, but with the agent's own runner setting: a handler is not
+    cancelled when its client leaves (aiohttp's test server cancels it, which would hide
+    every disconnect the API must notice itself)."""
+
+    async def _make_runner(self, **kwargs: Any) -> Any:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
 
 
 class Harness:
@@ -99,7 +109,7 @@ class Harness:
 
     def run(self, scenario: Any) -> Any:
         async def main() -> Any:
-            async with TestClient(TestServer(build_app(self.ctx))) as client:
+            async with TestClient(AgentTestServer(build_app(self.ctx))) as client:
                 return await scenario(client)
 
         return asyncio.run(main())
@@ -236,21 +246,55 @@ def test_authentication_and_authorization_are_distinct(tmp_path: Path) -> None:
 
     h.run(scenario)
     outcomes = [(r["action"], r["outcome"]) for r in map(json.loads, h.records())]
-    assert outcomes.count(("api.authenticate", "denied")) == 2
+    assert outcomes.count(("api.authenticate", "denied")) == 1  # one source, one minute
     assert ("inference.chat", "denied") in outcomes
     assert h.backend.loads == 0  # nothing was loaded for refused callers
 
 
-def test_token_scoped_to_other_models_is_forbidden(tmp_path: Path) -> None:
-    """A token bound to `tiny*` cannot invoke another model (404 if absent is not leaked as 200)."""
+def test_an_unauthenticated_flood_costs_counters_not_records(tmp_path: Path) -> None:
+    """Review hole M6: 200 requests without a valid token (821 audit records a second in
+    the review) write one audit record; the metric counts all; past the per-minute limit
+    the source gets 429; a valid token from the same address is still served."""
+    h = Harness(tmp_path, FakeBackend())
+    before = len(h.records())
+
+    async def scenario(client: TestClient) -> tuple[list[int], int, str]:
+        statuses = []
+        for i in range(200):
+            headers = h.auth("efk_000000000000.wrong") if i % 2 else {}
+            response = await client.post("/v1/chat/completions", json=chat(), headers=headers)
+            statuses.append(response.status)
+        served = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
+        return statuses, served.status, await (await client.get("/metrics")).text()
+
+    statuses, served, metrics = h.run(scenario)
+    assert statuses[:30] == [401] * 30 and set(statuses[30:]) == {429}
+    assert served == 200
+    denied = [json.loads(r) for r in h.records()[before:]]
+    assert [r["action"] for r in denied].count("api.authenticate") == 1
+    assert 'edgefleet_api_auth_failures_total{reason="missing"} 100.0' in metrics
+    assert 'edgefleet_api_auth_failures_total{reason="invalid"} 100.0' in metrics
+
+
+def test_a_forbidden_model_answers_as_an_absent_one(tmp_path: Path) -> None:
+    """Review hole L9: a token bound to `big*` asking for `tiny` (present) gets the very
+    answer a model that does not exist gets, so it learns nothing; the audit knows."""
     h = Harness(tmp_path, FakeBackend())
     other, _ = h.ctx.policy.local.create_token("app:other", "inference", ("big*",))
 
-    async def scenario(client: TestClient) -> None:
-        response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth(other))
-        assert response.status == 403
+    async def scenario(client: TestClient) -> list[tuple[int, Any]]:
+        answers = []
+        for model in ("tiny", "big-absent"):
+            body = chat(model=model)
+            response = await client.post("/v1/chat/completions", json=body, headers=h.auth(other))
+            error = (await response.json())["error"]
+            answers.append((response.status, error["message"].replace(model, "M")))
+        return answers
 
-    h.run(scenario)
+    forbidden, absent = h.run(scenario)
+    assert forbidden == absent and forbidden[0] == 404
+    outcomes = [(r["target"], r["outcome"]) for r in map(json.loads, h.records())]
+    assert ("tiny", "denied") in outcomes and ("big-absent", "not_found") in outcomes
 
 
 def test_queue_limit_gives_429_and_no_slot_leaks(tmp_path: Path) -> None:
@@ -379,3 +423,103 @@ def test_every_http_route_has_an_authorization_entry(tmp_path: Path) -> None:
         if r.resource and r.method != "HEAD"
     }
     assert routes == set(ROUTE_PERMISSIONS)
+
+
+def test_browser_pages_cannot_use_an_unauthenticated_api(tmp_path: Path) -> None:
+    """Review hole L7: with api_auth off, a foreign page's "simple request" (text/plain), a
+    foreign Origin and a rebound Host are refused; an allowed origin and plain clients work."""
+    h = Harness(
+        tmp_path, FakeBackend(), api_auth=False, api_allowed_origins="http://localhost:3000"
+    )
+
+    async def scenario(client: TestClient) -> dict[str, int]:
+        body = json.dumps(chat()).encode()
+        cases = {
+            "simple-request": {"Content-Type": "text/plain"},
+            "foreign-origin": {"Content-Type": "application/json", "Origin": "http://evil.test"},
+            "rebound-host": {"Content-Type": "application/json", "Host": "evil.test:8080"},
+            "allowed-origin": {
+                "Content-Type": "application/json",
+                "Origin": "http://localhost:3000",
+            },
+            "plain-client": {"Content-Type": "application/json"},
+        }
+        statuses = {}
+        for name, headers in cases.items():
+            response = await client.post("/v1/chat/completions", data=body, headers=headers)
+            statuses[name] = response.status
+        return statuses
+
+    assert h.run(scenario) == {
+        "simple-request": 415,
+        "foreign-origin": 403,
+        "rebound-host": 403,
+        "allowed-origin": 200,
+        "plain-client": 200,
+    }
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_deeply_nested_json_is_a_400(tmp_path: Path, depth: int) -> None:
+    """Review hole L8: nesting that exhausted the JSON parser's stack (a 500) is a 400."""
+    h = Harness(tmp_path, FakeBackend())
+
+    async def scenario(client: TestClient) -> tuple[int, dict[str, Any]]:
+        headers = {**h.auth(), "Content-Type": "application/json"}
+        data = b'{"model": "tiny", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+        response = await client.post("/v1/chat/completions", data=data, headers=headers)
+        return response.status, await response.json()
+
+    status, body = h.run(scenario)
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+
+
+class OverlongBackend(FakeBackend):
+    """Refuses every prompt the way llama.cpp refuses one longer than its context."""
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[tuple[str, Generation]]:
+        raise RequestTooLargeError(
+            "the prompt is 9000 tokens, more than the model's context of 2048 tokens"
+        )
+
+
+def test_a_prompt_over_the_context_is_the_callers_error(tmp_path: Path) -> None:
+    """Review hole M1: six over-long prompts halted a healthy rollout. Each is a 400
+    (context_length_exceeded) and none counts against the version's health."""
+    h = Harness(tmp_path, OverlongBackend())
+
+    async def scenario(client: TestClient) -> list[tuple[int, str]]:
+        answers = []
+        for _ in range(6):
+            response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
+            answers.append((response.status, (await response.json())["error"]["code"]))
+        return answers
+
+    assert h.run(scenario) == [(400, "context_length_exceeded")] * 6
+    assert h.ctx.serving.counts("tiny", "1") == (0, 0)
+    assert h.last_audit()["outcome"] == "invalid"
+
+
+def test_a_non_streaming_request_stops_when_its_client_leaves(tmp_path: Path) -> None:
+    """Review hole L1: a non-streaming generation went on for 11.5 s after the client
+    left; now the slot is freed within a few tokens."""
+    backend = FakeBackend(delay=0.02)
+    h = Harness(tmp_path, backend)
+
+    async def scenario(client: TestClient) -> None:
+        request = asyncio.ensure_future(
+            client.post("/v1/chat/completions", json=chat(500), headers=h.auth())
+        )
+        await asyncio.sleep(0.3)
+        request.cancel()  # the client closes its connection
+        for _ in range(100):
+            if backend.cancelled.is_set():
+                break
+            await asyncio.sleep(0.02)
+
+    h.run(scenario)
+    assert backend.cancelled.is_set() and backend.produced < 100
+    h.audit.flush()
+    assert h.last_audit()["outcome"] == "cancelled"

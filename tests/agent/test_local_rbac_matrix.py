@@ -38,7 +38,8 @@ EXPECTED: dict[str, dict[str, int]] = {
     "bad-token": {"models": 401, "chat": 401, "completions": 401},
     "app-inference": {"models": 200, "chat": 200, "completions": 200},
     "app-reader": {"models": 200, "chat": 403, "completions": 403},
-    "app-other-model": {"models": 200, "chat": 403, "completions": 403},
+    # A model outside the token's patterns answers as an absent one (review hole L9).
+    "app-other-model": {"models": 200, "chat": 404, "completions": 404},
     "app-other-site": {"models": 200, "chat": 403, "completions": 403},
     "app-this-site": {"models": 200, "chat": 200, "completions": 200},
 }

@@ -110,3 +110,64 @@ def test_a_model_failing_its_check_before_load_is_never_loaded() -> None:
 
     asyncio.run(scenario())
     assert loaded == [Path("/blobs/a")] and [m.manifest.name for m in pool.loaded()] == ["a"]
+
+
+def test_a_quarantined_blob_is_never_served_from_memory(tmp_path: Path) -> None:
+    """Review hole M2: a loaded model kept serving its mapping of a blob that verify had
+    quarantined. Once the file is moved away it is unloaded (at the next request or the
+    next idle sweep) and loaded again from the repaired file."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"verified")
+    refuse = Event()
+    loaded: list[Path] = []
+
+    def factory(path: Path) -> ChatBackend:
+        loaded.append(path)
+        return Backend()
+
+    def verify(_: ModelManifest) -> None:
+        if refuse.is_set():
+            raise HashMismatchError("blob is quarantined")
+
+    settings = PoolSettings(400 * MIB, context=1024, slots=1, keep_alive_seconds=300, max_queued=4)
+    pool = ModelPool(factory, settings, verify=verify)
+    model = _model("a", 10)
+
+    async def use() -> None:
+        async with pool.slot(model, blob):
+            pass
+
+    async def scenario() -> None:
+        await use()
+        blob.rename(tmp_path / "quarantined")  # what verify does with a damaged blob
+        refuse.set()
+        assert pool.unload_idle() == ["a"]  # the sweep drops it: its file is gone
+        with pytest.raises(HashMismatchError):
+            await use()
+        assert pool.loaded() == []
+        blob.write_bytes(b"repaired")  # a new file (a new inode) at the same path
+        refuse.clear()
+        await use()
+        await use()
+
+    asyncio.run(scenario())
+    assert loaded == [blob, blob]  # loaded once before and once after the repair
+
+
+def test_a_model_whose_blob_changes_while_busy_finishes_then_reloads(tmp_path: Path) -> None:
+    """A request in flight keeps its worker; the next request gets a fresh load."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"one")
+    pool, loaded = _pool(budget_mib=400)
+    model = _model("a", 10)
+
+    async def scenario() -> None:
+        async with pool.slot(model, blob):
+            blob.rename(tmp_path / "quarantined")
+            blob.write_bytes(b"two")
+            async with pool.slot(model, blob):  # a second slot request reloads
+                pass
+        assert len(pool.loaded()) == 1
+
+    asyncio.run(scenario())
+    assert len(loaded) == 2

@@ -20,10 +20,8 @@ from tests.ggufkit import write_tiny_gguf
 pytestmark = pytest.mark.integration
 
 POLICY = {
-    "roles": {
-        "inference": ["inference.invoke", "models.read"],
-        "publisher": ["models.publish", "models.read"],
-    },
+    "roles": {"inference": ["inference.invoke", "models.read"]},
+    "operator_roles": {"publisher": ["models.publish", "models.read"]},
     "bindings": [],
 }
 
