@@ -146,9 +146,16 @@ class OperatorClient:
         return view
 
     def list_rollouts(self) -> list[operator_pb2.RolloutView]:
-        """Every rollout, newest first."""
-        response = self._call(self._stub.ListRollouts, operator_pb2.ListRolloutsRequest())
-        return list(response.rollouts)
+        """Every rollout, newest first, page by page."""
+        views: list[operator_pb2.RolloutView] = []
+        token = ""
+        while True:
+            request = operator_pb2.ListRolloutsRequest(page_token=token)
+            response = self._call(self._stub.ListRollouts, request)
+            views.extend(response.rollouts)
+            token = response.next_page_token
+            if not token:
+                return views
 
     def change_rollout(self, rollout_id: int, action: str) -> operator_pb2.RolloutView:
         """pause | resume | abort | rollback."""
@@ -177,10 +184,17 @@ class OperatorClient:
         )
         return response
 
-    def list_devices(self) -> list[DeviceView]:
-        """Every enrolled device."""
-        response = self._call(self._stub.ListDevices, operator_pb2.ListDevicesRequest())
-        return [serde.device_view_from_pb(d) for d in response.devices]
+    def list_devices(self, device_id: str = "") -> list[DeviceView]:
+        """Every enrolled device (or only ``device_id``), page by page."""
+        views: list[DeviceView] = []
+        token = ""
+        while True:
+            request = operator_pb2.ListDevicesRequest(page_token=token, device_id=device_id)
+            response = self._call(self._stub.ListDevices, request)
+            views.extend(serde.device_view_from_pb(d) for d in response.devices)
+            token = response.next_page_token
+            if not token:
+                return views
 
     def export_audit(
         self, device_id: str | None, since: str = "", until: str = ""

@@ -35,7 +35,6 @@ from edgefleet.fleet import (
     StatusReport,
 )
 
-MAX_REPORTED_MODELS = 256
 # What a status report sets on its device's row (see ``report_values``).
 REPORT_COLUMNS = (
     "last_seen",
@@ -78,20 +77,18 @@ def _flat(record: object) -> dict[str, object]:
 
 
 def report_values(report: StatusReport, seen: datetime) -> dict[str, object]:
-    """The device columns a status report sets (received at ``seen``), bounded in size."""
+    """The device columns a status report sets (received at ``seen``; serde bounded it)."""
     return {
         "last_seen": seen,
-        "agent_version": report.agent_version[:64],
-        "installed": [_flat(m) for m in report.models[:MAX_REPORTED_MODELS]],
-        "last_error": report.last_error[:1024],
-        "bench": [_flat(b) for b in report.bench[:MAX_REPORTED_MODELS]],
-        "downloads": [
-            {**_flat(d), "reason": d.reason[:512]} for d in report.downloads[:MAX_REPORTED_MODELS]
-        ],
+        "agent_version": report.agent_version,
+        "installed": [_flat(m) for m in report.models],
+        "last_error": report.last_error,
+        "bench": [_flat(b) for b in report.bench],
+        "downloads": [_flat(d) for d in report.downloads],
         "data_used_today": report.data_used_today,
         "daily_data_budget": report.daily_data_budget,
         "resources": _flat(report.resources),
-        "health": [_flat(h) for h in report.health[:MAX_REPORTED_MODELS]],
+        "health": [_flat(h) for h in report.health],
         "audit_head_seq": report.audit_head_seq,
     }
 
@@ -179,13 +176,25 @@ def write_reports(
         write_judgements(session, judgements)
 
 
-def list_devices(db: Database, stale_after: timedelta) -> list[DeviceView]:
-    """Every enrolled device with its last report; silent past ``stale_after``: stale."""
+def list_devices(
+    db: Database,
+    stale_after: timedelta,
+    after: str = "",
+    limit: int | None = None,
+    device_id: str = "",
+) -> list[DeviceView]:
+    """Enrolled devices by id (those after ``after``, at most ``limit``; or only
+    ``device_id``) with their last reports; silent past ``stale_after``: stale."""
     now = datetime.now(UTC)
+    query = select(Device).where(Device.device_id > after).order_by(Device.device_id)
+    if device_id:
+        query = query.where(Device.device_id == device_id)
+    if limit is not None:
+        query = query.limit(limit)
     with db.session() as session:
         views = []
         pins = all_pins(session)
-        for device in session.execute(select(Device).order_by(Device.device_id)).scalars():
+        for device in session.execute(query).scalars():
             views.append(
                 DeviceView(
                     device_id=device.device_id,

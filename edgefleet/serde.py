@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import asdict
+from typing import TypeVar
 
 from edgefleet.errors import MalformedInputError
 from edgefleet.fleet import (
@@ -20,6 +22,8 @@ from edgefleet.fleet import (
 )
 from edgefleet.trust.envelope import Envelope, Signature
 from edgefleet.v1 import device_pb2, envelope_pb2, operator_pb2
+
+_T = TypeVar("_T")
 
 
 def envelope_to_pb(envelope: Envelope) -> envelope_pb2.SignedEnvelope:
@@ -47,8 +51,23 @@ def _models_to_pb(models: Iterable[InstalledModel]) -> list[device_pb2.Installed
     ]
 
 
+# A device's report is untrusted input: every list and string is bounded here, the one
+# place it is read (a device could otherwise grow every operator's `devices list` reply).
+MAX_REPORTED = 256
+NAME_CHARS, DIGEST_CHARS, REASON_CHARS, ERROR_CHARS = 64, 64, 512, 1024
+
+
+def _some(items: Iterable[_T]) -> Iterable[_T]:
+    return itertools.islice(items, MAX_REPORTED)
+
+
 def _models_from_pb(models: Iterable[device_pb2.InstalledModel]) -> tuple[InstalledModel, ...]:
-    return tuple(InstalledModel(m.name, m.version, m.sha256, m.active) for m in models)
+    return tuple(
+        InstalledModel(
+            m.name[:NAME_CHARS], m.version[:NAME_CHARS], m.sha256[:DIGEST_CHARS], m.active
+        )
+        for m in _some(models)
+    )
 
 
 def _bench_to_pb(results: Iterable[BenchResult]) -> list[device_pb2.BenchResult]:
@@ -58,17 +77,17 @@ def _bench_to_pb(results: Iterable[BenchResult]) -> list[device_pb2.BenchResult]
 def _bench_from_pb(results: Iterable[device_pb2.BenchResult]) -> tuple[BenchResult, ...]:
     return tuple(
         BenchResult(
-            r.model,
-            r.version,
-            r.sha256,
+            r.model[:NAME_CHARS],
+            r.version[:NAME_CHARS],
+            r.sha256[:DIGEST_CHARS],
             r.threads,
             r.prompt_tokens,
             r.generated_tokens,
             r.prompt_tokens_per_second,
             r.generation_tokens_per_second,
-            r.measured_at,
+            r.measured_at[:32],
         )
-        for r in results
+        for r in _some(results)
     )
 
 
@@ -90,8 +109,15 @@ def _downloads_from_pb(
     messages: Iterable[device_pb2.DownloadProgress],
 ) -> tuple[DownloadProgress, ...]:
     return tuple(
-        DownloadProgress(d.name, d.version, d.received, d.total, d.state, d.reason)
-        for d in messages
+        DownloadProgress(
+            d.name[:NAME_CHARS],
+            d.version[:NAME_CHARS],
+            d.received,
+            d.total,
+            d.state[:16],
+            d.reason[:REASON_CHARS],
+        )
+        for d in _some(messages)
     )
 
 
@@ -103,10 +129,10 @@ def _health_from_pb(messages: Iterable[device_pb2.ModelHealth]) -> tuple[ModelHe
     """A device's own figures: bounded, stored and judged, never trusted for anything else."""
     return tuple(
         ModelHealth(
-            name=h.name[:64],
-            version=h.version[:64],
+            name=h.name[:NAME_CHARS],
+            version=h.version[:NAME_CHARS],
             smoke=h.smoke if h.smoke in ("passed", "failed") else "",
-            smoke_reason=h.smoke_reason[:512],
+            smoke_reason=h.smoke_reason[:REASON_CHARS],
             smoke_tokens_per_second=(
                 h.smoke_tokens_per_second
                 if math.isfinite(h.smoke_tokens_per_second) and h.smoke_tokens_per_second > 0
@@ -115,7 +141,7 @@ def _health_from_pb(messages: Iterable[device_pb2.ModelHealth]) -> tuple[ModelHe
             requests=h.requests,
             errors=min(h.errors, h.requests),
         )
-        for h in messages
+        for h in _some(messages)
     )
 
 
@@ -155,12 +181,12 @@ def status_to_pb(report: StatusReport) -> device_pb2.StatusReport:
 
 
 def status_from_pb(message: device_pb2.StatusReport) -> StatusReport:
-    """Message → dataclass."""
+    """Message → dataclass, bounded (a device's report is untrusted input)."""
     return StatusReport(
-        agent_version=message.agent_version,
+        agent_version=message.agent_version[:NAME_CHARS],
         models=_models_from_pb(message.models),
         audit_head_seq=message.audit_head_seq,
-        last_error=message.last_error,
+        last_error=message.last_error[:ERROR_CHARS],
         bench=_bench_from_pb(message.bench),
         downloads=_downloads_from_pb(message.downloads),
         data_used_today=message.data_used_today,

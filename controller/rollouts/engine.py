@@ -644,12 +644,19 @@ class RolloutView:
     targets: tuple[TargetView, ...]
 
 
-def describe_rollouts(db: Database, rollout_id: int | None = None) -> list[RolloutView]:
-    """Every rollout, newest first, without devices; or one rollout with its devices."""
+def describe_rollouts(
+    db: Database, rollout_id: int | None = None, before: int | None = None, limit: int | None = None
+) -> list[RolloutView]:
+    """Rollouts newest first (older than id ``before``, at most ``limit``) without devices;
+    or one rollout with its devices."""
     with db.session() as session:
         query = select(Rollout).order_by(Rollout.id.desc())
         if rollout_id is not None:
             query = query.where(Rollout.id == rollout_id)
+        if before is not None:
+            query = query.where(Rollout.id < before)
+        if limit is not None:
+            query = query.limit(limit)
         rows = list(session.execute(query).scalars())
         if rollout_id is not None and not rows:
             raise NotFoundError(f"rollout {rollout_id} does not exist")

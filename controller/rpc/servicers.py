@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from controller.auditlog import (
     ExportFilter,
@@ -42,6 +43,24 @@ if TYPE_CHECKING:
 
 
 MAX_QUERY_RECORDS = 10_000
+_Message = TypeVar("_Message", bound=Message)
+_Key = TypeVar("_Key", str, int)
+
+
+def _page_size(asked: int, default: int, most: int) -> int:
+    return min(asked or default, most)
+
+
+def _page_after(token: str, kind: Callable[[str], _Key]) -> _Key:
+    """The position a page token names (the last key of the previous page)."""
+    if len(token) > 64:
+        raise MalformedInputError("page_token is not one this server gave")
+    try:
+        return kind(token)
+    except ValueError as e:
+        raise MalformedInputError("page_token is not one this server gave") from e
+
+
 READ_AHEAD_CHUNKS = 4
 
 
@@ -298,8 +317,25 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def ListRollouts(
         self, request: operator_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.ListRolloutsResponse:
-        views = await asyncio.to_thread(describe_rollouts, self.app.db)
-        return operator_pb2.ListRolloutsResponse(rollouts=[view_to_pb(v) for v in views])
+        size = _page_size(request.page_size, 50, 500)
+        before = _page_after(request.page_token, int) if request.page_token else None
+        views = await asyncio.to_thread(describe_rollouts, self.app.db, None, before, size + 1)
+        page, more = self._page([view_to_pb(v) for v in views], size)
+        return operator_pb2.ListRolloutsResponse(
+            rollouts=page, next_page_token=str(page[-1].id) if more else ""
+        )
+
+    def _page(self, messages: list[_Message], size: int) -> tuple[list[_Message], bool]:
+        """At most ``size`` of ``messages`` (fetched ``size + 1``) and at most half the
+        message limit of them (never none); and whether more remain."""
+        budget, used = self.app.config.max_message_bytes // 2, 0
+        page: list[_Message] = []
+        for message in messages[:size]:
+            used += message.ByteSize() + 8
+            if page and used > budget:
+                return page, True
+            page.append(message)
+        return page, len(messages) > size
 
     async def ChangeRollout(
         self, request: operator_pb2.ChangeRolloutRequest, context: grpc.aio.ServicerContext
@@ -385,9 +421,16 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.ListDevicesResponse:
         stale_after = timedelta(seconds=self.app.config.stale_after_seconds)
+        size = _page_size(request.page_size, 100, 1000)
+        after = _page_after(request.page_token, str)
         await self.app.syncs.flush()  # show the reports this replica has received
-        views = await asyncio.to_thread(list_devices, self.app.db, stale_after)
-        return operator_pb2.ListDevicesResponse(devices=[serde.device_view_to_pb(v) for v in views])
+        views = await asyncio.to_thread(
+            list_devices, self.app.db, stale_after, after, size + 1, request.device_id
+        )
+        page, more = self._page([serde.device_view_to_pb(v) for v in views], size)
+        return operator_pb2.ListDevicesResponse(
+            devices=page, next_page_token=page[-1].device_id if more else ""
+        )
 
     async def ExportAudit(
         self, request: operator_pb2.ExportAuditRequest, context: grpc.aio.ServicerContext
@@ -430,11 +473,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 parse_time(bound, "query time bound")
         limit = min(request.limit or 100, MAX_QUERY_RECORDS)
         page = await asyncio.to_thread(export_page, self.app.db, where, None, limit + 1)
-        records = [
-            operator_pb2.ExportedAuditRecord(device_id=chain, seq=seq, canonical=canonical)
-            for chain, seq, canonical in page[:limit]
-        ]
-        return operator_pb2.QueryAuditResponse(records=records, truncated=len(page) > limit)
+        records, more = self._page(
+            [
+                operator_pb2.ExportedAuditRecord(device_id=chain, seq=seq, canonical=canonical)
+                for chain, seq, canonical in page
+            ],
+            limit,
+        )
+        return operator_pb2.QueryAuditResponse(records=records, truncated=more)
 
     async def AddOperator(
         self, request: operator_pb2.AddOperatorRequest, context: grpc.aio.ServicerContext
