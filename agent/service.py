@@ -176,6 +176,7 @@ async def run(config: AgentConfig) -> None:
         id="sync",
     )
     scheduler.add_job(pool.unload_idle, "interval", seconds=30, id="keep-alive", coalesce=True)
+    scheduler.add_job(syncer.checkpoint, "interval", seconds=60, id="checkpoint", coalesce=True)
     if config.scrub_interval_hours:
         scheduler.add_job(
             syncer.scrub,

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from controller.store.database import Database
-from controller.store.schema import AuditCheckpointRow, AuditHead, AuditRecordRow, Device
+from controller.store.schema import (
+    AuditAlert,
+    AuditCheckpointRow,
+    AuditHead,
+    AuditRecordRow,
+    Device,
+)
 from edgefleet.audit import (
+    CONTROLLER_CHAIN,
     GENESIS_HASH,
     AuditEvent,
     ChainVerifier,
@@ -20,11 +27,10 @@ from edgefleet.audit import (
     record_hash,
     verify_checkpoint,
 )
-from edgefleet.errors import UntrustedInputError
+from edgefleet.errors import MalformedInputError, NotFoundError, UntrustedInputError
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import format_time
 
-CONTROLLER_CHAIN = "controller"
 MAX_CHECKPOINTS = 100
 # audit_records columns in the order ingest builds its rows, with their PostgreSQL types
 # for binary COPY.
@@ -118,20 +124,28 @@ def ingest(
         verifier = ChainVerifier(device_id, head.last_seq, head.last_sha256)
         fresh: dict[int, tuple[bytes, str]] = {}  # accepted in this push: seq -> (bytes, hash)
         rows: list[RecordRow] = []
+        suspect: tuple[int, int] | None = None
         reason, now = "", datetime.now(UTC)
         for seq, canonical in sorted(records):
             if seq <= verifier.last_seq:
                 known = fresh[seq][0] if seq in fresh else _stored_bytes(session, device_id, seq)
-                if known is not None and known != canonical:
-                    reason = f"record {seq} differs from the copy already stored"
+                if (
+                    known is not None
+                    and known != canonical
+                    and not _cleared(session, device_id, seq)
+                ):
+                    reason, suspect = (
+                        f"record {seq} differs from the copy already stored",
+                        (seq, seq),
+                    )
                     break
-                continue  # a resend of what we already hold
+                continue  # a resend of what we already hold (or of a range already judged)
             if seq > verifier.last_seq + 1:
                 break  # a gap: ack what we have, the device resends from there
             try:
                 record = verifier.add(canonical)
             except UntrustedInputError as e:
-                reason = str(e)
+                reason, suspect = str(e), (seq, seq)
                 break
             fresh[seq] = (canonical, record.hash)
             f = record.fields
@@ -158,9 +172,22 @@ def ingest(
                 row = session.get(AuditRecordRow, (device_id, seq))
                 return row.record_sha256 if row is not None else None
 
-            reason = _check_checkpoints(session, device_id, checkpoints, head.last_seq, hash_of)
-        if reason:
+            reason, suspect = _check_checkpoints(
+                session, device_id, checkpoints, head.last_seq, hash_of
+            )
+        if reason and suspect is not None:
             head.tamper_alert, head.tamper_reason = True, reason
+            session.add(
+                AuditAlert(
+                    chain=device_id,
+                    first_seq=suspect[0],
+                    last_seq=suspect[1],
+                    reason=reason[:1024],
+                    detected_at=now,
+                    cleared_by="",
+                    cleared_reason="",
+                )
+            )
             record_event(
                 session,
                 AuditEvent(
@@ -168,7 +195,7 @@ def ingest(
                     "audit.tamper_detected",
                     f"device:{device_id}",
                     "alert",
-                    {"reason": reason},
+                    {"reason": reason, "first_seq": suspect[0], "last_seq": suspect[1]},
                 ),
             )
         return IngestResult(head.last_seq, stored, reason, head.last_sha256)
@@ -207,24 +234,127 @@ def _check_checkpoints(
     checkpoints: Sequence[Envelope],
     stored_seq: int,
     hash_of: Callable[[int], str | None],
-) -> str:
-    """Store checkpoints that match their records; return a tamper reason for one that does not."""
+) -> tuple[str, tuple[int, int] | None]:
+    """Store checkpoints that match their records; for one that does not, return the
+    tamper reason and the suspect range: the records after the last checkpoint that
+    matched, up to the one that does not."""
     device = session.get(Device, device_id)
     if device is None or not checkpoints:
-        return ""
+        return "", None
     for envelope in checkpoints[:MAX_CHECKPOINTS]:
         try:
             checkpoint = verify_checkpoint(envelope, device.audit_public_key, device_id)
         except UntrustedInputError as e:
-            return f"checkpoint refused: {e}"
+            return f"checkpoint refused: {e}", None
         if checkpoint.seq > stored_seq:
             continue
         if hash_of(checkpoint.seq) != checkpoint.sha256:
-            return f"record {checkpoint.seq} does not match the device-signed checkpoint"
+            matched = session.execute(
+                select(func.max(AuditCheckpointRow.seq)).where(
+                    AuditCheckpointRow.chain == device_id,
+                    AuditCheckpointRow.seq < checkpoint.seq,
+                )
+            ).scalar_one_or_none()
+            return (
+                f"record {checkpoint.seq} does not match the device-signed checkpoint",
+                ((matched or 0) + 1, checkpoint.seq),
+            )
         session.merge(
             AuditCheckpointRow(chain=device_id, seq=checkpoint.seq, envelope=envelope.to_json())
         )
-    return ""
+    return "", None
+
+
+def _cleared(session: Session, chain: str, seq: int) -> bool:
+    """True when an operator cleared an alert whose range holds ``seq``."""
+    return (
+        session.execute(
+            select(AuditAlert.id).where(
+                AuditAlert.chain == chain,
+                AuditAlert.first_seq <= seq,
+                AuditAlert.last_seq >= seq,
+                AuditAlert.cleared_by != "",
+            )
+        ).first()
+        is not None
+    )
+
+
+def through_next_checkpoint(db: Database, chain: str, last: int) -> list[tuple[str, int, bytes]]:
+    """The records after ``last`` up to the chain's next device-signed checkpoint: what an
+    export ending at ``last`` adds so that its tail is attested by the device too."""
+    with db.session() as session:
+        until = session.execute(
+            select(func.min(AuditCheckpointRow.seq)).where(
+                AuditCheckpointRow.chain == chain, AuditCheckpointRow.seq > last
+            )
+        ).scalar_one_or_none()
+        if until is None:
+            return []
+        rows = session.execute(
+            select(AuditRecordRow.seq, AuditRecordRow.canonical)
+            .where(AuditRecordRow.chain == chain, AuditRecordRow.seq.between(last + 1, until))
+            .order_by(AuditRecordRow.seq)
+        )
+        return [(chain, seq, canonical) for seq, canonical in rows]
+
+
+def alerts_of(db: Database, chains: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every alert of ``chains``, for export manifests."""
+    wanted = list(chains)
+    with db.session() as session:
+        rows = session.execute(
+            select(AuditAlert).where(AuditAlert.chain.in_(wanted)).order_by(AuditAlert.id)
+        ).scalars()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            found.setdefault(row.chain, []).append(
+                {
+                    "first_seq": row.first_seq,
+                    "last_seq": row.last_seq,
+                    "reason": row.reason,
+                    "detected": format_time(row.detected_at),
+                    "cleared_by": row.cleared_by,
+                    "cleared_reason": row.cleared_reason,
+                }
+            )
+        return found
+
+
+def clear_alert(db: Database, operator: str, chain: str, reason: str) -> int:
+    """After an investigation: the chain takes records again. Its alerts stay on record as
+    cleared (by whom, why) and keep qualifying exports of their ranges; returns how many."""
+    reason = reason.strip()
+    if not 3 <= len(reason) <= 1024:
+        raise MalformedInputError("say why the alert is cleared (3 to 1024 characters)")
+    with db.session() as session:
+        head = _head(session, chain)
+        open_alerts = list(
+            session.execute(
+                select(AuditAlert).where(AuditAlert.chain == chain, AuditAlert.cleared_by == "")
+            ).scalars()
+        )
+        if not head.tamper_alert and not open_alerts:
+            raise NotFoundError(f"chain {chain} has no open tamper alert")
+        now = datetime.now(UTC)
+        for alert in open_alerts:
+            alert.cleared_by, alert.cleared_reason, alert.cleared_at = (
+                f"operator:{operator}",
+                reason,
+                now,
+            )
+        head.tamper_alert, head.tamper_reason = False, ""
+        record_event(
+            session,
+            AuditEvent(
+                f"operator:{operator}",
+                "audit.alert_cleared",
+                chain,
+                "success",
+                {"alerts": len(open_alerts), "reason": reason},
+            ),
+        )
+        return len(open_alerts)
 
 
 def checkpoints_between(db: Database, chain: str, first: int, last: int) -> list[Envelope]:

@@ -167,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--until", default="")
     query.add_argument("--limit", type=int, default=100)
     query.add_argument("--json", action="store_true", help="the records verbatim, one per line")
+    clear = audit.add_parser(
+        "clear-alert", help="let a chain flagged as tampered take records again"
+    )
+    clear.add_argument("device_id")
+    clear.add_argument("--reason", required=True, help="what the investigation found")
     verify = audit.add_parser("verify", help="verify an export offline, with the root fingerprint")
     verify.add_argument("file", type=Path)
     verify.add_argument("--root-fingerprint", required=True)

@@ -265,6 +265,11 @@ class OperatorClient:
         request = operator_pb2.PreauthorizeDeviceRequest(key_fingerprint=fingerprint, labels=labels)
         self._call(self._stub.PreauthorizeDevice, request)
 
+    def clear_audit_alert(self, device_id: str, reason: str) -> int:
+        """Clear the open tamper alerts of ``device_id``'s chain; return how many."""
+        request = operator_pb2.ClearAuditAlertRequest(device_id=device_id, reason=reason)
+        return int(self._call(self._stub.ClearAuditAlert, request).cleared)
+
     def query_audit(
         self, device_id: str, actor: str, action: str, since: str, until: str, limit: int
     ) -> tuple[list[bytes], bool]:

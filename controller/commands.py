@@ -206,6 +206,21 @@ def _audit_query(client: OperatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_clear_alert(client: OperatorClient, args: argparse.Namespace) -> int:
+    cleared = client.clear_audit_alert(args.device_id, args.reason)
+    print(
+        f"{args.device_id}: {cleared} alert(s) cleared; the chain takes records again "
+        "(exports of the flagged ranges still say so)"
+    )
+    return 0
+
+
+# `audit verify` exits 0 when every record verifies and every device record is covered by
+# its device's own signature; 1 on any problem; 3 when the records verify but some are
+# vouched for by the controller's audit key alone (or lie in a cleared tamper alert).
+QUALIFIED_EXIT = 3
+
+
 def audit_verify(args: argparse.Namespace) -> int:
     try:
         data = args.file.read_bytes()
@@ -214,10 +229,21 @@ def audit_verify(args: argparse.Namespace) -> int:
     report = verify_export(data, args.root_fingerprint.strip().lower())
     for problem in report.problems:
         print(f"FAIL {problem}")
-    chains = ", ".join(f"{chain}: {n}" for chain, n in sorted(report.chains.items()))
-    verdict = "verified" if report.ok else f"{len(report.problems)} problem(s)"
+    for qualification in report.qualifications:
+        print(f"NOTE {qualification}")
+    for chain, keyid in sorted(report.device_keys.items()):
+        print(f"key  {chain}: device audit key {keyid[:16]}")
+    chains = ", ".join(f"{c}: {n}" for c, n in sorted(report.chains.items()))
+    if not report.ok:
+        verdict = f"{len(report.problems)} problem(s)"
+    elif report.qualifications:
+        verdict = f"verified with {len(report.qualifications)} note(s)"
+    else:
+        verdict = "verified"  # and every device record is attested by its device
     print(f"{report.records} record(s) in {len(report.chains)} chain(s) ({chains}): {verdict}")
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return QUALIFIED_EXIT if report.qualifications else 0
 
 
 def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -330,5 +356,6 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("tokens", "revoke"): _tokens_revoke,
     ("audit", "export"): _audit_export,
     ("audit", "query"): _audit_query,
+    ("audit", "clear-alert"): _audit_clear_alert,
     ("bundle", "export"): _bundle_export,
 }

@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from controller.auditlog import CONTROLLER_CHAIN, acked_seq
+from controller.auditlog import acked_seq
 from controller.changes import ChangeFeed
 from controller.devices import (
     Synced,
@@ -53,6 +53,7 @@ from controller.rollouts.engine import Judged, Judging, verdict_state
 from controller.rollouts.health import judge
 from controller.snapshots import Snapshot
 from controller.store.database import Database
+from edgefleet.audit import CONTROLLER_CHAIN
 from edgefleet.errors import EdgefleetError
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 

@@ -20,6 +20,10 @@ RECORD_KEYS = frozenset(
 )
 
 
+# The controller's own chain (its state changes), stored beside the devices' chains.
+CONTROLLER_CHAIN = "controller"
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """What happened, before it is numbered and chained."""

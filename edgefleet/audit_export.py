@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edgefleet.audit import AuditRecord, parse_record, verify_checkpoint, verify_key_attestation
+from edgefleet.audit import (
+    CONTROLLER_CHAIN,
+    AuditRecord,
+    parse_record,
+    verify_checkpoint,
+    verify_key_attestation,
+)
 from edgefleet.canonical import canonical_bytes, parse_object
 from edgefleet.errors import AuditChainError, MalformedInputError, SignatureError
 from edgefleet.trust.envelope import Envelope, sign_envelope, verify_envelope
@@ -86,13 +92,15 @@ class ExportBuilder:
         filters: Mapping[str, str],
         checkpoints: Mapping[str, Sequence[Envelope]] | None = None,
         attestation: Envelope | None = None,
+        alerts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> bytes:
         """The first line of the export: root chain and the signed manifest.
 
-        The controller signs with the fleet's audit key. A device exporting its own log
-        signs with its audit key and adds the attestation by which the fleet vouches for it.
+        The controller signs with the fleet's audit key and carries the device-signed
+        checkpoints and the tamper alerts of the chains exported. A device exporting its
+        own log signs with its audit key and adds the attestation by which the fleet
+        vouches for that key.
         """
-        """The first line of the export: root chain and the manifest signed by ``audit_key``."""
         chains = {
             chain: ChainSummary(
                 first.seq,
@@ -117,6 +125,10 @@ class ExportBuilder:
                 if envelopes
             },
         }
+        if alerts:
+            manifest["alerts"] = {
+                chain: [dict(a) for a in found] for chain, found in alerts.items() if found
+            }
         envelope = sign_envelope(AUDIT_EXPORT_TYPE, canonical_bytes(manifest), [audit_key])
         header: dict[str, Any] = {
             FORMAT_MARKER: 1,
@@ -191,26 +203,58 @@ class VerificationReport:
     records: int = 0
     chains: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # Records that verify but that only the controller's audit key vouches for (no
+    # device-signed checkpoint covers them), and alerts an operator has cleared.
+    qualifications: list[str] = field(default_factory=list)
+    # Each chain's device audit key id, to compare with the device's own (out of band).
+    device_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def attested(self) -> bool:
+        """Verified, and every device record is covered by its device's own signature."""
+        return self.ok and not self.qualifications
 
-def _split(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """Header and record lines of either format."""
+
+def _split(data: bytes) -> tuple[dict[str, Any], list[bytes], list[list[str]]]:
+    """Header, record lines and (CSV only) the rows of readable columns."""
     if data.startswith(CSV_MARKER.encode()):
         rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="strict"))))
         if len(rows) < 2 or tuple(rows[1]) != CSV_COLUMNS:
             raise MalformedInputError("the CSV export has no column header")
         header = parse_object(rows[0][1].encode("utf-8"), "export header")
-        return header, [row[-1].encode("utf-8") for row in rows[2:] if row]
+        body = [row for row in rows[2:] if row]
+        return header, [row[-1].encode("utf-8") for row in body], body
     first, _, rest = data.partition(b"\n")
     header = parse_object(first, "export header")
     lines = rest.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    return header, lines
+    return header, lines, []
+
+
+def _check_csv_columns(rows: list[list[str]]) -> list[str]:
+    """Review hole M4: the readable columns must say what the signed record says."""
+    problems = []
+    for number, row in enumerate(rows, start=3):
+        if len(row) != len(CSV_COLUMNS):
+            problems.append(f"line {number}: {len(row)} columns, not {len(CSV_COLUMNS)}")
+            continue
+        try:
+            fields = parse_record(row[-1].encode("utf-8")).fields
+        except MalformedInputError:
+            continue  # reported with the record itself
+        for column, shown in zip(CSV_COLUMNS[:-1], row[:-1], strict=True):
+            signed = str(fields["device" if column == "chain" else column])
+            if shown != signed:
+                problems.append(
+                    f"line {number}: column {column} says {shown[:64]!r}, "
+                    f"the record says {signed[:64]!r}"
+                )
+    return problems
 
 
 def _manifest(header: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
@@ -260,9 +304,10 @@ def _manifest(header: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
 
 def verify_export(data: bytes, fingerprint: str) -> VerificationReport:
     """Verify an export file; every problem names the record (chain and sequence number)."""
-    header, lines = _split(data)
+    header, lines, rows = _split(data)
     manifest = _manifest(header, fingerprint)
-    report = VerificationReport(records=len(lines))
+    device_signed = "attestation" in header  # the device's own key signed the manifest
+    report = VerificationReport(records=len(lines), problems=_check_csv_columns(rows))
     chains: dict[str, list[tuple[int, AuditRecord]]] = {}
     for number, line in enumerate(lines, start=2):
         try:
@@ -274,12 +319,20 @@ def verify_export(data: bytes, fingerprint: str) -> VerificationReport:
     expected: dict[str, Any] = manifest.get("chains", {})
     for chain in chains.keys() - expected.keys():
         report.problems.append(f"chain {chain}: not in the signed manifest (records were inserted)")
+    alerts: dict[str, Any] = manifest.get("alerts", {})
     for chain, summary in expected.items():
         found = chains.get(chain, [])
         report.chains[chain] = len(found)
         report.problems.extend(_check_chain(chain, found, summary))
         signed = manifest.get("checkpoints", {}).get(chain, [])
-        report.problems.extend(_check_checkpoints(chain, found, summary, signed))
+        problems, covered = _check_checkpoints(chain, found, summary, signed)
+        report.problems.extend(problems)
+        if summary.get("public_key"):
+            report.device_keys[chain] = PublicKey.from_hex(str(summary["public_key"])).keyid
+        if chain != CONTROLLER_CHAIN and not device_signed:
+            report.qualifications.extend(_unattested(chain, summary, covered))
+        for alert in alerts.get(chain, []):
+            _report_alert(report, chain, alert, summary)
     if not report.problems and _records_digest(lines) != manifest.get("records_sha256"):
         report.problems.append("the record lines differ from the signed digest")
     signed_count = manifest.get("record_count")
@@ -288,6 +341,38 @@ def verify_export(data: bytes, fingerprint: str) -> VerificationReport:
             f"the export holds {len(lines)} records, the manifest signed {signed_count}"
         )
     return report
+
+
+def _unattested(chain: str, summary: Mapping[str, Any], covered: int) -> list[str]:
+    """Review hole M3: records past the last device-signed checkpoint are vouched for by the
+    controller's audit key alone, which could have rewritten them."""
+    first, last = int(summary["first_seq"]), int(summary["last_seq"])
+    if covered >= last:
+        return []
+    start = max(first, covered + 1)
+    span = f"#{start}" if start == last else f"#{start}..#{last}"
+    return [
+        f"records {chain} {span}: not device-attested (no checkpoint signed by the device "
+        "covers them; only the controller's audit key vouches for them)"
+    ]
+
+
+def _report_alert(
+    report: VerificationReport, chain: str, alert: Mapping[str, Any], summary: Mapping[str, Any]
+) -> None:
+    """Review hole M5: a range the controller flagged as tampered fails verification
+    while the alert stands, and stays visibly qualified once an operator cleared it."""
+    first, last = int(alert.get("first_seq", 0)), int(alert.get("last_seq", 0))
+    if last < int(summary["first_seq"]) or first > int(summary["last_seq"]):
+        return
+    span = f"#{first}" if first == last else f"#{first}..#{last}"
+    what = f"records {chain} {span}: flagged as tampered by the controller ({alert.get('reason')})"
+    if alert.get("cleared_by"):
+        report.qualifications.append(
+            f"{what}; cleared by {alert['cleared_by']}: {alert.get('cleared_reason', '')}"
+        )
+    else:
+        report.problems.append(what)
 
 
 def _check_chain(
@@ -353,9 +438,13 @@ def _check_links(
 
 def _check_checkpoints(
     chain: str, found: list[tuple[int, AuditRecord]], summary: Mapping[str, Any], signed: list[Any]
-) -> list[str]:
-    """Each device-signed checkpoint must verify with the chain's key and match its record."""
+) -> tuple[list[str], int]:
+    """Each device-signed checkpoint must verify with the chain's key and match its record.
+
+    Returns the problems and the highest sequence number a matching checkpoint covers
+    (the chain's links carry its signature back to every earlier record), or 0."""
     problems = []
+    covered = 0
     by_seq = {record.seq: record for _, record in found}
     for raw in signed:
         try:
@@ -365,8 +454,12 @@ def _check_checkpoints(
             problems.append(f"chain {chain}: a checkpoint does not verify ({e})")
             continue
         record = by_seq.get(checkpoint.seq)
-        if record is not None and record.hash != checkpoint.sha256:
+        if record is None:
+            continue
+        if record.hash != checkpoint.sha256:
             problems.append(
                 f"record {chain} #{checkpoint.seq}: does not match the device-signed checkpoint"
             )
-    return problems
+        else:
+            covered = max(covered, checkpoint.seq)
+    return problems, covered

@@ -12,6 +12,7 @@ import shtab
 import structlog
 
 from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.terminal import PrintableStream
 
 EXIT_FAILURE = 1
 
@@ -49,7 +50,13 @@ def run_command(
     argv: Sequence[str] | None,
     dispatch: Callable[[argparse.Namespace], int],
 ) -> int:
-    """Parse, run, and turn any edgefleet error into ``prog: error: reason`` and exit 1."""
+    """Parse, run, and turn any edgefleet error into ``prog: error: reason`` and exit 1.
+
+    Everything the command prints goes through `PrintableStream`: names and reasons from
+    devices, model files and policies may hold terminal escape sequences."""
+    if not isinstance(sys.stdout, PrintableStream):
+        sys.stdout = PrintableStream(sys.stdout)
+        sys.stderr = PrintableStream(sys.stderr)
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == COMPLETION:
         print(shtab.complete(parser, shell=args.shell))

@@ -41,6 +41,7 @@ OPERATOR_PERMISSIONS = frozenset(
         "operators.manage",
         "audit.read",
         "audit.export",
+        "audit.manage",
     }
 )
 # Policy versions signed before the two vocabularies were split could list operator

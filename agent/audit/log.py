@@ -169,19 +169,20 @@ class AuditLog:
         if seq > self.acked_seq():
             self.db.set_state(ACKED_KEY, str(seq))
 
-    def pending(self, limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
-        """Records after the acknowledged one, oldest first: at most ``limit`` of them and,
-        beyond the first, at most ``max_bytes`` in all (a push must fit one gRPC message)."""
+    def pending(
+        self, limit: int, max_bytes: int, through: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Records after the acknowledged one (up to ``through``), oldest first: at most
+        ``limit`` of them and, beyond the first, at most ``max_bytes`` in all (a push must
+        fit one gRPC message)."""
         after = self.acked_seq()
         batch: list[tuple[int, bytes]] = []
         size = 0
         with self.db.session() as session:
-            rows = session.execute(
-                select(AuditRow.seq, AuditRow.canonical)
-                .where(AuditRow.seq > after)
-                .order_by(AuditRow.seq)
-                .limit(limit)
-            )
+            query = select(AuditRow.seq, AuditRow.canonical).where(AuditRow.seq > after)
+            if through is not None:
+                query = query.where(AuditRow.seq <= through)
+            rows = session.execute(query.order_by(AuditRow.seq).limit(limit))
             for seq, canonical in rows:
                 size += len(canonical)
                 if batch and size > max_bytes:
@@ -244,6 +245,11 @@ class AuditLog:
             envelope = sign_checkpoint(checkpoint, key)
             session.add(CheckpointRow(seq=head.seq, envelope=envelope.to_json()))
             return envelope
+
+    def last_checkpoint_seq(self) -> int:
+        """The record the newest checkpoint covers (0 before the first)."""
+        with self.db.session() as session:
+            return int(session.execute(select(func.max(CheckpointRow.seq))).scalar_one() or 0)
 
     def checkpoints_after(self, seq: int) -> list[Envelope]:
         """Signed checkpoints of records after ``seq`` (not yet acknowledged), oldest first."""

@@ -356,22 +356,32 @@ class Syncer:
                     log.warning("scrub.repair_failed", model=manifest.ref, reason=str(e))
             log.info("scrub.done", damaged=len(damaged))
 
+    async def checkpoint(self) -> None:
+        """Sign a checkpoint of the chain's head every audit_checkpoint_every records or
+        audit_checkpoint_seconds (offline too: it bounds what could be rewritten unseen)."""
+        if self.audit_key is not None:
+            await asyncio.to_thread(
+                self.audit.checkpoint_if_due,
+                self.audit_key,
+                self.config.audit_checkpoint_every,
+                self.config.audit_checkpoint_seconds,
+            )
+
     async def _push_audit(self) -> None:
-        """Sign a checkpoint if due, then ship unacknowledged records and checkpoints in batches."""
+        """Sign a checkpoint of the head, then ship unacknowledged records and checkpoints in
+        batches: every record the controller stores is covered by this device's signature,
+        so no export of it rests on the controller's audit key alone."""
         try:
+            through = None  # with an audit key, only records a checkpoint covers are sent
             if self.audit_key is not None:
-                await asyncio.to_thread(
-                    self.audit.checkpoint_if_due,
-                    self.audit_key,
-                    self.config.audit_checkpoint_every,
-                    self.config.audit_checkpoint_seconds,
-                )
+                await asyncio.to_thread(self.audit.checkpoint_if_due, self.audit_key, 1, 0)
+                through = await asyncio.to_thread(self.audit.last_checkpoint_seq)
             shipped = int(
                 await asyncio.to_thread(self.registry.db.get_state, CHECKPOINT_SHIPPED_KEY, "0")
             )
             while True:
                 batch = await asyncio.to_thread(
-                    self.audit.pending, self.config.audit_batch, self.audit_push_bytes
+                    self.audit.pending, self.config.audit_batch, self.audit_push_bytes, through
                 )
                 checkpoints = await asyncio.to_thread(self.audit.checkpoints_after, shipped)
                 if not batch and not checkpoints:

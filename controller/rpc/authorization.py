@@ -54,6 +54,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "ListDevices": _operator("devices.read"),
     _OPERATOR + "ExportAudit": _operator("audit.export"),
     _OPERATOR + "QueryAudit": _operator("audit.read"),
+    _OPERATOR + "ClearAuditAlert": _operator("audit.manage"),
     _OPERATOR + "AddOperator": _operator("operators.manage"),
     _OPERATOR + "ApplyPolicy": _operator("policy.manage"),
     _OPERATOR + "GetPolicy": _operator("policy.read"),

@@ -15,11 +15,14 @@ from google.protobuf.message import Message
 
 from controller.auditlog import (
     ExportFilter,
+    alerts_of,
     audit_public_keys,
     checkpoints_between,
+    clear_alert,
     export_page,
     ingest,
     record_alone,
+    through_next_checkpoint,
 )
 from controller.devices import list_devices
 from controller.enrollment import EnrollmentRequest
@@ -32,7 +35,7 @@ from controller.rollouts.pins import pin_model, unpin_model
 from controller.rpc.guard import caller
 from controller.snapshots import RECHECK_SECONDS, bundle_header
 from edgefleet import serde
-from edgefleet.audit import AuditEvent, sign_key_attestation, sign_receipt
+from edgefleet.audit import CONTROLLER_CHAIN, AuditEvent, sign_key_attestation, sign_receipt
 from edgefleet.audit_export import ExportBuilder
 from edgefleet.errors import MalformedInputError
 from edgefleet.trust.metadata import format_time, parse_time
@@ -452,13 +455,28 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             if not page:
                 break
             after = (page[-1][0], page[-1][1])
+        for chain, (_, last) in builder.ranges().items():  # tails up to a device checkpoint
+            if chain != CONTROLLER_CHAIN:
+                tail = await asyncio.to_thread(through_next_checkpoint, self.app.db, chain, last)
+                for record_chain, seq, canonical in tail:
+                    builder.add(canonical)
+                    record = operator_pb2.ExportedAuditRecord(
+                        device_id=record_chain, seq=seq, canonical=canonical
+                    )
+                    yield operator_pb2.ExportAuditChunk(record=record)
         keys = await asyncio.to_thread(audit_public_keys, self.app.db)
         checkpoints = {
             chain: await asyncio.to_thread(checkpoints_between, self.app.db, chain, first, last)
             for chain, (first, last) in builder.ranges().items()
         }
+        alerts = await asyncio.to_thread(alerts_of, self.app.db, builder.ranges())
         header = builder.header(
-            self.app.root_chain, self.app.audit_key, keys, where.as_dict(), checkpoints
+            self.app.root_chain,
+            self.app.audit_key,
+            keys,
+            where.as_dict(),
+            checkpoints,
+            alerts=alerts,
         )
         yield operator_pb2.ExportAuditChunk(header=header)
 
@@ -481,6 +499,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             limit,
         )
         return operator_pb2.QueryAuditResponse(records=records, truncated=more)
+
+    async def ClearAuditAlert(
+        self, request: operator_pb2.ClearAuditAlertRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ClearAuditAlertResponse:
+        cleared = await asyncio.to_thread(
+            clear_alert, self.app.db, caller().name, request.device_id, request.reason
+        )
+        return operator_pb2.ClearAuditAlertResponse(cleared=cleared)
 
     async def AddOperator(
         self, request: operator_pb2.AddOperatorRequest, context: grpc.aio.ServicerContext

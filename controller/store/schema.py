@@ -64,6 +64,8 @@ class Device(Base):
     audit_head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     # edgefleet.fleet.ModelHealth of each installed version, as last reported.
     health: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    # The network address an enrollment came from (pending devices are limited per source).
+    enrolled_from: Mapped[str] = mapped_column(String(64), default="", index=True)
 
 
 class Operator(Base):
@@ -232,6 +234,24 @@ class AuditCheckpointRow(Base):
     chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditAlert(Base):
+    """A range of a chain the controller found tampered with, and who cleared it, if anyone.
+
+    The records stay stored (they are the evidence); exports carry the alert, and verifying
+    them fails while it stands (a cleared alert still qualifies the range)."""
+
+    __tablename__ = "audit_alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(64), index=True)
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(1024))
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cleared_by: Mapped[str] = mapped_column(String(128), default="")
+    cleared_reason: Mapped[str] = mapped_column(String(1024), default="")
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AuditHead(Base):

@@ -1292,6 +1292,48 @@ class QueryAuditResponse(_message.Message):
 Global___QueryAuditResponse: _TypeAlias = QueryAuditResponse  # noqa: Y015
 
 @_typing.final
+class ClearAuditAlertRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    reason: _builtins.str
+    """What the investigation found (3 to 1024 characters); kept with the alert."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearAuditAlertRequest: _TypeAlias = ClearAuditAlertRequest  # noqa: Y015
+
+@_typing.final
+class ClearAuditAlertResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARED_FIELD_NUMBER: _builtins.int
+    cleared: _builtins.int
+    def __init__(
+        self,
+        *,
+        cleared: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearAuditAlertResponse: _TypeAlias = ClearAuditAlertResponse  # noqa: Y015
+
+@_typing.final
 class ExportBundleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -95,6 +95,11 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditResponse.FromString,
                 _registered_method=True)
+        self.ClearAuditAlert = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ClearAuditAlert',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ClearAuditAlertRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ClearAuditAlertResponse.FromString,
+                _registered_method=True)
         self.AddOperator = channel.unary_unary(
                 '/edgefleet.v1.OperatorService/AddOperator',
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.AddOperatorRequest.SerializeToString,
@@ -227,6 +232,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearAuditAlert(self, request, context):
+        """After an investigation: a chain flagged as tampered takes records again; its alerts
+        stay on record as cleared (by whom, why) and keep qualifying exports of their ranges.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddOperator(self, request, context):
         """Sign a CSR for a new operator with a role (the key never leaves the operator's machine).
         """
@@ -351,6 +364,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.QueryAudit,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.QueryAuditResponse.SerializeToString,
+            ),
+            'ClearAuditAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearAuditAlert,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ClearAuditAlertRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ClearAuditAlertResponse.SerializeToString,
             ),
             'AddOperator': grpc.unary_unary_rpc_method_handler(
                     servicer.AddOperator,
@@ -723,6 +741,33 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/QueryAudit',
             edgefleet_dot_v1_dot_operator__pb2.QueryAuditRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.QueryAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearAuditAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ClearAuditAlert',
+            edgefleet_dot_v1_dot_operator__pb2.ClearAuditAlertRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ClearAuditAlertResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,10 @@ class OperatorServiceStub:
     """
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_operator_pb2.QueryAuditRequest, _operator_pb2.QueryAuditResponse]
     """Records matching the filters, newest last, at most `limit`."""
+    ClearAuditAlert: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ClearAuditAlertRequest, _operator_pb2.ClearAuditAlertResponse]
+    """After an investigation: a chain flagged as tampered takes records again; its alerts
+    stay on record as cleared (by whom, why) and keep qualifying exports of their ranges.
+    """
     AddOperator: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]
     """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
     ApplyPolicy: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]
@@ -103,6 +107,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     QueryAudit: _aio.UnaryUnaryMultiCallable[_operator_pb2.QueryAuditRequest, _operator_pb2.QueryAuditResponse]  # type: ignore[assignment]
     """Records matching the filters, newest last, at most `limit`."""
+    ClearAuditAlert: _aio.UnaryUnaryMultiCallable[_operator_pb2.ClearAuditAlertRequest, _operator_pb2.ClearAuditAlertResponse]  # type: ignore[assignment]
+    """After an investigation: a chain flagged as tampered takes records again; its alerts
+    stay on record as cleared (by whom, why) and keep qualifying exports of their ranges.
+    """
     AddOperator: _aio.UnaryUnaryMultiCallable[_operator_pb2.AddOperatorRequest, _operator_pb2.AddOperatorResponse]  # type: ignore[assignment]
     """Sign a CSR for a new operator with a role (the key never leaves the operator's machine)."""
     ApplyPolicy: _aio.UnaryUnaryMultiCallable[_operator_pb2.ApplyPolicyRequest, _operator_pb2.PolicyResponse]  # type: ignore[assignment]
@@ -219,6 +227,16 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.QueryAuditResponse, _abc.Awaitable[_operator_pb2.QueryAuditResponse]]:
         """Records matching the filters, newest last, at most `limit`."""
+
+    @_abc_1.abstractmethod
+    def ClearAuditAlert(
+        self,
+        request: _operator_pb2.ClearAuditAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ClearAuditAlertResponse, _abc.Awaitable[_operator_pb2.ClearAuditAlertResponse]]:
+        """After an investigation: a chain flagged as tampered takes records again; its alerts
+        stay on record as cleared (by whom, why) and keep qualifying exports of their ranges.
+        """
 
     @_abc_1.abstractmethod
     def AddOperator(

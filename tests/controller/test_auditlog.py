@@ -113,3 +113,71 @@ def test_device_checkpoints_are_checked_against_stored_records(db: Database) -> 
     assert len(checkpoints_between(db, "dev-1", 1, 3)) == 1  # the one ahead of the records waits
     forged = sign_checkpoint(Checkpoint("dev-1", 3, "cd" * 32, "t"), SigningKey.generate())
     assert "checkpoint refused" in ingest(db, "dev-1", [], [forged]).tamper_reason
+
+
+def _device(db: Database, key: object) -> None:
+    from datetime import UTC, datetime
+
+    from controller.store.schema import Device
+
+    with db.session() as session:
+        session.add(
+            Device(
+                device_id="dev-1",
+                hostname="h",
+                labels={},
+                state="active",
+                key_fingerprint="f",
+                certificate_serial="1",
+                previous_serial="",
+                audit_public_key=key.public.hex,  # type: ignore[attr-defined]
+                enrolled_at=datetime.now(UTC),
+                agent_version="",
+                installed=[],
+                last_error="",
+                bench=[],
+            )
+        )
+
+
+def test_a_tampered_range_is_flagged_travels_in_exports_and_can_be_cleared(db: Database) -> None:
+    """Review hole M5: records altered before they were pushed (re-chained, so the links
+    hold) no longer pass as genuine: the range since the last matching checkpoint is an
+    alert; the chain takes nothing more until an operator clears it, with a reason; the
+    cleared alert stays on record for exports."""
+    from controller.auditlog import alerts_of, clear_alert
+    from edgefleet.audit import Checkpoint, sign_checkpoint
+    from edgefleet.errors import MalformedInputError, NotFoundError
+    from edgefleet.trust.keys import SigningKey
+
+    key = SigningKey.generate()
+    _device(db, key)
+    genuine = _chain(6)
+    first = sign_checkpoint(Checkpoint("dev-1", 2, record_hash(genuine[1][1]), "t"), key)
+    assert ingest(db, "dev-1", genuine[:2], [first]).tamper_reason == ""
+    # Records 3..6 rewritten on the device after its checkpoint of #6 was signed.
+    signed = sign_checkpoint(Checkpoint("dev-1", 6, record_hash(genuine[5][1]), "t"), key)
+    altered, prev = [], record_hash(genuine[1][1])
+    for seq in range(3, 7):
+        event = AuditEvent("agent", "inference.chat", "m@1", "denied", {})
+        canonical = encode_record("dev-1", seq, "2026-01-01T00:00:00Z", event, prev)
+        altered.append((seq, canonical))
+        prev = record_hash(canonical)
+    result = ingest(db, "dev-1", altered, [signed])
+    assert "does not match the device-signed checkpoint" in result.tamper_reason
+    assert [
+        (a["first_seq"], a["last_seq"], a["cleared_by"]) for a in alerts_of(db, ["dev-1"])["dev-1"]
+    ] == [(3, 6, "")]
+    assert ingest(db, "dev-1", _chain(7)[6:]).stored == 0  # blocked while the alert stands
+    with pytest.raises(MalformedInputError, match="say why"):
+        clear_alert(db, "alice", "dev-1", "")
+    assert clear_alert(db, "alice", "dev-1", "device reimaged; records 3-6 lost") == 1
+    (alert,) = alerts_of(db, ["dev-1"])["dev-1"]
+    assert alert["cleared_by"] == "operator:alice" and "reimaged" in alert["cleared_reason"]
+    with pytest.raises(NotFoundError):
+        clear_alert(db, "alice", "dev-1", "again")
+    controller = [json.loads(r) for r in _stored(db, "controller")]
+    assert [r["action"] for r in controller][-2:] == [
+        "audit.tamper_detected",
+        "audit.alert_cleared",
+    ]

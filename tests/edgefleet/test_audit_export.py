@@ -231,3 +231,94 @@ def test_device_signed_export_verifies_through_the_fleet_attestation(fleet: Flee
         verify_export(
             export(own + _chain("dev-b", 1), fleet.keys["audit"], device_key), fingerprint
         )
+
+
+def _covered_export(
+    fleet: Fleet, records: list[bytes], key: SigningKey, alerts: dict | None = None
+) -> tuple[bytes, str]:
+    """An export of one device chain with a device-signed checkpoint of its last record."""
+    from edgefleet.audit import Checkpoint, parse_record, sign_checkpoint
+    from edgefleet.audit_export import ExportBuilder, render
+
+    root = fleet.sign_root(fleet.root())
+    builder = ExportBuilder()
+    for record in records:
+        builder.add(record)
+    last = parse_record(records[-1])
+    checkpoint = sign_checkpoint(Checkpoint(last.device, last.seq, last.hash, "t"), key)
+    header = builder.header(
+        [root],
+        fleet.keys["audit"],
+        {last.device: key.public.hex},
+        {},
+        {last.device: [checkpoint]},
+        alerts=alerts,
+    )
+    return b"".join(render(header, records, "jsonl")), root_fingerprint(root)
+
+
+def test_records_covered_by_a_device_checkpoint_are_attested(fleet: Fleet) -> None:
+    """A device chain whose last record the device signed verifies without a note."""
+    key = SigningKey.generate()
+    data, fingerprint = _covered_export(fleet, _chain("dev-a", 6), key)
+    report = verify_export(data, fingerprint)
+    assert report.attested, (report.problems, report.qualifications)
+    assert report.device_keys == {"dev-a": key.public.keyid}
+
+
+def test_a_history_rewritten_with_the_audit_key_alone_is_not_attested(fleet: Fleet) -> None:
+    """Review hole M3: rewriting a device's records, re-chaining them, dropping its
+    checkpoints and re-signing with the audit key no longer yields a clean verdict: the
+    records are named as vouched for by the controller's key alone."""
+    rewritten = [r.replace(b'"success"', b'"denied"') for r in _chain("dev-a", 6)]
+    rechained, prev = [], GENESIS_HASH
+    for raw in rewritten:
+        doc = json.loads(raw)
+        doc["prev"] = prev
+        canonical = canonical_bytes(doc)
+        rechained.append(canonical)
+        prev = record_hash(canonical)
+    data, fingerprint = _export(fleet, rechained)
+    report = verify_export(data, fingerprint)
+    assert report.ok and not report.attested
+    assert report.qualifications == [
+        "records dev-a #1..#6: not device-attested (no checkpoint signed by the device covers "
+        "them; only the controller's audit key vouches for them)"
+    ]
+
+
+def test_the_csv_columns_must_say_what_the_records_say(fleet: Fleet) -> None:
+    """Review hole M4: editing a readable CSV column (the record left intact) fails."""
+    data, fingerprint = _export(fleet, RECORDS, "csv")
+    edited = data.replace(
+        b"\ndev-a,3,2026-01-01T00:00:03Z,app:x,", b"\ndev-a,3,2026-01-01T00:00:03Z,app:other,", 1
+    )
+    assert edited != data
+    problems = verify_export(edited, fingerprint).problems
+    assert problems == ["line 5: column actor says 'app:other', the record says 'app:x'"]
+
+
+@pytest.mark.parametrize("cleared", [False, True])
+def test_a_flagged_range_fails_or_stays_noted(fleet: Fleet, cleared: bool) -> None:
+    """Review hole M5: an export of a chain the controller flagged fails while the alert
+    stands; once cleared after an investigation, the range is still noted."""
+    key = SigningKey.generate()
+    alert = {
+        "first_seq": 3,
+        "last_seq": 4,
+        "reason": "record 4 does not match",
+        "detected": "t",
+        "cleared_by": "operator:alice" if cleared else "",
+        "cleared_reason": "reimaged",
+    }
+    data, fingerprint = _covered_export(fleet, _chain("dev-a", 6), key, {"dev-a": [alert]})
+    report = verify_export(data, fingerprint)
+    flagged = (
+        "records dev-a #3..#4: flagged as tampered by the controller (record 4 does not match)"
+    )
+    if cleared:
+        assert report.ok and report.qualifications == [
+            f"{flagged}; cleared by operator:alice: reimaged"
+        ]
+    else:
+        assert report.problems == [flagged]
