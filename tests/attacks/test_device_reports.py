@@ -49,7 +49,9 @@ def _largest_report() -> device_pb2.StatusReport:
     )
 
 
-def _enroll_and_report(fleet: Fleet, report: device_pb2.StatusReport) -> str:
+def _enroll_and_report(
+    fleet: Fleet, report: device_pb2.StatusReport, hostname: str = "big"
+) -> str:
     """Enroll a device with a token over the enrollment listener, then sync ``report``."""
     ca_pem = (fleet.controller_dir / "tls" / "ca.pem").read_bytes()
     token = fleet.ctl("token", "create", quiet=True).stdout.strip()
@@ -61,7 +63,7 @@ def _enroll_and_report(fleet: Fleet, report: device_pb2.StatusReport) -> str:
             device_pb2.EnrollRequest(
                 token=token,
                 csr_pem=make_csr(key),
-                hostname="big",
+                hostname=hostname,
                 agent_version="test",
                 audit_public_key=SigningKey.generate().public.hex,
             ),
@@ -93,3 +95,19 @@ def test_devices_list_pages_past_any_message_limit(fleet: Fleet) -> None:
         assert {len(d["reason"]) for d in device["downloads"]} == {512}
     shown = fleet.ctl("devices", "show", ids[-1], "--json").stdout
     assert ids[-1] in shown
+
+
+def test_escape_sequences_from_devices_never_reach_the_terminal(fleet: Fleet) -> None:
+    """Review hole L6: a hostname and reported names holding terminal escape sequences
+    (clear screen, a bidi override) are shown escaped by `devices list` and `devices show`."""
+    evil = "gw\x1b[2J\x1b]0;pwned\x07\u202e"
+    report = device_pb2.StatusReport(
+        agent_version="1\x1b[31m",
+        last_error="boom\x1b[8m hidden",
+        models=[device_pb2.InstalledModel(name="m\x1b[1A", version="1", sha256="ab" * 32)],
+    )
+    device_id = _enroll_and_report(fleet, report, hostname=evil)
+    for args in (("devices", "list"), ("devices", "show", device_id)):
+        out = fleet.ctl(*args).stdout
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+        assert "gw\\x1b[2J" in out
