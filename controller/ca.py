@@ -25,6 +25,8 @@ CA_VALIDITY = timedelta(days=3650)
 SERVER_VALIDITY = timedelta(days=365)
 CLIENT_VALIDITY = timedelta(days=90)
 OPERATOR_VALIDITY = timedelta(days=730)
+# Certificates are valid from a little before they are issued (clocks differ).
+BACKDATE = timedelta(minutes=5)
 MAX_CSR_BYTES = 16 * 1024
 
 
@@ -47,7 +49,7 @@ class CertificateAuthority:
             .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(now + CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
@@ -100,7 +102,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(min(now + validity, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

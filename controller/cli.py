@@ -100,10 +100,15 @@ def _parser() -> argparse.ArgumentParser:
 
     for action, text in (
         ("accept", "accept a pending device"),
-        ("reject", "reject a pending device"),
         ("revoke", "cut a device off from its next call"),
     ):
         devices.add_parser(action, help=text).add_argument("device_id")
+    reject = devices.add_parser("reject", help="reject a pending device (or all of them)")
+    reject.add_argument("device_id", nargs="?", default="")
+    reject.add_argument(
+        "--all-pending", action="store_true", help="every device waiting for approval"
+    )
+    reject.add_argument("--from", dest="source", default="", help="only those from this address")
     preauthorize = devices.add_parser(
         "preauthorize", help="let a device key enroll without a token"
     )

@@ -260,6 +260,13 @@ class OperatorClient:
         request = operator_pb2.SetDeviceStateRequest(device_id=device_id, action=action)
         return str(self._call(self._stub.SetDeviceState, request).state)
 
+    def reject_pending(self, source: str) -> int:
+        """Reject every device waiting for approval (from ``source`` only, if given)."""
+        request = operator_pb2.SetDeviceStateRequest(
+            action="reject", all_pending=True, source=source
+        )
+        return int(self._call(self._stub.SetDeviceState, request).count)
+
     def preauthorize(self, fingerprint: str, labels: dict[str, str]) -> None:
         """Let the device key with this fingerprint enroll without a token."""
         request = operator_pb2.PreauthorizeDeviceRequest(key_fingerprint=fingerprint, labels=labels)

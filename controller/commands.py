@@ -247,6 +247,16 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 
 def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
+    if getattr(args, "all_pending", False):
+        if args.device_id:
+            raise ConfigError("give a device id or --all-pending, not both")
+        count = client.reject_pending(args.source)
+        print(f"{count} pending device(s) rejected")
+        return 0
+    if not args.device_id:
+        raise ConfigError(f"devices {args.action} needs a device id")
+    if getattr(args, "source", ""):
+        raise ConfigError("--from goes with --all-pending")
     print(f"{args.device_id}: {client.set_device_state(args.device_id, args.action)}")
     return 0
 

@@ -42,6 +42,12 @@ class ControllerConfig:
     stale_after_seconds: int = 300
     # How often rollouts are judged and advanced (one replica at a time on PostgreSQL).
     rollout_tick_seconds: int = 5
+    # Enrollment from one network address: failures a minute before it gets "too many"
+    # (only the first failure of each minute is audited), devices waiting for approval at
+    # once, and how long a device waits before its request expires.
+    enroll_failures_per_minute: int = 20
+    max_pending_per_source: int = 20
+    pending_expiry_hours: int = 72
 
     def __post_init__(self) -> None:
         listeners = {"listen": self.listen, "enroll_listen": self.enroll_listen}
@@ -67,6 +73,9 @@ class ControllerConfig:
             "shutdown_grace_seconds",
             "stale_after_seconds",
             "rollout_tick_seconds",
+            "enroll_failures_per_minute",
+            "max_pending_per_source",
+            "pending_expiry_hours",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

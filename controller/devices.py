@@ -220,6 +220,7 @@ def list_devices(
                     stale=device.state == "active" and is_stale(device, now, stale_after),
                     audit_head_seq=device.audit_head_seq or 0,
                     assignments=desired_assignments(session, device, pins=pins),
+                    enrolled_from=device.enrolled_from,
                 )
             )
         return views

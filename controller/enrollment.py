@@ -15,15 +15,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Update, func, select, update
+from sqlalchemy import Update, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from controller.auditlog import record_event
-from controller.ca import CertificateAuthority
+from controller.ca import BACKDATE, CertificateAuthority
 from controller.rollouts.engine import assign_matching_rollouts
 from controller.store.database import Database
 from controller.store.schema import Device, EnrollmentToken, Preauthorization
 from edgefleet.audit import AuditEvent
+from edgefleet.denials import DenialWindow
 from edgefleet.errors import EnrollmentError, MalformedInputError, NotFoundError, ResourceError
 from edgefleet.tls import cert_pem, key_fingerprint_of_csr
 from edgefleet.trust.keys import PublicKey
@@ -77,6 +78,15 @@ class Enrolled:
 
 
 @dataclass(frozen=True)
+class EnrollmentLimits:
+    """What one source may do (anonymous callers are counted by network address)."""
+
+    failures_per_minute: int = 20
+    pending_per_source: int = 20
+    pending_expiry: timedelta = timedelta(hours=72)
+
+
+@dataclass(frozen=True)
 class EnrollmentRequest:
     """What a device sends to enroll."""
 
@@ -85,17 +95,24 @@ class EnrollmentRequest:
     hostname: str
     agent_version: str
     audit_key: str
+    source: str = ""  # the network address it came from (limits are per source)
 
 
 class Enrollment:
     """Creates tokens, enrolls devices, and changes their state, each step audited."""
 
     def __init__(
-        self, db: Database, ca: CertificateAuthority, certificate_lifetime: timedelta
+        self,
+        db: Database,
+        ca: CertificateAuthority,
+        certificate_lifetime: timedelta,
+        limits: EnrollmentLimits | None = None,
     ) -> None:
         self.db = db
         self.ca = ca
         self.lifetime = certificate_lifetime
+        self.limits = limits or EnrollmentLimits()
+        self.failures = DenialWindow(60, self.limits.failures_per_minute)
 
     def create_token(
         self, operator: str, labels: dict[str, str], ttl: timedelta
@@ -128,7 +145,14 @@ class Enrollment:
         return token, expires
 
     def enroll(self, request: EnrollmentRequest) -> Enrolled:
-        """Enroll with a token, a preauthorized key, or as a pending device; audit refusals."""
+        """Enroll with a token, a preauthorized key, or as a pending device.
+
+        A refusal is audited once per source and minute (the gRPC call metrics count every
+        one); a source past ``failures_per_minute`` is refused before any database work."""
+        if self.failures.limited(request.source):
+            raise ResourceError(
+                f"too many failed enrollments from {request.source}; retry in a minute"
+            )
         if len(request.hostname) > 255 or len(request.agent_version) > 64:
             raise MalformedInputError("hostname or agent version is too long")
         PublicKey.from_hex(request.audit_key)
@@ -139,23 +163,33 @@ class Enrollment:
                     return self._with_token(session, request, fingerprint)
                 return self._without_token(session, request, fingerprint)
         except EnrollmentError as e:
-            with self.db.session() as session:
-                record_event(
-                    session,
-                    AuditEvent(
-                        "anonymous",
-                        "device.enroll",
-                        f"key:{fingerprint[:16]}",
-                        "denied",
-                        {"reason": str(e), "hostname": request.hostname[:64]},
-                    ),
-                )
+            denial = self.failures.deny(request.source)
+            if denial.record:
+                details: dict[str, object] = {
+                    "reason": str(e),
+                    "hostname": request.hostname[:64],
+                    "source": request.source[:64],
+                }
+                if denial.earlier:
+                    details["unrecorded_before"] = denial.earlier
+                with self.db.session() as session:
+                    record_event(
+                        session,
+                        AuditEvent(
+                            "anonymous",
+                            "device.enroll",
+                            f"key:{fingerprint[:16]}",
+                            "denied",
+                            details,
+                        ),
+                    )
             raise
 
     def _issue(self, session: Session, device: Device, csr_pem: bytes, actor: str) -> Enrolled:
         cert = self.ca.issue_from_csr(csr_pem, f"device:{device.device_id}", self.lifetime)
         device.previous_serial = device.certificate_serial
         device.certificate_serial = format(cert.serial_number, "x")
+        device.certificate_issued_at = datetime.now(UTC)
         session.flush()
         assign_matching_rollouts(session, device)
         record_event(
@@ -187,6 +221,7 @@ class Enrollment:
             installed=[],
             last_error="",
             bench=[],
+            enrolled_from=request.source[:64],
         )
 
     def _with_token(
@@ -257,11 +292,21 @@ class Enrollment:
             )
         if session.get(Preauthorization, fingerprint) is not None:
             raise EnrollmentError("this key's preauthorization was already used")
+        self._expire_pending(session)
         pending = session.execute(
             select(func.count()).select_from(Device).where(Device.state == "pending")
         ).scalar_one()
         if pending >= MAX_PENDING:
             raise ResourceError("too many devices are waiting for approval")
+        from_source = session.execute(
+            select(func.count())
+            .select_from(Device)
+            .where(Device.state == "pending", Device.enrolled_from == request.source[:64])
+        ).scalar_one()
+        if from_source >= self.limits.pending_per_source:
+            raise ResourceError(
+                f"{from_source} devices from {request.source} are already waiting for approval"
+            )
         device.state = "pending"
         session.add(device)
         session.flush()  # SQLite: holds the write lock from here, so it sees every commit
@@ -284,6 +329,59 @@ class Enrollment:
             ),
         )
         return Enrolled(device.device_id, "pending")
+
+    def _expire_pending(self, session: Session) -> None:
+        """Drop requests that waited longer than ``pending_expiry`` (audited as one record)."""
+        cutoff = datetime.now(UTC) - self.limits.pending_expiry
+        expired = (
+            session.execute(
+                delete(Device)
+                .where(Device.state == "pending", Device.enrolled_at < cutoff)
+                .returning(Device.device_id)
+                .execution_options(synchronize_session=False)
+            )
+            .scalars()
+            .all()
+        )
+        if expired:
+            record_event(
+                session,
+                AuditEvent(
+                    "controller",
+                    "device.expire",
+                    "pending",
+                    "success",
+                    {"devices": len(expired), "first": expired[0]},
+                ),
+            )
+
+    def reject_pending(self, operator: str, source: str = "") -> int:
+        """Reject every device waiting for approval (those from ``source`` only, if given)."""
+        with self.db.session() as session:
+            query = update(Device).where(Device.state == "pending")
+            if source:
+                query = query.where(Device.enrolled_from == source)
+            rejected = (
+                session.execute(
+                    query.values(state="rejected")
+                    .returning(Device.device_id)
+                    .execution_options(synchronize_session=False)
+                )
+                .scalars()
+                .all()
+            )
+            if rejected:
+                record_event(
+                    session,
+                    AuditEvent(
+                        f"operator:{operator}",
+                        "device.reject",
+                        f"pending:{source or 'all'}",
+                        "success",
+                        {"devices": len(rejected)},
+                    ),
+                )
+        return len(rejected)
 
     def set_state(self, operator: str, device_id: str, action: str) -> str:
         """accept | reject a pending device, revoke an active one; return the new state."""
@@ -336,15 +434,44 @@ class Enrollment:
             )
 
     def renew(self, device_id: str, csr_pem: bytes) -> bytes:
-        """A fresh certificate for an active device; the previous one is still accepted too."""
+        """A fresh certificate for an active device's enrolled key; the previous one is still
+        accepted too. Refused for another key (a stolen certificate cannot move the identity
+        to a key of its own) and while more than half of the current certificate's lifetime
+        is left (renewals cannot be cycled to push the real device's certificate out)."""
+        fingerprint = key_fingerprint_of_csr(csr_pem)
+        now = datetime.now(UTC)
         with self.db.session() as session:
-            device = session.get(Device, device_id, with_for_update=True)
+            device = session.get(Device, device_id)
             if device is None or device.state != "active":
                 raise EnrollmentError(f"device {device_id} may not renew its certificate")
+            if fingerprint != device.key_fingerprint:
+                raise EnrollmentError(
+                    "a certificate is renewed for the enrolled key only; enroll again for a new one"
+                )
+            issued = device.certificate_issued_at
+            if issued is not None:
+                left = issued.replace(tzinfo=UTC) + self.lifetime - now
+                if left > (self.lifetime + BACKDATE) / 2:  # agents renew at a third left
+                    raise ResourceError(
+                        "the current certificate is new: renew once less than half its "
+                        "lifetime is left"
+                    )
             cert = self.ca.issue_from_csr(csr_pem, f"device:{device_id}", self.lifetime)
-            device.previous_serial = device.certificate_serial
-            device.certificate_serial = format(cert.serial_number, "x")
-            device.key_fingerprint = key_fingerprint_of_csr(csr_pem)
+            serial = format(cert.serial_number, "x")
+            if not spend(
+                session,
+                update(Device)
+                .where(
+                    Device.device_id == device_id,
+                    Device.certificate_serial == device.certificate_serial,
+                )
+                .values(
+                    previous_serial=device.certificate_serial,
+                    certificate_serial=serial,
+                    certificate_issued_at=now,
+                ),
+            ):
+                raise ResourceError("another renewal of this device is under way")
             record_event(
                 session,
                 AuditEvent(

@@ -20,7 +20,7 @@ from controller.catalog import Catalog
 from controller.changes import ChangeFeed, PostgresRelay
 from controller.config import ControllerConfig
 from controller.datadir import DataDir
-from controller.enrollment import Enrollment
+from controller.enrollment import Enrollment, EnrollmentLimits
 from controller.keyring import Keyring
 from controller.metrics import ControllerMetrics
 from controller.operators import ensure_bootstrap_admin
@@ -110,7 +110,16 @@ class ControllerApp:
             db=db,
             blobs=blobs,
             catalog=catalog,
-            enrollment=Enrollment(db, ca, lifetime),
+            enrollment=Enrollment(
+                db,
+                ca,
+                lifetime,
+                EnrollmentLimits(
+                    config.enroll_failures_per_minute,
+                    config.max_pending_per_source,
+                    timedelta(hours=config.pending_expiry_hours),
+                ),
+            ),
             policies=policies,
             access=AccessControl(db),
             ca=ca,

@@ -149,3 +149,4 @@ class DeviceView:
     stale: bool = False
     audit_head_seq: int = 0
     assignments: tuple[ModelAssignment, ...] = ()
+    enrolled_from: str = ""

@@ -247,6 +247,7 @@ def device_view_to_pb(view: DeviceView) -> operator_pb2.DeviceView:
         assignments=[
             device_pb2.Assignment(name=a.name, version=a.version) for a in view.assignments
         ],
+        enrolled_from=view.enrolled_from,
     )
 
 
@@ -273,6 +274,7 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
         stale=message.stale,
         audit_head_seq=message.audit_head_seq,
         assignments=tuple(ModelAssignment(a.name, a.version) for a in message.assignments),
+        enrolled_from=message.enrolled_from,
     )
 
 

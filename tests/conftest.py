@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from controller.store.database import Database, reset_scratch_database
 from demo import Fleet, active_models, wait_for
 from edgefleet.bundled import bundled_model_path
 from tests.integration.fleets import ModelFleet
@@ -60,3 +62,42 @@ def small_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
         yield fleet, device_id
     finally:
         fleet.stop_all()
+
+
+# The controller's store tests run against every backend: SQLite and PostgreSQL.
+POSTGRES_URL = os.environ.get(
+    "EDGEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _scratch_postgres() -> Database:
+    """The test PostgreSQL database, emptied and migrated; skips visibly when absent."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed")
+    db = Database(POSTGRES_URL)
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("select 1"))
+    except Exception as e:  # noqa: BLE001 - any connection failure means: skip, visibly
+        db.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(e).__name__}")
+    reset_scratch_database(db)
+    return db
+
+
+@pytest.fixture
+def postgres() -> str:
+    """The URL of an empty, migrated PostgreSQL database for a controller process."""
+    _scratch_postgres().dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh, empty controller database of each backend (PostgreSQL skips if absent)."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'controller.db'}")
+        reset_scratch_database(db)
+    else:
+        db = _scratch_postgres()
+    yield db
+    db.dispose()

@@ -50,6 +50,16 @@ _Message = TypeVar("_Message", bound=Message)
 _Key = TypeVar("_Key", str, int)
 
 
+def peer_address(peer: str) -> str:
+    """The network address of a gRPC peer ("ipv4:10.0.0.5:41234" -> "10.0.0.5")."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer[:64]
+
+
 def _page_size(asked: int, default: int, most: int) -> int:
     return min(asked or default, most)
 
@@ -133,6 +143,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             hostname=request.hostname,
             agent_version=request.agent_version,
             audit_key=request.audit_public_key,
+            source=peer_address(context.peer()),
         )
         enrolled = await asyncio.to_thread(self.app.enrollment.enroll, enrollment_request)
         attestation = None
@@ -570,11 +581,18 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def SetDeviceState(
         self, request: operator_pb2.SetDeviceStateRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.SetDeviceStateResponse:
+        if request.all_pending:
+            if request.action != "reject" or request.device_id:
+                raise MalformedInputError("all_pending goes with action reject and no device_id")
+            count = await asyncio.to_thread(
+                self.app.enrollment.reject_pending, caller().name, request.source
+            )
+            return operator_pb2.SetDeviceStateResponse(state="rejected", count=count)
         state = await asyncio.to_thread(
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
         self.app.changes.notify()
-        return operator_pb2.SetDeviceStateResponse(state=state)
+        return operator_pb2.SetDeviceStateResponse(state=state, count=1)
 
     async def PreauthorizeDevice(
         self, request: operator_pb2.PreauthorizeDeviceRequest, context: grpc.aio.ServicerContext

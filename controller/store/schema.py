@@ -66,6 +66,10 @@ class Device(Base):
     health: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     # The network address an enrollment came from (pending devices are limited per source).
     enrolled_from: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # When the current certificate was issued (renewals wait for half its lifetime).
+    certificate_issued_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
 
 class Operator(Base):

@@ -765,6 +765,7 @@ class DeviceView(_message.Message):
     STALE_FIELD_NUMBER: _builtins.int
     AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    ENROLLED_FROM_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     hostname: _builtins.str
     last_seen: _builtins.str
@@ -784,6 +785,8 @@ class DeviceView(_message.Message):
     """Highest audit sequence number the device reported writing (minus audit_stored_seq:
     its backlog).
     """
+    enrolled_from: _builtins.str
+    """The network address it enrolled (or asked for approval) from."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -823,10 +826,11 @@ class DeviceView(_message.Message):
         stale: _builtins.bool = ...,
         audit_head_seq: _builtins.int = ...,
         assignments: _abc.Iterable[_device_pb2.Assignment] | None = ...,
+        enrolled_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assignments", b"assignments", "audit_alert", b"audit_alert", "audit_head_seq", b"audit_head_seq", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "health", b"health", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "resources", b"resources", "stale", b"stale", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assignments", b"assignments", "audit_alert", b"audit_alert", "audit_head_seq", b"audit_head_seq", "audit_stored_seq", b"audit_stored_seq", "bench", b"bench", "daily_data_budget", b"daily_data_budget", "data_used_today", b"data_used_today", "device_id", b"device_id", "downloads", b"downloads", "enrolled_from", b"enrolled_from", "health", b"health", "hostname", b"hostname", "key_fingerprint", b"key_fingerprint", "labels", b"labels", "last_error", b"last_error", "last_seen", b"last_seen", "models", b"models", "resources", b"resources", "stale", b"stale", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1139,18 +1143,27 @@ class SetDeviceStateRequest(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
+    ALL_PENDING_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     action: _builtins.str
     """accept | reject | revoke"""
+    all_pending: _builtins.bool
+    """With action reject and no device_id: every device waiting for approval (those that
+    asked from `source` only, if it is set).
+    """
+    source: _builtins.str
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         action: _builtins.str = ...,
+        all_pending: _builtins.bool = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "device_id", b"device_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "all_pending", b"all_pending", "device_id", b"device_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1161,15 +1174,19 @@ class SetDeviceStateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
     state: _builtins.str
+    count: _builtins.int
+    """Devices whose state changed."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

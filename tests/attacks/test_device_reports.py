@@ -49,9 +49,7 @@ def _largest_report() -> device_pb2.StatusReport:
     )
 
 
-def _enroll_and_report(
-    fleet: Fleet, report: device_pb2.StatusReport, hostname: str = "big"
-) -> str:
+def _enroll_and_report(fleet: Fleet, report: device_pb2.StatusReport, hostname: str = "big") -> str:
     """Enroll a device with a token over the enrollment listener, then sync ``report``."""
     ca_pem = (fleet.controller_dir / "tls" / "ca.pem").read_bytes()
     token = fleet.ctl("token", "create", quiet=True).stdout.strip()

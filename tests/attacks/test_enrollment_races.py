@@ -4,7 +4,6 @@ on PostgreSQL: one device is enrolled, every other caller hears "already used"."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,9 +11,7 @@ from threading import Barrier
 
 import grpc
 import pytest
-from sqlalchemy import text
 
-from controller.store.database import Database, reset_scratch_database
 from demo import Fleet
 from edgefleet.tls import make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey
@@ -22,23 +19,7 @@ from edgefleet.v1 import device_pb2, device_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = os.environ.get(
-    "EDGEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 RACERS = 16
-
-
-def _postgres_or_skip() -> str:
-    db = Database(POSTGRES_URL)
-    try:
-        with db.engine.connect() as connection:
-            connection.execute(text("select 1"))
-        reset_scratch_database(db)
-    except Exception as e:  # noqa: BLE001 - any connection failure means: skip, visibly
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(e).__name__}")
-    finally:
-        db.dispose()
-    return POSTGRES_URL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -46,7 +27,9 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     """A running controller on each backend."""
     fleet = Fleet(tmp_path)
     if request.param == "postgresql":
-        fleet.controller_env["EDGEFLEET_CONTROLLER_DATABASE_URL"] = _postgres_or_skip()
+        fleet.controller_env["EDGEFLEET_CONTROLLER_DATABASE_URL"] = request.getfixturevalue(
+            "postgres"
+        )
     try:
         fleet.init_controller()
         fleet.start_controller()

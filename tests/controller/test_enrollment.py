@@ -84,12 +84,24 @@ def test_preauthorized_key_enrolls_at_once(enrollment: Enrollment) -> None:
     assert enrollment.enroll(request()).status == "pending"  # another key is not covered
 
 
+def _age_certificate(enrollment: Enrollment, device_id: str, days: float) -> None:
+    """Pretend the device's current certificate was issued ``days`` ago."""
+    from datetime import UTC, datetime
+
+    with enrollment.db.session() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.certificate_issued_at = datetime.now(UTC) - timedelta(days=days)
+
+
 def test_renewal_keeps_the_previous_serial_until_replaced(enrollment: Enrollment) -> None:
     """Renewal issues a new certificate; the controller accepts the new and the previous serial."""
     token, _ = enrollment.create_token("admin", {}, timedelta(minutes=5))
-    enrolled = enrollment.enroll(request(token))
+    key = new_tls_key()
+    enrolled = enrollment.enroll(request(token, key))
     first = format(load_certificate(enrolled.certificate_pem).serial_number, "x")
-    renewed = enrollment.renew(enrolled.device_id, make_csr(new_tls_key()))
+    _age_certificate(enrollment, enrolled.device_id, 0.7)  # lifetime 1 day: due
+    renewed = enrollment.renew(enrolled.device_id, make_csr(key))
     second = format(load_certificate(renewed).serial_number, "x")
     with enrollment.db.session() as session:
         device = session.get(Device, enrolled.device_id)
@@ -97,7 +109,26 @@ def test_renewal_keeps_the_previous_serial_until_replaced(enrollment: Enrollment
         assert (device.certificate_serial, device.previous_serial) == (second, first)
     enrollment.set_state("admin", enrolled.device_id, "revoke")
     with pytest.raises(EnrollmentError, match="may not renew"):
+        enrollment.renew(enrolled.device_id, make_csr(key))
+
+
+def test_renewal_is_bound_to_the_enrolled_key_and_cannot_be_cycled(
+    enrollment: Enrollment,
+) -> None:
+    """Review hole L4: a stolen certificate renewed for a new key moved the identity to the
+    thief, and renewing again pushed the real device's certificate out. Renewal is for the
+    enrolled key only, and not before half the current lifetime has passed."""
+    from edgefleet.errors import ResourceError
+
+    key = new_tls_key()
+    token, _ = enrollment.create_token("admin", {}, timedelta(minutes=5))
+    enrolled = enrollment.enroll(request(token, key))
+    _age_certificate(enrollment, enrolled.device_id, 0.7)
+    with pytest.raises(EnrollmentError, match="enrolled key only"):
         enrollment.renew(enrolled.device_id, make_csr(new_tls_key()))
+    enrollment.renew(enrolled.device_id, make_csr(key))
+    with pytest.raises(ResourceError, match="half its lifetime"):
+        enrollment.renew(enrolled.device_id, make_csr(key))
 
 
 def test_refusals_are_audited_in_an_intact_chain(enrollment: Enrollment) -> None:

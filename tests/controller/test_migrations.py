@@ -16,12 +16,9 @@ from controller.store.database import (
     BASELINE_REVISION,
     MIGRATIONS,
     Database,
-    reset_scratch_database,
 )
 from controller.store.schema import Base, Operator
 from edgefleet.errors import StorageError
-
-from .conftest import POSTGRES_URL
 
 
 def _head() -> str:
@@ -96,22 +93,14 @@ def test_an_unreadable_database_is_one_clear_error(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_replicas_starting_together_migrate_once() -> None:
+def test_replicas_starting_together_migrate_once(postgres: str) -> None:
     """Four controllers starting at once on one PostgreSQL: the advisory lock lets one
     create the schema; the others find it at head."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed")
-    first = Database(POSTGRES_URL)
-    try:
-        with first.engine.connect() as connection:
-            connection.execute(text("select 1"))
-    except Exception as e:  # noqa: BLE001 - any connection failure means: skip, visibly
-        first.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(e).__name__}")
-    reset_scratch_database(first)
+    first = Database(postgres)
     with first.engine.begin() as connection:
         connection.execute(text("drop schema public cascade"))
         connection.execute(text("create schema public"))
-    replicas = [Database(POSTGRES_URL) for _ in range(4)]
+    replicas = [Database(postgres) for _ in range(4)]
     results: list[object] = []
 
     def start(db: Database) -> None:

@@ -6,27 +6,20 @@ device applies a step twice."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import text
 
-from controller.store.database import Database, reset_scratch_database
 from demo import BIN, Fleet, free_port, wait_for
 from tests.integration.balancer import Balancer
 from tests.integration.fleets import agent_actions, models, publish_tiny
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = os.environ.get(
-    "EDGEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 AGENTS = ("gw1", "gw2", "gw3", "gw4")
 
 
@@ -39,21 +32,6 @@ def _serving(address: str) -> bool | None:
     except grpc.RpcError:
         return None
     return True if reply.status == health_pb2.HealthCheckResponse.SERVING else None
-
-
-@pytest.fixture
-def postgres() -> Iterator[str]:
-    pytest.importorskip("psycopg", reason="psycopg is not installed")
-    db = Database(POSTGRES_URL)
-    try:
-        with db.engine.connect() as connection:
-            connection.execute(text("select 1"))
-    except Exception as e:  # noqa: BLE001 - any connection failure means: skip, visibly
-        db.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(e).__name__}")
-    reset_scratch_database(db)
-    db.dispose()
-    yield POSTGRES_URL
 
 
 def _start_replica(fleet: Fleet, name: str) -> tuple[subprocess.Popen[bytes], str, str]:

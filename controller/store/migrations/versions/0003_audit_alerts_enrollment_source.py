@@ -1,4 +1,5 @@
-"""audit alerts (tampered ranges and their clearing), enrollment source of devices
+"""audit alerts (tampered ranges and their clearing), devices' enrollment source and
+certificate issue time
 
 Revision ID: 0003
 Revises: 0002
@@ -46,10 +47,14 @@ def upgrade() -> None:
             sa.Column("enrolled_from", sa.String(length=64), nullable=False, server_default="")
         )
         batch_op.create_index(batch_op.f("ix_devices_enrolled_from"), ["enrolled_from"])
+        batch_op.add_column(
+            sa.Column("certificate_issued_at", sa.DateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.drop_column("certificate_issued_at")
         batch_op.drop_index(batch_op.f("ix_devices_enrolled_from"))
         batch_op.drop_column("enrolled_from")
     with op.batch_alter_table("audit_alerts", schema=None) as batch_op:
