@@ -46,6 +46,9 @@ class ControllerConfig:
     # (only the first failure of each minute is audited), devices waiting for approval at
     # once, and how long a device waits before its request expires.
     enroll_failures_per_minute: int = 20
+    # Which blobs a device may download: "assigned" (the files and chunk indexes of model
+    # versions it is or was assigned) or "any" published model's.
+    blob_access: str = "assigned"
     max_pending_per_source: int = 20
     pending_expiry_hours: int = 72
 
@@ -60,6 +63,8 @@ class ControllerConfig:
             if port and port in by_port:
                 raise ConfigError(f"{by_port[port]} and {name} both use port {port}")
             by_port[port] = name
+        if self.blob_access not in ("assigned", "any"):
+            raise ConfigError('blob_access must be "assigned" or "any"')
         if not 64 * 1024 <= self.blob_chunk_bytes <= self.max_message_bytes - 1024:
             raise ConfigError("blob_chunk_bytes must be >= 64 KiB and below max_message_bytes")
         for name in (

@@ -22,7 +22,7 @@ from controller.rollouts.engine import (
 from controller.rollouts.pins import all_pins, pins_for
 from controller.snapshots import Snapshot
 from controller.store.database import Database
-from controller.store.schema import Assignment, Device, Pin
+from controller.store.schema import Assignment, Device, Model, Pin, Rollout, RolloutTarget
 from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     BenchResult,
@@ -68,6 +68,30 @@ def desired_assignments(
     desired = {a.model_name: a.version for a in assignments}
     desired.update(pins_for(session, device, pins))
     return tuple(ModelAssignment(n, v) for n, v in sorted(desired.items()))
+
+
+def may_read_blob(db: Database, device_id: str, sha256: str) -> bool:
+    """Whether ``sha256`` is the file or chunk index of a model version the device is
+    assigned now or was assigned by a rollout (the version it runs, or keeps for rollback)."""
+    with db.session() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            return False
+        refs = set(desired_assignments(session, device))
+        for name, version, previous in session.execute(
+            select(Rollout.name, RolloutTarget.version, RolloutTarget.previous_version)
+            .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
+            .where(RolloutTarget.device_id == device_id)
+        ):
+            refs.update(ModelAssignment(name, v) for v in (version, previous) if v)
+        names = {r.name for r in refs}
+        for model in session.execute(select(Model).where(Model.name.in_(names))).scalars():
+            if ModelAssignment(model.name, model.version) in refs and sha256 in (
+                model.sha256,
+                model.manifest.get("chunks_sha256"),
+            ):
+                return True
+    return False
 
 
 def _flat(record: object) -> dict[str, object]:

@@ -24,7 +24,7 @@ from controller.auditlog import (
     record_alone,
     through_next_checkpoint,
 )
-from controller.devices import list_devices
+from controller.devices import list_devices, may_read_blob
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
 from controller.quantization.family import model_report
@@ -37,7 +37,7 @@ from controller.snapshots import RECHECK_SECONDS, bundle_header
 from edgefleet import serde
 from edgefleet.audit import CONTROLLER_CHAIN, AuditEvent, sign_key_attestation, sign_receipt
 from edgefleet.audit_export import ExportBuilder
-from edgefleet.errors import MalformedInputError
+from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.trust.metadata import format_time, parse_time
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 
@@ -185,7 +185,13 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     async def ReadBlob(  # type: ignore[override]  # serialized BlobChunks, not messages
         self, request: device_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Serialized BlobChunk messages (see :func:`add_device_service`)."""
+        """Serialized BlobChunk messages (see :func:`add_device_service`) of a blob the
+        device may read: one of a model version it is (or was) assigned, unless the fleet
+        lets devices read any (blob_access = "any"); any other is answered as absent."""
+        if self.app.config.blob_access == "assigned" and not await asyncio.to_thread(
+            may_read_blob, self.app.db, caller().name, request.sha256
+        ):
+            raise NotFoundError(f"blob {request.sha256[:16]}… is not stored")  # as if absent
         stream = _blob_chunks(self.app, request.sha256, request.offset, request.limit)
         async for offset, data in stream:
             yield serde.blob_chunk_to_wire(offset, data)
