@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from agent.config import load_agent_config
+from agent.inference.smoke import smoke_test
 from agent.registry.bundles import import_bundle
 from agent.service import LocalState, sync_client
 from agent.sync.fetch import BlobSource, Fetcher
@@ -117,7 +118,12 @@ def _rollback(state: LocalState, args: argparse.Namespace) -> int:
 def _import(state: LocalState, args: argparse.Namespace) -> int:
     config = load_agent_config(args.data_dir)
     fingerprint = state.paths.identity.load().root_fingerprint
-    result = import_bundle(state.registry, config, fingerprint, args.file, not args.no_activate)
+    smoke = None
+    if config.smoke_test:  # the same test a synced version passes before it serves
+        smoke = lambda m: smoke_test(state.blobs.path_of(m.sha256), config.n_threads)  # noqa: E731
+    result = import_bundle(
+        state.registry, config, fingerprint, args.file, not args.no_activate, smoke
+    )
     how = "already installed" if result.already_installed else "installed"
     active = ", active" if result.activated else ""
     print(f"{result.manifest.ref}: verified, {how}{active}")

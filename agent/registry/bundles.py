@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from agent.offline import mark_fresh
 from agent.registry.preflight import check_before_download
 from agent.registry.registry import Registry
 from agent.sync.fetch import Fetcher
+from agent.sync.health import smoke_or_refuse
 from edgefleet.audit import AuditEvent
 from edgefleet.bundle import BundleFile, BundleHeader
 from edgefleet.errors import (
@@ -35,9 +37,15 @@ class Imported:
 
 
 def import_bundle(
-    registry: Registry, config: AgentConfig, fingerprint: str, path: Path, activate: bool
+    registry: Registry,
+    config: AgentConfig,
+    fingerprint: str,
+    path: Path,
+    activate: bool,
+    smoke_test: Callable[[ModelManifest], float] | None = None,
 ) -> Imported:
-    """Verify and install the model a bundle carries; audit the outcome either way."""
+    """Verify and install the model a bundle carries; audit the outcome either way. A
+    version is activated only once it passes ``smoke_test`` (as after a sync)."""
     target = path.name
     try:
         bundle = BundleFile(path)
@@ -45,7 +53,7 @@ def import_bundle(
         _audit_refusal(registry, target, e)
         raise
     try:
-        return _import(registry, config, fingerprint, bundle, target, activate)
+        return _import(registry, config, fingerprint, bundle, target, activate, smoke_test)
     except (UntrustedInputError, ResourceError) as e:
         _audit_refusal(registry, target, e)
         raise
@@ -60,6 +68,7 @@ def _import(
     bundle: BundleFile,
     target: str,
     activate: bool,
+    smoke_test: Callable[[ModelManifest], float] | None,
 ) -> Imported:
     header = bundle.header()
     theirs = root_fingerprint(header.root_chain[0])
@@ -94,7 +103,9 @@ def _import(
         else:
             asyncio.run(fetcher.download(bundle, manifest))
         registry.record_installed(manifest)
-    if activate:
+    if activate and registry.active_version(manifest.name) != manifest.version:
+        if smoke_test is not None:
+            smoke_or_refuse(smoke_test, registry, manifest)  # installed either way
         registry.activate(manifest)
     registry.audit.append(
         AuditEvent(

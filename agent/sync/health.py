@@ -5,9 +5,13 @@ served. Rollout health gates judge a new version by it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from agent.database import AgentDatabase
 from agent.inference.serving_stats import ServingStats
+from agent.registry.registry import Registry
+from edgefleet.audit import AuditEvent
+from edgefleet.errors import InferenceError
 from edgefleet.fleet import InstalledModel, ModelHealth
 from edgefleet.trust.metadata import ModelManifest
 
@@ -20,6 +24,29 @@ def save_smoke_result(
     """Remember a smoke test's outcome (passed | failed) for the version's reports."""
     value = {"outcome": outcome, "reason": reason[:512], "tokens_per_second": tokens_per_second}
     db.set_state(SMOKE_KEY_PREFIX + manifest.ref, json.dumps(value))
+
+
+def smoke_or_refuse(
+    test: Callable[[ModelManifest], float], registry: Registry, manifest: ModelManifest
+) -> float:
+    """Run the smoke test a version passes before it is activated (by sync or by a bundle
+    import); remember and report the outcome. On failure it is audited, and InferenceError
+    says what keeps serving."""
+    try:
+        speed = test(manifest)
+    except InferenceError as e:
+        serving = registry.active_version(manifest.name)
+        reason = (
+            f"{manifest.ref} failed its smoke test ({e}); "
+            f"{f'{manifest.name}@{serving}' if serving else 'nothing'} keeps serving"
+        )
+        save_smoke_result(registry.db, manifest, "failed", str(e), 0.0)
+        registry.audit.append(
+            AuditEvent("agent", "model.activate", manifest.ref, "smoke_failed", {"reason": str(e)})
+        )
+        raise InferenceError(reason) from e
+    save_smoke_result(registry.db, manifest, "passed", "", speed)
+    return speed
 
 
 def model_health(

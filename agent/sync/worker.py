@@ -21,7 +21,7 @@ from agent.registry.registry import Registry
 from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
 from agent.sync.fetch import BlobSource, Fetcher
-from agent.sync.health import model_health, save_smoke_result
+from agent.sync.health import model_health, smoke_or_refuse
 from agent.sync.metering import Meter, TransferPausedError
 from agent.sync.progress import ProgressBoard
 from agent.sync.renewal import CertificateRenewer
@@ -248,24 +248,11 @@ class Syncer:
         if failed is not None and time.monotonic() - failed[0] < SMOKE_RETRY_SECONDS:
             raise InferenceError(failed[1])
         try:
-            speed = await asyncio.to_thread(self.smoke_test, manifest)
+            await asyncio.to_thread(smoke_or_refuse, self.smoke_test, self.registry, manifest)
         except InferenceError as e:
-            serving = await asyncio.to_thread(self.registry.active_version, manifest.name)
-            reason = (
-                f"{manifest.ref} failed its smoke test ({e}); "
-                f"{f'{manifest.name}@{serving}' if serving else 'nothing'} keeps serving"
-            )
-            self._smoke_failures[manifest.sha256] = (time.monotonic(), reason)
-            await asyncio.to_thread(
-                save_smoke_result, self.registry.db, manifest, "failed", str(e), 0.0
-            )
-            event = AuditEvent(
-                "agent", "model.activate", manifest.ref, "smoke_failed", {"reason": str(e)}
-            )
-            await asyncio.to_thread(self.audit.append, event)
-            raise InferenceError(reason) from e
+            self._smoke_failures[manifest.sha256] = (time.monotonic(), str(e))
+            raise
         self._smoke_failures.pop(manifest.sha256, None)
-        await asyncio.to_thread(save_smoke_result, self.registry.db, manifest, "passed", "", speed)
 
     async def _install(self, manifest: ModelManifest) -> None:
         """Download (or repair, if a damaged copy is in quarantine) and record a version."""

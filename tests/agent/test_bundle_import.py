@@ -85,3 +85,34 @@ def test_an_older_bundle_is_accepted_only_for_a_model_the_device_still_trusts(
     assert device.sync() == ""
     with pytest.raises(RollbackError):
         _import(device, stale)
+
+
+def test_a_bundle_version_serves_only_after_its_smoke_test(device: Device) -> None:
+    """Review hole L5: `models import` activated without the smoke test. A version that
+    fails it is installed but not activated, the reason is audited and reported, and the
+    version serving keeps serving; one that passes is activated."""
+    import json
+
+    from edgefleet.errors import InferenceError
+    from edgefleet.trust.metadata import ModelManifest
+
+    with_v1_serving(device)
+    v2 = make_model(device.folder, "m", "2", seed=2)
+    device.controller.publish(v2)
+    path = _bundle(device, v2, device.folder / "m2.bundle")
+    tested: list[str] = []
+
+    def failing(manifest: ModelManifest) -> float:
+        tested.append(manifest.ref)
+        raise InferenceError("cannot load m-2.gguf: unknown model architecture")
+
+    with pytest.raises(InferenceError, match="m@2 failed its smoke test .*; m@1 keeps serving"):
+        import_bundle(device.registry, device.config, device.fingerprint, path, True, failing)
+    assert tested == ["m@2"]
+    assert device.registry.active_version("m") == "1" and device.registry.is_installed(v2.manifest)
+    records = [json.loads(r) for r in device.registry.audit.all_records()]
+    assert ("model.activate", "m@2", "smoke_failed") in [
+        (r["action"], r["target"], r["outcome"]) for r in records
+    ]
+    import_bundle(device.registry, device.config, device.fingerprint, path, True, lambda m: 12.5)
+    assert device.registry.active_version("m") == "2"
