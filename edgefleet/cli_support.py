@@ -15,6 +15,7 @@ from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.terminal import PrintableStream
 
 EXIT_FAILURE = 1
+PRIVATE_UMASK = 0o077
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -53,10 +54,14 @@ def run_command(
     """Parse, run, and turn any edgefleet error into ``prog: error: reason`` and exit 1.
 
     Everything the command prints goes through `PrintableStream`: names and reasons from
-    devices, model files and policies may hold terminal escape sequences."""
+    devices, model files and policies may hold terminal escape sequences. Files and
+    folders it creates are private (umask 077)."""
     if not isinstance(sys.stdout, PrintableStream):
         sys.stdout = PrintableStream(sys.stdout)
         sys.stderr = PrintableStream(sys.stderr)
+    # Databases, keys, audit logs and data directories are this user's alone, however the
+    # command was started (the systemd unit sets UMask=0077; a shell usually 0022).
+    os.umask(PRIVATE_UMASK)
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == COMPLETION:
         print(shtab.complete(parser, shell=args.shell))
