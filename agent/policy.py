@@ -7,12 +7,13 @@ changes without a restart (it re-reads the file when its modification time chang
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from edgefleet.errors import ConfigError, NotFoundError
-from edgefleet.files import write_atomically
+from edgefleet.files import exclusive_lock, write_atomically
 from edgefleet.rbac import Binding, Policy, new_token
 
 POLICY_FILE = "policy.json"
@@ -46,13 +47,30 @@ class LocalPolicy:
                 raise ConfigError(f"cannot read {self.path}: {e.strerror}") from e
         return self._cached[1]
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[Policy]:
+        """The policy as stored now, with other changers (processes too) kept out until the
+        change is written: concurrent `tokens create` lost tokens they had printed."""
+        with exclusive_lock(self.path.with_name(POLICY_FILE + ".lock")):
+            try:
+                current = Policy.from_payload(self.path.read_bytes())
+            except FileNotFoundError:
+                current = EMPTY_POLICY
+            except OSError as e:
+                raise ConfigError(f"cannot read {self.path}: {e.strerror}") from e
+            yield current
+
     def _save(self, policy: Policy) -> None:
         write_atomically(self.path, policy.to_payload())
-        os.chmod(self.path, 0o600)
 
     def create_token(self, subject: str, role: str, models: tuple[str, ...]) -> tuple[str, str]:
         """Add a token for ``subject`` bound to ``role`` on ``models``; return (token, id)."""
-        policy = self.current()
+        with self._changing() as policy:
+            return self._add_token(policy, subject, role, models)
+
+    def _add_token(
+        self, policy: Policy, subject: str, role: str, models: tuple[str, ...]
+    ) -> tuple[str, str]:
         if role not in policy.roles:
             raise ConfigError(f"unknown role {role!r}; roles: {', '.join(sorted(policy.roles))}")
         token, entry = new_token(subject)
@@ -70,7 +88,10 @@ class LocalPolicy:
 
     def revoke_token(self, token_id: str) -> str:
         """Remove a token; return its subject."""
-        policy = self.current()
+        with self._changing() as policy:
+            return self._remove_token(policy, token_id)
+
+    def _remove_token(self, policy: Policy, token_id: str) -> str:
         kept = tuple(t for t in policy.tokens if t.token_id != token_id)
         if len(kept) == len(policy.tokens):
             raise NotFoundError(f"no token with id {token_id}")
