@@ -26,7 +26,7 @@ from agent.sync.progress import load_board
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent
 from edgefleet.audit_export import ExportBuilder, render
-from edgefleet.cli_support import add_completion_command, run_command
+from edgefleet.cli_support import add_completion_command, output_file, positive_int, run_command
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("fingerprint", help="this device's key fingerprint (for preauthorization)")
     run_cmd = commands.add_parser("run", help="serve the local API and sync with the controller")
     run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
-    run_cmd.add_argument("--sync-interval", type=int, help="seconds between syncs")
+    run_cmd.add_argument("--sync-interval", type=positive_int, help="seconds between syncs")
     run_cmd.add_argument("--log-level", default="INFO")
     models = commands.add_parser("models", help="the local registry").add_subparsers(
         dest="action", required=True
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="talk to a model through the running agent's API")
     chat.add_argument("model")
     chat.add_argument("prompt", nargs="?", help="one question; without it, an interactive session")
-    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--max-tokens", type=positive_int, default=256)
     chat.add_argument("--temperature", type=float, help="0 for the most likely answer")
     chat.add_argument("--token", help=f"API bearer token (env {TOKEN_ENV})")
     tokens = commands.add_parser("tokens", help="application tokens for the local API")
@@ -89,14 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     export = audit.add_parser("export", help="a signed export of the local log (air-gapped sites)")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--out", type=output_file, required=True)
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     bench = commands.add_parser("bench", help="measure prompt and generation tokens/s of a model")
     bench.add_argument("model")
-    bench.add_argument("--threads", type=int, help="default: the agent's n_threads")
-    bench.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS)
-    bench.add_argument("--gen-tokens", type=int, default=DEFAULT_GENERATED_TOKENS)
-    bench.add_argument("--repetitions", type=int, default=DEFAULT_REPETITIONS)
+    bench.add_argument("--threads", type=positive_int, help="default: the agent's n_threads")
+    bench.add_argument("--prompt-tokens", type=positive_int, default=DEFAULT_PROMPT_TOKENS)
+    bench.add_argument("--gen-tokens", type=positive_int, default=DEFAULT_GENERATED_TOKENS)
+    bench.add_argument("--repetitions", type=positive_int, default=DEFAULT_REPETITIONS)
     return parser
 
 

@@ -19,7 +19,13 @@ from controller.keys_cli import run_keys_command
 from controller.quantization.cli import add_quantize_parser, quantize_command
 from controller.rollouts.cli import add_rollout_parser
 from controller.service import serve
-from edgefleet.cli_support import add_completion_command, key_value, run_command
+from edgefleet.cli_support import (
+    add_completion_command,
+    key_value,
+    output_file,
+    positive_int,
+    run_command,
+)
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
@@ -67,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     create = token.add_parser("create", help="a one-time enrollment token")
     create.add_argument("--label", type=key_value, action="append", default=[], metavar="K=V")
-    create.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    create.add_argument(
+        "--ttl", type=positive_int, default=3600, help="seconds until it expires (default 3600)"
+    )
 
     models = commands.add_parser("models", help="the model catalog").add_subparsers(
         dest="action", required=True
@@ -85,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="one file with NAME@VERSION and its signed metadata chain"
     )
     bundle_export.add_argument("ref", metavar="NAME@VERSION")
-    bundle_export.add_argument("--out", type=Path, required=True)
+    bundle_export.add_argument("--out", type=output_file, required=True)
 
     add_rollout_parser(commands)
 
@@ -159,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     export = audit.add_parser("export", help="records verbatim with a signed manifest")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--out", type=output_file, required=True)
     export.add_argument("--device", help="only this device's chain (or `controller`)")
     export.add_argument("--since", default="", help="YYYY-MM-DDTHH:MM:SSZ, inclusive")
     export.add_argument("--until", default="", help="YYYY-MM-DDTHH:MM:SSZ, inclusive")
@@ -195,7 +203,7 @@ def _add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
     local("list", "roles, thresholds and keys of the current root and the draft")
     generate = keys.add_parser("generate", help="a new Ed25519 key file (e.g. for an offline root)")
-    generate.add_argument("--out", type=Path, required=True)
+    generate.add_argument("--out", type=output_file, required=True)
     for name, text in (("add", "let a key sign for a role"), ("rotate", "replace a role's keys")):
         action = local(name, text)
         action.add_argument("role")
@@ -205,11 +213,11 @@ def _add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     revoke.add_argument("keyid", help="at least 8 leading hex digits")
     threshold = local("threshold", "how many of a role's keys must sign")
     threshold.add_argument("role")
-    threshold.add_argument("count", type=int)
+    threshold.add_argument("count", type=positive_int)
     local("renew", "the same keys as a new root version with a fresh expiry")
     local("show-draft", "the draft root, its signatures and what it still needs")
     export = local("export-draft", "write the draft for signing on another machine")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--out", type=output_file, required=True)
     sign = keys.add_parser("sign", help="sign an exported draft with a key file (offline)")
     sign.add_argument("file", type=Path)
     sign.add_argument("--key", type=Path, required=True)

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import shtab
 import structlog
@@ -24,6 +25,35 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
     return key, value
+
+
+MAX_UINT63 = 2**63 - 1
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count, an id or a number of seconds: 1 or more (what a protobuf
+    field holds); 0 is refused rather than silently meaning a default."""
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    if value > MAX_UINT63:
+        raise argparse.ArgumentTypeError(f"{text} is too large")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """argparse type for a file to write: its folder must exist, and it is no folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name a file to write")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in the folder of {text}")
+    return path
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -75,6 +105,10 @@ def run_command(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        # A path on the command line that cannot be read or written: one line, no traceback.
+        print(f"{prog}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:
         # The reader went away (`… | head`): stop quietly, as Unix tools do, and keep the
         # interpreter from complaining again when it flushes stdout at exit.

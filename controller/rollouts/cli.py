@@ -14,7 +14,7 @@ from controller.client import OperatorClient
 from controller.rollouts.messages import STRATEGY_SCALARS, strategy_to_pb
 from controller.rollouts.plan import EXCLUDED
 from controller.rollouts.strategy import Strategy
-from edgefleet.cli_support import key_value, split_ref
+from edgefleet.cli_support import key_value, positive_int, split_ref
 from edgefleet.errors import ConfigError, MalformedInputError
 from edgefleet.v1 import operator_pb2
 
@@ -74,7 +74,7 @@ def add_rollout_parser(commands: Any) -> None:
     _add_strategy_arguments(plan)
     plan.add_argument("--json", action="store_true")
     status = rollout.add_parser("status", help="a rollout and its devices")
-    status.add_argument("rollout_id", type=int)
+    status.add_argument("rollout_id", type=positive_int)
     status.add_argument("--json", action="store_true")
     rollout.add_parser("list", help="every rollout, newest first").add_argument(
         "--json", action="store_true"
@@ -85,7 +85,7 @@ def add_rollout_parser(commands: Any) -> None:
         ("abort", "stop the rollout; devices keep what they have"),
         ("rollback", "return every device of the rollout to what it ran before"),
     ):
-        rollout.add_parser(action, help=text).add_argument("rollout_id", type=int)
+        rollout.add_parser(action, help=text).add_argument("rollout_id", type=positive_int)
     pin = rollout.add_parser("pin", help="hold a device or group at NAME@VERSION")
     pin.add_argument("ref", metavar="NAME@VERSION")
     unpin = rollout.add_parser("unpin", help="release a pin of NAME")

@@ -1,0 +1,67 @@
+"""Review hole L12: ordinary mistakes on the command line printed Python tracebacks (a bad
+--ttl, an id out of range, an output path in a missing folder) and --ttl 0 silently meant
+the default. Each mistake now ends in one line naming it and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from demo import BIN, Fleet
+
+pytestmark = pytest.mark.integration
+
+MISTAKES = [
+    (("token", "create", "--ttl", "0"), "--ttl: 0 is not 1 or more"),
+    (("token", "create", "--ttl", "-5"), "--ttl: -5 is not 1 or more"),
+    (("token", "create", "--ttl", "soon"), "'soon' is not a whole number"),
+    (("rollout", "status", "-1"), "rollout_id: -1 is not 1 or more"),
+    (("rollout", "status", "9" * 25), "is too large"),
+    (("audit", "export", "--out", "/nonexistent/dir/x.jsonl"), "does not exist"),
+    (("audit", "export", "--out", "/tmp"), "/tmp is a folder"),
+    (("bundle", "export", "x@1", "--out", "/nonexistent/b.tar"), "does not exist"),
+    (("models", "publish", "/nonexistent.gguf", "--name", "a", "--version", "1"), "cannot read"),
+    (("audit", "query", "--limit", "0"), "--limit must be between 1 and"),
+    (("devices", "reject"), "devices reject needs a device id"),
+]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path_factory.mktemp("cli"))
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+@pytest.mark.parametrize("args, reason", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_a_mistake_is_one_line_and_a_non_zero_exit(
+    fleet: Fleet, args: tuple[str, ...], reason: str
+) -> None:
+    result = fleet.ctl(*args, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgefleetctl") and reason in last, result.stderr
+
+
+def test_agent_mistakes_are_one_line_too(tmp_path: object) -> None:
+    """The agent's command line: bad numbers and output paths, a data dir never enrolled."""
+    for args, reason in (
+        (("bench", "--threads", "0"), "--threads: 0 is not 1 or more"),
+        (("audit", "export", "--out", "/nonexistent/x"), "does not exist"),
+        (("status",), "not enrolled"),
+    ):
+        result = subprocess.run(
+            [str(BIN / "edgefleet-agent"), "--data-dir", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert reason in result.stderr.strip().splitlines()[-1], result.stderr
