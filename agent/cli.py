@@ -327,6 +327,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         written, acked = state.audit.head_seq(), state.audit.acked_seq()
         receipt = "with the fleet's signed receipt" if state.db.get_state(RECEIPT_KEY) else ""
         print(f"audit:         {written} written, {acked} acknowledged {receipt}".rstrip())
+        config = load_agent_config(args.data_dir)
+        if written - acked >= config.audit_warn_unacknowledged:
+            print(
+                f"audit backlog: ALARM, {written - acked} records wait for the controller "
+                f"(audit_warn_unacknowledged = {config.audit_warn_unacknowledged})"
+            )
         print(f"audit key:     {state.paths.identity.keys()[1].public.keyid[:16]}")
         for download in load_board(state.db):
             percent = 100 * download.received / download.total if download.total else 0

@@ -170,6 +170,9 @@ async def metrics(request: web.Request) -> web.Response:
     for model in loaded:
         m.model_memory.labels(model.manifest.name).set(model.estimate.total)
     m.memory_budget.set(ctx.pool.settings.budget_bytes)
+    waiting = await asyncio.to_thread(ctx.audit.unacknowledged)
+    m.audit_unacknowledged.set(waiting)
+    m.audit_backlog_alarm.set(int(waiting >= ctx.config.audit_warn_unacknowledged))
     return web.Response(body=m.exposition(), content_type="text/plain", charset="utf-8")
 
 

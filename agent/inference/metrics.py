@@ -61,6 +61,17 @@ class ApiMetrics:
             "edgefleet_memory_budget_bytes", "Memory budget for loaded models", registry=r
         )
 
+        self.audit_unacknowledged = Gauge(
+            "edgefleet_audit_unacknowledged_records",
+            "Audit records written on the device and not yet acknowledged by the controller",
+            registry=r,
+        )
+        self.audit_backlog_alarm = Gauge(
+            "edgefleet_audit_backlog_alarm",
+            "1 while the unacknowledged backlog is at or over audit_warn_unacknowledged",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The text exposition format."""
         return bytes(generate_latest(self.registry))

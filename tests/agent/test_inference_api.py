@@ -523,3 +523,23 @@ def test_a_non_streaming_request_stops_when_its_client_leaves(tmp_path: Path) ->
     assert backend.cancelled.is_set() and backend.produced < 100
     h.audit.flush()
     assert h.last_audit()["outcome"] == "cancelled"
+
+
+def test_an_audit_backlog_over_its_threshold_raises_a_visible_alarm(tmp_path: Path) -> None:
+    """Review hole M6: the audit log's growth is visible: /metrics counts the records
+    waiting for the controller and raises an alarm at audit_warn_unacknowledged."""
+    h = Harness(tmp_path, FakeBackend(), audit_warn_unacknowledged=4)
+
+    async def scenario(client: TestClient) -> list[str]:
+        pages = []
+        for _ in range(2):
+            await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
+            h.audit.flush()
+            pages.append(await (await client.get("/metrics")).text())
+        return pages
+
+    below, over = h.run(scenario)
+    assert "edgefleet_audit_unacknowledged_records 3.0" in below  # install, activate, one chat
+    assert "edgefleet_audit_backlog_alarm 0.0" in below
+    assert "edgefleet_audit_unacknowledged_records 4.0" in over
+    assert "edgefleet_audit_backlog_alarm 1.0" in over
