@@ -16,7 +16,7 @@ endif
 LLAMA_CHECK := from edgefleet.bundled import bundled_model_path as p; import llama_cpp; \
 	llama_cpp.Llama(model_path=str(p()), n_ctx=64, n_threads=2, verbose=False).eval([1, 2, 3, 4])
 
-.PHONY: demo test test-fast lint typecheck proto bench clean system-deps
+.PHONY: demo test test-fast lint typecheck proto bench fuzz clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,18 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# Coverage-guided fuzzing (atheris) of every parser of untrusted bytes, FUZZ_SECONDS per
+# target; `make test` runs the same targets under hypothesis, bounded. Where atheris has no
+# wheel, the hypothesis fuzzers run longer instead.
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	@if $(BIN)/python -m pip install --quiet -e '.[dev,fuzz]' >/dev/null 2>&1; then \
+	  $(BIN)/python -m tests.fuzz.run_atheris --seconds $(FUZZ_SECONDS); \
+	else \
+	  echo "atheris does not install here: running the hypothesis fuzzers longer"; \
+	  EDGEFLEET_FUZZ_EXAMPLES=20000 EDGEFLEET_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/fuzz; \
+	fi
 
 # Regenerate the committed protobuf/gRPC code (and .pyi stubs) from proto/.
 proto: $(STAMP)

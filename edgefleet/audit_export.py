@@ -222,9 +222,12 @@ class VerificationReport:
 def _split(data: bytes) -> tuple[dict[str, Any], list[bytes], list[list[str]]]:
     """Header, record lines and (CSV only) the rows of readable columns."""
     if data.startswith(CSV_MARKER.encode()):
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="strict"))))
-        if len(rows) < 2 or tuple(rows[1]) != CSV_COLUMNS:
-            raise MalformedInputError("the CSV export has no column header")
+        try:
+            rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="strict"))))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise MalformedInputError(f"the CSV export cannot be read: {e}") from e
+        if len(rows) < 2 or len(rows[0]) != 2 or tuple(rows[1]) != CSV_COLUMNS:
+            raise MalformedInputError("the CSV export has no header and column names")
         header = parse_object(rows[0][1].encode("utf-8"), "export header")
         body = [row for row in rows[2:] if row]
         return header, [row[-1].encode("utf-8") for row in body], body

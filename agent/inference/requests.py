@@ -75,7 +75,8 @@ def _messages(body: Mapping[str, Any]) -> Prompt:
     for message in messages:
         if (
             not isinstance(message, dict)
-            or message.get("role") not in ROLES
+            or not isinstance(message.get("role"), str)
+            or message["role"] not in ROLES
             or not isinstance(message.get("content"), str)
         ):
             raise bad_request(
