@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -316,6 +317,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"controller:    {enrollment.controller_host}:{enrollment.sync_port}")
         print(f"last sync:     {state.db.get_state(LAST_SYNC_KEY) or 'never'}")
         print(f"last error:    {state.db.get_state(LAST_ERROR_KEY) or '-'}")
+        disk = shutil.disk_usage(args.data_dir)
+        print(f"disk:          {disk.free >> 20} MiB free of {disk.total >> 20} MiB")
         trust = state.registry.load_trust(enrollment.root_fingerprint)
         fresh = fresh_at(state.db)
         print(

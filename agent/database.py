@@ -120,7 +120,8 @@ class AgentDatabase:
                 raise
             except SQLAlchemyError as e:
                 session.rollback()
-                raise StorageError(f"local database error: {type(e).__name__}") from e
+                cause = str(getattr(e, "orig", "") or type(e).__name__)
+                raise StorageError(f"local database error: {cause[:200]}") from e
             except BaseException:
                 session.rollback()
                 raise

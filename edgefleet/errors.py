@@ -75,6 +75,10 @@ class StorageError(EdgefleetError):
     """Local storage failed or holds inconsistent state."""
 
 
+class AuditUnavailableError(StorageError):
+    """The audit log cannot be written (a full disk): what it would record is refused."""
+
+
 class ConfigError(EdgefleetError):
     """Configuration or command-line input is invalid."""
 

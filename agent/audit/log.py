@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
+import structlog
 from sqlalchemy import delete, func, select
 
 from agent.database import AgentDatabase, AuditRow, CheckpointRow
@@ -19,12 +21,14 @@ from edgefleet.audit import (
     record_hash,
     sign_checkpoint,
 )
-from edgefleet.errors import MalformedInputError
+from edgefleet.errors import MalformedInputError, StorageError
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import format_time, parse_time
 
 ACKED_KEY = "audit_acked_seq"
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0
+log = structlog.get_logger("agent.audit")
 INSERT_RECORD = "INSERT INTO audit (seq, canonical, record_sha256) VALUES (?, ?, ?)"
 
 
@@ -64,6 +68,8 @@ class AuditLog:
         ] = []  # (None = flush marker)
         self._wakeup = threading.Condition()
         self._writer: threading.Thread | None = None
+        # Why the last write failed ("" while records are written): storage is full or broken.
+        self.failure = ""
 
     def _enqueue(self, event: AuditEvent | None, waiter: asyncio.Future[int] | Future[int]) -> None:
         with self._wakeup:
@@ -98,6 +104,7 @@ class AuditLog:
         marker.result(timeout)
 
     def _write_loop(self) -> None:
+        delay = RETRY_FIRST_SECONDS
         while True:
             with self._wakeup:
                 while not self._queue:
@@ -105,8 +112,22 @@ class AuditLog:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 outcomes = self._store(batch)
+            except StorageError as e:
+                # The disk is full or failing: no record is dropped. The batch goes back to
+                # the front and is written, in order, once storage works again; meanwhile
+                # `failure` says why, and the local API refuses inference (fail closed).
+                self.failure = str(e)
+                log.error("audit.write_failed", reason=self.failure, waiting=len(batch))
+                with self._wakeup:
+                    self._queue[:0] = batch
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
             except Exception as e:  # noqa: BLE001 - every waiting caller learns of the failure
                 outcomes = [e] * len(batch)
+            if self.failure:
+                log.info("audit.write_resumed")
+            self.failure, delay = "", RETRY_FIRST_SECONDS
             self._notify(
                 [(waiter, outcome) for (_, waiter), outcome in zip(batch, outcomes, strict=True)]
             )

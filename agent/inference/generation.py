@@ -24,6 +24,7 @@ from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes
 from edgefleet.errors import (
+    AuditUnavailableError,
     InferenceError,
     RequestTooLargeError,
     ResourceError,
@@ -79,6 +80,11 @@ class GenerationEndpoint:
     def _find(self, name: str) -> ActiveModel | None:
         if self.ctx.offline is not None:
             self.ctx.offline.check()
+        if self.ctx.audit.failure:  # no inference that could not be audited
+            raise AuditUnavailableError(
+                f"the audit log cannot be written ({self.ctx.audit.failure}); "
+                "inference resumes once it can"
+            )
         return next((m for m in self.ctx.registry.active_models() if m.manifest.name == name), None)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -140,6 +146,9 @@ class GenerationEndpoint:
         except StaleTrustError as e:
             outcome.label = "refused"
             raise ApiError(503, str(e), "server_error", code="trust_stale") from e
+        except AuditUnavailableError as e:
+            outcome.label = "unavailable"
+            raise ApiError(503, str(e), "server_error", code="audit_unavailable") from e
         except UntrustedInputError as e:  # the model file failed its check before loading
             outcome.label = "refused"
             raise ApiError(503, str(e), "server_error", code="model_integrity") from e

@@ -33,6 +33,7 @@ from edgefleet.errors import (
     HashMismatchError,
     InferenceError,
     ResourceError,
+    StorageError,
     TransportError,
     UntrustedInputError,
 )
@@ -81,6 +82,7 @@ class Syncer:
         self.on_policy: Callable[[Policy], None] = lambda policy: None
         self.renewer: CertificateRenewer | None = None
         self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
+        self.last_error: str | None = None  # this run's (None: as stored by the last run)
         self.meter = Meter(
             registry.db,
             config.transfer_windows,
@@ -144,21 +146,30 @@ class Syncer:
         async with self._lock:
             try:
                 await self._pass()
-                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, "")
+                await self._note_error("")
             except ControllerUnreachableError as e:
                 wait = self.backoff.failed()
                 log.warning("sync.unreachable", reason=str(e), retry_in_seconds=round(wait, 1))
-                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, str(e))
+                await self._note_error(str(e))
                 return  # nothing to ship audit records to either
             except EdgefleetError as e:
                 log.warning("sync.failed", error=type(e).__name__, reason=str(e))
-                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, str(e))
+                await self._note_error(str(e))
             except OSError as e:  # disk full, permissions: report it like any other failure
                 reason = f"local storage: {e.strerror or e}"
                 log.error("sync.failed", error="OSError", reason=reason)
-                await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, reason)
+                await self._note_error(reason)
             finally:
                 await self._push_audit()
+
+    async def _note_error(self, reason: str) -> None:
+        """Remember the last error for the next report and `status`; with the disk full it
+        cannot be stored, but the next report still carries it."""
+        self.last_error = reason
+        try:
+            await asyncio.to_thread(self.registry.db.set_state, LAST_ERROR_KEY, reason)
+        except StorageError as e:
+            log.error("sync.cannot_store_last_error", reason=str(e))
 
     async def _pass(self) -> None:
         db = self.registry.db
@@ -175,7 +186,11 @@ class Syncer:
             agent_version=__version__,
             models=installed,
             audit_head_seq=await asyncio.to_thread(self.audit.head_seq),
-            last_error=await asyncio.to_thread(db.get_state, LAST_ERROR_KEY),
+            last_error=(
+                self.last_error
+                if self.last_error is not None
+                else await asyncio.to_thread(db.get_state, LAST_ERROR_KEY)
+            ),
             bench=await asyncio.to_thread(load_results, db, active),
             downloads=self.board.items(),
             data_used_today=self.meter.used_today(),

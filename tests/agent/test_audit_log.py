@@ -72,3 +72,38 @@ def test_pending_records_fit_one_message(tmp_path: Path) -> None:
     assert [seq for seq, _ in batch] == [1, 2, 3]
     assert [seq for seq, _ in log.pending(limit=500, max_bytes=10)] == [1]
     assert len(log.pending(limit=4, max_bytes=10**6)) == 4
+
+
+def test_a_storage_failure_drops_no_record_and_is_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full: the writer keeps every event and retries; `failure` says why meanwhile;
+    once storage works again the records are written in order, one intact chain."""
+    import threading
+
+    from edgefleet.errors import StorageError
+
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+    log.append(AuditEvent("agent", "first", "t", "success", {}))
+    real_store, broken = log._store, threading.Event()
+    broken.set()
+
+    def store(batch):  # type: ignore[no-untyped-def]
+        if broken.is_set():
+            raise StorageError("local database error: OperationalError (database or disk is full)")
+        return real_store(batch)
+
+    monkeypatch.setattr(log, "_store", store)
+    futures = [
+        log.submit(AuditEvent("app:x", "inference.chat", "m", "success", {"i": i}))
+        for i in range(5)
+    ]
+    for _ in range(100):
+        if log.failure:
+            break
+        threading.Event().wait(0.02)
+    assert "disk is full" in log.failure and not any(f.done() for f in futures)
+    broken.clear()
+    assert [f.result(timeout=10) for f in futures] == [2, 3, 4, 5, 6]
+    assert log.failure == ""
+    assert verify_chain("dev-1", log.all_records()) == 6

@@ -543,3 +543,21 @@ def test_an_audit_backlog_over_its_threshold_raises_a_visible_alarm(tmp_path: Pa
     assert "edgefleet_audit_backlog_alarm 0.0" in below
     assert "edgefleet_audit_unacknowledged_records 4.0" in over
     assert "edgefleet_audit_backlog_alarm 1.0" in over
+
+
+def test_no_inference_while_the_audit_log_cannot_be_written(tmp_path: Path) -> None:
+    """Fail closed: with the audit log failing (a full disk), requests get 503
+    audit_unavailable instead of being served unaudited; they are served again after."""
+    h = Harness(tmp_path, FakeBackend())
+
+    async def scenario(client: TestClient) -> list[tuple[int, str]]:
+        answers = []
+        for failure in ("local database error: database or disk is full", ""):
+            h.audit.failure = failure
+            response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
+            body = await response.json()
+            answers.append((response.status, body.get("error", {}).get("code", "")))
+        return answers
+
+    assert h.run(scenario) == [(503, "audit_unavailable"), (200, "")]
+    assert h.ctx.serving.counts("tiny", "1") == (1, 0)  # not the version's failure
