@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from edgefleet.errors import EdgefleetError, StorageError
+
+FULL_DISK_BYTES = 1 << 20  # less free than this: what a failed write most likely met
 
 
 class Base(DeclarativeBase):
@@ -87,6 +91,16 @@ def _pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _cause(error: SQLAlchemyError, folder: Path) -> str:
+    """SQLite's own reason, on one line, and whether the disk is full (SQLite says "disk
+    I/O error" when it cannot even create its journal)."""
+    cause = str(getattr(error, "orig", "") or type(error).__name__).splitlines()[0][:200]
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(folder).free < FULL_DISK_BYTES and "full" not in cause:
+            cause += f" (no space left in {folder})"
+    return cause
+
+
 def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -96,6 +110,7 @@ class AgentDatabase:
     lock (``BEGIN IMMEDIATE``) against other processes on the same data directory."""
 
     def __init__(self, path: Path) -> None:
+        self.folder = path.parent
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(f"sqlite:///{path}")
         event.listen(self.engine, "connect", _pragmas)
@@ -103,7 +118,7 @@ class AgentDatabase:
         try:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as e:
-            raise StorageError(f"cannot open {path}: {e}") from e
+            raise StorageError(f"cannot open {path}: {_cause(e, path.parent)}") from e
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.write_lock = threading.Lock()
 
@@ -120,8 +135,7 @@ class AgentDatabase:
                 raise
             except SQLAlchemyError as e:
                 session.rollback()
-                cause = str(getattr(e, "orig", "") or type(e).__name__)
-                raise StorageError(f"local database error: {cause[:200]}") from e
+                raise StorageError(f"local database error: {_cause(e, self.folder)}") from e
             except BaseException:
                 session.rollback()
                 raise

@@ -33,7 +33,10 @@ def check_before_download(config: AgentConfig, blobs: BlobStore, manifest: Model
     """Raise ResourceError if ``manifest`` is over the size limit, the memory budget (with
     the context and slots the pool would give it) or the free disk."""
     partial = blobs.partial_of(manifest.sha256)
-    have = partial.stat().st_size if partial.exists() else 0
+    if blobs.has(manifest.sha256, manifest.length):
+        have = manifest.length  # the same file is in the store already (another version)
+    else:
+        have = partial.stat().st_size if partial.exists() else 0
     reason = why_not_fit(manifest, device_resources(config, blobs), have)
     if reason is not None:
         raise ResourceError(reason)

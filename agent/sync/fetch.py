@@ -10,9 +10,10 @@ the manifest's length is cut off before the excess is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -91,7 +92,7 @@ class Fetcher:
 
     async def _stream(
         self, source: BlobSource, sha256: str, offset: int, limit: int, transfer: Transfer
-    ) -> AsyncIterator[tuple[int, Chunk]]:
+    ) -> AsyncGenerator[tuple[int, Chunk], None]:
         """The source's chunks, checked for order; a stall past the timeout is abandoned."""
         stream = source.read_blob(sha256, offset, limit)
         expected = offset
@@ -127,9 +128,11 @@ class Fetcher:
         length = index_length(manifest.length, manifest.chunk_size)
         digest = BoundedDigest(manifest.chunks_sha256, length)
         parts = []
-        async for _, data in self._stream(source, manifest.chunks_sha256, 0, 0, Transfer()):
-            digest.update(data)
-            parts.append(data)
+        stream = self._stream(source, manifest.chunks_sha256, 0, 0, Transfer())
+        async with contextlib.aclosing(stream):
+            async for _, data in stream:
+                digest.update(data)
+                parts.append(data)
         digest.finish()
         data = b"".join(parts)
         await asyncio.to_thread(self.blobs.put_verified, manifest.chunks_sha256, data)
@@ -158,8 +161,11 @@ class Fetcher:
         checker = ChunkChecker(index, manifest.length, verified // index.chunk_size, tail)
         received = verified + len(tail)
         handle = partial.open("ab")
+        # Closed as soon as the loop ends, on any error too (a full disk): the gRPC call is
+        # cancelled then, not whenever the garbage collector reaches the generator.
+        stream = self._stream(source, manifest.sha256, received, 0, transfer)
         try:
-            async for _, data in self._stream(source, manifest.sha256, received, 0, transfer):
+            async for _, data in stream:
                 if received + len(data) > manifest.length:
                     raise HashMismatchError(
                         f"blob is longer than its manifest's {manifest.length} bytes"
@@ -184,6 +190,7 @@ class Fetcher:
                 if self.board is not None:
                     self.board.update(manifest, received)
         finally:
+            await stream.aclose()
             await asyncio.to_thread(_close_durably, handle)
         if received < manifest.length:
             raise TransportError(
@@ -227,13 +234,15 @@ class Fetcher:
             for number in bad:
                 offset, size = index.span(number, manifest.length)
                 piece = bytearray()
-                async for _, data in self._stream(source, manifest.sha256, offset, size, transfer):
-                    if len(piece) + len(data) > size:
-                        raise HashMismatchError(
-                            f"{manifest.ref}: the source sent more than chunk {number}'s "
-                            f"{size} bytes"
-                        )
-                    piece += data
+                stream = self._stream(source, manifest.sha256, offset, size, transfer)
+                async with contextlib.aclosing(stream):
+                    async for _, data in stream:
+                        if len(piece) + len(data) > size:
+                            raise HashMismatchError(
+                                f"{manifest.ref}: the source sent more than chunk {number}'s "
+                                f"{size} bytes"
+                            )
+                        piece += data
                 if not index.matches(number, bytes(piece)):
                     raise HashMismatchError(
                         f"{manifest.ref}: re-fetched chunk {number} does not match its signed hash"
@@ -268,8 +277,12 @@ def _copy_truncated(source: Path, target: Path, length: int) -> None:
 
 
 def _close_durably(handle: BinaryIO) -> None:
+    """fsync and close; closed even when the flush fails (a full disk)."""
     if handle.closed:
         return
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())
+    finally:
+        with contextlib.suppress(OSError):  # what could not be flushed is lost: resumed later
+            handle.close()
