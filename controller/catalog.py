@@ -129,7 +129,7 @@ class Catalog:
     def ensure_targets(self) -> None:
         """Sign an empty targets version 1 on a new controller, so devices always get one;
         and if the newest version holds entries no device can read, sign the next one
-        without them (see `repair_targets`)."""
+        without them (`_repair_targets`)."""
         with self._lock, self.db.session(exclusive="targets") as session:
             row = session.execute(
                 select(TargetsVersion).order_by(TargetsVersion.version.desc()).limit(1)
