@@ -58,13 +58,18 @@ class Fleet:
 
     # --- commands ---------------------------------------------------------------------
     def run(
-        self, tool: str, *args: str, check: bool = True, quiet: bool = False
+        self,
+        tool: str,
+        *args: str,
+        check: bool = True,
+        quiet: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a CLI command to completion."""
         command = [str(BIN / tool), *args]
         if self.echo and not quiet:
             print(f"  $ {tool} {' '.join(args)}")
-        env = {**os.environ, "EDGEFLEETCTL_CONFIG": str(self.operator_config)}
+        env = {**os.environ, "EDGEFLEETCTL_CONFIG": str(self.operator_config), **(extra_env or {})}
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         if check and result.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)} failed: {result.stderr.strip()}")
@@ -79,9 +84,15 @@ class Fleet:
         )
 
     def agent(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run an `edgefleet-agent` command on one agent's data directory."""
+        """Run an `edgefleet-agent` command on one agent's data directory, with the settings
+        its service runs with (``agent_env``)."""
         return self.run(
-            "edgefleet-agent", "--data-dir", str(self.agent_dir(name)), *args, check=check
+            "edgefleet-agent",
+            "--data-dir",
+            str(self.agent_dir(name)),
+            *args,
+            check=check,
+            extra_env=self.agent_env,
         )
 
     @property

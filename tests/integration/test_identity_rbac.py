@@ -111,6 +111,13 @@ def test_a_device_cannot_act_for_another(small_fleet: tuple[Fleet, str]) -> None
     assert "AUDIT TAMPER ALERT" in fleet.ctl("devices", "list").stdout
     fleet.ctl("audit", "export", "--device", device_b, "--out", str(fleet.root / "b.jsonl"))
     assert len((fleet.root / "b.jsonl").read_text().splitlines()) == 1  # the header only
+    # The runbook's recovery, as an operator types it: a reason is required, then it clears.
+    no_reason = fleet.ctl("audit", "clear-alert", device_a, "--reason", " ", check=False)
+    assert no_reason.returncode == 1 and "say why the alert is cleared" in no_reason.stderr
+    fleet.ctl("audit", "clear-alert", device_a, "--reason", "forged push investigated")
+    assert "AUDIT TAMPER ALERT" not in fleet.ctl("devices", "list").stdout
+    again = fleet.ctl("audit", "clear-alert", device_a, "--reason", "twice", check=False)
+    assert again.returncode == 1 and "no open tamper alert" in again.stderr
 
 
 def test_expired_and_revoked_certificates_are_refused(small_fleet: tuple[Fleet, str]) -> None:
