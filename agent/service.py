@@ -19,7 +19,8 @@ from agent.database import AgentDatabase
 from agent.enroll import AgentPaths
 from agent.inference.api import build_app
 from agent.inference.context import ApiContext
-from agent.inference.engine import ChatBackend, LlamaBackend
+from agent.inference.engine import ChatBackend
+from agent.inference.llama_backend import LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
 from agent.inference.smoke import smoke_test
 from agent.offline import OfflineGuard

@@ -39,6 +39,10 @@ class RequestTooLargeError(UntrustedInputError):
     """A request asks for more than the model can take (a prompt longer than its context)."""
 
 
+class InvalidPromptError(UntrustedInputError):
+    """A request the model cannot take as given (its chat template refuses the conversation)."""
+
+
 class AuditChainError(UntrustedInputError):
     """An audit record does not link to its predecessor or is out of sequence."""
 

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from agent.inference.api_errors import ApiError
 from agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
 from agent.inference.generation import GenerationEndpoint
-from agent.inference.requests import ApiError
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import is_loopback
 

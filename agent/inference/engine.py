@@ -3,39 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from edgefleet.errors import InferenceError, RequestTooLargeError
-
-# llama-cpp-python 0.3's refusal of a prompt that does not fit the context (a ValueError).
-_OVER_CONTEXT = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+from agent.inference.decoding import Piece, TokenLogprob
+from edgefleet.errors import InferenceError, UntrustedInputError
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Generation parameters accepted by the API, already validated."""
+    """Generation parameters accepted by the API, already validated: per request, so that
+    each request keeps its own sampler, grammar, stop strings and logprobs."""
 
     max_tokens: int = 256
     temperature: float = 0.8
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    grammar: str | None = None  # GBNF the output must match
 
 
 @dataclass
 class Generation:
-    """A finished (or streamed) generation's text and token counts."""
+    """A finished (or streamed) generation's text, token counts and logprobs."""
 
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache, not evaluated again
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -51,88 +57,10 @@ class ChatBackend(Protocol):
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[tuple[str, Generation]]:
-        """Yield (piece, running totals) per token; stop early when ``cancel`` is set."""
+    ) -> Iterator[tuple[Piece, Generation]]:
+        """Yield (released piece, running totals) as tokens are sampled; stop early when
+        ``cancel`` is set. The last item carries the final totals."""
         ...
-
-
-class LlamaBackend:
-    """llama-cpp-python behind :class:`ChatBackend`; only its worker thread touches it."""
-
-    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
-        import llama_cpp  # imported here so unit tests and the controller never load it
-
-        try:
-            self._llama: Any = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
-            )
-        except (ValueError, RuntimeError, OSError) as e:
-            raise InferenceError(f"cannot load {path.name}: {e}") from e
-
-    def _stream(self, prompt: Prompt, params: SamplingParams) -> Any:
-        options = {
-            "stream": True,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stop": list(params.stop) or None,
-            "seed": params.seed,
-        }
-        if prompt.text is not None:
-            return self._llama.create_completion(prompt=prompt.text, **options)
-        return self._llama.create_chat_completion(
-            messages=[dict(m) for m in prompt.messages], **options
-        )
-
-    def generate(
-        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[tuple[str, Generation]]:
-        totals = Generation()
-        stream = self._stream(prompt, params)
-        try:
-            for chunk in _caller_errors(stream):
-                if cancel.is_set():
-                    totals.finish_reason = "cancelled"
-                    break
-                choice = chunk["choices"][0]
-                if choice.get("finish_reason"):
-                    totals.finish_reason = choice["finish_reason"]
-                # llama-cpp-python streams one chunk per sampled token: chat chunks carry a
-                # "content" key, text chunks a "text" key; the closing chunk carries neither
-                # content nor a token (it only has the finish reason).
-                if prompt.text is None:
-                    if "content" not in choice["delta"]:
-                        continue
-                    piece = choice["delta"]["content"] or ""
-                elif choice.get("finish_reason") is None:
-                    piece = choice["text"]
-                else:
-                    continue
-                totals.completion_tokens += 1
-                totals.text += piece
-                yield piece, totals
-        finally:
-            stream.close()
-        # The context holds the prompt and every sampled token but the last one when the
-        # length limit stopped generation (an end-of-generation token is never evaluated).
-        evaluated_sampled = totals.completion_tokens - (
-            1 if totals.finish_reason == "length" else 0
-        )
-        totals.prompt_tokens = max(0, self._llama.n_tokens - evaluated_sampled)
-        yield "", totals
-
-
-def _caller_errors(stream: Iterator[Any]) -> Iterator[Any]:
-    """The stream, with llama.cpp's refusal of an over-long prompt as the caller's error."""
-    try:
-        yield from stream
-    except ValueError as e:
-        found = _OVER_CONTEXT.search(str(e))
-        if found is None:
-            raise
-        raise RequestTooLargeError(
-            f"the prompt is {found[1]} tokens, more than the model's context of {found[2]} tokens"
-        ) from e
 
 
 BackendFactory = Callable[[Path], ChatBackend]
@@ -144,7 +72,7 @@ class _Handoff:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._items: list[tuple[str, Generation]] = []
+        self._items: list[tuple[Piece, Generation]] = []
         self._finished = False
         self._error: Exception | None = None
         self._woken = False
@@ -156,7 +84,7 @@ class _Handoff:
             self._woken = True
             self._loop.call_soon_threadsafe(self._ready.set)
 
-    def put(self, item: tuple[str, Generation]) -> None:
+    def put(self, item: tuple[Piece, Generation]) -> None:
         """From the worker thread: hand over one item."""
         with self._lock:
             self._items.append(item)
@@ -168,7 +96,7 @@ class _Handoff:
             self._finished, self._error = True, error
             self._wake()
 
-    async def take(self) -> tuple[list[tuple[str, Generation]], bool, Exception | None]:
+    async def take(self) -> tuple[list[tuple[Piece, Generation]], bool, Exception | None]:
         """On the loop: wait for items, then take all of them."""
         await self._ready.wait()
         with self._lock:
@@ -199,7 +127,7 @@ class ModelWorker:
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams
-    ) -> AsyncGenerator[list[tuple[str, Generation]], None]:
+    ) -> AsyncGenerator[list[tuple[Piece, Generation]], None]:
         """Yield batches of pieces as the worker thread produces them.
 
         The loop is woken once per batch, not once per token: while the loop is busy,
@@ -222,7 +150,7 @@ class ModelWorker:
                 batch, finished, error = await handoff.take()
                 if batch:
                     yield batch
-                if isinstance(error, RequestTooLargeError):
+                if isinstance(error, UntrustedInputError):  # the caller's request, not the model
                     raise error
                 if error is not None:
                     raise InferenceError(f"generation failed: {error}") from error

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -16,16 +15,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from agent.inference.api_errors import ApiError, bad_request
 from agent.inference.context import SUBJECT, ApiContext
+from agent.inference.decoding import Piece
 from agent.inference.engine import Generation, ModelWorker
 from agent.inference.pool import QueueFullError
-from agent.inference.requests import ApiError, GenerationRequest, bad_request, parse_request
+from agent.inference.requests import GenerationRequest, parse_request
+from agent.inference.shapes import ChunkWriter, answer_of, whole
 from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import canonical_bytes
 from edgefleet.errors import (
     AuditUnavailableError,
     InferenceError,
+    InvalidPromptError,
     RequestTooLargeError,
     ResourceError,
     StaleTrustError,
@@ -60,6 +63,7 @@ class Outcome:
     result: Generation = field(default_factory=lambda: Generation(finish_reason="error"))
     first_token: float | None = None
     last_token: float | None = None
+    tool_calls: int = 0
 
     def saw_piece(self) -> None:
         now = time.monotonic()
@@ -122,9 +126,10 @@ class GenerationEndpoint:
                 if _client_left(request):  # it gave up while waiting for the slot
                     raise ConnectionResetError("the client closed the connection")
                 response = await self._generate(request, req, worker, outcome)
-            outcome.label = (
-                "cancelled" if outcome.result.finish_reason == "cancelled" else "success"
-            )
+            if outcome.label != "invalid_output":  # else: sent as the stream's last event
+                outcome.label = (
+                    "cancelled" if outcome.result.finish_reason == "cancelled" else "success"
+                )
             return response
         except QueueFullError as e:
             outcome.label = "rejected"
@@ -141,6 +146,9 @@ class GenerationEndpoint:
                 "messages" if self.chat else "prompt",
                 "context_length_exceeded",
             ) from e
+        except InvalidPromptError as e:
+            outcome.label = "invalid"
+            raise ApiError(400, str(e), "invalid_request_error", "messages") from e
         except InferenceError as e:
             raise ApiError(500, str(e), "server_error") from e
         except StaleTrustError as e:
@@ -172,89 +180,65 @@ class GenerationEndpoint:
         )
         async with contextlib.aclosing(worker.stream(req.prompt, req.params)) as batches:
             if req.stream:
-                return await self._stream(request, req.model, request_id, created, batches, outcome)
+                writer = ChunkWriter(req, self.chat, request_id, created)
+                return await self._stream(request, req, writer, batches, outcome)
             async for batch in batches:
                 outcome.result = batch[-1][1]
-                if any(piece for piece, _ in batch):
+                if any(piece.text for piece, _ in batch):
                     outcome.saw_piece()
                 if _client_left(request):  # nobody will read the answer: free the slot now
                     raise ConnectionResetError("the client closed the connection")
-        return web.json_response(self._whole(request_id, created, req.model, outcome.result))
-
-    def _whole(
-        self, request_id: str, created: int, model: str, result: Generation
-    ) -> dict[str, Any]:
-        if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "finish_reason": result.finish_reason,
-            }
-        else:
-            choice = {
-                "index": 0,
-                "text": result.text,
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        return {
-            "id": request_id,
-            "object": self.object,
-            "created": created,
-            "model": model,
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            },
-        }
-
-    def _event(self, prefix: bytes, piece: str | None, finish: str | None) -> bytes:
-        """One server-sent event; the constant fields are encoded once per request."""
-        if self.chat:
-            delta = {} if piece is None else {"content": piece}
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
-        return (
-            b"data: " + prefix + b', "choices": [' + json.dumps(choice).encode("utf-8") + b"]}\n\n"
-        )
+        try:
+            body = whole(req, self.chat, request_id, created, outcome.result)
+        except ApiError:
+            outcome.label = "invalid_output"
+            raise
+        outcome.tool_calls = len(body["choices"][0].get("message", {}).get("tool_calls") or ())
+        return web.json_response(body)
 
     async def _stream(
         self,
         request: web.Request,
-        model: str,
-        request_id: str,
-        created: int,
-        batches: AsyncGenerator[list[tuple[str, Generation]], None],
+        req: GenerationRequest,
+        writer: ChunkWriter,
+        batches: AsyncGenerator[list[tuple[Piece, Generation]], None],
         outcome: Outcome,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        fields = {
-            "id": request_id,
-            "object": f"{self.object}.chunk" if self.chat else self.object,
-            "created": created,
-            "model": model,
-        }
-        prefix = json.dumps(fields)[:-1].encode("utf-8")
         if self.chat:
-            role = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
-            await response.write(
-                b"data: " + prefix + b', "choices": [' + json.dumps(role).encode() + b"]}\n\n"
-            )
+            await response.write(writer.role())
         async for batch in batches:
             outcome.result = batch[-1][1]
-            data = b"".join(self._event(prefix, piece, None) for piece, _ in batch if piece)
-            if data:
+            if any(piece.text for piece, _ in batch):
                 outcome.saw_piece()
+            if req.tools is not None:
+                continue  # a tool answer is taken apart once whole (see docs/api.md)
+            # one event per piece, as OpenAI streams; one write per batch
+            data = b"".join(
+                writer.content(p.text, p.logprobs) for p, _ in batch if p.text or p.logprobs
+            )
+            if data:
                 await response.write(data)
-        await response.write(
-            self._event(prefix, None, outcome.result.finish_reason) + b"data: [DONE]\n\n"
-        )
+        try:
+            answer = answer_of(req, outcome.result)
+        except ApiError as e:  # the stream has begun: the error is its last event
+            outcome.label = "invalid_output"
+            await response.write(writer.error(e) + writer.done())
+            await response.write_eof()
+            return response
+        if req.tools is not None:
+            if answer.tool_calls is not None:
+                outcome.tool_calls = len(answer.tool_calls)
+                await response.write(writer.tool_calls(answer.tool_calls))
+            elif answer.content:
+                await response.write(writer.content(answer.content, []))
+        data = writer.finish(answer.finish_reason)
+        if req.include_usage:
+            data += writer.usage(outcome.result)
+        await response.write(data + writer.done())
         await response.write_eof()
         return response
 
@@ -287,10 +271,15 @@ class GenerationEndpoint:
             "endpoint": self.endpoint,
             "sha256": active.manifest.sha256 if active else "",
             "prompt_tokens": result.prompt_tokens,
+            "cached_tokens": result.cached_tokens,
             "completion_tokens": result.completion_tokens,
             "stream": req.stream,
             "latency_ms": round((time.monotonic() - started) * 1000),
         }
+        if req.constrained:
+            details["output"] = "tools" if req.tools is not None else req.output.kind
+        if outcome.tool_calls:
+            details["tool_calls"] = outcome.tool_calls
         if outcome.first_token is not None:
             details["ttft_ms"] = round((outcome.first_token - started) * 1000)
         if self.ctx.config.audit_content_hashes:

@@ -17,10 +17,12 @@ from agent.audit.log import AuditLog
 from agent.config import AgentConfig
 from agent.database import AgentDatabase
 from agent.inference.api import build_app
+from agent.inference.api_errors import ApiError
 from agent.inference.context import ApiContext
+from agent.inference.decoding import Piece
 from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
 from agent.inference.pool import ModelPool, PoolSettings
-from agent.inference.requests import ApiError, parse_request
+from agent.inference.requests import parse_request
 from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
@@ -40,7 +42,7 @@ class FakeBackend:
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[tuple[str, Generation]]:
+    ) -> Iterator[tuple[Piece, Generation]]:
         totals = Generation(prompt_tokens=len(prompt.messages) * 3 or 5, finish_reason="length")
         for i in range(params.max_tokens):
             if cancel.is_set():
@@ -51,8 +53,8 @@ class FakeBackend:
             self.produced += 1
             totals.completion_tokens += 1
             totals.text += f"tok{i} "
-            yield f"tok{i} ", totals
-        yield "", totals
+            yield Piece(f"tok{i} "), totals
+        yield Piece(), totals
 
 
 class AgentTestServer(TestServer):
@@ -133,7 +135,12 @@ def test_chat_completion_has_usage_and_is_audited_without_the_prompt(tmp_path: P
         data = await response.json()
         assert response.status == 200
         assert data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
-        assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+        assert data["usage"] == {
+            "prompt_tokens": 3,
+            "completion_tokens": 3,
+            "total_tokens": 6,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
 
     h.run(scenario)
     record = h.last_audit()
@@ -170,7 +177,7 @@ def test_streaming_uses_server_sent_events(tmp_path: Path) -> None:
         events = [line for line in (await response.text()).split("\n\n") if line]
         assert events[-1] == "data: [DONE]"
         chunks = [json.loads(e[6:]) for e in events[:-1]]
-        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:3]]
         assert pieces == ["tok0 ", "tok1 "]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
@@ -479,7 +486,7 @@ class OverlongBackend(FakeBackend):
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[tuple[str, Generation]]:
+    ) -> Iterator[tuple[Piece, Generation]]:
         raise RequestTooLargeError(
             "the prompt is 9000 tokens, more than the model's context of 2048 tokens"
         )

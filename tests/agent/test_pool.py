@@ -9,6 +9,7 @@ from threading import Event
 
 import pytest
 
+from agent.inference.decoding import Piece
 from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
 from agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.errors import HashMismatchError, ResourceError
@@ -20,8 +21,8 @@ from tests.edgefleet.trustkit import manifest
 class Backend:
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: Event
-    ) -> Iterator[tuple[str, Generation]]:
-        yield "", Generation()
+    ) -> Iterator[tuple[Piece, Generation]]:
+        yield Piece(), Generation()
 
 
 def _pool(budget_mib: int, keep_alive: float = 300) -> tuple[ModelPool, list[Path]]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import orjson
 from google.protobuf.message import DecodeError
 
-from agent.inference.requests import ApiError, parse_request
+from agent.inference.api_errors import ApiError
+from agent.inference.requests import parse_request
 from edgefleet import serde
 from edgefleet.audit import parse_record
 from edgefleet.audit_export import verify_export

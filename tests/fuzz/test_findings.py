@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.inference.requests import ApiError, parse_request
+from agent.inference.api_errors import ApiError
+from agent.inference.requests import parse_request
 from edgefleet.audit_export import verify_export
 from edgefleet.errors import MalformedInputError
 from tests.fuzz.targets import TARGETS
