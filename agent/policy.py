@@ -18,7 +18,8 @@ from edgefleet.rbac import Binding, Policy, new_token
 
 POLICY_FILE = "policy.json"
 DEFAULT_ROLES = {
-    "inference": frozenset({"inference.invoke", "models.read"}),
+    "inference": frozenset({"inference.invoke", "inference.embed", "models.read"}),
+    "embedder": frozenset({"inference.embed", "models.read"}),
     "reader": frozenset({"models.read"}),
 }
 

@@ -24,7 +24,7 @@ from edgefleet.errors import MalformedInputError
 from edgefleet.trust.metadata import POLICY_TYPE, format_time, parse_time
 
 # What a device's local API checks: the vocabulary of a policy's ``roles``.
-DEVICE_PERMISSIONS = frozenset({"inference.invoke", "models.read"})
+DEVICE_PERMISSIONS = frozenset({"inference.invoke", "inference.embed", "models.read"})
 # What the controller checks on operator calls: the vocabulary of built-in operator roles
 # and of a policy's ``operator_roles``.
 OPERATOR_PERMISSIONS = frozenset(

@@ -1,9 +1,10 @@
 """The OpenAI-compatible local HTTP API (aiohttp).
 
-Routes: /healthz, /metrics, /v1/models, /v1/chat/completions, /v1/completions. Every
-route has an entry in ROUTE_PERMISSIONS (a missing entry is denied); with api_auth on,
-bearer tokens from the device policy identify the caller, and the permission is checked
-against the requested model (401 without a valid token, 403 without the permission).
+Routes: /healthz, /metrics, /v1/models, /v1/models/{model}, /v1/chat/completions,
+/v1/completions, /v1/embeddings. Every route has an entry in ROUTE_PERMISSIONS (a missing
+entry is denied); with api_auth on, bearer tokens from the device policy identify the
+caller, and the permission is checked against the requested model (401 without a valid
+token, 403 without the permission). docs/api.md describes every route and parameter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from aiohttp import web
 
 from agent.inference.api_errors import ApiError
 from agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
+from agent.inference.embeddings import EmbeddingsEndpoint
 from agent.inference.generation import GenerationEndpoint
+from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import is_loopback
 
@@ -26,8 +29,10 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/healthz"): None,
     ("GET", "/metrics"): None,
     ("GET", "/v1/models"): "models.read",
+    ("GET", "/v1/models/{model}"): "models.read",
     ("POST", "/v1/chat/completions"): "inference.invoke",
     ("POST", "/v1/completions"): "inference.invoke",
+    ("POST", "/v1/embeddings"): "inference.embed",
 }
 
 
@@ -134,24 +139,46 @@ async def _authenticate(ctx: ApiContext, request: web.Request) -> str:
     )
 
 
+def _model_entry(model: ActiveModel) -> dict[str, object]:
+    return {
+        "id": model.manifest.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "edgefleet",
+        "version": model.manifest.version,
+        "sha256": model.manifest.sha256,
+    }
+
+
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models: the active models the caller may read, in OpenAI's list shape."""
     ctx = request.app[CONTEXT]
     subject = request[SUBJECT]
     active_models = await asyncio.to_thread(ctx.registry.active_models)
     data = [
-        {
-            "id": m.manifest.name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "edgefleet",
-            "version": m.manifest.version,
-            "sha256": m.manifest.sha256,
-        }
+        _model_entry(m)
         for m in active_models
         if ctx.allows(subject, "models.read", m.manifest.name)
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one active model; 404 alike for absent and forbidden."""
+    ctx = request.app[CONTEXT]
+    name = request.match_info["model"]
+    allowed = ctx.allows(request[SUBJECT], "models.read", name)
+    active_models = await asyncio.to_thread(ctx.registry.active_models) if allowed else []
+    found = next((m for m in active_models if m.manifest.name == name), None)
+    if found is None:
+        raise ApiError(
+            404,
+            f"model {name[:64]!r} does not exist on this device or you do not have access to it",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
+        )
+    return web.json_response(_model_entry(found))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -183,6 +210,8 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_post("/v1/chat/completions", GenerationEndpoint(ctx, chat=True).handle)
     app.router.add_post("/v1/completions", GenerationEndpoint(ctx, chat=False).handle)
+    app.router.add_post("/v1/embeddings", EmbeddingsEndpoint(ctx).handle)
     return app

@@ -80,10 +80,8 @@ class OutputAssembler:
         return self._release(len(held) - self._stop_prefix_len(held), final=False)
 
     def finish(self) -> Piece:
-        """The end of generation: everything still held is final (no stop string came)."""
-        tail = self._decoder.decode(b"", final=True)
-        if tail:
-            self._pending.append((tail, None))
+        """The end of generation: everything still held is final (no stop string came).
+        A UTF-8 character cut off by the length limit is dropped, never sent as U+FFFD."""
         held = sum(len(p) for p, _ in self._pending)
         return self._release(held, final=True)
 

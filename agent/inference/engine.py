@@ -8,10 +8,12 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agent.inference.decoding import Piece, TokenLogprob
 from edgefleet.errors import InferenceError, UntrustedInputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,29 @@ class Prompt:
     messages: tuple[Mapping[str, str], ...] = ()
     text: str | None = None
 
+    @property
+    def key(self) -> str:
+        """The prompt as one string whose prefixes match where the prompts' tokens do."""
+        if self.text is not None:
+            return self.text
+        return "".join(f"\x00{m['role']}\x01{m['content']}" for m in self.messages)
+
 
 class ChatBackend(Protocol):
     """What a loaded model can do; llama.cpp in production, a fake in unit tests."""
+
+    @property
+    def dimensions(self) -> int:
+        """The length of the model's embedding vectors."""
+        ...
+
+    def embedding_tokens(self, text: str) -> list[int]:
+        """``text`` tokenized for :meth:`embed`."""
+        ...
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """One unit-length vector per tokenized input."""
+        ...
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
@@ -113,6 +135,7 @@ class ModelWorker:
         self.name = name
         self.executor = executor
         self.backend = backend
+        self.prefix = ""  # the last prompt it served, as text (what its KV cache holds)
 
     @classmethod
     async def load(cls, name: str, factory: BackendFactory, path: Path) -> ModelWorker:
@@ -159,6 +182,11 @@ class ModelWorker:
         finally:
             cancel.set()
             await asyncio.shield(future)
+
+    async def run(self, work: Callable[[ChatBackend], T]) -> T:
+        """Run ``work`` on the model's own thread (the only one that may touch it)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, work, self.backend)
 
     async def complete(self, prompt: Prompt, params: SamplingParams) -> Generation:
         """Run a whole generation and return its text and counts."""

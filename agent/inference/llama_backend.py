@@ -23,6 +23,12 @@ from agent.inference.decoding import OutputAssembler, Piece
 from agent.inference.engine import Generation, Prompt, SamplingParams
 from edgefleet.errors import InferenceError, InvalidPromptError, RequestTooLargeError
 
+# Embeddings come from a second context on the same weights (no second copy in memory):
+# up to EMBED_CONTEXT tokens per input and per decode, EMBED_SEQUENCES inputs per decode.
+EMBED_CONTEXT = 512
+EMBED_SEQUENCES = 32
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
 # A GGUF without a chat template is rendered as ChatML (what most small models expect).
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -39,7 +45,10 @@ class LlamaBackend:
         from llama_cpp import _internals, llama_chat_format
 
         self._lib = llama_cpp
+        self._internals: Any = _internals
         self._new_sampler: Any = _internals.LlamaSampler
+        self._n_threads = n_threads
+        self._embedding: tuple[Any, Any] | None = None  # (context, batch), made on first use
         try:
             self._llama: Any = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
@@ -55,6 +64,85 @@ class LlamaBackend:
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
+
+    @property
+    def pooling(self) -> int:
+        """How one vector is made from a sequence's token vectors: the GGUF's own pooling
+        (an embedding model says which), else mean pooling (a chat model)."""
+        arch = self._llama.metadata.get("general.architecture", "")
+        declared = self._llama.metadata.get(f"{arch}.pooling_type")
+        if declared is not None and declared.isdigit() and int(declared) in (1, 2, 3):
+            return int(declared)
+        return int(self._lib.LLAMA_POOLING_TYPE_MEAN)
+
+    @property
+    def dimensions(self) -> int:
+        return int(self._llama.n_embd())
+
+    def embedding_tokens(self, text: str) -> list[int]:
+        """An input string as the embedding context sees it."""
+        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """One L2-normalised vector per tokenized input; as many inputs per decode as fit."""
+        context, batch = self._embedding_context()
+        for tokens in inputs:
+            if not tokens or len(tokens) > EMBED_CONTEXT:
+                raise RequestTooLargeError(
+                    f"an input is {len(tokens)} tokens; embeddings take 1 to "
+                    f"{EMBED_CONTEXT} tokens per input"
+                )
+            if min(tokens) < 0 or max(tokens) >= self._n_vocab:
+                raise InvalidPromptError(
+                    f"token ids must be from 0 to {self._n_vocab - 1} for this model"
+                )
+        vectors: list[list[float]] = []
+        start = 0
+        while start < len(inputs):
+            end, used = start, 0
+            while (
+                end < len(inputs)
+                and end - start < EMBED_SEQUENCES
+                and used + len(inputs[end]) <= EMBED_CONTEXT
+            ):
+                used += len(inputs[end])
+                end += 1
+            batch.reset()
+            for seq, tokens in enumerate(inputs[start:end]):
+                batch.add_sequence(tokens, seq, True)
+            context.kv_cache_clear()
+            context.decode(batch)
+            for seq in range(end - start):
+                pointer = self._lib.llama_get_embeddings_seq(context.ctx, seq)
+                vector = np.ctypeslib.as_array(pointer, shape=(self.dimensions,)).astype(np.float64)
+                norm = np.linalg.norm(vector)
+                vectors.append((vector / norm if norm > 0 else vector).tolist())
+            start = end
+        return vectors
+
+    def _embedding_context(self) -> tuple[Any, Any]:
+        if self._embedding is None:
+            params = self._lib.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = EMBED_CONTEXT
+            params.n_seq_max = EMBED_SEQUENCES
+            params.kv_unified = True  # sequences of any length share the context's cells
+            params.embeddings = True
+            params.pooling_type = self.pooling
+            params.n_threads = params.n_threads_batch = self._n_threads
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            try:
+                with suppress_stdout_stderr(disable=False):  # llama.cpp notes the pooling
+                    context = self._internals.LlamaContext(
+                        model=self._llama._model, params=params, verbose=False
+                    )
+            except ValueError as e:
+                raise InferenceError(f"cannot create an embedding context: {e}") from e
+            batch = self._internals.LlamaBatch(
+                n_tokens=EMBED_CONTEXT, embd=0, n_seq_max=EMBED_SEQUENCES, verbose=False
+            )
+            self._embedding = (context, batch)
+        return self._embedding
 
     @property
     def n_ctx(self) -> int:

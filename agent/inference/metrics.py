@@ -30,8 +30,20 @@ class ApiMetrics:
         self.prompt_tokens = Counter(
             "edgefleet_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
         )
+        self.cached_tokens = Counter(
+            "edgefleet_cached_prompt_tokens",
+            "Prompt tokens reused from a slot's KV cache instead of evaluated again",
+            ["model"],
+            registry=r,
+        )
         self.completion_tokens = Counter(
             "edgefleet_completion_tokens", "Completion tokens generated", ["model"], registry=r
+        )
+        self.embedded_inputs = Counter(
+            "edgefleet_embedding_inputs",
+            "Inputs turned into embedding vectors",
+            ["model"],
+            registry=r,
         )
         self.time_to_first_token = Histogram(
             "edgefleet_time_to_first_token_seconds",

@@ -73,6 +73,36 @@ def _file_id(path: Path) -> tuple[int, ...]:
     return (found.st_dev, found.st_ino, found.st_ctime_ns, found.st_size)
 
 
+def _shared(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # binary search on slices: C-speed comparisons, O(log n) of them
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _closest(first: ModelWorker, free: asyncio.Queue[ModelWorker], prefix: str) -> ModelWorker:
+    """Of ``first`` and the other free workers, the one sharing the longest prefix; the
+    rest go back to the queue."""
+    if not prefix or free.empty():
+        return first
+    candidates = [first]
+    while not free.empty():
+        candidates.append(free.get_nowait())
+    best = max(candidates, key=lambda w: _shared(w.prefix, prefix))
+    for worker in candidates:
+        if worker is not best:
+            free.put_nowait(worker)
+    return best
+
+
 class ModelPool:
     """Owns every loaded model; all methods run on the event loop."""
 
@@ -111,8 +141,12 @@ class ModelPool:
         return list(self._models.values())
 
     @asynccontextmanager
-    async def slot(self, manifest: ModelManifest, path: Path) -> AsyncIterator[ModelWorker]:
-        """A worker of ``manifest`` for one request: admitted, loaded, then a free slot."""
+    async def slot(
+        self, manifest: ModelManifest, path: Path, prefix: str = ""
+    ) -> AsyncIterator[ModelWorker]:
+        """A worker of ``manifest`` for one request: admitted, loaded, then a free slot;
+        of several free slots, the one whose last prompt shares the longest start with
+        ``prefix`` (its KV cache holds that part already)."""
         if self.waiting >= self.settings.max_queued:
             raise QueueFullError(f"{self.waiting} requests are already waiting; retry shortly")
         self.waiting += 1
@@ -120,12 +154,14 @@ class ModelPool:
             model = await self._ensure_loaded(manifest, path)
             model.busy += 1
             try:
-                worker = await model.free.get()
+                worker = _closest(await model.free.get(), model.free, prefix)
             except BaseException:
                 model.busy -= 1
                 raise
         finally:
             self.waiting -= 1
+        if prefix:
+            worker.prefix = prefix
         try:
             yield worker
         finally:
