@@ -1,10 +1,11 @@
 """The OpenAI-compatible local HTTP API (aiohttp).
 
 Routes: /healthz, /metrics, /v1/models, /v1/models/{model}, /v1/chat/completions,
-/v1/completions, /v1/embeddings. Every route has an entry in ROUTE_PERMISSIONS (a missing
-entry is denied); with api_auth on, bearer tokens from the device policy identify the
-caller, and the permission is checked against the requested model (401 without a valid
-token, 403 without the permission). docs/api.md describes every route and parameter.
+/v1/completions, /v1/embeddings, /v1/responses. Every route has an entry in
+ROUTE_PERMISSIONS (a missing entry is denied); with api_auth on, bearer tokens from the
+device policy identify the caller, and the permission is checked against the requested
+model (401 without a valid token, 403 without the permission). docs/api.md describes
+every route and parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from agent.inference.api_errors import ApiError
 from agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
 from agent.inference.embeddings import EmbeddingsEndpoint
 from agent.inference.generation import GenerationEndpoint
+from agent.inference.responses import ResponsesEndpoint
 from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import is_loopback
@@ -33,6 +35,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/chat/completions"): "inference.invoke",
     ("POST", "/v1/completions"): "inference.invoke",
     ("POST", "/v1/embeddings"): "inference.embed",
+    ("POST", "/v1/responses"): "inference.invoke",
 }
 
 
@@ -214,4 +217,5 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_post("/v1/chat/completions", GenerationEndpoint(ctx, chat=True).handle)
     app.router.add_post("/v1/completions", GenerationEndpoint(ctx, chat=False).handle)
     app.router.add_post("/v1/embeddings", EmbeddingsEndpoint(ctx).handle)
+    app.router.add_post("/v1/responses", ResponsesEndpoint(ctx).handle)
     return app

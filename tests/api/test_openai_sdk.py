@@ -530,3 +530,70 @@ def test_every_endpoint_is_audited_without_content(
     assert records[0]["details"]["prompt_tokens"] > 0 and "cached_tokens" in records[0]["details"]
     assert records[1]["details"]["inputs"] == 1
     assert all(secret not in json.dumps(r) for r in records)
+
+
+# --- Responses API ---------------------------------------------------------------------------
+
+
+def test_responses_text_streamed_and_not(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL,
+        instructions="Answer in one word.",
+        input="What is the capital of France?",
+        max_output_tokens=16,
+        temperature=0,
+    )
+    assert response.status == "completed" and "Paris" in response.output_text
+    assert response.usage is not None and response.usage.input_tokens > 5
+    with client.responses.stream(
+        model=MODEL,
+        instructions="Answer in one word.",
+        input="What is the capital of France?",
+        max_output_tokens=16,
+        temperature=0,
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == response.output_text
+
+
+def test_responses_structured_output(client: openai.OpenAI) -> None:
+    parsed = client.responses.parse(
+        model=MODEL, input="Describe Paris.", text_format=City, max_output_tokens=200, temperature=0
+    )
+    assert isinstance(parsed.output_parsed, City)
+
+
+def test_responses_function_calls_round_trip(client: openai.OpenAI) -> None:
+    tool = {"type": "function", **WEATHER["function"]}  # type: ignore[dict-item]
+    first = client.responses.create(
+        model=MODEL,
+        input=[{"role": "user", "content": "What is the weather in Lyon?"}],
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice="required",
+        max_output_tokens=120,
+        temperature=0,
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert calls and json.loads(calls[0].arguments)["unit"] in ("celsius", "fahrenheit")
+    with client.responses.stream(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "What is the weather in Lyon?"},
+            *[c.model_dump(exclude_none=True) for c in calls],
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "21 C"},
+        ],
+        tools=[tool],  # type: ignore[list-item]
+        max_output_tokens=120,
+        temperature=0,
+    ) as stream:
+        final = stream.get_final_response()
+    assert final.status in ("completed", "incomplete") and final.output
+
+
+def test_responses_refuse_state_it_does_not_keep(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
+    assert "send the whole conversation" in str(refused.value)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
