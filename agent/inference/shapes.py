@@ -33,6 +33,8 @@ def answer_of(req: GenerationRequest, result: Generation) -> Answer:
     against its schema, tool calls taken apart. Output cut short by max_tokens is returned
     as generated with finish_reason "length", as OpenAI does."""
     if not req.constrained or result.finish_reason != "stop":
+        if req.tools is not None:  # cut short: never hand out the tool format's raw JSON
+            return Answer(None, None, result.finish_reason)
         return Answer(result.text, None, result.finish_reason)
     try:
         value = json.loads(result.text)

@@ -169,8 +169,8 @@ class ToolSetup:
             ]
         }
         calls: dict[str, Any] = {"type": "array", "items": call, "minItems": 1}
-        if not self.parallel:
-            calls["maxItems"] = 1
+        if not self.parallel or self.choice not in ("auto", "required"):
+            calls["maxItems"] = 1  # a named tool_choice asks for that one call
         with_calls = {
             "type": "object",
             "properties": {"tool_calls": calls},
@@ -203,7 +203,7 @@ class ToolSetup:
             )
         else:
             how = 'Answer {"tool_calls": [{"name": <tool name>, "arguments": <arguments object>}]}.'
-        many = "" if self.parallel else " Call at most one tool."
+        many = "" if self.parallel and self.choice in ("auto", "required") else " Call one tool."
         return (
             f"You can call these tools: {described}\nAnswer with one JSON object only. {how}{many}"
         )
