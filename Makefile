@@ -75,6 +75,7 @@ proto: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.inference
+	$(BIN)/python -m benchmarks.api_surface
 	$(BIN)/python -m benchmarks.audit_append
 	$(BIN)/python -m benchmarks.audit_ingest
 	$(BIN)/python -m benchmarks.verify

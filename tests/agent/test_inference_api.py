@@ -568,3 +568,48 @@ def test_no_inference_while_the_audit_log_cannot_be_written(tmp_path: Path) -> N
 
     assert h.run(scenario) == [(503, "audit_unavailable"), (200, "")]
     assert h.ctx.serving.counts("tiny", "1") == (1, 0)  # not the version's failure
+
+
+class BrokenGrammarBackend(FakeBackend):
+    """Finishes "stop" with text that is not what the grammar allowed: a grammar failing
+    mid-generation must be an error, never a 200."""
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[tuple[Piece, Generation]]:
+        assert params.grammar is not None  # the request was constrained
+        totals = Generation(prompt_tokens=4, finish_reason="stop")
+        for piece in ('{"age": ', '"forty"}'):
+            totals.completion_tokens += 1
+            totals.text += piece
+            yield Piece(piece), totals
+        yield Piece(), totals
+
+
+def test_constrained_output_that_fails_its_schema_is_an_error(tmp_path: Path) -> None:
+    h = Harness(tmp_path, BrokenGrammarBackend())
+    schema = {
+        "type": "object",
+        "properties": {"age": {"type": "integer"}},
+        "required": ["age"],
+    }
+    body = {
+        **chat(8),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    }
+
+    async def scenario(client: TestClient) -> tuple[int, Any, list[Any]]:
+        whole = await client.post("/v1/chat/completions", json=body, headers=h.auth())
+        streamed = await client.post(
+            "/v1/chat/completions", json={**body, "stream": True}, headers=h.auth()
+        )
+        events = [e[6:] for e in (await streamed.text()).split("\n\n") if e]
+        return whole.status, await whole.json(), events
+
+    status, whole, events = h.run(scenario)
+    assert status == 500 and whole["error"]["code"] == "output_invalid"
+    assert "age" in whole["error"]["message"]
+    last = json.loads(events[-2])  # then [DONE]
+    assert last["error"]["code"] == "output_invalid"
+    assert not any('"finish_reason": "stop"' in e for e in events)
+    assert h.last_audit()["outcome"] == "invalid_output"

@@ -14,6 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from edgefleet.bundled import bundled_model_path
 from tests.api.conftest import MODEL, LocalApi
 
 pytestmark = pytest.mark.model
@@ -162,6 +163,23 @@ def test_the_same_seed_gives_the_same_output(client: openai.OpenAI) -> None:
 
     assert sample(7) == sample(7)
     assert len({sample(s) for s in (1, 2, 3)}) > 1  # and the seed matters
+
+
+def test_logit_bias_bans_a_token_and_penalties_are_accepted(client: openai.OpenAI) -> None:
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(bundled_model_path()), vocab_only=True, verbose=False)
+    banned = {str(t): -100 for t in vocab.tokenize(b" Paris", add_bos=False, special=False)}
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+        logit_bias=banned,  # type: ignore[arg-type]
+        presence_penalty=1.0,
+        frequency_penalty=0.5,
+    )
+    assert " Paris" not in (answer.choices[0].message.content or "")
 
 
 def test_logprobs_tokens_concatenate_to_the_content(client: openai.OpenAI) -> None:
