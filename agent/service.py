@@ -201,8 +201,7 @@ async def run(config: AgentConfig) -> None:
         log.info("agent.stopping")
         scheduler.shutdown(wait=False)
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await asyncio.wait({watcher}, timeout=10)  # never hang a shutdown on it
         await syncer.stop()
         await runner.cleanup()
         if peers is not None:

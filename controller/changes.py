@@ -69,7 +69,8 @@ class ChangeFeed:
             self._changed = asyncio.Event()
         event = self._changed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
+                await event.wait()
         return self.generation
 
 

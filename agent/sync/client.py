@@ -191,7 +191,11 @@ class SyncClient:
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(anext(stream), idle_timeout)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                    # cancellation that lands as the read fails, and the agent then never
+                    # stops (its watch loop carried on after SIGTERM)
+                    async with asyncio.timeout(idle_timeout):
+                        event = await anext(stream)
                 except StopAsyncIteration as e:
                     raise TransportError("the controller closed the watch stream") from e
                 except TimeoutError as e:

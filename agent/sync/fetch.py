@@ -99,7 +99,8 @@ class Fetcher:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(anext(stream, None), self.stall_seconds)
+                    async with asyncio.timeout(self.stall_seconds):  # not wait_for: see watch
+                        item = await anext(stream, None)
                 except TimeoutError as e:
                     raise TransportError(
                         f"blob {sha256[:16]}… stalled: nothing received for "

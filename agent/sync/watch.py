@@ -37,5 +37,14 @@ async def watch_forever(config: AgentConfig, client: SyncClient, syncer: Syncer)
                 if kind in ("hello", "changed"):
                     syncer.request_sync(random.uniform(0, config.watch_jitter_seconds))  # noqa: S311
         except EdgefleetError as e:
+            if _stopping():
+                raise asyncio.CancelledError from e
             log.info("watch.lost", reason=str(e))
         await asyncio.sleep(reconnect.failed())
+
+
+def _stopping() -> bool:
+    """True once this task was asked to stop, even if a library swallowed the
+    CancelledError and handed back its own failure instead."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
