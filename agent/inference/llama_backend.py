@@ -11,7 +11,6 @@ grammar, top-p, temperature, seed). Only the worker thread of the slot touches i
 from __future__ import annotations
 
 import ctypes
-import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from agent.inference.decoding import OutputAssembler, Piece
 from agent.inference.engine import Generation, Prompt, SamplingParams
+from agent.inference.sampling import TokenSampler
 from edgefleet.errors import InferenceError, InvalidPromptError, RequestTooLargeError
 
 # Embeddings come from a second context on the same weights (no second copy in memory):
@@ -46,7 +46,6 @@ class LlamaBackend:
 
         self._lib = llama_cpp
         self._internals: Any = _internals
-        self._new_sampler: Any = _internals.LlamaSampler
         self._n_threads = n_threads
         self._embedding: tuple[Any, Any] | None = None  # (context, batch), made on first use
         try:
@@ -128,7 +127,9 @@ class LlamaBackend:
             params.kv_unified = True  # sequences of any length share the context's cells
             params.embeddings = True
             params.pooling_type = self.pooling
-            params.n_threads = params.n_threads_batch = self._n_threads
+            params.n_threads = self._n_threads
+            # a batch uses the cores as the generation context's prompt processing does
+            params.n_threads_batch = self._llama.context_params.n_threads_batch
             from llama_cpp._utils import suppress_stdout_stderr
 
             try:
@@ -180,33 +181,6 @@ class LlamaBackend:
             self._llama.reset()
         return common
 
-    def _sampler(self, params: SamplingParams) -> Any:
-        sampler = self._new_sampler()
-        if params.logit_bias:
-            sampler.add_logit_bias(self._n_vocab, dict(params.logit_bias))
-        if params.presence_penalty or params.frequency_penalty:
-            sampler.add_penalties(
-                self._n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty
-            )
-        if params.grammar is not None:
-            grammar = self._lib.llama_sampler_init_grammar(
-                self._vocab, params.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:  # llama.cpp could not parse it: never sample unconstrained
-                sampler.close()
-                raise InferenceError("the output grammar could not be loaded")
-            self._lib.llama_sampler_chain_add(sampler.sampler, grammar)
-        if params.temperature == 0.0:
-            sampler.add_greedy()
-        else:
-            sampler.add_top_k(40)
-            sampler.add_top_p(params.top_p, 1)
-            sampler.add_min_p(0.05, 1)
-            sampler.add_temp(params.temperature)
-            seed = params.seed if params.seed is not None else random.getrandbits(32)
-            sampler.add_dist(seed & 0xFFFFFFFF)
-        return sampler
-
     def _logprobs(self, token: int, top: int) -> tuple[float, tuple[tuple[str, bytes, float], ...]]:
         """The sampled token's log-probability under the model (before sampling's
         truncation and temperature) and the ``top`` most likely alternatives."""
@@ -247,14 +221,14 @@ class LlamaBackend:
         totals = Generation(prompt_tokens=len(tokens), finish_reason="length")
         totals.cached_tokens = self._reuse_prefix(tokens)
         output = OutputAssembler(params.stop)
-        sampler = self._sampler(params)
+        sampler = TokenSampler(self._lib, self._internals, self._vocab, self._n_vocab, params)
         try:
             self._llama.eval(tokens[totals.cached_tokens :])
             for _ in range(params.max_tokens):
                 if cancel.is_set():
                     totals.finish_reason = "cancelled"
                     break
-                token = sampler.sample(self._llama._ctx, -1)
+                token = sampler.sample(self._llama._ctx.ctx)
                 if self._lib.llama_vocab_is_eog(self._vocab, token):
                     totals.finish_reason = "stop"
                     break
