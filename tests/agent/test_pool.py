@@ -172,3 +172,26 @@ def test_a_model_whose_blob_changes_while_busy_finishes_then_reloads(tmp_path: P
 
     asyncio.run(scenario())
     assert len(loaded) == 2
+
+
+def test_a_request_goes_to_the_free_slot_holding_its_prefix() -> None:
+    """Of several free slots, the one whose last prompt shares the longest start."""
+    settings = PoolSettings(400 * MIB, context=1024, slots=3, keep_alive_seconds=300, max_queued=4)
+    pool = ModelPool(lambda path: Backend(), settings)  # type: ignore[arg-type, return-value]
+    m = _model("a", 10)
+
+    async def scenario() -> tuple[int, int, int]:
+        async def slot_for(prefix: str) -> int:
+            async with pool.slot(m, Path("/blobs/a"), prefix) as worker:
+                return id(worker)
+
+        system = "You are a careful assistant. " * 20
+        first = await slot_for(system + "question one")
+        await slot_for("something else entirely")  # first in line would now be a third slot
+        again = await slot_for(system + "question two")
+        other = await slot_for("something else, again")
+        return first, again, other
+
+    first, again, other = asyncio.run(scenario())
+    assert again == first  # the slot whose cache holds the system prompt
+    assert other != first
