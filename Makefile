@@ -16,7 +16,7 @@ endif
 LLAMA_CHECK := from edgefleet.bundled import bundled_model_path as p; import llama_cpp; \
 	llama_cpp.Llama(model_path=str(p()), n_ctx=64, n_threads=2, verbose=False).eval([1, 2, 3, 4])
 
-.PHONY: demo test test-fast lint typecheck proto bench fuzz clean system-deps
+.PHONY: demo test test-fast lint typecheck proto bench fuzz clean system-deps arm64-toolchain wheels-arm64 bundle-arm64 bundle-amd64
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,41 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.transfer
 	$(BIN)/python -m benchmarks.quantization
 	$(BIN)/python -m benchmarks.fleet_load
+
+# arm64 gateways (Raspberry Pi): llama-cpp-python cross-built on this x86-64 machine with
+# Debian's cross toolchain, one wheel per CPU target, cached under .cache/arm64.
+ARM64_CACHE := .cache/arm64
+LLAMA_ARM64_VARIANTS := armv8-a armv8.2-a+dotprod
+
+arm64-toolchain:
+	@command -v aarch64-linux-gnu-g++ >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends gcc-aarch64-linux-gnu g++-aarch64-linux-gnu >/dev/null; } || \
+	  { echo "arm64-toolchain: install gcc-aarch64-linux-gnu and g++-aarch64-linux-gnu" >&2; exit 1; }
+
+wheels-arm64: $(STAMP) arm64-toolchain
+	@for variant in $(LLAMA_ARM64_VARIANTS); do \
+	  if ls $(ARM64_CACHE)/llama/$$variant/*.whl >/dev/null 2>&1; then \
+	    echo "llama.cpp for $$variant: cached in $(ARM64_CACHE)/llama/$$variant"; \
+	  else \
+	    start=$$(date +%s); \
+	    deploy/arm64/build-llama-wheel.sh $$variant $(ARM64_CACHE)/llama/$$variant && \
+	    echo "llama.cpp for $$variant: built in $$(( $$(date +%s) - start )) s"; \
+	  fi || exit 1; \
+	done
+
+# One offline install bundle per architecture (unsigned; `edgefleetctl agent-bundle sign`
+# signs it for a fleet). Needs the package index at build time, nothing on the gateway.
+BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+bundle-arm64: wheels-arm64
+	$(BIN)/edgefleetctl agent-bundle build --arch aarch64 --llama-dir $(ARM64_CACHE)/llama \
+	  --out dist/edgefleet-agent-$(BUNDLE_VERSION)-aarch64.tar
+
+bundle-amd64: $(STAMP)
+	$(BIN)/edgefleetctl agent-bundle build --arch x86_64 \
+	  --out dist/edgefleet-agent-$(BUNDLE_VERSION)-x86_64.tar
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import sys
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     bundle_export.add_argument("ref", metavar="NAME@VERSION")
     bundle_export.add_argument("--out", type=output_file, required=True)
+
+    agent_bundle = commands.add_parser(
+        "agent-bundle", help="offline install bundles of the agent for gateways"
+    ).add_subparsers(dest="action", required=True)
+    build = agent_bundle.add_parser(
+        "build", help="the agent, its dependencies and llama.cpp for one platform (network)"
+    )
+    build.add_argument("--arch", choices=("aarch64", "x86_64"), required=True)
+    build.add_argument("--llama-dir", type=Path, help="the llama.cpp wheels (make wheels-arm64)")
+    build.add_argument("--out", type=output_file, required=True)
+    sign_bundle = agent_bundle.add_parser(
+        "sign", help="sign a bundle for this fleet with the controller's targets key(s)"
+    )
+    sign_bundle.add_argument("bundle", type=Path)
+    sign_bundle.add_argument("--data-dir", type=Path, required=True)
+    sign_bundle.add_argument("--out", type=output_file, required=True)
 
     add_rollout_parser(commands)
 
@@ -273,6 +291,30 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _cmd_agent_bundle(args: argparse.Namespace) -> int:
+    from controller.agent_bundles import build_bundle, sign_bundle
+
+    if args.action == "build":
+        release = build_bundle(args.arch, args.out, args.llama_dir)
+        size = args.out.stat().st_size / 1024**2
+        builds = ", ".join(b.name for b in release.llama)
+        print(f"{args.out}: agent {release.version} for {release.arch}, {len(release.files)} "
+              f"files, {size:.0f} MiB, llama.cpp builds: {builds} (unsigned)")  # fmt: skip
+        return 0
+    release = sign_bundle(args.bundle, args.data_dir, args.out)
+    installer = hashlib.sha256(_member(args.out, "install.py")).hexdigest()
+    print(f"{args.out}: agent {release.version} for {release.arch}, signed for this fleet")
+    print(f"install.py sha256 {installer} (check it on site before running it)")
+    return 0
+
+
+def _member(bundle: Path, name: str) -> bytes:
+    with tarfile.open(bundle) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        extracted = tar.extractfile(f"{top}/{name}")
+        return extracted.read() if extracted is not None else b""
+
+
 def _operate(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
@@ -292,6 +334,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if (args.command, getattr(args, "action", "")) == ("audit", "verify"):
         configure_logging("console", "WARNING")
         return audit_verify(args)
+    if args.command == "agent-bundle":
+        configure_logging("console", "WARNING")
+        return _cmd_agent_bundle(args)
     if args.command == "keys":
         configure_logging("console", "WARNING")
         return run_keys_command(args)

@@ -13,8 +13,7 @@ set -eu
 
 SOURCE=$(cd "$(dirname "$0")/../.." && pwd)
 PREFIX=${PREFIX:-/opt/edgefleet}
-DATA_DIR=/var/lib/edgefleet-agent
-UNIT=/etc/systemd/system/edgefleet-agent.service
+DATA_DIR=/var/lib/edgefleet-agent  # the service's (setup-service.sh)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install.sh: run as root (it creates a user, $PREFIX and a systemd unit)" >&2
@@ -26,10 +25,6 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev build-essential cmake pkg-config ca-certificates
 
-echo "== user and directories"
-id edgefleet >/dev/null 2>&1 || \
-    useradd --system --home-dir "$DATA_DIR" --no-create-home --shell /usr/sbin/nologin edgefleet
-install -d -o edgefleet -g edgefleet -m 0700 "$DATA_DIR"
 install -d -m 0755 "$PREFIX"
 
 echo "== virtual environment (llama.cpp is compiled here)"
@@ -43,23 +38,5 @@ python3 -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
 "$PREFIX/venv/bin/pip" install --quiet "$SOURCE"
 
-echo "== configuration"
-if [ ! -e "$DATA_DIR/agent.toml" ]; then
-    install -o edgefleet -g edgefleet -m 0600 \
-        "$SOURCE/deploy/agent/agent.toml.example" "$DATA_DIR/agent.toml"
-fi
-
-echo "== shell completion"
-if [ -d /etc/bash_completion.d ]; then
-    "$PREFIX/venv/bin/edgefleet-agent" completion bash > /etc/bash_completion.d/edgefleet-agent
-fi
-
-echo "== systemd unit"
-install -m 0644 "$SOURCE/deploy/systemd/edgefleet-agent.service" "$UNIT"
-if [ "$PREFIX" != /opt/edgefleet ]; then
-    sed -i "s#/opt/edgefleet/venv#$PREFIX/venv#" "$UNIT"
-fi
-systemctl daemon-reload
-
-echo "installed: enroll as user edgefleet (see the top of this script), then"
-echo "  systemctl enable --now edgefleet-agent"
+sh "$SOURCE/deploy/agent/setup-service.sh" "$PREFIX" \
+    "$SOURCE/deploy/systemd/edgefleet-agent.service" "$SOURCE/deploy/agent/agent.toml.example"

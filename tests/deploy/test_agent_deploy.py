@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy/systemd/edgefleet-agent.service"
 EXAMPLE = ROOT / "deploy/agent/agent.toml.example"
 INSTALL = ROOT / "deploy/agent/install.sh"
+SETUP_SERVICE = ROOT / "deploy/agent/setup-service.sh"
 INSTALLED_AGENT = "/opt/edgefleet/venv/bin/edgefleet-agent"
 
 
@@ -76,8 +77,12 @@ def test_the_example_configuration_loads_and_names_only_known_keys(tmp_path: Pat
 
 def test_the_install_script_matches_the_unit() -> None:
     script = INSTALL.read_text()
-    subprocess.run(["sh", "-n", str(INSTALL)], check=True)
-    assert f"DATA_DIR={DEFAULT_DATA_DIR}" in script
+    service_setup = SETUP_SERVICE.read_text()
+    for path in (INSTALL, SETUP_SERVICE):
+        subprocess.run(["sh", "-n", str(path)], check=True)
+    assert f"DATA_DIR={DEFAULT_DATA_DIR}" in service_setup
+    assert f"ReadWritePaths={DEFAULT_DATA_DIR}" in UNIT.read_text()
     assert INSTALLED_AGENT.startswith(script.split("PREFIX=${PREFIX:-")[1].split("}")[0])
     assert "deploy/systemd/edgefleet-agent.service" in script
     assert "deploy/agent/agent.toml.example" in script
+    assert "setup-service.sh" in script
