@@ -101,6 +101,8 @@ def install(bundle: Path, prefix: Path, release: dict[str, object]) -> Path:
         "pip could not install the agent",
     )  # fmt: skip
     link = prefix / "venv"
+    if link.is_dir() and not link.is_symlink():  # installed by install.sh from a checkout
+        os.replace(link, prefix / "venv-from-source")
     staged = prefix / "venv.new"
     if staged.is_symlink() or staged.exists():
         staged.unlink()
