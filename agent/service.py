@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,7 +117,9 @@ async def _start_peer_server(config: AgentConfig, blobs: BlobStore) -> web.AppRu
 
 
 async def run(config: AgentConfig) -> None:
-    """Serve the local API and sync on a schedule until SIGINT/SIGTERM."""
+    """Serve the local API and sync on a schedule until SIGINT/SIGTERM. SIGUSR1 writes
+    every thread's stack to stderr (the journal), to see where a stuck agent waits."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     state = await asyncio.to_thread(LocalState.open, config.data_dir)
     enrollment = state.paths.identity.load()
     trust = await asyncio.to_thread(state.registry.load_trust, enrollment.root_fingerprint)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import time
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +109,14 @@ def test_a_full_disk_is_survived_and_recovered_from(tmp_path: Path, small_disk: 
         # 3. Space returns: the download resumes from its verified chunks, inference and
         #    its audit records resume, the chain is intact and lost nothing.
         filler.unlink()
-        wait_for("bulk@1 active", lambda: True if "* bulk@1" in models(fleet, "gw") else None, 120)
+        try:
+            wait_for(
+                "bulk@1 active", lambda: True if "* bulk@1" in models(fleet, "gw") else None, 120
+            )
+        except TimeoutError:  # where does it wait? every thread's stack, in its log
+            fleet.processes["agent-gw"].send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            raise AssertionError(fleet.log("agent-gw")[-12000:]) from None
         wait_for("inference again", lambda: True if _ask(api, token) == 200 else None, 60)
 
         # 4. Full again during an activation (a bundle import on the stopped device): it
