@@ -111,10 +111,12 @@ wheels-arm64: $(STAMP) arm64-toolchain
 BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 bundle-arm64: wheels-arm64
+	mkdir -p dist
 	$(BIN)/edgefleetctl agent-bundle build --arch aarch64 --llama-dir $(ARM64_CACHE)/llama \
 	  --out dist/edgefleet-agent-$(BUNDLE_VERSION)-aarch64.tar
 
 bundle-amd64: $(STAMP)
+	mkdir -p dist
 	$(BIN)/edgefleetctl agent-bundle build --arch x86_64 \
 	  --out dist/edgefleet-agent-$(BUNDLE_VERSION)-x86_64.tar
 

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -57,10 +58,23 @@ def run(command: list[str], what: str) -> str:
     return result.stdout
 
 
+def _claimed_arch(bundle: Path) -> str:
+    """The architecture the (not yet verified) release says it is for, to refuse a bundle
+    for another machine with a clear reason; verification checks it again."""
+    try:
+        return str(json.loads((bundle / "release.json").read_text())["arch"])[:16]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def verify(bundle: Path, fingerprint: str, cpuinfo: Path, work: Path) -> dict[str, object]:
     """The verified release (as release_check prints it), from a throwaway environment."""
     if not VERIFIER:
         raise Refused("this installer carries no verifier digests: use the one in a bundle")
+    claimed = _claimed_arch(bundle)
+    if claimed and claimed != platform.machine():
+        # the verifier's own wheels are for that platform: say so before trying them
+        raise Refused(f"the bundle is for {claimed}; this machine is {platform.machine()}")
     wheels = work / "verifier-wheels"
     wheels.mkdir()
     for name, expected in sorted(VERIFIER.items()):
