@@ -133,7 +133,7 @@ arm64-root:
 	  { echo "arm64-root: install qemu-user-static, binfmt-support and mmdebstrap" >&2; exit 1; }
 	@test -x $(ARM64_ROOT)/usr/bin/python3 || { rm -rf $(ARM64_ROOT) && \
 	  mmdebstrap --quiet --variant=extract --arch=arm64 \
-	    --include=python3,python3-venv,libstdc++6,libgomp1,dash,coreutils,libc-bin \
+	    --include=python3,python3-venv,libstdc++6,libgomp1,dash,coreutils,libc-bin,passwd,tar \
 	    bookworm $(ARM64_ROOT) http://deb.debian.org/debian && mkdir -p $(ARM64_ROOT)/tmp; }
 
 test-arm64: bundle-arm64 arm64-root

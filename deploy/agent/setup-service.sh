@@ -15,7 +15,7 @@ UNIT=/etc/systemd/system/edgefleet-agent.service
 
 echo "== user and directories"
 id edgefleet >/dev/null 2>&1 || \
-    useradd --system --home-dir "$DATA_DIR" --no-create-home --shell /usr/sbin/nologin edgefleet
+    useradd --system --user-group --home-dir "$DATA_DIR" --no-create-home --shell /usr/sbin/nologin edgefleet
 install -d -o edgefleet -g edgefleet -m 0700 "$DATA_DIR"
 
 echo "== configuration"
@@ -29,7 +29,7 @@ if [ -d /etc/bash_completion.d ]; then
 fi
 
 echo "== systemd unit"
-install -m 0644 "$UNIT_SOURCE" "$UNIT"
+install -D -m 0644 "$UNIT_SOURCE" "$UNIT"
 if [ "$PREFIX" != /opt/edgefleet ]; then
     sed -i "s#/opt/edgefleet/venv#$PREFIX/venv#" "$UNIT"
 fi

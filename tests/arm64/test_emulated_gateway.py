@@ -10,9 +10,9 @@ EDGEFLEET_ARM64_ROOT and EDGEFLEET_ARM64_BUNDLE; without them this skips, saying
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +62,17 @@ def _in(root: Path, *command: str, network: bool = True, env: dict[str, str] | N
         text=True,
         check=False,
         timeout=timeout,
-        env={"PATH": "/usr/bin:/bin", "HOME": "/root", **(env or {})},
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", **(env or {})},
     )
+
+
+def _runbook_install_block() -> str:
+    """The gateway's commands of docs/operations.md, "Install a gateway with no network"."""
+    text = (Path(__file__).resolve().parents[2] / "docs/operations.md").read_text()
+    section = text.split("## Install a gateway with no network", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 2, "the section has a build machine block and a gateway block"
+    return str(blocks[1])
 
 
 def _x86_answer(messages: list[dict[str, str]]) -> str:
@@ -90,17 +99,18 @@ def test_an_emulated_pi_installs_offline_enrolls_and_serves(gateway: Path, tmp_p
         signed = tmp_path / "signed.tar"
         fleet.run("edgefleetctl", "agent-bundle", "sign", BUNDLE, "--data-dir",
                   str(fleet.controller_dir), "--out", str(signed))  # fmt: skip
-        with tarfile.open(signed) as tar:
-            tar.extractall(gateway / "tmp", filter="data")
-        installer = next((gateway / "tmp").glob("edgefleet-agent-*/install.py"))
+        # docs/operations.md's gateway steps, as written, on the Pi with no network
+        (gateway / "media" / "offline").mkdir(parents=True)
+        shutil.copyfile(signed, gateway / "media" / "offline" / "edgefleet-agent.tar")
         started = time.monotonic()
-        installed = _in(
-            gateway, "/usr/bin/python3", f"/{installer.relative_to(gateway)}",
-            "--root-fingerprint", fleet.fingerprint, "--no-service", network=False,
-        )  # fmt: skip
-        assert installed.returncode == 0, installed.stderr
+        installed = _in(gateway, "/bin/sh", "-euc", _runbook_install_block(), network=False,
+                        env={"ROOT_FINGERPRINT": fleet.fingerprint})  # fmt: skip
+        assert installed.returncode == 0, installed.stdout + installed.stderr
         print(f"installed offline under emulation in {time.monotonic() - started:.0f} s")
         assert "for aarch64" in installed.stdout
+        assert (gateway / "etc/systemd/system/edgefleet-agent.service").exists()
+        assert "edgefleet:" in (gateway / "etc/passwd").read_text()
+        assert (gateway / DATA.lstrip("/") / "agent.toml").exists()
 
         fleet.start_controller()
         fleet.ctl("models", "publish", str(bundled_model_path()), "--name", "smollm2",
