@@ -16,7 +16,6 @@ A bundle is an uncompressed tar (its wheels are compressed already) of one folde
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -35,6 +34,7 @@ from controller.datadir import DataDir
 from controller.keyring import Keyring
 from edgefleet import __version__
 from edgefleet.errors import ConfigError, MalformedInputError
+from edgefleet.files import sha256_of_file
 from edgefleet.release_check import SIGNED_RELEASE
 from edgefleet.trust.release import AgentRelease, LlamaBuild
 
@@ -65,14 +65,6 @@ TARGETS = {
     # x86-64-v3 (AVX2, FMA, F16C), as `make` builds llama.cpp for x86 gateways
     "x86_64": Target("x86_64", (("x86-64-v3", ("avx2", "fma", "f16c")),)),
 }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pip(*args: str, env: dict[str, str] | None = None) -> None:
@@ -156,7 +148,9 @@ def build_bundle(arch: str, out: Path, llama_dir: Path | None = None) -> AgentRe
             shutil.copy2(REPOSITORY / source, deploy / Path(source).name)
         _write_installer(stage)
         files = {
-            str(p.relative_to(stage)): _sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()
+            str(p.relative_to(stage)): sha256_of_file(p)
+            for p in sorted(stage.rglob("*"))
+            if p.is_file()
         }
         release = AgentRelease(__version__, arch, PYTHON, datetime.now(UTC), files, tuple(builds))
         (stage / "release.json").write_bytes(release.to_payload())
@@ -178,7 +172,7 @@ def _write_installer(stage: Path) -> None:
             raise ConfigError(
                 f"the bundle needs exactly one {distribution} wheel, has {len(found)}"
             )
-        digests[found[0].name] = _sha256(found[0])
+        digests[found[0].name] = sha256_of_file(found[0])
     source = (REPOSITORY / "deploy/agent/install-bundle.py").read_text()
     line = "VERIFIER: dict[str, str] = {}"
     if line not in source:

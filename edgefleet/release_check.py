@@ -13,7 +13,6 @@ throwaway environment holding only the wheels whose digests the installer itself
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edgefleet.errors import EdgefleetError, HashMismatchError, MalformedInputError
+from edgefleet.files import sha256_of_file
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.release import AgentRelease, LlamaBuild, verify_release
 
@@ -29,14 +29,6 @@ ROOT_CHAIN = "root"  # root/1.json, root/2.json …
 # files a bundle holds besides those its release names (the signature and its root chain)
 UNLISTED = (SIGNED_RELEASE, "release.json")
 MAX_ROOT_FILE = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def root_chain(bundle: Path) -> list[Envelope]:
@@ -79,7 +71,7 @@ def check_bundle(
         raise HashMismatchError(f"the bundle holds {extra[0]}, which its release does not name")
     for name, expected in sorted(release.files.items()):
         path = bundle / name
-        if path.is_symlink() or _sha256(path) != expected:
+        if path.is_symlink() or sha256_of_file(path) != expected:
             raise HashMismatchError(f"{name} does not match the signed release")
     if release.arch != machine:
         raise MalformedInputError(f"the bundle is for {release.arch}; this machine is {machine}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from agent.inference.api_errors import ApiError, bad_request
 from agent.inference.context import SUBJECT, ApiContext
+from agent.inference.decoding import Piece
 from agent.inference.engine import Generation, ModelWorker
 from agent.inference.pool import QueueFullError
 from agent.registry.registry import ActiveModel
@@ -61,11 +63,26 @@ class Outcome:
     tool_calls: int = 0
     inputs: int = 0  # embeddings: how many inputs
 
-    def saw_piece(self) -> None:
-        now = time.monotonic()
-        if self.first_token is None:
-            self.first_token = now
-        self.last_token = now
+    def took(self, batch: list[tuple[Piece, Generation]]) -> None:
+        """Note one batch of a generation: its running totals, and when text came."""
+        self.result = batch[-1][1]
+        if any(piece.text for piece, _ in batch):
+            now = time.monotonic()
+            if self.first_token is None:
+                self.first_token = now
+            self.last_token = now
+
+
+async def drain(
+    request: web.Request,
+    batches: AsyncIterator[list[tuple[Piece, Generation]]],
+    outcome: Outcome,
+) -> None:
+    """Run a generation that is answered whole; stop it as soon as the client leaves."""
+    async for batch in batches:
+        outcome.took(batch)
+        if client_left(request):  # nobody will read the answer: free the slot now
+            raise ConnectionResetError("the client closed the connection")
 
 
 class ModelRequest(Protocol):

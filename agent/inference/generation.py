@@ -14,7 +14,7 @@ from aiohttp import web
 from agent.inference.api_errors import ApiError
 from agent.inference.context import ApiContext
 from agent.inference.decoding import Piece
-from agent.inference.endpoint import ModelEndpoint, Outcome, client_left
+from agent.inference.endpoint import ModelEndpoint, Outcome, drain
 from agent.inference.engine import Generation, ModelWorker
 from agent.inference.requests import GenerationRequest, parse_request
 from agent.inference.shapes import ChunkWriter, answer_of, whole
@@ -47,12 +47,7 @@ class GenerationEndpoint(ModelEndpoint):
             if req.stream:
                 writer = ChunkWriter(req, self.chat, request_id, created)
                 return await self._stream(request, req, writer, batches, outcome)
-            async for batch in batches:
-                outcome.result = batch[-1][1]
-                if any(piece.text for piece, _ in batch):
-                    outcome.saw_piece()
-                if client_left(request):  # nobody will read the answer: free the slot now
-                    raise ConnectionResetError("the client closed the connection")
+            await drain(request, batches, outcome)
         try:
             body = whole(req, self.chat, request_id, created, outcome.result)
         except ApiError:
@@ -76,9 +71,7 @@ class GenerationEndpoint(ModelEndpoint):
         if self.chat:
             await response.write(writer.role())
         async for batch in batches:
-            outcome.result = batch[-1][1]
-            if any(piece.text for piece, _ in batch):
-                outcome.saw_piece()
+            outcome.took(batch)
             if req.tools is not None:
                 continue  # a tool answer is taken apart once whole (see docs/api.md)
             # one event per piece, as OpenAI streams; one write per batch

@@ -23,7 +23,7 @@ from aiohttp import web
 from agent.inference.api_errors import ApiError, bad_request
 from agent.inference.context import ApiContext
 from agent.inference.decoding import Piece
-from agent.inference.endpoint import Outcome, client_left
+from agent.inference.endpoint import Outcome, drain
 from agent.inference.engine import Generation, ModelWorker
 from agent.inference.generation import GenerationEndpoint
 from agent.inference.requests import IGNORED, REFUSED, SUPPORTED, GenerationRequest, parse_request
@@ -277,6 +277,14 @@ class ResponseBuilder:
     def status(self, answer: Answer) -> str:
         return "incomplete" if answer.finish_reason == "length" else "completed"
 
+    def open_message(self) -> bytes:
+        """The events that begin the answer's message and its one text part."""
+        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        item = {**self.message("", "in_progress"), "content": []}
+        return self.event("response.output_item.added", output_index=0, item=item) + self.event(
+            "response.content_part.added", part=self.part(""), **where
+        )
+
     def event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
@@ -317,12 +325,7 @@ class ResponsesEndpoint(GenerationEndpoint):
         async with contextlib.aclosing(worker.stream(req.prompt, req.params)) as batches:
             if req.stream:
                 return await self._stream_events(request, req, builder, batches, outcome)
-            async for batch in batches:
-                outcome.result = batch[-1][1]
-                if any(piece.text for piece, _ in batch):
-                    outcome.saw_piece()
-                if client_left(request):
-                    raise ConnectionResetError("the client closed the connection")
+            await drain(request, batches, outcome)
         try:
             answer = answer_of(req, outcome.result)
         except ApiError:
@@ -352,18 +355,9 @@ class ResponsesEndpoint(GenerationEndpoint):
         text_open = req.tools is None  # a tool answer is taken apart once whole
         where = {"item_id": b.message_id, "output_index": 0, "content_index": 0}
         if text_open:
-            await response.write(
-                b.event(
-                    "response.output_item.added",
-                    output_index=0,
-                    item={**b.message("", "in_progress"), "content": []},
-                )
-                + b.event("response.content_part.added", part=b.part(""), **where)
-            )
+            await response.write(b.open_message())
         async for batch in batches:
-            outcome.result = batch[-1][1]
-            if any(piece.text for piece, _ in batch):
-                outcome.saw_piece()
+            outcome.took(batch)
             if text_open:
                 data = b"".join(
                     b.event("response.output_text.delta", delta=p.text, logprobs=[], **where)
@@ -402,12 +396,7 @@ class ResponsesEndpoint(GenerationEndpoint):
             text = answer.content or ""
             if not text_open:  # a direct answer to a request that offered tools
                 await response.write(
-                    b.event(
-                        "response.output_item.added",
-                        output_index=0,
-                        item={**b.message("", "in_progress"), "content": []},
-                    )
-                    + b.event("response.content_part.added", part=b.part(""), **where)
+                    b.open_message()
                     + b.event("response.output_text.delta", delta=text, logprobs=[], **where)
                 )
             await response.write(
