@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from agent.inference.engine import SamplingParams
-from edgefleet.errors import InferenceError
+from edgefleet.errors import InferenceError, InvalidPromptError
 
 PENALTY_WINDOW = 64  # tokens the presence and frequency penalties look back over
 
@@ -33,6 +33,13 @@ class TokenSampler:
         self._chain = internals.LlamaSampler()
         self._grammar: Any = None
         if params.logit_bias:
+            outside = [t for t, _ in params.logit_bias if not 0 <= t < n_vocab]
+            if outside:  # llama.cpp would write outside its logits: the caller's mistake
+                self.close()
+                raise InvalidPromptError(
+                    f"logit_bias names token {outside[0]}; this model's tokens are 0 to "
+                    f"{n_vocab - 1}"
+                )
             self._chain.add_logit_bias(n_vocab, dict(params.logit_bias))
         if params.presence_penalty or params.frequency_penalty:
             self._chain.add_penalties(

@@ -180,6 +180,13 @@ def test_logit_bias_bans_a_token_and_penalties_are_accepted(client: openai.OpenA
         frequency_penalty=0.5,
     )
     assert " Paris" not in (answer.choices[0].message.content or "")
+    with pytest.raises(openai.BadRequestError, match="logit_bias names token"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,  # type: ignore[arg-type]
+            max_tokens=2,
+            logit_bias={"999999999": -100},
+        )
 
 
 def test_logprobs_tokens_concatenate_to_the_content(client: openai.OpenAI) -> None:
