@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from agent.sync.watch import watch_forever
 from agent.sync.worker import Syncer
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, HashMismatchError
+from edgefleet.stacks import dump_on_sigusr1
 from edgefleet.trust.metadata import ModelManifest
 
 log = structlog.get_logger("agent")
@@ -118,8 +118,9 @@ async def _start_peer_server(config: AgentConfig, blobs: BlobStore) -> web.AppRu
 
 async def run(config: AgentConfig) -> None:
     """Serve the local API and sync on a schedule until SIGINT/SIGTERM. SIGUSR1 writes
-    every thread's stack to stderr (the journal), to see where a stuck agent waits."""
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    every thread's stack and every task's awaits to stderr (the journal), to see where a
+    stuck agent waits."""
+    dump_on_sigusr1(asyncio.get_running_loop())  # again with the scheduler's jobs below
     state = await asyncio.to_thread(LocalState.open, config.data_dir)
     enrollment = state.paths.identity.load()
     trust = await asyncio.to_thread(state.registry.load_trust, enrollment.root_fingerprint)
@@ -192,6 +193,7 @@ async def run(config: AgentConfig) -> None:
             max_instances=1,
         )
     scheduler.start()
+    dump_on_sigusr1(asyncio.get_running_loop(), lambda out: scheduler.print_jobs(out=out))
     watcher = asyncio.get_running_loop().create_task(watch_forever(config, client, syncer))
     log.info("agent.running", device_id=enrollment.device_id, api=api_address)
     stop = asyncio.Event()

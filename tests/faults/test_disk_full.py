@@ -63,6 +63,18 @@ def _full_disk_error(fleet: Fleet) -> str | None:
     return error if "No space left" in error or "disk is full" in error else None
 
 
+def _where_it_waits(fleet: Fleet, name: str) -> str:
+    """Ask a stuck agent for its stacks (SIGUSR1): the asyncio tasks' awaits first (where a
+    pass waits), then the log before the dump."""
+    before = len(fleet.log(name))
+    fleet.processes[name].send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    log = fleet.log(name)
+    dump = log[before:]
+    tasks = dump[dump.find("--- ") :] if "--- " in dump else dump[-6000:]
+    return f"{tasks}\n--- log before the dump ---\n{log[:before][-8000:]}"
+
+
 def _ask(api: str, token: str) -> int:
     """One chat request: its HTTP status."""
     body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 2}
@@ -94,7 +106,9 @@ def test_a_full_disk_is_survived_and_recovered_from(tmp_path: Path, small_disk: 
         #    error; nothing half-written is installed; the version serving is kept.
         bulk = write_tiny_gguf(tmp_path / "bulk.gguf", rows=3_000_000)
         fleet.ctl("models", "publish", str(bulk), "--name", "bulk", "--version", "1")
-        fleet.ctl("rollout", "create", "bulk@1", "--selector", "site=lab")
+        # A pin, not a rollout: a rollout rightly fails a device that refuses a download
+        # for want of disk (and halts), which would race step 3 (space returning).
+        fleet.ctl("rollout", "pin", "bulk@1", "--selector", "site=lab")
         partial = small_disk / "blobs" / "partial"
         wait_for("the download to start", lambda: any(partial.glob("*")) or None, 60)
         filler = _fill(small_disk)
@@ -113,10 +127,8 @@ def test_a_full_disk_is_survived_and_recovered_from(tmp_path: Path, small_disk: 
             wait_for(
                 "bulk@1 active", lambda: True if "* bulk@1" in models(fleet, "gw") else None, 120
             )
-        except TimeoutError:  # where does it wait? every thread's stack, in its log
-            fleet.processes["agent-gw"].send_signal(signal.SIGUSR1)
-            time.sleep(2)
-            raise AssertionError(fleet.log("agent-gw")[-12000:]) from None
+        except TimeoutError:  # where does it wait? its tasks' awaits, then its log
+            raise AssertionError(_where_it_waits(fleet, "agent-gw")) from None
         wait_for("inference again", lambda: True if _ask(api, token) == 200 else None, 60)
 
         # 4. Full again during an activation (a bundle import on the stopped device): it
