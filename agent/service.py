@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +32,9 @@ from agent.sync.client import SyncClient
 from agent.sync.mirrors import HttpSource, client_session, parse_sources, peer_app
 from agent.sync.renewal import CertificateRenewer
 from agent.sync.watch import watch_forever
-from agent.sync.worker import Syncer
-from edgefleet.config_files import split_address
-from edgefleet.errors import ConfigError, HashMismatchError
+from agent.sync.worker import Syncer, SyncHooks
+from edgefleet.errors import HashMismatchError
+from edgefleet.lifecycle import cancel_and_wait, listen_http, until_signalled
 from edgefleet.stacks import dump_on_sigusr1
 from edgefleet.trust.metadata import ModelManifest
 
@@ -86,46 +87,81 @@ def sync_client(config: AgentConfig, state: LocalState) -> SyncClient:
     )
 
 
-async def _start_api(config: AgentConfig, ctx: ApiContext) -> tuple[web.AppRunner, str]:
-    host, port = split_address(config.api_listen)
-    runner = web.AppRunner(build_app(ctx), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {config.api_listen}: {e.strerror}") from e
-    bound = runner.addresses[0]
-    return runner, f"{bound[0]}:{bound[1]}"
-
-
 async def _start_peer_server(config: AgentConfig, blobs: BlobStore) -> web.AppRunner:
     """Serve verified blobs to LAN peers (opt-in); the bound address goes to peer.addr."""
-    host, port = split_address(config.peer_listen)
-    runner = web.AppRunner(peer_app(blobs), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as e:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {config.peer_listen}: {e.strerror}") from e
-    bound = runner.addresses[0]
-    (config.data_dir / "peer.addr").write_text(f"{bound[0]}:{bound[1]}\n")
-    log.info("peer.serving", address=f"{bound[0]}:{bound[1]}")
+    runner, bound = await listen_http(peer_app(blobs), config.peer_listen)
+    (config.data_dir / "peer.addr").write_text(f"{bound}\n")
+    log.info("peer.serving", address=bound)
     return runner
 
 
 async def run(config: AgentConfig) -> None:
     """Serve the local API and sync on a schedule until SIGINT/SIGTERM. SIGUSR1 writes
     every thread's stack and every task's awaits to stderr (the journal), to see where a
-    stuck agent waits."""
-    dump_on_sigusr1(asyncio.get_running_loop())  # again with the scheduler's jobs below
-    state = await asyncio.to_thread(LocalState.open, config.data_dir)
-    enrollment = state.paths.identity.load()
-    trust = await asyncio.to_thread(state.registry.load_trust, enrollment.root_fingerprint)
-    client = sync_client(config, state)
-    syncer = Syncer(config, client, state.registry, state.blobs, state.audit, trust)
+    stuck agent waits.
+
+    Every resource is entered on one exit stack as it starts: a failure at any step (a
+    port in use, a bad mirror CA) releases what was already started, in reverse order,
+    and leaves no ``api.addr`` behind for the command line to read."""
+    loop = asyncio.get_running_loop()
+    dump_on_sigusr1(loop)  # again with the scheduler's jobs once it runs
+    async with contextlib.AsyncExitStack() as stack:
+        state = await asyncio.to_thread(LocalState.open, config.data_dir)
+        stack.callback(state.db.dispose)
+        stack.push_async_callback(asyncio.to_thread, state.audit.flush)
+        enrollment = state.paths.identity.load()
+        trust = await asyncio.to_thread(state.registry.load_trust, enrollment.root_fingerprint)
+        client = sync_client(config, state)
+        stack.push_async_callback(client.close)
+        pool = _model_pool(config, state)
+        stack.callback(pool.close)
+        policy = DevicePolicy(LocalPolicy(config.data_dir), trust.policy)
+        ctx = ApiContext(
+            config,
+            state.registry,
+            pool,
+            state.audit,
+            policy,
+            labels=dict(enrollment.labels),
+            offline=OfflineGuard(
+                state.db, state.audit, config.max_offline_days, config.offline_mode
+            ),
+        )
+        http = client_session(config.mirror_ca_file)
+        stack.push_async_callback(http.close)
+        hooks = SyncHooks(
+            on_policy=policy.set_signed,
+            renewer=CertificateRenewer(state.paths.identity, client, state.audit),
+            audit_key=state.paths.identity.keys()[1],
+            reload_trust=lambda: state.registry.load_trust(enrollment.root_fingerprint),
+            smoke_test=_smoke_test(config, state) if config.smoke_test else None,
+            serving=ctx.serving,
+            mirrors=tuple(
+                HttpSource(url, http, config.download_stall_seconds)
+                for url in parse_sources(config.mirrors)
+            ),
+        )
+        syncer = Syncer(config, client, state.registry, state.blobs, state.audit, trust, hooks)
+        stack.push_async_callback(syncer.stop)
+        runner, api_address = await listen_http(build_app(ctx), config.api_listen)
+        stack.push_async_callback(runner.cleanup)
+        api_addr = config.data_dir / "api.addr"
+        api_addr.write_text(api_address + "\n")
+        stack.callback(api_addr.unlink, missing_ok=True)
+        if config.peer_listen:
+            stack.push_async_callback((await _start_peer_server(config, state.blobs)).cleanup)
+        scheduler = _start_scheduler(config, syncer, pool)
+        stack.callback(scheduler.shutdown, wait=False)
+        dump_on_sigusr1(loop, lambda out: scheduler.print_jobs(out=out))
+        watcher = loop.create_task(watch_forever(config, client, syncer))
+        stack.push_async_callback(cancel_and_wait, watcher)
+        log.info("agent.running", device_id=enrollment.device_id, api=api_address)
+        await until_signalled(signal.SIGINT, signal.SIGTERM)
+        log.info("agent.stopping")
+
+
+def _model_pool(config: AgentConfig, state: LocalState) -> ModelPool:
+    """The pool of loaded models; each version is checked against its hashes as it loads."""
 
     def load_model(path: Path) -> ChatBackend:
         return LlamaBackend(path, config.n_ctx, config.n_threads)
@@ -141,34 +177,15 @@ async def run(config: AgentConfig) -> None:
                 "or the next sync)"
             )
 
-    pool = ModelPool(load_model, pool_settings(config), verify_before_load)
-    if config.smoke_test:
-        syncer.smoke_test = lambda manifest: smoke_test(
-            state.blobs.path_of(manifest.sha256), config.n_threads
-        )
-    policy = DevicePolicy(LocalPolicy(config.data_dir), trust.policy)
-    syncer.on_policy = policy.set_signed
-    syncer.renewer = CertificateRenewer(state.paths.identity, client, state.audit)
-    syncer.audit_key = state.paths.identity.keys()[1]
-    syncer.reload_trust = lambda: state.registry.load_trust(enrollment.root_fingerprint)
-    ctx = ApiContext(
-        config,
-        state.registry,
-        pool,
-        state.audit,
-        policy,
-        labels=dict(enrollment.labels),
-        offline=OfflineGuard(state.db, state.audit, config.max_offline_days, config.offline_mode),
-    )
-    syncer.serving = ctx.serving
-    runner, api_address = await _start_api(config, ctx)
-    (config.data_dir / "api.addr").write_text(api_address + "\n")
-    http = client_session(config.mirror_ca_file)
-    syncer.mirrors = [
-        HttpSource(url, http, config.download_stall_seconds)
-        for url in parse_sources(config.mirrors)
-    ]
-    peers = await _start_peer_server(config, state.blobs) if config.peer_listen else None
+    return ModelPool(load_model, pool_settings(config), verify_before_load)
+
+
+def _smoke_test(config: AgentConfig, state: LocalState) -> Callable[[ModelManifest], float]:
+    return lambda manifest: smoke_test(state.blobs.path_of(manifest.sha256), config.n_threads)
+
+
+def _start_scheduler(config: AgentConfig, syncer: Syncer, pool: ModelPool) -> AsyncIOScheduler:
+    """Sync passes, idle model unloading, audit checkpoints and the blob scrub."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         syncer.run_once,
@@ -193,28 +210,4 @@ async def run(config: AgentConfig) -> None:
             max_instances=1,
         )
     scheduler.start()
-    dump_on_sigusr1(asyncio.get_running_loop(), lambda out: scheduler.print_jobs(out=out))
-    watcher = asyncio.get_running_loop().create_task(watch_forever(config, client, syncer))
-    log.info("agent.running", device_id=enrollment.device_id, api=api_address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("agent.stopping")
-        scheduler.shutdown(wait=False)
-        watcher.cancel()
-        await asyncio.wait({watcher}, timeout=10)  # never hang a shutdown on it
-        await syncer.stop()
-        await runner.cleanup()
-        if peers is not None:
-            await peers.cleanup()
-        await http.close()
-        await client.close()
-        pool.close()
-        await asyncio.to_thread(state.audit.flush)
-        with contextlib.suppress(FileNotFoundError):
-            (config.data_dir / "api.addr").unlink()
-        state.db.dispose()
+    return scheduler

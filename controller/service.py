@@ -39,6 +39,7 @@ from controller.store.database import Database
 from controller.syncs import DeviceSyncs
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.lifecycle import until_signalled
 from edgefleet.tls import cert_pem
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
@@ -187,29 +188,62 @@ def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.S
 
 async def serve(config: ControllerConfig) -> None:
     """Run until SIGINT/SIGTERM; then report NOT_SERVING, end watch streams and let calls
-    in flight finish for up to ``shutdown_grace_seconds``."""
+    in flight finish for up to ``shutdown_grace_seconds``.
+
+    Every resource is entered on one exit stack as it starts, so a failure at any step
+    (a port in use, a database gone) releases what was started, in reverse order; the
+    stack's order is also the orderly stop's."""
     app = await asyncio.to_thread(ControllerApp.build, config)
-    app.changes.listeners.append(app.snapshots.invalidate)
-    operations = Operations(app.db, app.metrics, config.health_listen, config.metrics_listen)
-    server, sync_port, enroll_port = build_server(app, operations)
-    app.sync_port = sync_port
-    relay = PostgresRelay(app.db, app.changes) if app.db.is_postgresql else None
-    if relay is not None:
-        relay.start()
-    await operations.start()
-    await server.start()
-    app.syncs.start()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(app.db.dispose)
+        app.changes.listeners.append(app.snapshots.invalidate)
+        if app.db.is_postgresql:
+            relay = PostgresRelay(app.db, app.changes)
+            relay.start()
+            stack.push_async_callback(relay.stop)
+        operations = Operations(app.db, app.metrics, config.health_listen, config.metrics_listen)
+        stack.push_async_callback(operations.stop)
+        await operations.start()  # NOT_SERVING until the server below serves
+        # Its ports are bound from here, and only a started server lets go of them: nothing
+        # that can fail comes between this and start().
+        server, sync_port, enroll_port = build_server(app, operations)
+        app.sync_port = sync_port
+        stack.push_async_callback(app.syncs.stop)  # the last syncs' reports, after the drain
+        app.syncs.start()
+        await server.start()
+        stack.push_async_callback(server.stop, config.shutdown_grace_seconds)
+        operations.report_health()
+        stack.callback(app.changes.close)  # end watch streams rather than at the grace
+        stack.push_async_callback(operations.draining)  # NOT_SERVING first
+        scheduler = _start_scheduler(app)
+        stack.callback(scheduler.shutdown, wait=False)
+        _write_listening(app, operations, sync_port, enroll_port)
+        stack.callback(app.data.listening_file.unlink, missing_ok=True)
+        await until_signalled(signal.SIGINT, signal.SIGTERM)
+        log.info("controller.stopping", grace_seconds=config.shutdown_grace_seconds)
+
+
+def _start_scheduler(app: ControllerApp) -> AsyncIOScheduler:
+    """Rollouts judged and advanced every ``rollout_tick_seconds``."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         advance_rollouts_job,
         "interval",
         args=(app,),
-        seconds=config.rollout_tick_seconds,
+        seconds=app.config.rollout_tick_seconds,
         max_instances=1,
         coalesce=True,
         id="advance_rollouts",
     )
     scheduler.start()
+    return scheduler
+
+
+def _write_listening(
+    app: ControllerApp, operations: Operations, sync_port: int, enroll_port: int
+) -> None:
+    """The ports bound (port 0 picks one), in serve.addr and the log."""
+    config = app.config
     host, _ = split_address(config.listen)
     enroll_host, _ = split_address(config.enroll_listen)
     lines = [f"{host}:{sync_port}", f"{enroll_host}:{enroll_port}"]
@@ -226,20 +260,3 @@ async def serve(config: ControllerConfig) -> None:
         health=operations.health_port or "off",
         metrics=operations.metrics_port or "off",
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("controller.stopping", grace_seconds=config.shutdown_grace_seconds)
-    scheduler.shutdown(wait=False)
-    await operations.draining()
-    app.changes.close()
-    if relay is not None:
-        await relay.stop()
-    await server.stop(grace=config.shutdown_grace_seconds)
-    await app.syncs.stop()  # the reports of the last syncs
-    await operations.stop()
-    with contextlib.suppress(FileNotFoundError):
-        app.data.listening_file.unlink()
-    app.db.dispose()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -58,6 +59,25 @@ class ControllerUnreachableError(TransportError):
     """The Sync call itself failed: back off before the next scheduled pass."""
 
 
+@dataclass(frozen=True)
+class SyncHooks:
+    """What the running service adds to a sync pass; each may be left out (tests, tools)."""
+
+    # Called with each newly verified signed policy.
+    on_policy: Callable[[Policy], None] = lambda policy: None
+    renewer: CertificateRenewer | None = None
+    audit_key: SigningKey | None = None  # signs checkpoints of the audit chain
+    # Re-reads the stored trust state: a bundle imported from the command line may have
+    # moved it forward since the last pass.
+    reload_trust: Callable[[], TrustedState] | None = None
+    # Loads a new version and generates a few tokens before it may serve; a failure keeps
+    # the old version serving and is retried only later. Returns the smoke test's
+    # generation speed (tokens/s, reported as health).
+    smoke_test: Callable[[ModelManifest], float] | None = None
+    serving: ServingStats | None = None  # requests served per version (reported as health)
+    mirrors: tuple[BlobSource, ...] = ()  # mirrors and LAN peers tried before the controller
+
+
 class Syncer:
     """Converges the device towards the controller's desired state, verifying everything."""
 
@@ -69,6 +89,7 @@ class Syncer:
         blobs: BlobStore,
         audit: AuditLog,
         trust: TrustedState,
+        hooks: SyncHooks = SyncHooks(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         self.config = config
         self.client = client
@@ -76,12 +97,9 @@ class Syncer:
         self.blobs = blobs
         self.audit = audit
         self.trust = trust
+        self.hooks = hooks
         self._lock = asyncio.Lock()
         self._refusals: dict[str, str] = {}  # the last reason audited, per action and target
-        # Called with each newly verified signed policy (set by the service).
-        self.on_policy: Callable[[Policy], None] = lambda policy: None
-        self.renewer: CertificateRenewer | None = None
-        self.audit_key: SigningKey | None = None  # signs checkpoints (set by the service)
         self.last_error: str | None = None  # this run's (None: as stored by the last run)
         self.meter = Meter(
             registry.db,
@@ -91,22 +109,11 @@ class Syncer:
         )
         self.board = ProgressBoard(registry.db)
         self.fetcher = Fetcher(blobs, config.download_stall_seconds, self.meter, self.board)
-        # Mirrors and LAN peers tried before the controller (set by the service).
-        self.mirrors: list[BlobSource] = []
-        # Re-reads the stored trust state (set by the service): a bundle imported from the
-        # command line may have moved it forward since the last pass.
-        self.reload_trust: Callable[[], TrustedState] | None = None
         self.backoff = Backoff(config.sync_interval_seconds, config.max_backoff_seconds)
         # Records per audit push fill at most this many bytes: half a message (the rest is
         # framing and checkpoints), halved again each time a push is refused as too large
         # (a controller with a lower message limit than ours).
         self.audit_push_bytes = config.max_message_bytes // 2
-        # Loads a new version and generates a few tokens before it may serve (set by the
-        # service); a failure keeps the old version serving and is retried only later.
-        # Returns the smoke test's generation speed (tokens/s, reported as health).
-        self.smoke_test: Callable[[ModelManifest], float] | None = None
-        # Requests served per version (set by the service; reported as health).
-        self.serving: ServingStats | None = None
         self._smoke_failures: dict[str, tuple[float, str]] = {}
         self._requested: asyncio.Task[None] | None = None
         self._again = False
@@ -173,13 +180,13 @@ class Syncer:
 
     async def _pass(self) -> None:
         db = self.registry.db
-        if self.reload_trust is not None:
-            stored = await asyncio.to_thread(self.reload_trust)
+        if self.hooks.reload_trust is not None:
+            stored = await asyncio.to_thread(self.hooks.reload_trust)
             if stored.policy is not None and stored.policy != self.trust.policy:
-                self.on_policy(stored.policy)
+                self.hooks.on_policy(stored.policy)
             self.trust = stored
-        if self.renewer is not None:
-            await self.renewer.renew_if_due(datetime.now(UTC))
+        if self.hooks.renewer is not None:
+            await self.hooks.renewer.renew_if_due(datetime.now(UTC))
         installed = tuple(await asyncio.to_thread(self.registry.installed))
         active = {m.name: m.sha256 for m in installed if m.active}
         report = StatusReport(
@@ -196,7 +203,7 @@ class Syncer:
             data_used_today=self.meter.used_today(),
             daily_data_budget=self.meter.daily_budget,
             resources=await asyncio.to_thread(device_resources, self.config, self.blobs),
-            health=await asyncio.to_thread(model_health, db, installed, self.serving),
+            health=await asyncio.to_thread(model_health, db, installed, self.hooks.serving),
         )
         try:
             desired = await self.client.sync(report)
@@ -228,7 +235,7 @@ class Syncer:
         if state is not self.trust:
             await asyncio.to_thread(self.registry.save_trust, state)
             if state.policy is not None and state.policy is not (self.trust.policy):
-                self.on_policy(state.policy)
+                self.hooks.on_policy(state.policy)
                 event = AuditEvent(
                     "agent", "policy.apply", "policy", "success", {"version": state.policy.version}
                 )
@@ -257,13 +264,13 @@ class Syncer:
 
     async def _smoke_test(self, manifest: ModelManifest) -> None:
         """Refuse to activate a version that cannot load and generate; say why, once."""
-        if self.smoke_test is None:
+        if self.hooks.smoke_test is None:
             return
         failed = self._smoke_failures.get(manifest.sha256)
         if failed is not None and time.monotonic() - failed[0] < SMOKE_RETRY_SECONDS:
             raise InferenceError(failed[1])
         try:
-            await asyncio.to_thread(smoke_or_refuse, self.smoke_test, self.registry, manifest)
+            await asyncio.to_thread(smoke_or_refuse, self.hooks.smoke_test, self.registry, manifest)
         except InferenceError as e:
             self._smoke_failures[manifest.sha256] = (time.monotonic(), str(e))
             raise
@@ -299,7 +306,7 @@ class Syncer:
 
     async def _download(self, manifest: ModelManifest) -> None:
         """From the first source that delivers; each resumes where the previous stopped."""
-        for mirror in self.mirrors:
+        for mirror in self.hooks.mirrors:
             try:
                 await self.fetcher.download(mirror, manifest)
                 log.info("model.downloaded", model=manifest.ref, source=repr(mirror))
@@ -361,10 +368,10 @@ class Syncer:
     async def checkpoint(self) -> None:
         """Sign a checkpoint of the chain's head every audit_checkpoint_every records or
         audit_checkpoint_seconds (offline too: it bounds what could be rewritten unseen)."""
-        if self.audit_key is not None:
+        if self.hooks.audit_key is not None:
             await asyncio.to_thread(
                 self.audit.checkpoint_if_due,
-                self.audit_key,
+                self.hooks.audit_key,
                 self.config.audit_checkpoint_every,
                 self.config.audit_checkpoint_seconds,
             )
@@ -375,8 +382,8 @@ class Syncer:
         so no export of it rests on the controller's audit key alone."""
         try:
             through = None  # with an audit key, only records a checkpoint covers are sent
-            if self.audit_key is not None:
-                await asyncio.to_thread(self.audit.checkpoint_if_due, self.audit_key, 1, 0)
+            if self.hooks.audit_key is not None:
+                await asyncio.to_thread(self.audit.checkpoint_if_due, self.hooks.audit_key, 1, 0)
                 through = await asyncio.to_thread(self.audit.last_checkpoint_seq)
             shipped = int(
                 await asyncio.to_thread(self.registry.db.get_state, CHECKPOINT_SHIPPED_KEY, "0")

@@ -24,6 +24,7 @@ from controller.metrics import ControllerMetrics
 from controller.store.database import Database
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.lifecycle import listen_http
 from edgefleet.v1 import device_pb2, operator_pb2
 
 log = structlog.get_logger("controller.operations")
@@ -89,7 +90,8 @@ class Operations:
         self._probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the health and metrics listeners (each may be disabled with "")."""
+        """Open the health and metrics listeners (each may be disabled with ""); health
+        says NOT_SERVING until :meth:`report_health`."""
         await self._set(False)  # until the first database probe answers
         if self.health_listen:
             check_can_listen(self.health_listen)
@@ -102,19 +104,13 @@ class Operations:
             await server.start()
             self._health_server = server
         if self.metrics_listen:
-            host, port = split_address(self.metrics_listen)
             app = web.Application()
             app.router.add_get("/metrics", self._serve_metrics)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, host, port)
-            try:
-                await site.start()
-            except OSError as e:
-                await runner.cleanup()
-                raise ConfigError(f"cannot listen on {self.metrics_listen}: {e.strerror}") from e
-            self._metrics_runner = runner
-            self.metrics_port = runner.addresses[0][1]
+            self._metrics_runner, bound = await listen_http(app, self.metrics_listen)
+            self.metrics_port = int(bound.rsplit(":", 1)[1])
+
+    def report_health(self) -> None:
+        """The controller serves: from now on health follows the database's answers."""
         self._probe = asyncio.get_running_loop().create_task(self._probe_database())
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:

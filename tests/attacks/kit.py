@@ -21,7 +21,7 @@ from agent.config import AgentConfig
 from agent.database import AgentDatabase
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
-from agent.sync.worker import LAST_ERROR_KEY, Syncer
+from agent.sync.worker import LAST_ERROR_KEY, Syncer, SyncHooks
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 from edgefleet.gguf import read_gguf_file
 from edgefleet.rbac import Policy
@@ -262,8 +262,8 @@ def make_device(folder: Path, fleet: Fleet | None = None, **config: object) -> D
     settings.update(config)
     agent_config = AgentConfig(data_dir=folder, **settings)  # type: ignore[arg-type]
     trust = registry.load_trust(fingerprint)
-    syncer = Syncer(agent_config, controller, registry, blobs, audit, trust)  # type: ignore[arg-type]
-    syncer.reload_trust = lambda: registry.load_trust(fingerprint)
+    hooks = SyncHooks(reload_trust=lambda: registry.load_trust(fingerprint))
+    syncer = Syncer(agent_config, controller, registry, blobs, audit, trust, hooks)  # type: ignore[arg-type]
     return Device(folder, controller, fingerprint, agent_config, db, audit, blobs, registry, syncer)
 
 
