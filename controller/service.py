@@ -159,7 +159,11 @@ def build_server(app: ControllerApp, operations: Operations) -> tuple[grpc.aio.S
     also answer health checks and reflection)."""
     limit = app.config.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor(app.access, app.metrics, lambda: app.syncs.revision)],
+        interceptors=[
+            GuardInterceptor(
+                app.access, app.metrics, lambda: app.syncs.revision, app.changes.notify
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -23,15 +23,20 @@ _OPERATOR = "/edgefleet.v1.OperatorService/"
 
 @dataclass(frozen=True)
 class Rule:
-    """Who may call a method, and the permission an operator needs for it."""
+    """Who may call a method, the permission an operator needs for it, and whether its
+    success changes what devices sync or may do (``wakes_devices``): then the guard tells
+    the change feed after the call, which drops kept sync answers, remembered admissions
+    and the cached snapshot, and wakes every watch stream. Each operator method states
+    it; a device's own calls never change what other devices are told."""
 
     kinds: frozenset[Kind]
     permission: str | None = None
+    wakes_devices: bool = False
 
 
-def _operator(permission: str) -> Rule:
+def _operator(permission: str, *, wakes_devices: bool) -> Rule:
     assert permission in OPERATOR_PERMISSIONS, permission
-    return Rule(frozenset({"operator"}), permission)
+    return Rule(frozenset({"operator"}), permission, wakes_devices)
 
 
 METHOD_RULES: Mapping[str, Rule] = {
@@ -42,28 +47,28 @@ METHOD_RULES: Mapping[str, Rule] = {
     _DEVICE + "PushAudit": Rule(frozenset({"device"})),
     _DEVICE + "RenewCertificate": Rule(frozenset({"device"})),
     _DEVICE + "Watch": Rule(frozenset({"device"})),
-    _OPERATOR + "CreateEnrollmentToken": _operator("devices.manage"),
-    _OPERATOR + "PublishModel": _operator("models.publish"),
-    _OPERATOR + "CreateRollout": _operator("rollouts.manage"),
-    _OPERATOR + "PlanRollout": _operator("rollouts.read"),
-    _OPERATOR + "GetRollout": _operator("rollouts.read"),
-    _OPERATOR + "ListRollouts": _operator("rollouts.read"),
-    _OPERATOR + "ChangeRollout": _operator("rollouts.manage"),
-    _OPERATOR + "PinModel": _operator("rollouts.manage"),
-    _OPERATOR + "UnpinModel": _operator("rollouts.manage"),
-    _OPERATOR + "ListDevices": _operator("devices.read"),
-    _OPERATOR + "ExportAudit": _operator("audit.export"),
-    _OPERATOR + "QueryAudit": _operator("audit.read"),
-    _OPERATOR + "ClearAuditAlert": _operator("audit.manage"),
-    _OPERATOR + "AddOperator": _operator("operators.manage"),
-    _OPERATOR + "ApplyPolicy": _operator("policy.manage"),
-    _OPERATOR + "GetPolicy": _operator("policy.read"),
-    _OPERATOR + "CreateAppToken": _operator("tokens.manage"),
-    _OPERATOR + "RevokeAppToken": _operator("tokens.manage"),
-    _OPERATOR + "SetDeviceState": _operator("devices.manage"),
-    _OPERATOR + "PreauthorizeDevice": _operator("devices.manage"),
-    _OPERATOR + "ExportBundle": _operator("models.publish"),
-    _OPERATOR + "GetModelReport": _operator("models.read"),
+    _OPERATOR + "CreateEnrollmentToken": _operator("devices.manage", wakes_devices=False),
+    _OPERATOR + "PublishModel": _operator("models.publish", wakes_devices=True),
+    _OPERATOR + "CreateRollout": _operator("rollouts.manage", wakes_devices=True),
+    _OPERATOR + "PlanRollout": _operator("rollouts.read", wakes_devices=False),
+    _OPERATOR + "GetRollout": _operator("rollouts.read", wakes_devices=False),
+    _OPERATOR + "ListRollouts": _operator("rollouts.read", wakes_devices=False),
+    _OPERATOR + "ChangeRollout": _operator("rollouts.manage", wakes_devices=True),
+    _OPERATOR + "PinModel": _operator("rollouts.manage", wakes_devices=True),
+    _OPERATOR + "UnpinModel": _operator("rollouts.manage", wakes_devices=True),
+    _OPERATOR + "ListDevices": _operator("devices.read", wakes_devices=False),
+    _OPERATOR + "ExportAudit": _operator("audit.export", wakes_devices=False),
+    _OPERATOR + "QueryAudit": _operator("audit.read", wakes_devices=False),
+    _OPERATOR + "ClearAuditAlert": _operator("audit.manage", wakes_devices=False),
+    _OPERATOR + "AddOperator": _operator("operators.manage", wakes_devices=False),
+    _OPERATOR + "ApplyPolicy": _operator("policy.manage", wakes_devices=True),
+    _OPERATOR + "GetPolicy": _operator("policy.read", wakes_devices=False),
+    _OPERATOR + "CreateAppToken": _operator("tokens.manage", wakes_devices=True),
+    _OPERATOR + "RevokeAppToken": _operator("tokens.manage", wakes_devices=True),
+    _OPERATOR + "SetDeviceState": _operator("devices.manage", wakes_devices=True),
+    _OPERATOR + "PreauthorizeDevice": _operator("devices.manage", wakes_devices=False),
+    _OPERATOR + "ExportBundle": _operator("models.publish", wakes_devices=False),
+    _OPERATOR + "GetModelReport": _operator("models.read", wakes_devices=False),
 }
 
 ALL = OPERATOR_PERMISSIONS

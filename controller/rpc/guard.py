@@ -16,7 +16,7 @@ import structlog
 
 from controller.access import AccessControl
 from controller.metrics import ControllerMetrics
-from controller.rpc.authorization import Principal, principal_from_common_name
+from controller.rpc.authorization import METHOD_RULES, Principal, principal_from_common_name
 from controller.rpc.status import status_for
 from edgefleet.errors import EdgefleetError
 from edgefleet.tls import load_certificate
@@ -102,9 +102,16 @@ class _Timed:
         return seconds
 
 
+def _wakes_devices(method: str) -> bool:
+    rule = METHOD_RULES.get(method)
+    return rule is not None and rule.wakes_devices
+
+
 def _wrap_unary(
     guard: GuardInterceptor, method: str, behavior: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Any]:
+    wakes_devices = _wakes_devices(method)
+
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         timed = _Timed(guard.metrics, method)
         try:
@@ -113,6 +120,8 @@ def _wrap_unary(
                 response = await behavior(request, context)
             except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
                 await _fail(context, e)
+            if wakes_devices:  # committed: tell the change feed before the caller hears
+                guard.changed()
         finally:
             seconds = timed.done(context)
         log.info("rpc.ok", ms=round(seconds * 1000, 1))
@@ -124,6 +133,8 @@ def _wrap_unary(
 def _wrap_stream(
     guard: GuardInterceptor, method: str, behavior: Callable[..., AsyncIterator[Any]]
 ) -> Callable[..., Any]:
+    wakes_devices = _wakes_devices(method)
+
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         timed = _Timed(guard.metrics, method)
         try:
@@ -133,6 +144,8 @@ def _wrap_stream(
                     yield item
             except Exception as e:  # noqa: BLE001 - mapped to a status, never leaked
                 await _fail(context, e)
+            if wakes_devices:
+                guard.changed()
         finally:
             seconds = timed.done(context)
         log.info("rpc.ok", ms=round(seconds * 1000, 1))
@@ -149,9 +162,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         access: AccessControl,
         metrics: ControllerMetrics,
         revision: Callable[[], object] = lambda: None,
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.access = access
         self.metrics = metrics
+        # Told after every successful call of a method whose rule says it wakes devices
+        # (controller.changes.ChangeFeed.notify): no servicer has to remember it.
+        self.changed = changed
         # What admissions are remembered under (controller.syncs.DeviceSyncs.revision);
         # None remembers nothing.
         self.revision = revision

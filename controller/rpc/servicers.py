@@ -279,7 +279,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             upload.abort()
             raise
         published = await asyncio.to_thread(upload.finish, caller().name)
-        self.app.changes.notify()
         m = published.manifest
         return operator_pb2.PublishModelResponse(
             name=m.name,
@@ -306,7 +305,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             dict(request.selector),
             strategy_from_pb(request.strategy),
         )
-        self.app.changes.notify()
         return operator_pb2.CreateRolloutResponse(
             rollout_id=created.rollout_id,
             device_ids=created.device_ids,
@@ -363,7 +361,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         await asyncio.to_thread(
             change_rollout, self.app.db, caller().name, request.id, request.action
         )
-        self.app.changes.notify()
         (view,) = await asyncio.to_thread(describe_rollouts, self.app.db, request.id)
         return view_to_pb(view)
 
@@ -379,7 +376,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             request.device_id,
             dict(request.selector),
         )
-        self.app.changes.notify()
         return operator_pb2.PinModelResponse(device_ids=held)
 
     async def UnpinModel(
@@ -393,7 +389,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             request.device_id,
             dict(request.selector),
         )
-        self.app.changes.notify()
         return operator_pb2.PinModelResponse(device_ids=released)
 
     async def ExportBundle(
@@ -548,7 +543,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         policy = await asyncio.to_thread(
             self.app.policies.apply, caller().name, bytes(request.document)
         )
-        self.app.changes.notify()
         return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
 
     async def GetPolicy(
@@ -570,7 +564,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             tuple(request.models),
             dict(request.devices),
         )
-        self.app.changes.notify()
         return operator_pb2.CreateAppTokenResponse(
             token=token, token_id=token_id, policy_version=policy.version
         )
@@ -581,7 +574,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         policy = await asyncio.to_thread(
             self.app.policies.revoke_token, caller().name, request.token_id
         )
-        self.app.changes.notify()
         return operator_pb2.PolicyResponse(version=policy.version, document=policy.to_payload())
 
     async def SetDeviceState(
@@ -597,7 +589,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         state = await asyncio.to_thread(
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
-        self.app.changes.notify()
         return operator_pb2.SetDeviceStateResponse(state=state, count=1)
 
     async def PreauthorizeDevice(

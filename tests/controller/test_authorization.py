@@ -141,3 +141,28 @@ def test_the_readme_role_table_states_each_builtin_role_exactly() -> None:
         expected = BUILTIN_OPERATOR_ROLES[role]
         assert named == (set() if role == "admin" else expected), role
     assert "audit.read" not in BUILTIN_OPERATOR_ROLES["release-manager"]
+
+
+# The operator methods whose success changes what devices sync or may do, written out by
+# hand: a new mutating method must be added here and in the table, or this fails.
+WAKES_DEVICES = {
+    "PublishModel",
+    "CreateRollout",
+    "ChangeRollout",
+    "PinModel",
+    "UnpinModel",
+    "ApplyPolicy",
+    "CreateAppToken",
+    "RevokeAppToken",
+    "SetDeviceState",
+}
+
+
+def test_the_methods_that_wake_devices_are_the_declared_ones() -> None:
+    declared = {m.rsplit("/", 1)[1] for m, rule in METHOD_RULES.items() if rule.wakes_devices}
+    assert declared == WAKES_DEVICES
+    assert all(
+        m.startswith("/edgefleet.v1.OperatorService/")
+        for m, rule in METHOD_RULES.items()
+        if rule.wakes_devices
+    )
