@@ -9,10 +9,23 @@ from typing import Any
 
 import grpc
 
+from controller.published import PublishedVersion
+from controller.quantization.views import ClassSpeed, VersionView
+from controller.rollouts.strategy import Strategy
+from controller.rollouts.views import Plan, RolloutCreated, RolloutView
+from controller.rpc.serde import (
+    created_from_pb,
+    plan_from_pb,
+    published_from_pb,
+    report_from_pb,
+    strategy_to_pb,
+    view_from_pb,
+)
 from edgefleet import serde
 from edgefleet.config_files import read_toml, split_address
-from edgefleet.errors import ConfigError, EdgefleetError, error_from_status
+from edgefleet.errors import ConfigError
 from edgefleet.fleet import DeviceView
+from edgefleet.rpc_status import map_rpc_errors
 from edgefleet.v1 import operator_pb2, operator_pb2_grpc
 
 UPLOAD_CHUNK = 1024 * 1024
@@ -52,10 +65,6 @@ class OperatorCredential:
         return cls(controller, read("ca"), read("certificate"), read("key"))
 
 
-def _raise_from(error: grpc.RpcError) -> EdgefleetError:
-    return error_from_status(error.code().name, error.details() or "")
-
-
 class OperatorClient:
     """Calls the OperatorService; every failure surfaces as an EdgefleetError."""
 
@@ -74,10 +83,8 @@ class OperatorClient:
         self._channel.close()
 
     def _call(self, method: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
-        try:
+        with map_rpc_errors():
             return method(request, timeout=timeout)
-        except grpc.RpcError as e:
-            raise _raise_from(e) from e
 
     def create_token(self, labels: dict[str, str], ttl_seconds: int) -> tuple[str, str]:
         """A one-time enrollment token and its expiry."""
@@ -87,7 +94,7 @@ class OperatorClient:
 
     def publish(
         self, path: Path, name: str, version: str, evaluation_json: str = ""
-    ) -> operator_pb2.PublishModelResponse:
+    ) -> PublishedVersion:
         """Upload a GGUF file (a quantized variant with its measurements); the controller
         hashes, checks, signs and stores it."""
         try:
@@ -104,66 +111,52 @@ class OperatorClient:
                 for block in iter(lambda: f.read(UPLOAD_CHUNK), b""):
                     yield operator_pb2.PublishModelRequest(data=block)
 
-        response: operator_pb2.PublishModelResponse = self._call(
-            self._stub.PublishModel, parts(), timeout=3600
-        )
-        return response
+        return published_from_pb(self._call(self._stub.PublishModel, parts(), timeout=3600))
 
     def create_rollout(
         self,
         name: str,
         version: str,
         selector: dict[str, str],
-        strategy: operator_pb2.RolloutStrategy | None = None,
-    ) -> operator_pb2.CreateRolloutResponse:
+        strategy: Strategy | None = None,
+    ) -> RolloutCreated:
         """Start rolling name@version out; the response names the devices its first wave
         was assigned (for a model family: the variant and why) and the whole plan."""
-        request = operator_pb2.CreateRolloutRequest(
-            name=name, version=version, selector=selector, strategy=strategy
-        )
-        response: operator_pb2.CreateRolloutResponse = self._call(self._stub.CreateRollout, request)
-        return response
+        request = _rollout_request(name, version, selector, strategy)
+        return created_from_pb(self._call(self._stub.CreateRollout, request))
 
     def plan_rollout(
         self,
         name: str,
         version: str,
         selector: dict[str, str],
-        strategy: operator_pb2.RolloutStrategy | None = None,
-    ) -> operator_pb2.RolloutPlan:
+        strategy: Strategy | None = None,
+    ) -> Plan:
         """Which devices a rollout would give what, in which wave, and who is left out."""
-        request = operator_pb2.CreateRolloutRequest(
-            name=name, version=version, selector=selector, strategy=strategy
-        )
-        plan: operator_pb2.RolloutPlan = self._call(self._stub.PlanRollout, request)
-        return plan
+        request = _rollout_request(name, version, selector, strategy)
+        return plan_from_pb(self._call(self._stub.PlanRollout, request))
 
-    def get_rollout(self, rollout_id: int) -> operator_pb2.RolloutView:
+    def get_rollout(self, rollout_id: int) -> RolloutView:
         """One rollout with its devices."""
-        view: operator_pb2.RolloutView = self._call(
-            self._stub.GetRollout, operator_pb2.GetRolloutRequest(id=rollout_id)
-        )
-        return view
+        request = operator_pb2.GetRolloutRequest(id=rollout_id)
+        return view_from_pb(self._call(self._stub.GetRollout, request))
 
-    def list_rollouts(self) -> list[operator_pb2.RolloutView]:
+    def list_rollouts(self) -> list[RolloutView]:
         """Every rollout, newest first, page by page."""
-        views: list[operator_pb2.RolloutView] = []
+        views: list[RolloutView] = []
         token = ""
         while True:
             request = operator_pb2.ListRolloutsRequest(page_token=token)
             response = self._call(self._stub.ListRollouts, request)
-            views.extend(response.rollouts)
+            views.extend(view_from_pb(v) for v in response.rollouts)
             token = response.next_page_token
             if not token:
                 return views
 
-    def change_rollout(self, rollout_id: int, action: str) -> operator_pb2.RolloutView:
+    def change_rollout(self, rollout_id: int, action: str) -> RolloutView:
         """pause | resume | abort | rollback."""
-        view: operator_pb2.RolloutView = self._call(
-            self._stub.ChangeRollout,
-            operator_pb2.ChangeRolloutRequest(id=rollout_id, action=action),
-        )
-        return view
+        request = operator_pb2.ChangeRolloutRequest(id=rollout_id, action=action)
+        return view_from_pb(self._call(self._stub.ChangeRollout, request))
 
     def pin(self, name: str, version: str, device_id: str, selector: dict[str, str]) -> list[str]:
         """Hold name at version on one device or the devices a selector matches."""
@@ -177,12 +170,10 @@ class OperatorClient:
         request = operator_pb2.PinModelRequest(name=name, device_id=device_id, selector=selector)
         return list(self._call(self._stub.UnpinModel, request).device_ids)
 
-    def model_report(self, name: str) -> operator_pb2.GetModelReportResponse:
+    def model_report(self, name: str) -> tuple[list[VersionView], list[ClassSpeed]]:
         """Every version of ``name`` with its evaluation, and device speeds by class."""
-        response: operator_pb2.GetModelReportResponse = self._call(
-            self._stub.GetModelReport, operator_pb2.GetModelReportRequest(name=name)
-        )
-        return response
+        request = operator_pb2.GetModelReportRequest(name=name)
+        return report_from_pb(self._call(self._stub.GetModelReport, request))
 
     def list_devices(self, device_id: str = "") -> list[DeviceView]:
         """Every enrolled device (or only ``device_id``), page by page."""
@@ -203,24 +194,20 @@ class OperatorClient:
         request = operator_pb2.ExportAuditRequest(
             device_id=device_id or "", since=since, until=until
         )
-        try:
+        with map_rpc_errors():
             for chunk in self._stub.ExportAudit(request, timeout=3600):
                 if chunk.WhichOneof("part") == "record":
                     yield bytes(chunk.record.canonical), b""
                 else:
                     yield b"", bytes(chunk.header)
-        except grpc.RpcError as e:
-            raise _raise_from(e) from e
 
     def export_bundle(self, name: str, version: str) -> Iterator[tuple[str, bytes]]:
         """Stream ("header"|"chunk_index"|"data", bytes) parts of a model bundle."""
         request = operator_pb2.ExportBundleRequest(name=name, version=version)
-        try:
+        with map_rpc_errors():
             for chunk in self._stub.ExportBundle(request, timeout=24 * 3600):
                 part = chunk.WhichOneof("part")
                 yield str(part), bytes(getattr(chunk, str(part)))
-        except grpc.RpcError as e:
-            raise _raise_from(e) from e
 
     def add_operator(self, name: str, role: str, csr_pem: bytes) -> tuple[bytes, bytes]:
         """The new operator's certificate and the CA certificate."""
@@ -286,3 +273,14 @@ class OperatorClient:
         )
         response = self._call(self._stub.QueryAudit, request)
         return [bytes(r.canonical) for r in response.records], bool(response.truncated)
+
+
+def _rollout_request(
+    name: str, version: str, selector: dict[str, str], strategy: Strategy | None
+) -> operator_pb2.CreateRolloutRequest:
+    return operator_pb2.CreateRolloutRequest(
+        name=name,
+        version=version,
+        selector=selector,
+        strategy=strategy_to_pb(strategy) if strategy is not None else None,
+    )

@@ -93,21 +93,3 @@ class InferenceError(EdgefleetError):
 
 class ResourceError(InferenceError):
     """The model does not fit the memory budget."""
-
-
-_STATUS_ERRORS: dict[str, type[EdgefleetError]] = {
-    "UNAUTHENTICATED": AuthenticationError,
-    "PERMISSION_DENIED": PermissionDeniedError,
-    "INVALID_ARGUMENT": UntrustedInputError,
-    "NOT_FOUND": NotFoundError,
-    "ALREADY_EXISTS": ConflictError,
-    "RESOURCE_EXHAUSTED": ResourceError,
-}
-
-
-def error_from_status(code_name: str, details: str) -> EdgefleetError:
-    """The edgefleet error for a gRPC status received from a peer (by status name)."""
-    kind = _STATUS_ERRORS.get(code_name, TransportError)
-    if kind is TransportError:
-        return TransportError(f"{code_name.lower()}: {details}")
-    return kind(details)

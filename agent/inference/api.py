@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import structlog
 from aiohttp import web
 
-from agent.inference.api_errors import ApiError
+from agent.inference.api_errors import ApiError, http_error
 from agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
 from agent.inference.embeddings import EmbeddingsEndpoint
 from agent.inference.generation import GenerationEndpoint
@@ -23,6 +24,9 @@ from agent.inference.responses import ResponsesEndpoint
 from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import is_loopback
+from edgefleet.errors import EdgefleetError
+
+log = structlog.get_logger("agent.api")
 
 RETRY_AFTER_SECONDS = 1
 
@@ -53,7 +57,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Default deny, authentication, and OpenAI-shaped errors for every route."""
+    """Default deny, authentication, and OpenAI-shaped errors for every route: whatever a
+    route raises is answered in that shape (api_errors.HTTP_ERRORS), never aiohttp's
+    plain-text 500."""
     ctx = request.app[CONTEXT]
     try:
         if request.match_info.http_exception is not None:
@@ -76,6 +82,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as e:
         return _error_response(e)
+    except EdgefleetError as e:  # escaped a route (a route's own errors are ApiErrors)
+        log.warning("api.failed", path=request.path[:128], error=type(e).__name__, reason=str(e))
+        return _error_response(http_error(e)[0])
+    except (web.HTTPException, ConnectionError):
+        raise  # aiohttp's own answers; a client that left needs none
+    except Exception:
+        log.exception("api.crashed", path=request.path[:128])
+        return _error_response(ApiError(500, "internal error", "server_error"))
 
 
 def _check_browser_rules(ctx: ApiContext, request: web.Request) -> None:

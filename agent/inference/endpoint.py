@@ -15,22 +15,13 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from agent.inference.api_errors import ApiError, bad_request
+from agent.inference.api_errors import ApiError, bad_request, http_error
 from agent.inference.context import SUBJECT, ApiContext
 from agent.inference.decoding import Piece
 from agent.inference.engine import Generation, ModelWorker
-from agent.inference.pool import QueueFullError
 from agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
-from edgefleet.errors import (
-    AuditUnavailableError,
-    InferenceError,
-    InvalidPromptError,
-    RequestTooLargeError,
-    ResourceError,
-    StaleTrustError,
-    UntrustedInputError,
-)
+from edgefleet.errors import AuditUnavailableError, EdgefleetError
 
 
 async def read_json(request: web.Request, limit: int) -> Any:
@@ -176,31 +167,9 @@ class ModelEndpoint:
                     "cancelled" if outcome.result.finish_reason == "cancelled" else "success"
                 )
             return response
-        except QueueFullError as e:
-            outcome.label = "rejected"
-            raise ApiError(429, str(e), "rate_limit_error", code="queue_full") from e
-        except ResourceError as e:
-            outcome.label = "refused"
-            raise ApiError(503, str(e), "server_error", code="insufficient_memory") from e
-        except RequestTooLargeError as e:  # the caller's mistake: never the model's failure
-            outcome.label = "invalid"
-            raise ApiError(
-                400, str(e), "invalid_request_error", self.prompt_param, "context_length_exceeded"
-            ) from e
-        except InvalidPromptError as e:
-            outcome.label = "invalid"
-            raise ApiError(400, str(e), "invalid_request_error", self.prompt_param) from e
-        except InferenceError as e:
-            raise ApiError(500, str(e), "server_error") from e
-        except StaleTrustError as e:
-            outcome.label = "refused"
-            raise ApiError(503, str(e), "server_error", code="trust_stale") from e
-        except AuditUnavailableError as e:
-            outcome.label = "unavailable"
-            raise ApiError(503, str(e), "server_error", code="audit_unavailable") from e
-        except UntrustedInputError as e:  # the model file failed its check before loading
-            outcome.label = "refused"
-            raise ApiError(503, str(e), "server_error", code="model_integrity") from e
+        except EdgefleetError as e:
+            error, outcome.label = http_error(e, self.prompt_param)
+            raise error from e
         except (asyncio.CancelledError, ConnectionError):
             outcome.label = "cancelled"  # the client went away; the worker was told to stop
             raise

@@ -10,8 +10,9 @@ import grpc
 
 from agent.sync.fetch import Chunk
 from edgefleet import serde
-from edgefleet.errors import EdgefleetError, MalformedInputError, TransportError, error_from_status
+from edgefleet.errors import MalformedInputError, TransportError
 from edgefleet.fleet import DesiredState, StatusReport
+from edgefleet.rpc_status import map_rpc_errors
 from edgefleet.trust.envelope import Envelope
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 
@@ -26,10 +27,6 @@ def _read_chunk(message: bytes) -> tuple[int, Chunk] | MalformedInputError:
         return serde.blob_chunk_from_wire(message)
     except MalformedInputError as e:
         return e
-
-
-def _error(e: grpc.RpcError) -> EdgefleetError:
-    return error_from_status(e.code().name, e.details() or "")
 
 
 @dataclass(frozen=True)
@@ -67,12 +64,10 @@ class EnrollmentClient:
 
     def bootstrap(self) -> Bootstrap:
         """The controller's root chain and CA certificate (unverified)."""
-        try:
+        with map_rpc_errors():
             r = self._stub.GetTrustBootstrap(
                 device_pb2.GetTrustBootstrapRequest(), timeout=self._timeout
             )
-        except grpc.RpcError as e:
-            raise _error(e) from e
         return Bootstrap(
             tuple(serde.envelope_from_pb(e) for e in r.root_chain), bytes(r.ca_certificate_pem)
         )
@@ -88,10 +83,8 @@ class EnrollmentClient:
             agent_version=agent_version,
             audit_public_key=audit_key,
         )
-        try:
+        with map_rpc_errors():
             r = self._stub.Enroll(request, timeout=self._timeout)
-        except grpc.RpcError as e:
-            raise _error(e) from e
         return EnrollResult(
             r.device_id,
             bytes(r.certificate_pem),
@@ -160,10 +153,8 @@ class SyncClient:
 
     async def sync(self, report: StatusReport) -> DesiredState:
         """Report status and receive the desired state."""
-        try:
+        with map_rpc_errors():
             response = await self._stub.Sync(serde.status_to_pb(report), timeout=self._timeout)
-        except grpc.RpcError as e:
-            raise _error(e) from e
         return serde.desired_from_pb(response)
 
     async def read_blob(
@@ -174,12 +165,11 @@ class SyncClient:
             device_pb2.ReadBlobRequest(sha256=sha256, offset=offset, limit=limit)
         )
         try:
-            async for item in call:
-                if isinstance(item, MalformedInputError):
-                    raise MalformedInputError(f"the controller sent a bad blob chunk: {item}")
-                yield item
-        except grpc.RpcError as e:
-            raise _error(e) from e
+            with map_rpc_errors():
+                async for item in call:
+                    if isinstance(item, MalformedInputError):
+                        raise MalformedInputError(f"the controller sent a bad blob chunk: {item}")
+                    yield item
         finally:
             call.cancel()
 
@@ -189,32 +179,29 @@ class SyncClient:
         call = self._stub.Watch(device_pb2.WatchRequest())
         stream = aiter(call)
         try:
-            while True:
-                try:
-                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
-                    # cancellation that lands as the read fails, and the agent then never
-                    # stops (its watch loop carried on after SIGTERM)
-                    async with asyncio.timeout(idle_timeout):
-                        event = await anext(stream)
-                except StopAsyncIteration as e:
-                    raise TransportError("the controller closed the watch stream") from e
-                except TimeoutError as e:
-                    raise TransportError(
-                        f"no word from the controller in {idle_timeout:g} s"
-                    ) from e
-                yield event.kind
-        except grpc.RpcError as e:
-            raise _error(e) from e
+            with map_rpc_errors():
+                while True:
+                    try:
+                        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                        # cancellation that lands as the read fails, and the agent then never
+                        # stops (its watch loop carried on after SIGTERM)
+                        async with asyncio.timeout(idle_timeout):
+                            event = await anext(stream)
+                    except StopAsyncIteration as e:
+                        raise TransportError("the controller closed the watch stream") from e
+                    except TimeoutError as e:
+                        raise TransportError(
+                            f"no word from the controller in {idle_timeout:g} s"
+                        ) from e
+                    yield event.kind
         finally:
             call.cancel()
 
     async def renew_certificate(self, csr_pem: bytes) -> bytes:
         """A fresh certificate for the device's key."""
         request = device_pb2.RenewCertificateRequest(csr_pem=csr_pem)
-        try:
+        with map_rpc_errors():
             response = await self._stub.RenewCertificate(request, timeout=self._timeout)
-        except grpc.RpcError as e:
-            raise _error(e) from e
         return bytes(response.certificate_pem)
 
     async def push_audit(
@@ -225,11 +212,9 @@ class SyncClient:
             records=[device_pb2.AuditRecord(seq=s, canonical=c) for s, c in records],
             checkpoints=[serde.envelope_to_pb(e) for e in checkpoints],
         )
-        try:
+        with map_rpc_errors():
             response = await self._stub.PushAudit(
                 request, timeout=self._timeout, compression=grpc.Compression.Gzip
             )
-        except grpc.RpcError as e:
-            raise _error(e) from e
         receipt = serde.envelope_from_pb(response.receipt) if response.HasField("receipt") else None
         return int(response.acked_seq), receipt

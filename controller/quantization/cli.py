@@ -111,7 +111,7 @@ def evaluation_of(report: QuantizationReport, outcome: VariantOutcome) -> dict[s
 
 def _refuse_published(client: OperatorClient, name: str, versions: list[str]) -> None:
     try:
-        published = {v.version for v in client.model_report(name).versions}
+        published = {v.version for v in client.model_report(name)[0]}
     except (NotFoundError, PermissionDeniedError):
         return  # nothing published yet, or no models.read: the publish itself will tell
     taken = sorted(published.intersection(versions))
@@ -182,28 +182,9 @@ def _fmt(value: Any, spec: str) -> str:
 
 def report_command(client: OperatorClient, args: argparse.Namespace) -> int:
     """Print a model's versions with their evaluation and the speeds devices measured."""
-    response = client.model_report(args.name)
-    versions: list[dict[str, Any]] = [
-        {
-            "version": v.version,
-            "sha256": v.sha256,
-            "length": v.length,
-            "quantization": v.quantization,
-            "published_at": v.published_at,
-            "evaluation": json.loads(v.evaluation_json) if v.evaluation_json else None,
-        }
-        for v in response.versions
-    ]
-    speeds = [
-        {
-            "version": s.version,
-            "device_class": s.device_class,
-            "devices": s.devices,
-            "prompt_tokens_per_second": s.prompt_tokens_per_second,
-            "generation_tokens_per_second": s.generation_tokens_per_second,
-        }
-        for s in response.speeds
-    ]
+    versions_seen, speeds_seen = client.model_report(args.name)
+    versions: list[dict[str, Any]] = [asdict(v) for v in versions_seen]
+    speeds = [asdict(s) for s in speeds_seen]
     if args.json:
         print(json.dumps({"name": args.name, "versions": versions, "speeds": speeds}, indent=2))
         return 0

@@ -8,13 +8,13 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.quantization.variants import split_variant_version
+from controller.quantization.views import ClassSpeed, VersionView
 from controller.store.database import Database
 from controller.store.schema import Device, Model
 from edgefleet.errors import MalformedInputError, NotFoundError
@@ -96,29 +96,6 @@ def pick_variant(
 
 
 DEVICE_CLASS_LABEL = "device-class"
-
-
-@dataclass(frozen=True)
-class VersionView:
-    """One published version of a model, with its evaluation when it is a variant."""
-
-    version: str
-    sha256: str
-    length: int
-    quantization: str
-    published_at: str
-    evaluation: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class ClassSpeed:
-    """Median `edgefleet-agent bench` figures of one version on one class of device."""
-
-    version: str
-    device_class: str
-    devices: int
-    prompt_tokens_per_second: float
-    generation_tokens_per_second: float
 
 
 def stored_resources(device: Device) -> DeviceResources:

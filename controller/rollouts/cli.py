@@ -8,15 +8,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from controller.client import OperatorClient
-from controller.rollouts.messages import STRATEGY_SCALARS, strategy_to_pb
-from controller.rollouts.plan import EXCLUDED
-from controller.rollouts.strategy import Strategy
+from controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
+from controller.rollouts.views import EXCLUDED, Plan, RolloutView
+from controller.rpc.serde import as_json
 from edgefleet.cli_support import key_value, positive_int, split_ref
 from edgefleet.errors import ConfigError, MalformedInputError
-from edgefleet.v1 import operator_pb2
 
 
 def _add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +93,7 @@ def add_rollout_parser(commands: Any) -> None:
         target.add_argument("--selector", type=key_value, action="append", metavar="K=V")
 
 
-def _strategy(args: argparse.Namespace) -> operator_pb2.RolloutStrategy:
+def _strategy(args: argparse.Namespace) -> Strategy:
     given: dict[str, Any] = {}
     for name in STRATEGY_SCALARS:
         value = getattr(args, name)
@@ -105,13 +102,12 @@ def _strategy(args: argparse.Namespace) -> operator_pb2.RolloutStrategy:
     if args.waves is not None:
         given["waves"] = tuple(w.strip() for w in args.waves.split(",") if w.strip())
     try:
-        strategy = Strategy(**given, given=tuple(given))
+        return Strategy(**given, given=tuple(given))
     except MalformedInputError as e:
         raise ConfigError(str(e)) from e
-    return strategy_to_pb(strategy)
 
 
-def _print_plan(plan: operator_pb2.RolloutPlan, name: str) -> None:
+def _print_plan(plan: Plan, name: str) -> None:
     included = [d for d in plan.devices if d.wave != EXCLUDED]
     excluded = [d for d in plan.devices if d.wave == EXCLUDED]
     for wave in range(plan.waves):
@@ -154,7 +150,7 @@ def _plan(client: OperatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_view(view: operator_pb2.RolloutView, with_devices: bool) -> None:
+def _print_view(view: RolloutView, with_devices: bool) -> None:
     wave = f"wave {min(view.current_wave + 1, view.waves)}/{view.waves}"
     why = f" — {view.reason}" if view.reason else ""
     print(f"rollout {view.id}: {view.name}@{view.version} {view.state}, {wave}{why}")
@@ -172,8 +168,8 @@ def _print_view(view: operator_pb2.RolloutView, with_devices: bool) -> None:
         print(f"  wave {t.wave + 1} {t.device_id} {t.version}{before} {t.state}{reason}")
 
 
-def _as_json(message: Any) -> str:
-    return json.dumps(MessageToDict(message, always_print_fields_with_no_presence=True), indent=2)
+def _as_json(item: Plan | RolloutView) -> str:
+    return json.dumps(as_json(item), indent=2)
 
 
 def _status(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -188,7 +184,7 @@ def _status(client: OperatorClient, args: argparse.Namespace) -> int:
 def _list(client: OperatorClient, args: argparse.Namespace) -> int:
     views = client.list_rollouts()
     if args.json:
-        print(json.dumps([json.loads(_as_json(v)) for v in views], indent=2))
+        print(json.dumps([as_json(v) for v in views], indent=2))
         return 0
     for view in views:
         _print_view(view, with_devices=False)

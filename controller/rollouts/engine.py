@@ -22,8 +22,9 @@ from controller.auditlog import record_event
 from controller.quantization.family import family_variants
 from controller.rollouts.health import active_version, judge, smoke_speed
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
-from controller.rollouts.plan import Plan, pick_for, plan_rollout
+from controller.rollouts.plan import pick_for, plan_rollout
 from controller.rollouts.strategy import Strategy
+from controller.rollouts.views import Plan, RolloutCreated, RolloutView, TargetView
 from controller.store.database import Database
 from controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
 from edgefleet.audit import AuditEvent
@@ -141,17 +142,6 @@ def _revert(session: Session, rollout: Rollout, target: RolloutTarget) -> None:
         assignment.version, assignment.family = target.previous_version, ""
     else:
         session.delete(assignment)
-
-
-@dataclass(frozen=True)
-class RolloutCreated:
-    """The new rollout, the devices its first wave assigned, and the whole plan."""
-
-    rollout_id: int
-    device_ids: list[str]
-    # device id -> what it was given, e.g. "1.0.0+q4_0 (best quality that fits)".
-    assigned: dict[str, str]
-    plan: Plan
 
 
 def plan(
@@ -612,36 +602,6 @@ def repick_variant(session: Session, device: Device, assignment: Assignment) -> 
     target = session.get(RolloutTarget, (assignment.rollout_id, device.device_id))
     if target is not None:
         target.version = row.version
-
-
-@dataclass(frozen=True)
-class TargetView:
-    """One device of a rollout, for `rollout status`."""
-
-    device_id: str
-    wave: int
-    version: str
-    previous_version: str
-    state: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RolloutView:
-    """A rollout and (for one rollout) its devices."""
-
-    id: int
-    name: str
-    version: str
-    selector: dict[str, str]
-    state: str
-    reason: str
-    current_wave: int
-    waves: int
-    strategy: Strategy
-    created_by: str
-    created_at: str
-    targets: tuple[TargetView, ...]
 
 
 def describe_rollouts(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,35 +12,11 @@ from controller.quantization.variants import split_variant_version
 from controller.rollouts.health import active_version
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.strategy import Strategy, wave_of
+from controller.rollouts.views import EXCLUDED, Plan, PlannedDevice
 from controller.store.schema import Assignment, Device, Model
 from edgefleet.errors import NotFoundError
 from edgefleet.fit import why_not_fit
 from edgefleet.trust.metadata import ModelManifest
-
-EXCLUDED = -1
-
-
-@dataclass(frozen=True)
-class PlannedDevice:
-    """One device's place in a rollout: its wave (``EXCLUDED``: none) and why."""
-
-    device_id: str
-    wave: int
-    version: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Every device, in wave order, the excluded ones last."""
-
-    devices: list[PlannedDevice]
-    waves: int
-
-    @property
-    def included(self) -> list[PlannedDevice]:
-        """The devices that get the rollout."""
-        return [d for d in self.devices if d.wave != EXCLUDED]
 
 
 def release_ranks(session: Session, name: str) -> dict[str, int]:

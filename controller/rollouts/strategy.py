@@ -6,13 +6,27 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from edgefleet.errors import MalformedInputError
 
 WAVE_PATTERN = re.compile(r"^(?:(\d{1,3})%|(\d{1,7}))$")
 MAX_WAVES = 20
 MAX_SOAK_SECONDS = 7 * 24 * 3600
+
+
+# The strategy's single-valued settings (``waves`` is the one list).
+Scalar = Literal[
+    "canary", "soak_seconds", "max_failures", "max_error_rate", "min_requests", "min_speed_ratio"
+]
+STRATEGY_SCALARS: tuple[Scalar, ...] = (
+    "canary",
+    "soak_seconds",
+    "max_failures",
+    "max_error_rate",
+    "min_requests",
+    "min_speed_ratio",
+)
 
 
 @dataclass(frozen=True)

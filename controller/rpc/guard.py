@@ -17,8 +17,8 @@ import structlog
 from controller.access import AccessControl
 from controller.metrics import ControllerMetrics
 from controller.rpc.authorization import METHOD_RULES, Principal, principal_from_common_name
-from controller.rpc.status import status_for
 from edgefleet.errors import EdgefleetError
+from edgefleet.rpc_status import status_for
 from edgefleet.tls import load_certificate
 
 log = structlog.get_logger("controller.rpc")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -27,12 +25,20 @@ from controller.auditlog import (
 from controller.devices import list_devices, may_read_blob
 from controller.enrollment import EnrollmentRequest
 from controller.operators import add_operator
+from controller.published import PublishedVersion
 from controller.quantization.family import model_report
 from controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
 from controller.rollouts.engine import plan as plan_rollout
-from controller.rollouts.messages import plan_to_pb, strategy_from_pb, view_to_pb
 from controller.rollouts.pins import pin_model, unpin_model
 from controller.rpc.guard import caller
+from controller.rpc.serde import (
+    created_to_pb,
+    plan_to_pb,
+    published_to_pb,
+    report_to_pb,
+    strategy_from_pb,
+    view_to_pb,
+)
 from controller.snapshots import RECHECK_SECONDS, bundle_header
 from edgefleet import serde
 from edgefleet.audit import CONTROLLER_CHAIN, AuditEvent, sign_key_attestation, sign_receipt
@@ -280,16 +286,18 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             raise
         published = await asyncio.to_thread(upload.finish, caller().name)
         m = published.manifest
-        return operator_pb2.PublishModelResponse(
-            name=m.name,
-            version=m.version,
-            sha256=m.sha256,
-            length=m.length,
-            architecture=m.architecture,
-            parameter_count=m.parameter_count,
-            quantization=m.quantization,
-            context_length=m.context_length,
-            targets_version=published.targets_version,
+        return published_to_pb(
+            PublishedVersion(
+                name=m.name,
+                version=m.version,
+                sha256=m.sha256,
+                length=m.length,
+                architecture=m.architecture,
+                parameter_count=m.parameter_count,
+                quantization=m.quantization,
+                context_length=m.context_length,
+                targets_version=published.targets_version,
+            )
         )
 
     async def CreateRollout(
@@ -305,12 +313,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             dict(request.selector),
             strategy_from_pb(request.strategy),
         )
-        return operator_pb2.CreateRolloutResponse(
-            rollout_id=created.rollout_id,
-            device_ids=created.device_ids,
-            assigned=created.assigned,
-            plan=plan_to_pb(created.plan),
-        )
+        return created_to_pb(created)
 
     async def PlanRollout(
         self, request: operator_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext
@@ -416,21 +419,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     ) -> operator_pb2.GetModelReportResponse:
         await self.app.syncs.flush()  # decide from the latest reports
         versions, speeds = await asyncio.to_thread(model_report, self.app.db, request.name)
-        return operator_pb2.GetModelReportResponse(
-            name=request.name,
-            versions=[
-                operator_pb2.ModelVersionView(
-                    version=v.version,
-                    sha256=v.sha256,
-                    length=v.length,
-                    quantization=v.quantization,
-                    published_at=v.published_at,
-                    evaluation_json=json.dumps(v.evaluation) if v.evaluation else "",
-                )
-                for v in versions
-            ],
-            speeds=[operator_pb2.DeviceClassSpeed(**asdict(s)) for s in speeds],
-        )
+        return report_to_pb(request.name, versions, speeds)
 
     async def ListDevices(
         self, request: operator_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext

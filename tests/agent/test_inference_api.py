@@ -26,7 +26,7 @@ from agent.inference.requests import parse_request
 from agent.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
-from edgefleet.errors import ConfigError, RequestTooLargeError
+from edgefleet.errors import ConfigError, RequestTooLargeError, StorageError
 from edgefleet.memory import MIB
 from tests.edgefleet.trustkit import manifest
 
@@ -613,3 +613,38 @@ def test_constrained_output_that_fails_its_schema_is_an_error(tmp_path: Path) ->
     assert last["error"]["code"] == "output_invalid"
     assert not any('"finish_reason": "stop"' in e for e in events)
     assert h.last_audit()["outcome"] == "invalid_output"
+
+
+def test_a_failure_in_any_route_is_answered_in_openai_shape(tmp_path: Path) -> None:
+    """What escapes a route is mapped by the API's middleware: a storage failure is a 503,
+    anything unforeseen a 500 that says nothing of the internals; never a plain-text 500."""
+    h = Harness(tmp_path, FakeBackend())
+
+    def storage_fails() -> list[Any]:
+        raise StorageError("local database error: database or disk is full")
+
+    def crashes() -> list[Any]:
+        raise RuntimeError("secret internals /var/lib/edgefleet")
+
+    async def scenario(client: TestClient) -> list[tuple[int, dict[str, Any]]]:
+        answers = []
+        for failure in (storage_fails, crashes):
+            h.ctx.registry.active_models = failure  # type: ignore[method-assign]
+            reply = await client.get("/v1/models", headers=h.auth())
+            answers.append((reply.status, await reply.json()))
+        return answers
+
+    (storage, crash) = h.run(scenario)
+    assert storage[0] == 503 and storage[1]["error"]["code"] == "storage_unavailable"
+    assert "disk is full" in storage[1]["error"]["message"]
+    assert crash == (
+        500,
+        {
+            "error": {
+                "message": "internal error",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    )

@@ -20,8 +20,8 @@ from controller.rollouts.engine import (
     plan,
 )
 from controller.rollouts.pins import pin_model, unpin_model
-from controller.rollouts.plan import EXCLUDED
 from controller.rollouts.strategy import Strategy
+from controller.rollouts.views import EXCLUDED
 from controller.store.database import Database
 from controller.store.schema import Assignment, AuditRecordRow, Device, Model, Rollout
 from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError

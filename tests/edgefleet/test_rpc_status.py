@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from controller.rpc.status import status_for
 from edgefleet import errors
+from edgefleet.rpc_status import error_from_status, status_for
 
 
 def test_untrusted_input_is_invalid_argument() -> None:
@@ -37,5 +37,5 @@ def test_round_trip_through_status_names() -> None:
         errors.ConflictError("c"),
     ):
         code, message = status_for(error)
-        assert type(errors.error_from_status(code.name, message)) is type(error)
-    assert isinstance(errors.error_from_status("UNAVAILABLE", "down"), errors.TransportError)
+        assert type(error_from_status(code.name, message)) is type(error)
+    assert isinstance(error_from_status("UNAVAILABLE", "down"), errors.TransportError)
