@@ -1,6 +1,6 @@
 """Controller audit ingest into PostgreSQL: the real ingest path vs row-by-row INSERTs.
 
-Ours: `controller.auditlog.ingest` as PushAudit runs it — every record parsed, checked to
+Ours: `controller.audit.log.ingest` as PushAudit runs it — every record parsed, checked to
 be canonical, chained to its predecessor and hashed, then the push stored with one binary
 COPY in one transaction (batches of --batch records, as devices send them). Measured with
 one pusher (pushes strictly one after another), and with --pushers devices pushing at once,
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import insert, text
 
-from controller.auditlog import ingest
+from controller.audit.log import ingest
 from controller.store.database import Database, reset_scratch_database
 from controller.store.schema import AuditRecordRow
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash

@@ -46,7 +46,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from controller.datadir import DataDir, initialize
+from controller.app.datadir import DataDir, initialize
 from controller.store.database import Database, reset_scratch_database
 from controller.store.schema import Assignment, Device, Rollout, RolloutTarget
 from demo import BIN, free_port, wait_for

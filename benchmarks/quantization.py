@@ -22,9 +22,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from controller.quantization.pipeline import quantize_file, run_pipeline
-from controller.quantization.report import format_table, write_chart
-from controller.quantization.variants import DEFAULT_VARIANTS
+from controller.catalog.quantization.pipeline import quantize_file, run_pipeline
+from controller.catalog.quantization.report import format_table, write_chart
+from controller.catalog.quantization.variants import DEFAULT_VARIANTS
 from edgefleet.bundled import bundled_model_path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"

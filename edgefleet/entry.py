@@ -12,7 +12,7 @@ CONTROLLER_ONLY = frozenset({"alembic", "grpc_health", "grpc_reflection"})
 
 def edgefleetctl() -> int:
     try:
-        from controller.cli import main
+        from controller.ctl.main import main
 
         return main()
     except ModuleNotFoundError as e:

@@ -18,8 +18,8 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from controller.auditlog import record_event
-from controller.quantization.family import family_variants
+from controller.audit.log import record_event
+from controller.catalog.quantization.family import family_variants
 from controller.rollouts.health import active_version, judge, smoke_speed
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.plan import pick_for, plan_rollout
@@ -267,7 +267,7 @@ def _judge_one(
 @dataclass(frozen=True)
 class Judging:
     """A rollout that judges a device's reports, as far as a judgement needs it (see
-    controller.syncs: the next report may be judged without reading the database)."""
+    controller.fleet.syncs: the next report may be judged without reading the database)."""
 
     rollout_id: int
     name: str

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.auditlog import record_event
+from controller.audit.log import record_event
 from controller.store.database import Database
 from controller.store.schema import Device, Model, Pin
 from edgefleet.audit import AuditEvent

@@ -7,8 +7,8 @@ import hashlib
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.quantization.family import family_variants, pick_variant, stored_resources
-from controller.quantization.variants import split_variant_version
+from controller.catalog.quantization.family import family_variants, pick_variant, stored_resources
+from controller.catalog.quantization.variants import split_variant_version
 from controller.rollouts.health import active_version
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
 from controller.rollouts.strategy import Strategy, wave_of

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import structlog
 
-from controller.access import AccessControl
-from controller.metrics import ControllerMetrics
-from controller.rpc.authorization import METHOD_RULES, Principal, principal_from_common_name
+from controller.app.metrics import ControllerMetrics
+from controller.rbac.access import AccessControl
+from controller.rbac.authorization import METHOD_RULES, Principal, principal_from_common_name
 from edgefleet.errors import EdgefleetError
 from edgefleet.rpc_status import status_for
 from edgefleet.tls import load_certificate
@@ -167,9 +167,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.access = access
         self.metrics = metrics
         # Told after every successful call of a method whose rule says it wakes devices
-        # (controller.changes.ChangeFeed.notify): no servicer has to remember it.
+        # (controller.fleet.changes.ChangeFeed.notify): no servicer has to remember it.
         self.changed = changed
-        # What admissions are remembered under (controller.syncs.DeviceSyncs.revision);
+        # What admissions are remembered under (controller.fleet.syncs.DeviceSyncs.revision);
         # None remembers nothing.
         self.revision = revision
 

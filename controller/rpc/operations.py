@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import text
 
-from controller.metrics import ControllerMetrics
+from controller.app.metrics import ControllerMetrics
 from controller.store.database import Database
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, EdgefleetError

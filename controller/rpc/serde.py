@@ -11,8 +11,8 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from controller.published import PublishedVersion
-from controller.quantization.views import ClassSpeed, VersionView
+from controller.catalog.published import PublishedVersion
+from controller.catalog.quantization.views import ClassSpeed, VersionView
 from controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from controller.rollouts.views import Plan, PlannedDevice, RolloutCreated, RolloutView, TargetView
 from edgefleet.v1 import operator_pb2

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from controller.auditlog import (
+from controller.audit.log import (
     ExportFilter,
     alerts_of,
     audit_public_keys,
@@ -22,11 +22,11 @@ from controller.auditlog import (
     record_alone,
     through_next_checkpoint,
 )
-from controller.devices import list_devices, may_read_blob
-from controller.enrollment import EnrollmentRequest
-from controller.operators import add_operator
-from controller.published import PublishedVersion
-from controller.quantization.family import model_report
+from controller.catalog.published import PublishedVersion
+from controller.catalog.quantization.family import model_report
+from controller.fleet.devices import list_devices, may_read_blob
+from controller.fleet.enrollment import EnrollmentRequest
+from controller.rbac.operators import add_operator
 from controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
 from controller.rollouts.engine import plan as plan_rollout
 from controller.rollouts.pins import pin_model, unpin_model
@@ -39,7 +39,7 @@ from controller.rpc.serde import (
     strategy_from_pb,
     view_to_pb,
 )
-from controller.snapshots import RECHECK_SECONDS, bundle_header
+from controller.trust.snapshots import RECHECK_SECONDS, bundle_header
 from edgefleet import serde
 from edgefleet.audit import CONTROLLER_CHAIN, AuditEvent, sign_key_attestation, sign_receipt
 from edgefleet.audit_export import ExportBuilder
@@ -48,7 +48,7 @@ from edgefleet.trust.metadata import format_time, parse_time
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
-    from controller.service import ControllerApp
+    from controller.app.service import ControllerApp
 
 
 MAX_QUERY_RECORDS = 10_000

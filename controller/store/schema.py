@@ -114,7 +114,7 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     manifest: Mapped[dict[str, object]] = mapped_column(JSON)
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # A quantized variant's measurements (controller.quantization.family); None otherwise.
+    # A quantized variant's measurements (controller.catalog.quantization.family); None otherwise.
     evaluation: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
 

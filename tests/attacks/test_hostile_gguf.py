@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from controller.datadir import DataDir
-from controller.keyring import Keyring
+from controller.app.datadir import DataDir
 from controller.store.database import Database
 from controller.store.schema import AuditRecordRow, Model, TargetsVersion
+from controller.trust.keyring import Keyring
 from demo import Fleet
 from edgefleet.canonical import canonical_bytes
 from edgefleet.trust.envelope import Envelope, sign_envelope

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from controller.auditlog import ExportFilter, export_page, ingest
+from controller.audit.log import ExportFilter, export_page, ingest
 from controller.store.database import Database
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash, verify_chain
 from edgefleet.canonical import canonical_bytes
@@ -82,7 +82,7 @@ def test_device_checkpoints_are_checked_against_stored_records(db: Database) -> 
     """A matching device-signed checkpoint is kept; a forged one is tampering."""
     from datetime import UTC, datetime
 
-    from controller.auditlog import checkpoints_between
+    from controller.audit.log import checkpoints_between
     from controller.store.schema import Device
     from edgefleet.audit import Checkpoint, sign_checkpoint
     from edgefleet.trust.keys import SigningKey
@@ -145,7 +145,7 @@ def test_a_tampered_range_is_flagged_travels_in_exports_and_can_be_cleared(db: D
     hold) no longer pass as genuine: the range since the last matching checkpoint is an
     alert; the chain takes nothing more until an operator clears it, with a reason; the
     cleared alert stays on record for exports."""
-    from controller.auditlog import alerts_of, clear_alert
+    from controller.audit.log import alerts_of, clear_alert
     from edgefleet.audit import Checkpoint, sign_checkpoint
     from edgefleet.errors import MalformedInputError, NotFoundError
     from edgefleet.trust.keys import SigningKey

@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from controller.auditlog import ExportFilter, export_page
-from controller.ca import CertificateAuthority
-from controller.enrollment import Enrollment, EnrollmentRequest
+from controller.audit.log import ExportFilter, export_page
+from controller.fleet.enrollment import Enrollment, EnrollmentRequest
 from controller.store.database import Database
 from controller.store.schema import Device
+from controller.trust.ca import CertificateAuthority
 from edgefleet.audit import verify_chain
 from edgefleet.errors import EnrollmentError, MalformedInputError
 from edgefleet.tls import common_name, key_fingerprint, load_certificate, make_csr, new_tls_key

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controller.quantization.family import (
+from controller.catalog.quantization.family import (
     family_variants,
     model_report,
     parse_evaluation,

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from controller.metrics import ControllerMetrics
+from controller.app.metrics import ControllerMetrics
 from controller.rpc.guard import GuardInterceptor
 from edgefleet.errors import NotFoundError
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main as edgefleetctl
-from controller.quantization.pipeline import (
+from controller.catalog.quantization.pipeline import (
     EVALUATION_TEXT,
     QuantizationReport,
     gate,
     run_pipeline,
 )
-from controller.quantization.report import format_table, write_chart
+from controller.catalog.quantization.report import format_table, write_chart
+from controller.ctl.main import main as edgefleetctl
 from edgefleet.bundled import bundled_model_path
 from edgefleet.errors import MalformedInputError
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from controller.devices import desired_assignments
+from controller.fleet.devices import desired_assignments
 from controller.rollouts.engine import (
     advance_rollouts,
     assign_matching_rollouts,
@@ -369,8 +369,8 @@ def test_wave_bounds() -> None:
 
 def test_a_failing_report_is_judged_as_it_arrives(db: Database) -> None:
     """The sync that carries a smoke-test failure already answers with the old version."""
-    from controller.devices import sync_device
-    from controller.snapshots import Snapshot
+    from controller.fleet.devices import sync_device
+    from controller.trust.snapshots import Snapshot
     from edgefleet.fleet import InstalledModel, StatusReport
     from edgefleet.trust.envelope import Envelope
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import rootkeys
-from controller.datadir import DataDir, initialize
-from controller.keyring import Keyring
+from controller.app.datadir import DataDir, initialize
+from controller.trust import rootkeys
+from controller.trust.keyring import Keyring
 from edgefleet.errors import ConfigError, SignatureError
 from edgefleet.trust.envelope import Envelope, Signature
 from edgefleet.trust.keys import SigningKey

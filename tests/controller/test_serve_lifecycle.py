@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import load_controller_config
-from controller.service import serve
+from controller.app.config import load_controller_config
+from controller.app.service import serve
 from demo import Fleet, free_port
 from edgefleet.errors import ConfigError
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.agent_bundles import build_bundle, sign_bundle
-from controller.datadir import initialize
+from controller.app.datadir import initialize
+from controller.catalog.agent_bundles import build_bundle, sign_bundle
 
 pytestmark = pytest.mark.integration
 PYTHON = shutil.which("python3") or sys.executable

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from agent.cli import main as agent_main
-from controller.cli import main as ctl_main
+from controller.ctl.main import main as ctl_main
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from controller.config import ControllerConfig
+from controller.app.config import ControllerConfig
 
 DOC = (Path(__file__).resolve().parents[2] / "docs/configuration.md").read_text()
 ROW = re.compile(r"^\| `(?P<key>[a-z_]+)` \| (?P<default>[^|]+) \|", re.MULTILINE)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import ENV_PREFIX, ControllerConfig
+from controller.app.config import ENV_PREFIX, ControllerConfig
 from edgefleet.config_files import split_address
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

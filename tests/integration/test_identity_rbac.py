@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controller.ca import CertificateAuthority
+from controller.trust.ca import CertificateAuthority
 from demo import BIN, Fleet, http_json, wait_for
 from edgefleet.audit import AuditEvent, encode_record
 from edgefleet.tls import cert_pem, key_pem, new_tls_key

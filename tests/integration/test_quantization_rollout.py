@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.quantization.pipeline import EVALUATION_TEXT
+from controller.catalog.quantization.pipeline import EVALUATION_TEXT
 from demo import Fleet, wait_for
 from edgefleet.bundled import bundled_model_path
 from edgefleet.memory import estimate_memory

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from controller.ca import CertificateAuthority
+from controller.trust.ca import CertificateAuthority
 from demo import Fleet, wait_for
 from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from edgefleet.trust.keys import SigningKey

@@ -1,0 +1,3 @@
+"""The controller's service: configuration, data directory, metrics and the composition
+root of `serve`.
+"""
