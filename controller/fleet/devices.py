@@ -10,7 +10,6 @@ from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from controller.audit.log import acked_seq, tamper_reason
-from controller.catalog.quantization.family import stored_resources
 from controller.rollouts.engine import (
     Judged,
     Judging,
@@ -25,13 +24,9 @@ from controller.store.schema import Assignment, Device, Model, Pin, Rollout, Rol
 from controller.trust.snapshots import Snapshot
 from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
-    BenchResult,
     DesiredState,
     DeviceView,
-    DownloadProgress,
-    InstalledModel,
     ModelAssignment,
-    ModelHealth,
     StatusReport,
 )
 
@@ -94,25 +89,19 @@ def may_read_blob(db: Database, device_id: str, sha256: str) -> bool:
     return False
 
 
-def _flat(record: object) -> dict[str, object]:
-    """A flat dataclass of edgefleet.fleet (its fields are str, int, float or bool) as a
-    dict: what ``dataclasses.asdict`` gives, without its deep copies (every sync)."""
-    return dict(vars(record))
-
-
 def report_values(report: StatusReport, seen: datetime) -> dict[str, object]:
     """The device columns a status report sets (received at ``seen``; serde bounded it)."""
     return {
         "last_seen": seen,
         "agent_version": report.agent_version,
-        "installed": [_flat(m) for m in report.models],
+        "installed": report.models,
         "last_error": report.last_error,
-        "bench": [_flat(b) for b in report.bench],
-        "downloads": [_flat(d) for d in report.downloads],
+        "bench": report.bench,
+        "downloads": report.downloads,
         "data_used_today": report.data_used_today,
         "daily_data_budget": report.daily_data_budget,
-        "resources": _flat(report.resources),
-        "health": [_flat(h) for h in report.health],
+        "resources": report.resources,
+        "health": report.health,
         "audit_head_seq": report.audit_head_seq,
     }
 
@@ -226,21 +215,18 @@ def list_devices(
                     labels=dict(device.labels),
                     last_seen=device.last_seen.isoformat() if device.last_seen else "",
                     agent_version=device.agent_version,
-                    models=tuple(InstalledModel(**m) for m in device.installed),  # type: ignore[arg-type]
+                    models=device.installed,
                     audit_stored_seq=acked_seq(session, device.device_id),
                     last_error=device.last_error,
                     state=device.state,
                     key_fingerprint=device.key_fingerprint,
                     audit_alert=tamper_reason(session, device.device_id),
-                    bench=tuple(BenchResult(**b) for b in device.bench or []),  # type: ignore[arg-type]
-                    downloads=tuple(
-                        DownloadProgress(**d)  # type: ignore[arg-type]
-                        for d in device.downloads or []
-                    ),
+                    bench=device.bench,
+                    downloads=device.downloads,
                     data_used_today=device.data_used_today or 0,
                     daily_data_budget=device.daily_data_budget or 0,
-                    resources=stored_resources(device),
-                    health=tuple(ModelHealth(**h) for h in device.health or []),  # type: ignore[arg-type]
+                    resources=device.resources,
+                    health=device.health,
                     stale=device.state == "active" and is_stale(device, now, stale_after),
                     audit_head_seq=device.audit_head_seq or 0,
                     assignments=desired_assignments(session, device, pins=pins),

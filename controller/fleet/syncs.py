@@ -55,7 +55,14 @@ from controller.store.database import Database
 from controller.trust.snapshots import Snapshot
 from edgefleet.audit import CONTROLLER_CHAIN
 from edgefleet.errors import EdgefleetError
-from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
+from edgefleet.fleet import (
+    DesiredState,
+    DownloadProgress,
+    InstalledModel,
+    ModelAssignment,
+    ModelHealth,
+    StatusReport,
+)
 
 log = structlog.get_logger("controller.fleet.syncs")
 
@@ -81,9 +88,9 @@ class _Kept:
 class _Reported:
     """A report not yet written, as rollout judging reads it (health.Reported)."""
 
-    installed: list[dict[str, object]]
-    health: list[dict[str, object]]
-    downloads: list[dict[str, object]]
+    installed: tuple[InstalledModel, ...]
+    health: tuple[ModelHealth, ...]
+    downloads: tuple[DownloadProgress, ...]
 
 
 def _judge(judging: tuple[Judging, ...], values: dict[str, Any]) -> list[tuple[int, Judged]] | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from controller.rollouts.strategy import Strategy
+from edgefleet.fleet import DownloadProgress, InstalledModel, ModelHealth
 
 Verdict = Literal["waiting", "healthy", "failed"]
 
@@ -15,11 +16,11 @@ class Reported(Protocol):
     """What a device last reported (a Device row, or a report not yet written)."""
 
     @property
-    def installed(self) -> list[dict[str, object]]: ...
+    def installed(self) -> tuple[InstalledModel, ...]: ...
     @property
-    def health(self) -> list[dict[str, object]]: ...
+    def health(self) -> tuple[ModelHealth, ...]: ...
     @property
-    def downloads(self) -> list[dict[str, object]]: ...
+    def downloads(self) -> tuple[DownloadProgress, ...]: ...
 
 
 class Targeted(Protocol):
@@ -39,30 +40,20 @@ class Judgement:
     reason: str
 
 
-def health_of(device: Reported, name: str, version: str) -> dict[str, object] | None:
+def health_of(device: Reported, name: str, version: str) -> ModelHealth | None:
     """The device's last reported health of ``name@version``, if it reported one."""
-    return next(
-        (h for h in device.health or [] if h.get("name") == name and h.get("version") == version),
-        None,
-    )
+    return next((h for h in device.health if h.name == name and h.version == version), None)
 
 
 def active_version(device: Reported, name: str) -> str:
     """The version of ``name`` the device last reported active ("" when none)."""
-    return next(
-        (
-            str(m.get("version"))
-            for m in device.installed or []
-            if m.get("name") == name and m.get("active")
-        ),
-        "",
-    )
+    return next((m.version for m in device.installed if m.name == name and m.active), "")
 
 
 def smoke_speed(device: Reported, name: str, version: str) -> float:
     """Smoke-test tokens/s of ``name@version`` on the device (0.0: unknown)."""
     health = health_of(device, name, version)
-    return float(health.get("smoke_tokens_per_second") or 0.0) if health else 0.0  # type: ignore[arg-type]
+    return health.smoke_tokens_per_second if health else 0.0
 
 
 def judge(device: Reported, name: str, target: Targeted, strategy: Strategy) -> Judgement:
@@ -71,30 +62,27 @@ def judge(device: Reported, name: str, target: Targeted, strategy: Strategy) -> 
     refused = next(
         (
             d
-            for d in device.downloads or []
-            if d.get("name") == name and d.get("version") == version and d.get("state") == "refused"
+            for d in device.downloads
+            if d.name == name and d.version == version and d.state == "refused"
         ),
         None,
     )
     if refused is not None:
-        return Judgement("failed", f"refused to download: {refused.get('reason', '')}")
+        return Judgement("failed", f"refused to download: {refused.reason}")
     health = health_of(device, name, version)
-    if health is not None and health.get("smoke") == "failed":
-        return Judgement("failed", f"smoke test failed: {health.get('smoke_reason', '')}")
-    active = any(
-        m.get("name") == name and m.get("version") == version and m.get("active")
-        for m in device.installed or []
-    )
+    if health is not None and health.smoke == "failed":
+        return Judgement("failed", f"smoke test failed: {health.smoke_reason}")
+    active = any(m.name == name and m.version == version and m.active for m in device.installed)
     if not active or health is None:
         return Judgement("waiting", "not serving it yet")
-    requests, errors = int(health.get("requests") or 0), int(health.get("errors") or 0)  # type: ignore[call-overload]
+    requests, errors = health.requests, health.errors
     if requests >= strategy.min_requests and errors / requests > strategy.max_error_rate:
         return Judgement(
             "failed",
             f"{errors} of {requests} requests failed ({errors / requests:.1%}), over "
             f"max_error_rate {strategy.max_error_rate:.1%}",
         )
-    speed = float(health.get("smoke_tokens_per_second") or 0.0)  # type: ignore[arg-type]
+    speed = health.smoke_tokens_per_second
     baseline = target.baseline_tokens_per_second
     if baseline > 0 and speed > 0 and speed / baseline < strategy.min_speed_ratio:
         return Judgement(

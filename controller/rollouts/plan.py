@@ -7,7 +7,7 @@ import hashlib
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.catalog.quantization.family import family_variants, pick_variant, stored_resources
+from controller.catalog.quantization.family import family_variants, pick_variant
 from controller.catalog.quantization.variants import split_variant_version
 from controller.rollouts.health import active_version
 from controller.rollouts.pins import all_pins, pins_for, selector_matches
@@ -37,11 +37,8 @@ def current_version(session: Session, device: Device, name: str) -> str:
 
 def on_disk(device: Device, variants: list[Model]) -> dict[str, int]:
     """sha256 -> bytes of each version the device holds installed or part-downloaded."""
-    installed = {str(m.get("sha256")) for m in device.installed or []}
-    received = {
-        (str(d.get("name")), str(d.get("version"))): int(d.get("received") or 0)  # type: ignore[call-overload]
-        for d in device.downloads or []
-    }
+    installed = {m.sha256 for m in device.installed}
+    received = {(d.name, d.version): d.received for d in device.downloads}
     have = {}
     for row in variants:
         length = int(row.manifest["length"])  # type: ignore[call-overload]
@@ -55,7 +52,7 @@ def on_disk(device: Device, variants: list[Model]) -> dict[str, int]:
 def pick_for(session: Session, device: Device, name: str, release: str) -> tuple[Model, str]:
     """The variant of a release that fits the device best, and why."""
     variants = family_variants(session, name, release)
-    return pick_variant(variants, stored_resources(device), on_disk(device, variants))
+    return pick_variant(variants, device.resources, on_disk(device, variants))
 
 
 class Planner:
@@ -98,7 +95,7 @@ class Planner:
                 self.family or current == self.version
             ):
                 return current, f"already has {self.name}@{current}", False
-        resources = stored_resources(device)
+        resources = device.resources
         if self.exact is not None:
             if resources.known:
                 manifest = ModelManifest.from_dict(self.exact.manifest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -16,7 +17,16 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
+
+from controller.store.records import Record, RecordList, as_record, as_records
+from edgefleet.fleet import (
+    BenchResult,
+    DeviceResources,
+    DownloadProgress,
+    InstalledModel,
+    ModelHealth,
+)
 
 
 class Base(DeclarativeBase):
@@ -52,24 +62,47 @@ class Device(Base):
     enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     agent_version: Mapped[str] = mapped_column(String(64), default="")
-    installed: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    installed: Mapped[tuple[InstalledModel, ...]] = mapped_column(
+        RecordList(InstalledModel), default=tuple
+    )
     last_error: Mapped[str] = mapped_column(String(1024), default="")
-    bench: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
-    downloads: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    bench: Mapped[tuple[BenchResult, ...]] = mapped_column(RecordList(BenchResult), default=tuple)
+    downloads: Mapped[tuple[DownloadProgress, ...]] = mapped_column(
+        RecordList(DownloadProgress), default=tuple
+    )
     data_used_today: Mapped[int] = mapped_column(BigInteger, default=0)
     daily_data_budget: Mapped[int] = mapped_column(BigInteger, default=0)
     # edgefleet.fleet.DeviceResources as last reported (memory, disk, machine).
-    resources: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    resources: Mapped[DeviceResources] = mapped_column(
+        Record(DeviceResources), default=DeviceResources
+    )
     # The highest audit sequence number the device reported writing.
     audit_head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     # edgefleet.fleet.ModelHealth of each installed version, as last reported.
-    health: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    health: Mapped[tuple[ModelHealth, ...]] = mapped_column(RecordList(ModelHealth), default=tuple)
     # The network address an enrollment came from (pending devices are limited per source).
     enrolled_from: Mapped[str] = mapped_column(String(64), default="", index=True)
     # When the current certificate was issued (renewals wait for half its lifetime).
     certificate_issued_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+
+    @validates("installed", "bench", "downloads", "health")
+    def _records(self, key: str, value: Any) -> tuple[Any, ...]:
+        """Reports are dataclasses as soon as they are assigned, not only once stored."""
+        return as_records(REPORT_RECORDS[key], value)
+
+    @validates("resources")
+    def _resources(self, key: str, value: Any) -> DeviceResources:
+        return as_record(DeviceResources, value)
+
+
+REPORT_RECORDS: dict[str, type[Any]] = {
+    "installed": InstalledModel,
+    "bench": BenchResult,
+    "downloads": DownloadProgress,
+    "health": ModelHealth,
+}
 
 
 class Operator(Base):

@@ -310,7 +310,8 @@ def test_an_admission_is_remembered_only_while_the_revision_holds(db: Database) 
 
 
 def test_report_values_are_what_asdict_gives() -> None:
-    """Every reported record is a flat dataclass: the shallow copy equals ``asdict``."""
+    """Every reported record is a flat dataclass: the shallow copy the store writes
+    equals ``asdict``."""
     report = StatusReport(
         agent_version="0.1.0",
         models=(InstalledModel("m", "1.0", "x", True),),
@@ -320,7 +321,12 @@ def test_report_values_are_what_asdict_gives() -> None:
         health=(ModelHealth("m", "1.0", "passed", "", 40.0, 10, 1),),
     )
     now = datetime.now(UTC)
-    values = report_values(report, now)
+    columns = Device.__table__.c  # the store writes them through its record types
+    values = {
+        key: columns[key].type.process_bind_param(value, None)
+        for key, value in report_values(report, now).items()
+        if key in ("installed", "bench", "downloads", "resources", "health")
+    }
     assert values["installed"] == [asdict(m) for m in report.models]
     assert values["bench"] == [asdict(b) for b in report.bench]
     assert values["downloads"] == [asdict(d) for d in report.downloads]

@@ -98,11 +98,6 @@ def pick_variant(
 DEVICE_CLASS_LABEL = "device-class"
 
 
-def stored_resources(device: Device) -> DeviceResources:
-    """What the device last reported it can hold (nothing known before its first report)."""
-    return DeviceResources(**(device.resources or {}))  # type: ignore[arg-type]
-
-
 def device_class(labels: dict[str, str], resources: DeviceResources) -> str:
     """The operator's ``device-class`` label, else machine, cores and memory."""
     return labels.get(DEVICE_CLASS_LABEL) or resources.device_class
@@ -131,15 +126,12 @@ def model_report(db: Database, name: str) -> tuple[list[VersionView], list[Class
         version_of = {v.sha256: v.version for v in versions}
         measured: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
         for device in session.execute(select(Device)).scalars():
-            kind = device_class(dict(device.labels), stored_resources(device))
-            for bench in device.bench or []:
-                version = version_of.get(str(bench.get("sha256")))
-                if bench.get("model") == name and version is not None:
+            kind = device_class(dict(device.labels), device.resources)
+            for bench in device.bench:
+                version = version_of.get(bench.sha256)
+                if bench.model == name and version is not None:
                     measured[(version, kind)].append(
-                        (
-                            float(bench["prompt_tokens_per_second"]),  # type: ignore[arg-type]
-                            float(bench["generation_tokens_per_second"]),  # type: ignore[arg-type]
-                        )
+                        (bench.prompt_tokens_per_second, bench.generation_tokens_per_second)
                     )
     speeds = [
         ClassSpeed(
