@@ -9,13 +9,16 @@ is skipped rather than fail every read of its device."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import JSON
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _flat(item: object) -> dict[str, Any]:
@@ -27,7 +30,7 @@ def _flat(item: object) -> dict[str, Any]:
 def _read(kind: type[T], value: object) -> T | None:
     if not isinstance(value, dict):
         return None
-    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(kind)}
     try:
         return kind(**{k: v for k, v in value.items() if k in names})
     except TypeError:  # a required field is missing
