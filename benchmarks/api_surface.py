@@ -24,8 +24,8 @@ from typing import Any
 
 from agent.config import AgentConfig
 from benchmarks.inference import start_agent
-from demo import Fleet
 from edgefleet.bundled import bundled_model_path
+from tests.harness import Fleet
 
 SENTENCES = [
     f"Sensor {i} on line {i % 7} reported {['normal', 'high', 'low'][i % 3]} vibration at "

@@ -49,11 +49,11 @@ from sqlalchemy import insert, select
 from controller.app.datadir import DataDir, initialize
 from controller.store.database import Database, reset_scratch_database
 from controller.store.schema import Assignment, Device, Rollout, RolloutTarget
-from demo import BIN, free_port, wait_for
 from edgefleet import serde
 from edgefleet.bundled import bundled_model_path
 from edgefleet.fleet import DeviceResources, InstalledModel, ModelHealth, StatusReport
 from edgefleet.tls import cert_pem, key_fingerprint, key_pem, new_tls_key
+from tests.harness import BIN, free_port, wait_for
 
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SYNC = "/edgefleet.v1.DeviceService/Sync"

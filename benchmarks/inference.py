@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AgentConfig
-from demo import Fleet, active_models, free_port, wait_for
 from edgefleet.bundled import bundled_model_path
+from tests.harness import Fleet, active_models, free_port, wait_for
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 

@@ -27,11 +27,11 @@ from agent.registry.blobs import BlobStore
 from agent.service import LocalState, sync_client
 from agent.sync.fetch import BlobSource, Fetcher
 from agent.sync.mirrors import HttpSource, client_session
-from demo import Fleet
 from edgefleet import __version__
 from edgefleet.fleet import StatusReport
 from edgefleet.trust.metadata import ModelManifest, Targets
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet
 from tests.nginxkit import NGINX, NginxMirror
 
 MIB = 1024 * 1024

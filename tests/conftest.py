@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from controller.store.database import Database, reset_scratch_database
-from demo import Fleet, active_models, wait_for
 from edgefleet.bundled import bundled_model_path
+from tests.harness import Fleet, active_models, wait_for
 from tests.integration.fleets import ModelFleet
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from demo import Fleet, free_port, wait_for
 from edgefleet.bundled import bundled_model_path
+from tests.harness import Fleet, free_port, wait_for
 
 ROOT = os.environ.get("EDGEFLEET_ARM64_ROOT", "")
 BUNDLE = os.environ.get("EDGEFLEET_ARM64_BUNDLE", "")

@@ -15,9 +15,9 @@ from sqlalchemy import delete, select
 
 from controller.store.database import Database
 from controller.store.schema import AuditCheckpointRow, AuditHead, AuditRecordRow
-from demo import BIN, Fleet, wait_for
 from edgefleet.audit import record_hash
 from edgefleet.canonical import canonical_bytes
+from tests.harness import BIN, Fleet, wait_for
 from tests.integration.fleets import publish_tiny, roll_out_and_wait_active, status
 
 pytestmark = pytest.mark.integration

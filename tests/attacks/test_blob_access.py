@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from controller.store.database import Database
 from controller.store.schema import Model
-from demo import Fleet
 from edgefleet.v1 import device_pb2, device_pb2_grpc
+from tests.harness import Fleet
 from tests.integration.fleets import publish_tiny, roll_out_and_wait_active
 
 pytestmark = pytest.mark.integration

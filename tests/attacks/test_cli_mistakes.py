@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from demo import BIN, Fleet
+from tests.harness import BIN, Fleet
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from demo import Fleet
 from edgefleet.tls import key_pem, make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey
 from edgefleet.v1 import device_pb2, device_pb2_grpc
+from tests.harness import Fleet
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from threading import Barrier
 import grpc
 import pytest
 
-from demo import Fleet
 from edgefleet.tls import make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey
 from edgefleet.v1 import device_pb2, device_pb2_grpc
+from tests.harness import Fleet
 
 pytestmark = pytest.mark.integration
 

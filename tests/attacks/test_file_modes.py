@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demo import Fleet
+from tests.harness import Fleet
 from tests.integration.fleets import publish_tiny, roll_out_and_wait_active
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ from controller.app.datadir import DataDir
 from controller.store.database import Database
 from controller.store.schema import AuditRecordRow, Model, TargetsVersion
 from controller.trust.keyring import Keyring
-from demo import Fleet
 from edgefleet.canonical import canonical_bytes
 from edgefleet.trust.envelope import Envelope, sign_envelope
 from edgefleet.trust.metadata import TARGETS_TYPE, Targets
 from tests.ggufkit import write_gguf_with_facts
+from tests.harness import Fleet
 from tests.integration.fleets import models, publish_tiny, roll_out_and_wait_active
 
 pytestmark = pytest.mark.integration

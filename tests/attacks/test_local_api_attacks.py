@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from demo import wait_for
+from tests.harness import wait_for
 from tests.integration.fleets import ModelFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

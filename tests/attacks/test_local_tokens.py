@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from agent.policy import LocalPolicy
-from demo import BIN, Fleet
+from tests.harness import BIN, Fleet
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import pytest
 
 from controller.app.config import load_controller_config
 from controller.app.service import serve
-from demo import Fleet, free_port
 from edgefleet.errors import ConfigError
+from tests.harness import Fleet, free_port
 
 
 def _bindable(port: int) -> bool:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.service import LocalState
-from demo import Fleet, wait_for
 from edgefleet.audit import AuditEvent
+from tests.harness import Fleet, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from demo import Fleet, active_models, http_json, wait_for
 from edgefleet.bundled import bundled_model_path
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet, active_models, http_json, wait_for
 from tests.integration.fleets import models, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.service import LocalState
-from demo import Fleet, wait_for
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import models
 
 pytestmark = pytest.mark.integration

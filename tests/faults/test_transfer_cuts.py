@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from demo import Fleet, wait_for
 from tests.faults.proxy import CuttingProxy
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import models
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from demo import Fleet, http_json, wait_for
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet, http_json, wait_for
 
 
 @dataclass(frozen=True)

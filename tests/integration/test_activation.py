@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from demo import wait_for
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import wait_for
 from tests.integration.fleets import ModelFleet, agent_actions
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from demo import BIN, Fleet
+from tests.harness import BIN, Fleet
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from demo import BIN, Fleet, http_json, wait_for
 from edgefleet.audit import verify_chain
 from edgefleet.bundled import bundled_model_path
 from edgefleet.files import sha256_of_file
+from tests.harness import BIN, Fleet, http_json, wait_for
 from tests.integration.fleets import ModelFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

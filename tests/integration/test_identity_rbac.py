@@ -11,11 +11,11 @@ import grpc
 import pytest
 
 from controller.trust.ca import CertificateAuthority
-from demo import BIN, Fleet, http_json, wait_for
 from edgefleet.audit import AuditEvent, encode_record
 from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import BIN, Fleet, http_json, wait_for
 
 pytestmark = pytest.mark.integration
 

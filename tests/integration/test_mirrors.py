@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from demo import Fleet, wait_for
 from edgefleet.files import sha256_of_file
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import agent_actions, models, publish_tiny
 from tests.nginxkit import NGINX, NginxMirror
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from agent.service import LocalState
-from demo import wait_for
+from tests.harness import wait_for
 from tests.integration.fleets import ModelFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

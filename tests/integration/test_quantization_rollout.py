@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from controller.catalog.quantization.pipeline import EVALUATION_TEXT
-from demo import Fleet, wait_for
 from edgefleet.bundled import bundled_model_path
 from edgefleet.memory import estimate_memory
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import models
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

@@ -11,11 +11,11 @@ import grpc
 import pytest
 
 from controller.trust.ca import CertificateAuthority
-from demo import Fleet, wait_for
 from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from edgefleet.trust.keys import SigningKey
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import (
     agent_actions,
     models,

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from demo import Fleet, wait_for
 from edgefleet.files import sha256_of_file
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import (
     agent_actions,
     models,

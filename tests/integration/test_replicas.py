@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from demo import BIN, Fleet, free_port, wait_for
+from tests.harness import BIN, Fleet, free_port, wait_for
 from tests.integration.balancer import Balancer
 from tests.integration.fleets import agent_actions, models, publish_tiny
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from demo import Fleet, wait_for
 from edgefleet.bundled import bundled_model_path
 from tests.ggufkit import write_tiny_gguf
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import agent_actions, models
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

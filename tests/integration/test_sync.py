@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from demo import Fleet, wait_for
+from tests.harness import Fleet, wait_for
 from tests.integration.fleets import models, publish_tiny
 
 pytestmark = pytest.mark.integration
