@@ -18,7 +18,6 @@ from agent.config import DEFAULT_DATA_DIR, load_agent_config
 from agent.enroll import AgentPaths, EnrollmentPending, enroll
 from agent.inference.bench import run_bench, save_result
 from agent.models_cli import add_parsers as add_models_parsers
-from agent.models_cli import run_models_command
 from agent.offline import fresh_at
 from agent.policy import LocalPolicy
 from agent.service import LocalState, run
@@ -27,7 +26,14 @@ from agent.sync.progress import load_board
 from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent
 from edgefleet.audit_export import ExportBuilder, render
-from edgefleet.cli_support import add_completion_command, output_file, positive_int, run_command
+from edgefleet.cli_support import (
+    add_completion_command,
+    handled_by,
+    output_file,
+    positive_int,
+    run_command,
+    run_handler,
+)
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.logging import configure_logging
 from edgefleet.rbac import check_subject
@@ -52,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_completion_command(commands)
-    enroll_cmd = commands.add_parser(
-        "enroll", help="join the fleet (with a one-time token, or by approval)"
+    enroll_cmd = handled_by(
+        commands.add_parser(
+            "enroll", help="join the fleet (with a one-time token, or by approval)"
+        ),
+        _cmd_enroll,
     )
     enroll_cmd.add_argument("--controller", required=True, help="enrollment HOST:PORT")
     enroll_cmd.add_argument("--token", default="", help="omit to ask an operator for approval")
@@ -61,8 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     enroll_cmd.add_argument(
         "--wait", type=int, default=0, help="seconds to keep asking while approval is pending"
     )
-    commands.add_parser("fingerprint", help="this device's key fingerprint (for preauthorization)")
-    run_cmd = commands.add_parser("run", help="serve the local API and sync with the controller")
+    handled_by(
+        commands.add_parser(
+            "fingerprint", help="this device's key fingerprint (for preauthorization)"
+        ),
+        _cmd_fingerprint,
+    )
+    run_cmd = handled_by(
+        commands.add_parser("run", help="serve the local API and sync with the controller"),
+        _cmd_run,
+    )
     run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
     run_cmd.add_argument("--sync-interval", type=positive_int, help="seconds between syncs")
     run_cmd.add_argument("--log-level", default="INFO")
@@ -70,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     add_models_parsers(models)
-    chat = commands.add_parser("chat", help="talk to a model through the running agent's API")
+    chat = handled_by(
+        commands.add_parser("chat", help="talk to a model through the running agent's API"),
+        _cmd_chat,
+    )
     chat.add_argument("model")
     chat.add_argument("prompt", nargs="?", help="one question; without it, an interactive session")
     chat.add_argument("--max-tokens", type=positive_int, default=256)
@@ -78,21 +98,29 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--token", help=f"API bearer token (env {TOKEN_ENV})")
     tokens = commands.add_parser("tokens", help="application tokens for the local API")
     token_actions = tokens.add_subparsers(dest="action", required=True)
-    create = token_actions.add_parser("create", help="a new token (printed once)")
+    create = handled_by(
+        token_actions.add_parser("create", help="a new token (printed once)"), _cmd_tokens
+    )
     create.add_argument("subject", help="who uses it, as kind:name (e.g. app:sensor-hub)")
     create.add_argument("--role", default="inference", help="inference (default) or reader")
     create.add_argument("--model", action="append", default=[], help="model name pattern")
-    token_actions.add_parser("list", help="token ids and subjects")
-    revoke = token_actions.add_parser("revoke", help="remove a token")
+    handled_by(token_actions.add_parser("list", help="token ids and subjects"), _cmd_tokens)
+    revoke = handled_by(token_actions.add_parser("revoke", help="remove a token"), _cmd_tokens)
     revoke.add_argument("token_id")
-    commands.add_parser("status", help="identity, registry and sync state")
+    handled_by(commands.add_parser("status", help="identity, registry and sync state"), _cmd_status)
     audit = commands.add_parser("audit", help="this device's audit log").add_subparsers(
         dest="action", required=True
     )
-    export = audit.add_parser("export", help="a signed export of the local log (air-gapped sites)")
+    export = handled_by(
+        audit.add_parser("export", help="a signed export of the local log (air-gapped sites)"),
+        _cmd_audit_export,
+    )
     export.add_argument("--out", type=output_file, required=True)
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    bench = commands.add_parser("bench", help="measure prompt and generation tokens/s of a model")
+    bench = handled_by(
+        commands.add_parser("bench", help="measure prompt and generation tokens/s of a model"),
+        _cmd_bench,
+    )
     bench.add_argument("model")
     bench.add_argument("--threads", type=positive_int, help="default: the agent's n_threads")
     bench.add_argument("--prompt-tokens", type=positive_int, default=DEFAULT_PROMPT_TOKENS)
@@ -360,19 +388,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command != "run":
         configure_logging("console", "WARNING")
-    handlers = {
-        "enroll": _cmd_enroll,
-        "run": _cmd_run,
-        "chat": _cmd_chat,
-        "status": _cmd_status,
-        "tokens": _cmd_tokens,
-        "bench": _cmd_bench,
-        "fingerprint": _cmd_fingerprint,
-        "audit": _cmd_audit_export,
-    }
-    if args.command == "models":
-        return run_models_command(args)
-    return handlers[args.command](args)
+    return run_handler(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

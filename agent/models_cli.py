@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import load_agent_config
@@ -12,6 +13,7 @@ from agent.registry.bundles import import_bundle
 from agent.service import LocalState, sync_client
 from agent.sync.fetch import BlobSource, Fetcher
 from edgefleet.bundle import BundleFile
+from edgefleet.cli_support import Handler, handled_by
 from edgefleet.errors import NotFoundError
 from edgefleet.trust.metadata import ModelManifest
 
@@ -20,20 +22,35 @@ EXIT_DAMAGED = 1
 
 def add_parsers(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `models` actions."""
-    models.add_parser("list", help="installed versions; * marks the active one")
-    verify = models.add_parser("verify", help="check installed blobs against their manifests")
+    handled_by(
+        models.add_parser("list", help="installed versions; * marks the active one"),
+        _with_state(_list),
+    )
+    verify = handled_by(
+        models.add_parser("verify", help="check installed blobs against their manifests"),
+        _with_state(_verify),
+    )
     verify.add_argument("name", nargs="?", help="only this model")
     verify.add_argument(
         "--mode", choices=("size", "sample", "full"), default="full", help="default: full"
     )
-    repair = models.add_parser(
-        "repair", help="re-fetch only the damaged chunks of damaged or quarantined blobs"
+    repair = handled_by(
+        models.add_parser(
+            "repair", help="re-fetch only the damaged chunks of damaged or quarantined blobs"
+        ),
+        _with_state(_repair),
     )
     repair.add_argument("name", nargs="?", help="only this model")
     repair.add_argument("--from-bundle", type=Path, help="take the chunks from a bundle file")
-    rollback = models.add_parser("rollback", help="switch back to the previous version")
+    rollback = handled_by(
+        models.add_parser("rollback", help="switch back to the previous version"),
+        _with_state(_rollback),
+    )
     rollback.add_argument("name")
-    imported = models.add_parser("import", help="install a bundle file, fully offline")
+    imported = handled_by(
+        models.add_parser("import", help="install a bundle file, fully offline"),
+        _with_state(_import),
+    )
     imported.add_argument("file", type=Path)
     imported.add_argument("--no-activate", action="store_true", help="install only")
 
@@ -130,20 +147,15 @@ def _import(state: LocalState, args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {
-    "list": _list,
-    "verify": _verify,
-    "repair": _repair,
-    "rollback": _rollback,
-    "import": _import,
-}
+def _with_state(action: Callable[[LocalState, argparse.Namespace], int]) -> Handler:
+    """The handler that runs one `models` action on the local stores, closed afterwards."""
 
+    def handler(args: argparse.Namespace) -> int:
+        state = LocalState.open(args.data_dir)
+        try:
+            return action(state, args)
+        finally:
+            state.audit.flush()
+            state.db.dispose()
 
-def run_models_command(args: argparse.Namespace) -> int:
-    """Dispatch one `models` action on the local stores."""
-    state = LocalState.open(args.data_dir)
-    try:
-        return ACTIONS[args.action](state, args)
-    finally:
-        state.audit.flush()
-        state.db.dispose()
+    return handler

@@ -65,6 +65,20 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 
 COMPLETION = "completion"
+Handler = Callable[[argparse.Namespace], int]
+
+
+def handled_by(parser: argparse.ArgumentParser, handler: Handler) -> argparse.ArgumentParser:
+    """Register what runs when this (sub)command is given, beside its arguments: every
+    command module of both CLIs adds its parsers and their handlers together."""
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """Run the handler the parsed (sub)command registered with :func:`handled_by`."""
+    handler: Handler = args.handler
+    return handler(args)
 
 
 def add_completion_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,145 +1,89 @@
-"""`edgefleetctl keys ...`: run on the controller's data directory (or, for `sign` and
-`generate`, on the offline machine that holds a root key)."""
+"""`edgefleetctl keys …`: the fleet's signing keys, on the controller's data directory (or,
+for `sign` and `generate`, on the offline machine that holds a root key). The ceremony
+itself (controller/ctl/key_ceremony.py) loads only when a `keys` command runs."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import importlib
+from pathlib import Path
+from typing import Any
 
-from controller.app.datadir import DataDir
-from controller.trust import rootkeys
-from controller.trust.keyring import load_private_keys
-from edgefleet.errors import ConfigError
-from edgefleet.trust.keys import PublicKey, SigningKey
-from edgefleet.trust.metadata import Root
+from edgefleet.cli_support import Handler, handled_by, output_file, positive_int
 
 
-def _data(args: argparse.Namespace) -> DataDir:
-    data = DataDir(args.data_dir.resolve())
-    if not data.keys.is_dir():
-        raise ConfigError(f"{args.data_dir} is not a controller data directory")
-    return data
+def _ceremony(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        action: Handler = getattr(importlib.import_module("controller.ctl.key_ceremony"), name)
+        return action(args)
+
+    return handler
 
 
-def _print_draft(data: DataDir, root: Root) -> None:
-    print(f"draft root version {root.version} (not yet published)")
-    print(rootkeys.describe(root, set(load_private_keys(data.keys))))
-    print("next: `edgefleetctl keys publish` (or export-draft / sign / import-signatures)")
+def register(commands: Any) -> None:
+    keys = commands.add_parser(
+        "keys", help="the fleet's signing keys: every change is a new root version"
+    ).add_subparsers(dest="action", required=True)
 
+    def local(name: str, text: str, handler: Handler) -> argparse.ArgumentParser:
+        action = handled_by(keys.add_parser(name, help=text), handler)
+        action.add_argument("--data-dir", type=Path, required=True)
+        return action
 
-def _list(args: argparse.Namespace) -> int:
-    data = _data(args)
-    held = set(load_private_keys(data.keys))
-    print(rootkeys.describe(rootkeys.current_root(data), held))
-    draft = rootkeys.load_draft(data)
-    if draft is not None:
-        print()
-        print(rootkeys.describe(Root.from_payload(draft.payload), held).replace("root", "draft", 1))
-    print("(* = private key held in this data directory)")
-    return 0
-
-
-def _generate(args: argparse.Namespace) -> int:
-    key = SigningKey.generate()
-    key.save(args.out)
-    print(f"keyid  {key.keyid}")
-    print(f"public {key.public.hex}")
-    return 0
-
-
-def _public(args: argparse.Namespace) -> PublicKey | None:
-    return PublicKey.from_hex(args.public) if args.public else None
-
-
-def _add(args: argparse.Namespace) -> int:
-    public = _public(args)
-    if public is None:
-        raise ConfigError("keys add needs --public HEX (make one with `keys generate`)")
-    data = _data(args)
-    _print_draft(data, rootkeys.add_key(data, args.role, public))
-    return 0
-
-
-def _rotate(args: argparse.Namespace) -> int:
-    data = _data(args)
-    root, written = rootkeys.rotate_key(data, args.role, _public(args))
-    if written:
-        print(f"new {args.role} key written to {written}")
-    _print_draft(data, root)
-    return 0
-
-
-def _revoke(args: argparse.Namespace) -> int:
-    data = _data(args)
-    _print_draft(data, rootkeys.revoke_key(data, args.role, args.keyid))
-    return 0
-
-
-def _threshold(args: argparse.Namespace) -> int:
-    data = _data(args)
-    _print_draft(data, rootkeys.set_threshold(data, args.role, args.count))
-    return 0
-
-
-def _renew(args: argparse.Namespace) -> int:
-    data = _data(args)
-    _print_draft(data, rootkeys.renew(data))
-    return 0
-
-
-def _show_draft(args: argparse.Namespace) -> int:
-    data = _data(args)
-    status = rootkeys.draft_status(data)
-    print(rootkeys.draft_json(data))
-    print(f"signed by: {', '.join(k[:16] for k in status.signed_by) or 'nobody yet'}")
-    print(f"missing:   {'; '.join(status.missing) or 'nothing (keys held here sign at publish)'}")
-    return 0
-
-
-def _export_draft(args: argparse.Namespace) -> int:
-    data = _data(args)
-    if rootkeys.load_draft(data) is None:
-        raise ConfigError("there is no draft to export")
-    shutil.copyfile(rootkeys.draft_path(data), args.out)
-    print(f"wrote {args.out}: sign it with `edgefleetctl keys sign {args.out.name} --key KEY`")
-    return 0
-
-
-def _sign(args: argparse.Namespace) -> int:
-    root = rootkeys.sign_draft_file(args.file, SigningKey.load(args.key))
-    print(f"signed root version {root.version} draft in {args.file}")
-    return 0
-
-
-def _import_signatures(args: argparse.Namespace) -> int:
-    status = rootkeys.import_signatures(_data(args), args.file)
-    missing = "; ".join(status.missing) or "nothing"
-    print(f"draft signed by {len(status.signed_by)} key(s); missing: {missing}")
-    return 0
-
-
-def _publish(args: argparse.Namespace) -> int:
-    root = rootkeys.publish(_data(args))
-    print(f"published root version {root.version}; devices follow it at their next sync")
-    return 0
-
-
-ACTIONS = {
-    "list": _list,
-    "generate": _generate,
-    "add": _add,
-    "rotate": _rotate,
-    "revoke": _revoke,
-    "threshold": _threshold,
-    "renew": _renew,
-    "show-draft": _show_draft,
-    "export-draft": _export_draft,
-    "sign": _sign,
-    "import-signatures": _import_signatures,
-    "publish": _publish,
-}
-
-
-def run_keys_command(args: argparse.Namespace) -> int:
-    """Dispatch one `keys` action."""
-    return ACTIONS[args.action](args)
+    local(
+        "list",
+        "roles, thresholds and keys of the current root and the draft",
+        _ceremony("list_command"),
+    )
+    generate = handled_by(
+        keys.add_parser("generate", help="a new Ed25519 key file (e.g. for an offline root)"),
+        _ceremony("generate_command"),
+    )
+    generate.add_argument("--out", type=output_file, required=True)
+    for name, text, handler in (
+        ("add", "let a key sign for a role", _ceremony("add_command")),
+        ("rotate", "replace a role's keys", _ceremony("rotate_command")),
+    ):
+        action = local(name, text, handler)
+        action.add_argument("role")
+        action.add_argument("--public", help="hex public key (from `keys generate`)")
+    revoke = local("revoke", "stop a key signing for a role", _ceremony("revoke_command"))
+    revoke.add_argument("role")
+    revoke.add_argument("keyid", help="at least 8 leading hex digits")
+    threshold = local(
+        "threshold", "how many of a role's keys must sign", _ceremony("threshold_command")
+    )
+    threshold.add_argument("role")
+    threshold.add_argument("count", type=positive_int)
+    local(
+        "renew",
+        "the same keys as a new root version with a fresh expiry",
+        _ceremony("renew_command"),
+    )
+    local(
+        "show-draft",
+        "the draft root, its signatures and what it still needs",
+        _ceremony("show_draft_command"),
+    )
+    export = local(
+        "export-draft",
+        "write the draft for signing on another machine",
+        _ceremony("export_draft_command"),
+    )
+    export.add_argument("--out", type=output_file, required=True)
+    sign = handled_by(
+        keys.add_parser("sign", help="sign an exported draft with a key file (offline)"),
+        _ceremony("sign_command"),
+    )
+    sign.add_argument("file", type=Path)
+    sign.add_argument("--key", type=Path, required=True)
+    local(
+        "import-signatures",
+        "merge the signatures of a signed draft",
+        _ceremony("import_signatures_command"),
+    ).add_argument("file", type=Path)
+    local(
+        "publish",
+        "publish the draft once a threshold of old and new root keys signed it",
+        _ceremony("publish_command"),
+    )

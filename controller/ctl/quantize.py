@@ -25,6 +25,8 @@ from controller.catalog.quantization.variants import (
     variant_version,
 )
 from controller.ctl.client import OperatorClient
+from controller.ctl.connect import connect, with_client
+from edgefleet.cli_support import handled_by
 from edgefleet.errors import (
     ConfigError,
     ConflictError,
@@ -37,9 +39,12 @@ from edgefleet.speed import DEFAULT_REPETITIONS
 
 def add_quantize_parser(models: Any) -> None:
     """The `models quantize` and `models report` subcommands."""
-    quantize = models.add_parser(
-        "quantize",
-        help="quantize a GGUF model into variants, measure them, gate and publish the passing",
+    quantize = handled_by(
+        models.add_parser(
+            "quantize",
+            help="quantize a GGUF model into variants, measure them, gate and publish the passing",
+        ),
+        lambda args: quantize_command(args, lambda: connect(args)),
     )
     quantize.add_argument("source", type=Path, help="the source GGUF (F16 or better)")
     quantize.add_argument("--name", required=True)
@@ -70,8 +75,11 @@ def add_quantize_parser(models: Any) -> None:
     quantize.add_argument(
         "--no-publish", action="store_true", help="measure and report only; no controller needed"
     )
-    report = models.add_parser(
-        "report", help="a model's variants and the speed devices measured, by device class"
+    report = handled_by(
+        models.add_parser(
+            "report", help="a model's variants and the speed devices measured, by device class"
+        ),
+        with_client(report_command),
     )
     report.add_argument("name")
     report.add_argument("--json", action="store_true", help="the report as JSON")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from typing import Any
 
 from controller.ctl.client import OperatorClient
+from controller.ctl.connect import with_client
 from controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from controller.rollouts.views import EXCLUDED, Plan, RolloutView
 from controller.rpc.serde import as_json
-from edgefleet.cli_support import key_value, positive_int, split_ref
+from edgefleet.cli_support import handled_by, key_value, positive_int, split_ref
 from edgefleet.errors import ConfigError, MalformedInputError
 
 
@@ -55,37 +55,52 @@ def _add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_rollout_parser(commands: Any) -> None:
+def register(commands: Any) -> None:
     """The `rollout` command group."""
     rollout = commands.add_parser("rollout", help="model rollouts").add_subparsers(
         dest="action", required=True
     )
     _add_strategy_arguments(
-        rollout.add_parser(
-            "create", help="roll NAME@VERSION out to matching devices, in gated waves"
+        handled_by(
+            rollout.add_parser(
+                "create", help="roll NAME@VERSION out to matching devices, in gated waves"
+            ),
+            with_client(_create),
         )
     )
-    plan = rollout.add_parser(
-        "plan", help="which devices a rollout would give what, and why others are left out"
+    plan = handled_by(
+        rollout.add_parser(
+            "plan", help="which devices a rollout would give what, and why others are left out"
+        ),
+        with_client(_plan),
     )
     _add_strategy_arguments(plan)
     plan.add_argument("--json", action="store_true")
-    status = rollout.add_parser("status", help="a rollout and its devices")
+    status = handled_by(
+        rollout.add_parser("status", help="a rollout and its devices"), with_client(_status)
+    )
     status.add_argument("rollout_id", type=positive_int)
     status.add_argument("--json", action="store_true")
-    rollout.add_parser("list", help="every rollout, newest first").add_argument(
-        "--json", action="store_true"
-    )
+    handled_by(
+        rollout.add_parser("list", help="every rollout, newest first"), with_client(_list)
+    ).add_argument("--json", action="store_true")
     for action, text in (
         ("pause", "stop starting new waves (health gates still halt)"),
         ("resume", "continue a paused rollout"),
         ("abort", "stop the rollout; devices keep what they have"),
         ("rollback", "return every device of the rollout to what it ran before"),
     ):
-        rollout.add_parser(action, help=text).add_argument("rollout_id", type=positive_int)
-    pin = rollout.add_parser("pin", help="hold a device or group at NAME@VERSION")
+        handled_by(rollout.add_parser(action, help=text), with_client(_change)).add_argument(
+            "rollout_id", type=positive_int
+        )
+    pin = handled_by(
+        rollout.add_parser("pin", help="hold a device or group at NAME@VERSION"),
+        with_client(_pin),
+    )
     pin.add_argument("ref", metavar="NAME@VERSION")
-    unpin = rollout.add_parser("unpin", help="release a pin of NAME")
+    unpin = handled_by(
+        rollout.add_parser("unpin", help="release a pin of NAME"), with_client(_unpin)
+    )
     unpin.add_argument("name")
     for parser in (pin, unpin):
         target = parser.add_mutually_exclusive_group(required=True)
@@ -209,17 +224,3 @@ def _unpin(client: OperatorClient, args: argparse.Namespace) -> int:
     released = client.unpin(args.name, args.device, dict(args.selector or []))
     print(f"{args.name} unpinned on {len(released)} device(s)")
     return 0
-
-
-ROLLOUT_OPERATIONS: dict[tuple[str, str], Callable[[OperatorClient, argparse.Namespace], int]] = {
-    ("rollout", "create"): _create,
-    ("rollout", "plan"): _plan,
-    ("rollout", "status"): _status,
-    ("rollout", "list"): _list,
-    ("rollout", "pause"): _change,
-    ("rollout", "resume"): _change,
-    ("rollout", "abort"): _change,
-    ("rollout", "rollback"): _change,
-    ("rollout", "pin"): _pin,
-    ("rollout", "unpin"): _unpin,
-}

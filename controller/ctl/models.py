@@ -1,0 +1,144 @@
+"""`edgefleetctl models publish|quantize|report`, `bundle export` (a model for an air-gapped
+site) and `agent-bundle build|sign` (the agent for one)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from controller.ctl.client import OperatorClient
+from controller.ctl.connect import with_client
+from controller.ctl.quantize import add_quantize_parser
+from edgefleet.bundle import BundleHeader, write_bundle
+from edgefleet.cli_support import handled_by, output_file, split_ref
+from edgefleet.errors import TransportError
+from edgefleet.trust.metadata import Targets
+
+
+def register_models(commands: Any) -> None:
+    models = commands.add_parser("models", help="the model catalog").add_subparsers(
+        dest="action", required=True
+    )
+    publish = handled_by(
+        models.add_parser("publish", help="hash, check, sign and store a GGUF model"),
+        with_client(_models_publish),
+    )
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--name", required=True)
+    publish.add_argument("--version", required=True)
+    add_quantize_parser(models)
+
+
+def register_bundle(commands: Any) -> None:
+    bundle = commands.add_parser(
+        "bundle", help="model bundles for air-gapped sites"
+    ).add_subparsers(dest="action", required=True)
+    bundle_export = handled_by(
+        bundle.add_parser(
+            "export", help="one file with NAME@VERSION and its signed metadata chain"
+        ),
+        with_client(_bundle_export),
+    )
+    bundle_export.add_argument("ref", metavar="NAME@VERSION")
+    bundle_export.add_argument("--out", type=output_file, required=True)
+
+
+def register_agent_bundle(commands: Any) -> None:
+    agent_bundle = commands.add_parser(
+        "agent-bundle", help="offline install bundles of the agent for gateways"
+    ).add_subparsers(dest="action", required=True)
+    build = handled_by(
+        agent_bundle.add_parser(
+            "build", help="the agent, its dependencies and llama.cpp for one platform (network)"
+        ),
+        _agent_bundle_build,
+    )
+    build.add_argument("--arch", choices=("aarch64", "x86_64"), required=True)
+    build.add_argument("--llama-dir", type=Path, help="the llama.cpp wheels (make wheels-arm64)")
+    build.add_argument("--out", type=output_file, required=True)
+    sign_bundle = handled_by(
+        agent_bundle.add_parser(
+            "sign", help="sign a bundle for this fleet with the controller's targets key(s)"
+        ),
+        _agent_bundle_sign,
+    )
+    sign_bundle.add_argument("bundle", type=Path)
+    sign_bundle.add_argument("--data-dir", type=Path, required=True)
+    sign_bundle.add_argument("--out", type=output_file, required=True)
+
+
+def _agent_bundle_build(args: argparse.Namespace) -> int:
+    from controller.catalog.agent_bundles import build_bundle
+
+    release = build_bundle(args.arch, args.out, args.llama_dir)
+    size = args.out.stat().st_size / 1024**2
+    builds = ", ".join(b.name for b in release.llama)
+    print(f"{args.out}: agent {release.version} for {release.arch}, {len(release.files)} "
+          f"files, {size:.0f} MiB, llama.cpp builds: {builds} (unsigned)")  # fmt: skip
+    return 0
+
+
+def _agent_bundle_sign(args: argparse.Namespace) -> int:
+    from controller.catalog.agent_bundles import sign_bundle
+
+    release = sign_bundle(args.bundle, args.data_dir, args.out)
+    installer = hashlib.sha256(_member(args.out, "install.py")).hexdigest()
+    print(f"{args.out}: agent {release.version} for {release.arch}, signed for this fleet")
+    print(f"install.py sha256 {installer} (check it on site before running it)")
+    return 0
+
+
+def _member(bundle: Path, name: str) -> bytes:
+    with tarfile.open(bundle) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        extracted = tar.extractfile(f"{top}/{name}")
+        return extracted.read() if extracted is not None else b""
+
+
+def _models_publish(client: OperatorClient, args: argparse.Namespace) -> int:
+    r = client.publish(args.file, args.name, args.version)
+    print(
+        f"published {r.name}@{r.version} sha256={r.sha256} length={r.length} "
+        f"arch={r.architecture} params={r.parameter_count} quant={r.quantization} "
+        f"ctx={r.context_length} targets_version={r.targets_version}"
+    )
+    return 0
+
+
+def _bundle_export(client: OperatorClient, args: argparse.Namespace) -> int:
+    name, version = split_ref(args.ref)
+    parts = client.export_bundle(name, version)
+    kind, data = next(parts, ("", b""))
+    if kind != "header":
+        raise TransportError("the bundle export did not start with its header")
+    header = BundleHeader.from_bytes(data)
+    manifest = Targets.from_payload(header.targets.payload).models.get(f"{name}@{version}")
+    kind, index = next(parts, ("", b""))
+    if manifest is None or kind != "chunk_index":
+        raise TransportError("the bundle export is missing its manifest or chunk index")
+
+    def blob() -> Iterator[bytes]:
+        for kind, data in parts:
+            if kind != "data":
+                raise TransportError(f"unexpected {kind!r} part in a bundle export")
+            yield data
+
+    partial = args.out.with_name(args.out.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            write_bundle(
+                out, header, index, manifest.chunks_sha256, manifest.sha256, manifest.length, blob()
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(args.out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    print(f"wrote {args.out}: {manifest.ref} ({manifest.length} bytes) sha256={manifest.sha256}")
+    return 0

@@ -1,0 +1,54 @@
+"""One CLI structure for both tools: every command a user can type has the handler its
+module registered beside its arguments (``edgefleet.cli_support.handled_by``); there is
+no dispatch table to forget."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+import pytest
+
+from agent.cli import _parser as agent_parser
+from controller.ctl.main import _parser as ctl_parser
+from edgefleet.cli_support import COMPLETION
+
+
+def _leaves(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield path, parser
+        return
+    for group in groups:
+        for name, child in group.choices.items():
+            yield from _leaves(child, (*path, name))
+
+
+@pytest.mark.parametrize("make", [ctl_parser, agent_parser], ids=["edgefleetctl", "agent"])
+def test_every_command_has_its_handler(make: object) -> None:
+    leaves = list(_leaves(make()))  # type: ignore[operator]
+    assert len(leaves) > 8
+    missing = [
+        " ".join(path)
+        for path, parser in leaves
+        if path[0] != COMPLETION and not callable(parser.get_default("handler"))
+    ]
+    assert not missing
+
+
+def test_operator_client_commands_do_not_load_the_server() -> None:
+    """`edgefleetctl devices list` parses and finds its handler without importing the
+    store, the rollout engine or the service (they load only for `serve`, `init`…)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from controller.ctl.main import _parser; "
+        "_parser().parse_args(['devices', 'list']); "
+        "print(sorted(m for m in sys.modules if m.startswith(('controller.app.service', "
+        "'controller.store', 'controller.rollouts.engine', 'sqlalchemy', 'alembic'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
