@@ -59,7 +59,7 @@ def ours(
     with db.engine.connect() as connection:
         stored = connection.execute(text("select count(*) from audit_records")).scalar_one()
     assert stored == sum(map(len, chains.values())), stored
-    return stored / elapsed
+    return float(stored) / elapsed
 
 
 def row_by_row(db: Database, chains: dict[str, list[tuple[int, bytes]]], limit: int) -> float:

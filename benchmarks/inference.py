@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from agent.config import AgentConfig
 from edgefleet.bundled import bundled_model_path
@@ -69,11 +70,8 @@ def in_process(threads: int, n_ctx: int, max_tokens: int) -> Callable[[], Run]:
             seed=1,
             stream=True,
         )
-        return measure(
-            c["choices"][0]["delta"]["content"]
-            for c in stream
-            if "content" in c["choices"][0]["delta"]
-        )
+        deltas = (cast(dict[str, Any], c)["choices"][0]["delta"] for c in stream)
+        return measure(delta["content"] for delta in deltas if "content" in delta)
 
     return one
 

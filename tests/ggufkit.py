@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def write_tiny_gguf(
     return path
 
 
-def write_gguf_with_facts(path: Path, facts: dict[str, object], arch: str = "llama") -> Path:
+def write_gguf_with_facts(path: Path, facts: Mapping[str, object], arch: str = "llama") -> Path:
     """A tiny GGUF whose header says ``facts`` (``{arch}.KEY`` → value), written as int32
     for ints (so negative values can be said), as strings and floats otherwise: the shape
     of the hostile file of the first adversarial review."""

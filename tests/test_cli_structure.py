@@ -28,7 +28,7 @@ def _leaves(
 
 @pytest.mark.parametrize("make", [ctl_parser, agent_parser], ids=["edgefleetctl", "agent"])
 def test_every_command_has_its_handler(make: object) -> None:
-    leaves = list(_leaves(make()))  # type: ignore[operator]
+    leaves = list(_leaves(make()))
     assert len(leaves) > 8
     missing = [
         " ".join(path)

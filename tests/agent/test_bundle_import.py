@@ -56,7 +56,7 @@ def test_a_bundle_installs_activates_and_moves_trust_forward(device: Device) -> 
     device.controller.publish(v2)
     _import(device, _bundle(device, v2, device.folder / "m2.bundle"))
     assert device.serving_intact("m@2")
-    assert device.registry.load_trust(device.fingerprint).timestamp.version == 2  # type: ignore[union-attr]
+    assert device.registry.load_trust(device.fingerprint).timestamp.version == 2
 
 
 def test_an_older_bundle_is_accepted_only_for_a_model_the_device_still_trusts(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.audit.log import AuditLog
@@ -39,6 +40,16 @@ class FakeBackend:
         self.cancelled = threading.Event()
         self.produced = 0
         self.loads = 0
+
+    @property
+    def dimensions(self) -> int:  # no embeddings from this fake
+        return 0
+
+    def embedding_tokens(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        raise NotImplementedError
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
@@ -130,7 +141,7 @@ def test_chat_completion_has_usage_and_is_audited_without_the_prompt(tmp_path: P
     """A completion returns text and usage; its audit has principal, model, digest, counts."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
         data = await response.json()
         assert response.status == 200
@@ -156,7 +167,7 @@ def test_content_hashes_are_opt_in(tmp_path: Path) -> None:
     """With audit_content_hashes on, the record holds hashes of prompt and completion, not text."""
     h = Harness(tmp_path, FakeBackend(), audit_content_hashes=True)
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
 
     h.run(scenario)
@@ -169,7 +180,7 @@ def test_streaming_uses_server_sent_events(tmp_path: Path) -> None:
     """Streaming sends a role chunk, one chunk per token, a finish chunk and [DONE]."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         response = await client.post(
             "/v1/chat/completions", json=chat(2, stream=True), headers=h.auth()
         )
@@ -190,7 +201,7 @@ def test_text_completions_stream_and_not(tmp_path: Path) -> None:
     """/v1/completions answers in the text_completion shape, whole or streamed."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         body = {"model": "tiny", "prompt": "Once", "max_tokens": 2}
         whole = await (await client.post("/v1/completions", json=body, headers=h.auth())).json()
         assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "tok0 tok1 "
@@ -211,7 +222,7 @@ def test_client_disconnect_stops_generation_and_shows_in_metrics(tmp_path: Path)
     backend = FakeBackend(delay=0.02)
     h = Harness(tmp_path, backend)
 
-    async def scenario(client: TestClient) -> str:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> str:
         response = await client.post(
             "/v1/chat/completions", json=chat(500, stream=True), headers=h.auth()
         )
@@ -236,7 +247,7 @@ def test_authentication_and_authorization_are_distinct(tmp_path: Path) -> None:
     """No token or a wrong one is 401; a valid token without the permission is 403; both audited."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         missing = await client.post("/v1/chat/completions", json=chat())
         assert missing.status == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
         assert (await missing.json())["error"]["code"] == "invalid_api_key"
@@ -265,7 +276,9 @@ def test_an_unauthenticated_flood_costs_counters_not_records(tmp_path: Path) -> 
     h = Harness(tmp_path, FakeBackend())
     before = len(h.records())
 
-    async def scenario(client: TestClient) -> tuple[list[int], int, str]:
+    async def scenario(
+        client: TestClient[web.Request, web.Application],
+    ) -> tuple[list[int], int, str]:
         statuses = []
         for i in range(200):
             headers = h.auth("efk_000000000000.wrong") if i % 2 else {}
@@ -289,7 +302,7 @@ def test_a_forbidden_model_answers_as_an_absent_one(tmp_path: Path) -> None:
     h = Harness(tmp_path, FakeBackend())
     other, _ = h.ctx.policy.local.create_token("app:other", "inference", ("big*",))
 
-    async def scenario(client: TestClient) -> list[tuple[int, Any]]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> list[tuple[int, Any]]:
         answers = []
         for model in ("tiny", "big-absent"):
             body = chat(model=model)
@@ -308,7 +321,7 @@ def test_queue_limit_gives_429_and_no_slot_leaks(tmp_path: Path) -> None:
     """One slot and one waiting place: further concurrent requests get 429, the rest succeed."""
     h = Harness(tmp_path, FakeBackend(delay=0.01), slots=1, max_queued=1)
 
-    async def scenario(client: TestClient) -> list[int]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> list[int]:
         async def one() -> int:
             response = await client.post("/v1/chat/completions", json=chat(30), headers=h.auth())
             if response.status == 429:
@@ -331,7 +344,7 @@ def test_parallel_clients_share_slots(tmp_path: Path) -> None:
     """Eight clients with two slots all complete with their own full answers."""
     h = Harness(tmp_path, FakeBackend(delay=0.002), slots=2, max_queued=8)
 
-    async def scenario(client: TestClient) -> list[str]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> list[str]:
         async def one(n: int) -> str:
             response = await client.post("/v1/chat/completions", json=chat(5 + n), headers=h.auth())
             return str((await response.json())["choices"][0]["message"]["content"])
@@ -347,7 +360,7 @@ def test_model_over_the_memory_budget_is_refused_before_loading(tmp_path: Path) 
     """A model whose estimate exceeds the budget gets 503 with the numbers, and is never loaded."""
     h = Harness(tmp_path, FakeBackend(), budget=32 * MIB)
 
-    async def scenario(client: TestClient) -> dict[str, Any]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> dict[str, Any]:
         response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
         assert response.status == 503
         return dict(await response.json())
@@ -362,7 +375,7 @@ def test_metrics_and_health_are_public_other_routes_are_denied(tmp_path: Path) -
     """/healthz and /metrics need no token; unknown routes and methods answer in OpenAI's shape."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         assert (await client.get("/healthz")).status == 200
         text = await (await client.get("/metrics")).text()
         assert "edgefleet_queue_depth" in text and "edgefleet_memory_budget_bytes" in text
@@ -378,7 +391,7 @@ def test_oversized_and_invalid_bodies(tmp_path: Path) -> None:
     """A body over the size limit is 413; invalid JSON is 400; both in OpenAI's shape."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         headers = {**h.auth(), "Content-Type": "application/json"}
         big = await client.post(
             "/v1/chat/completions", data=b"{" + b" " * (2 * MIB) + b"}", headers=headers
@@ -439,7 +452,7 @@ def test_browser_pages_cannot_use_an_unauthenticated_api(tmp_path: Path) -> None
         tmp_path, FakeBackend(), api_auth=False, api_allowed_origins="http://localhost:3000"
     )
 
-    async def scenario(client: TestClient) -> dict[str, int]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> dict[str, int]:
         body = json.dumps(chat()).encode()
         cases = {
             "simple-request": {"Content-Type": "text/plain"},
@@ -471,7 +484,9 @@ def test_deeply_nested_json_is_a_400(tmp_path: Path, depth: int) -> None:
     """Review hole L8: nesting that exhausted the JSON parser's stack (a 500) is a 400."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> tuple[int, dict[str, Any]]:
+    async def scenario(
+        client: TestClient[web.Request, web.Application],
+    ) -> tuple[int, dict[str, Any]]:
         headers = {**h.auth(), "Content-Type": "application/json"}
         data = b'{"model": "tiny", "messages": ' + b"[" * depth + b"]" * depth + b"}"
         response = await client.post("/v1/chat/completions", data=data, headers=headers)
@@ -497,7 +512,7 @@ def test_a_prompt_over_the_context_is_the_callers_error(tmp_path: Path) -> None:
     (context_length_exceeded) and none counts against the version's health."""
     h = Harness(tmp_path, OverlongBackend())
 
-    async def scenario(client: TestClient) -> list[tuple[int, str]]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> list[tuple[int, str]]:
         answers = []
         for _ in range(6):
             response = await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
@@ -515,7 +530,7 @@ def test_a_non_streaming_request_stops_when_its_client_leaves(tmp_path: Path) ->
     backend = FakeBackend(delay=0.02)
     h = Harness(tmp_path, backend)
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         request = asyncio.ensure_future(
             client.post("/v1/chat/completions", json=chat(500), headers=h.auth())
         )
@@ -537,7 +552,7 @@ def test_an_audit_backlog_over_its_threshold_raises_a_visible_alarm(tmp_path: Pa
     waiting for the controller and raises an alarm at audit_warn_unacknowledged."""
     h = Harness(tmp_path, FakeBackend(), audit_warn_unacknowledged=4)
 
-    async def scenario(client: TestClient) -> list[str]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> list[str]:
         pages = []
         for _ in range(2):
             await client.post("/v1/chat/completions", json=chat(), headers=h.auth())
@@ -557,7 +572,7 @@ def test_no_inference_while_the_audit_log_cannot_be_written(tmp_path: Path) -> N
     audit_unavailable instead of being served unaudited; they are served again after."""
     h = Harness(tmp_path, FakeBackend())
 
-    async def scenario(client: TestClient) -> list[tuple[int, str]]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> list[tuple[int, str]]:
         answers = []
         for failure in ("local database error: database or disk is full", ""):
             h.audit.failure = failure
@@ -598,7 +613,9 @@ def test_constrained_output_that_fails_its_schema_is_an_error(tmp_path: Path) ->
         "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
     }
 
-    async def scenario(client: TestClient) -> tuple[int, Any, list[Any]]:
+    async def scenario(
+        client: TestClient[web.Request, web.Application],
+    ) -> tuple[int, Any, list[Any]]:
         whole = await client.post("/v1/chat/completions", json=body, headers=h.auth())
         streamed = await client.post(
             "/v1/chat/completions", json={**body, "stream": True}, headers=h.auth()
@@ -626,7 +643,9 @@ def test_a_failure_in_any_route_is_answered_in_openai_shape(tmp_path: Path) -> N
     def crashes() -> list[Any]:
         raise RuntimeError("secret internals /var/lib/edgefleet")
 
-    async def scenario(client: TestClient) -> list[tuple[int, dict[str, Any]]]:
+    async def scenario(
+        client: TestClient[web.Request, web.Application],
+    ) -> list[tuple[int, dict[str, Any]]]:
         answers = []
         for failure in (storage_fails, crashes):
             h.ctx.registry.active_models = failure  # type: ignore[method-assign]

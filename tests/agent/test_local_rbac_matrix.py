@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from agent.policy import merge
@@ -69,7 +70,7 @@ def test_local_rbac_matrix(tmp_path: Path, caller: str) -> None:
     harness.ctx.labels = {"site": "lab"}
     headers = {"Authorization": f"Bearer {tokens[caller]}"} if caller in tokens else {}
 
-    async def scenario(client: TestClient) -> dict[str, int]:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> dict[str, int]:
         statuses = {}
         for action, (method, path, body) in ACTIONS.items():
             response = await client.request(method, path, json=body, headers=headers)
@@ -110,7 +111,7 @@ def test_policy_redacts_audit_fields(tmp_path: Path) -> None:
     harness.ctx.policy.set_signed(replace(policy, audit_redact=("actor", "details.sha256")))
     headers = {"Authorization": f"Bearer {tokens['app-inference']}"}
 
-    async def scenario(client: TestClient) -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         assert (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
 
     harness.run(scenario)

@@ -24,6 +24,16 @@ class Backend:
     ) -> Iterator[tuple[Piece, Generation]]:
         yield Piece(), Generation()
 
+    @property
+    def dimensions(self) -> int:  # no embeddings from this fake
+        return 0
+
+    def embedding_tokens(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        raise NotImplementedError
+
 
 def _pool(budget_mib: int, keep_alive: float = 300) -> tuple[ModelPool, list[Path]]:
     loaded: list[Path] = []
@@ -177,7 +187,7 @@ def test_a_model_whose_blob_changes_while_busy_finishes_then_reloads(tmp_path: P
 def test_a_request_goes_to_the_free_slot_holding_its_prefix() -> None:
     """Of several free slots, the one whose last prompt shares the longest start."""
     settings = PoolSettings(400 * MIB, context=1024, slots=3, keep_alive_seconds=300, max_queued=4)
-    pool = ModelPool(lambda path: Backend(), settings)  # type: ignore[arg-type, return-value]
+    pool = ModelPool(lambda path: Backend(), settings)
     m = _model("a", 10)
 
     async def scenario() -> tuple[int, int, int]:

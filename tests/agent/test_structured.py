@@ -79,7 +79,7 @@ WEATHER = {
 
 
 def test_tool_choice_forms() -> None:
-    assert parse_tools(_body(tools=[WEATHER])).choice == "auto"  # type: ignore[union-attr]
+    assert parse_tools(_body(tools=[WEATHER])).choice == "auto"
     assert parse_tools(_body(tools=[WEATHER], tool_choice="none")) is None
     named = parse_tools(
         _body(
@@ -100,7 +100,7 @@ def test_tools_go_to_the_model_as_a_system_message_and_a_grammar() -> None:
     assert req.prompt.messages[0]["role"] == "system"
     assert "get_weather" in req.prompt.messages[0]["content"]
     assert req.params.grammar is not None and req.constrained
-    schema = req.tools.answer_schema()  # type: ignore[union-attr]
+    schema = req.tools.answer_schema()
     calls = schema["anyOf"][0]["properties"]["tool_calls"]
     assert calls["maxItems"] == 1  # parallel_tool_calls: false
 

@@ -8,10 +8,16 @@ import json
 import struct
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionSystemMessageParam,
+    ChatCompletionToolParam,
+)
+from openai.types.responses import FunctionToolParam
 from pydantic import BaseModel, Field
 
 from edgefleet.bundled import bundled_model_path
@@ -19,8 +25,10 @@ from tests.api.conftest import MODEL, LocalApi
 
 pytestmark = pytest.mark.model
 
-QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-WEATHER = {
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France? Answer in one word."}
+]
+WEATHER: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -36,7 +44,7 @@ WEATHER = {
         },
     },
 }
-TIME = {
+TIME: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_time",
@@ -78,7 +86,7 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
 def test_stream_with_include_usage_ends_with_a_usage_chunk(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         max_tokens=12,
         temperature=0,
         stream=True,
@@ -87,15 +95,15 @@ def test_stream_with_include_usage_ends_with_a_usage_chunk(client: openai.OpenAI
     text, chunks = _stream_text(stream)
     whole = client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         max_tokens=12,
         temperature=0,
     )
     assert text == whole.choices[0].message.content
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
-    assert last.usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
-    assert last.usage.prompt_tokens == whole.usage.prompt_tokens  # type: ignore[union-attr]
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
     assert all(c.usage is None for c in chunks[:-1])
 
 
@@ -104,11 +112,11 @@ def test_prompt_tokens_do_not_depend_on_other_parameters(client: openai.OpenAI) 
     for extra in ({}, {"stop": ["\n"]}, {"logprobs": True}, {"seed": 3, "temperature": 1.0}):
         answer = client.chat.completions.create(
             model=MODEL,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             max_tokens=4,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
-        counts.add(answer.usage.prompt_tokens)  # type: ignore[union-attr]
+        counts.add(answer.usage.prompt_tokens)
     assert len(counts) == 1
 
 
@@ -116,7 +124,7 @@ def test_a_stop_string_never_leaks_streamed_or_not(client: openai.OpenAI) -> Non
     plain = (
         client.chat.completions.create(
             model=MODEL,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             max_tokens=24,
             temperature=0,
         )
@@ -127,7 +135,7 @@ def test_a_stop_string_never_leaks_streamed_or_not(client: openai.OpenAI) -> Non
     stop = "aris"  # begins inside a token ("Paris" is one or two tokens): cut mid-token
     whole = client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         max_tokens=24,
         temperature=0,
         stop=stop,
@@ -135,7 +143,7 @@ def test_a_stop_string_never_leaks_streamed_or_not(client: openai.OpenAI) -> Non
     streamed, _ = _stream_text(
         client.chat.completions.create(
             model=MODEL,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             max_tokens=24,
             temperature=0,
             stop=[stop, "never appears"],
@@ -172,10 +180,10 @@ def test_logit_bias_bans_a_token_and_penalties_are_accepted(client: openai.OpenA
     banned = {str(t): -100 for t in vocab.tokenize(b" Paris", add_bos=False, special=False)}
     answer = client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         max_tokens=12,
         temperature=0,
-        logit_bias=banned,  # type: ignore[arg-type]
+        logit_bias=banned,
         presence_penalty=1.0,
         frequency_penalty=0.5,
     )
@@ -183,7 +191,7 @@ def test_logit_bias_bans_a_token_and_penalties_are_accepted(client: openai.OpenA
     with pytest.raises(openai.BadRequestError, match="logit_bias names token"):
         client.chat.completions.create(
             model=MODEL,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             max_tokens=2,
             logit_bias={"999999999": -100},
         )
@@ -199,7 +207,7 @@ def test_logprobs_tokens_concatenate_to_the_content(client: openai.OpenAI) -> No
         top_logprobs=3,
     )
     choice = answer.choices[0]
-    entries = choice.logprobs.content  # type: ignore[union-attr]
+    entries = choice.logprobs.content
     assert entries and "".join(e.token for e in entries) == choice.message.content
     for e in entries:
         assert e.logprob <= 0 and len(e.top_logprobs) == 3
@@ -214,7 +222,7 @@ def test_logprobs_tokens_concatenate_to_the_content(client: openai.OpenAI) -> No
         stream=True,
     )
     chunks = [c for c in streamed if c.choices and c.choices[0].logprobs]
-    tokens = [e.token for c in chunks for e in c.choices[0].logprobs.content]  # type: ignore[union-attr]
+    tokens = [e.token for c in chunks for e in c.choices[0].logprobs.content]
     assert "".join(tokens) == choice.message.content
 
 
@@ -224,11 +232,14 @@ def test_text_completion_logprobs(client: openai.OpenAI) -> None:
     )
     logprobs = answer.choices[0].logprobs
     assert logprobs is not None and "".join(logprobs.tokens) == answer.choices[0].text  # type: ignore[arg-type]
-    assert all(len(t) == 2 for t in logprobs.top_logprobs)  # type: ignore[union-attr]
+    assert all(len(t) == 2 for t in logprobs.top_logprobs)
 
 
 def test_a_repeated_system_prompt_is_served_from_the_cache(client: openai.OpenAI) -> None:
-    system = {"role": "system", "content": "You are a terse assistant. " * 40}
+    system: ChatCompletionSystemMessageParam = {
+        "role": "system",
+        "content": "You are a terse assistant. " * 40,
+    }
     first = client.chat.completions.create(
         model=MODEL,
         messages=[system, {"role": "user", "content": "Hello"}],
@@ -239,9 +250,9 @@ def test_a_repeated_system_prompt_is_served_from_the_cache(client: openai.OpenAI
         messages=[system, {"role": "user", "content": "What is 2+2?"}],
         max_tokens=2,
     )
-    cached = second.usage.prompt_tokens_details.cached_tokens  # type: ignore[union-attr]
-    assert cached > 200 and cached < second.usage.prompt_tokens  # type: ignore[union-attr]
-    assert first.usage.prompt_tokens_details.cached_tokens < cached  # type: ignore[union-attr]
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached > 200 and cached < second.usage.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens < cached
 
 
 # --- structured output ---------------------------------------------------------------------
@@ -321,10 +332,10 @@ def test_a_schema_the_grammar_cannot_enforce_is_a_400(
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(
             model=MODEL,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
         )
-    assert keyword in str(refused.value) and refused.value.body["param"] == "response_format"  # type: ignore[index]
+    assert keyword in str(refused.value) and refused.value.body["param"] == "response_format"
 
 
 # --- tools --------------------------------------------------------------------------------
@@ -342,7 +353,7 @@ def test_required_tool_call_arguments_validate(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "What is the weather in Lyon?"}],
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tools=[WEATHER, TIME],
         tool_choice="required",
         max_tokens=80,
         temperature=0,
@@ -351,14 +362,14 @@ def test_required_tool_call_arguments_validate(client: openai.OpenAI) -> None:
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert choice.message.tool_calls
     for call in choice.message.tool_calls:
-        _check_call(call, call.function.name)  # type: ignore[union-attr]
+        _check_call(call, call.function.name)
 
 
 def test_a_named_tool_and_no_parallel_calls(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Time and weather in Oslo and Rome, please."}],
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tools=[WEATHER, TIME],
         tool_choice={"type": "function", "function": {"name": "get_time"}},
         parallel_tool_calls=False,
         max_tokens=80,
@@ -372,8 +383,8 @@ def test_a_named_tool_and_no_parallel_calls(client: openai.OpenAI) -> None:
 def test_tool_choice_none_answers_in_text(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=QUESTION,
+        tools=[WEATHER],
         tool_choice="none",
         max_tokens=12,
         temperature=0,
@@ -386,13 +397,13 @@ def test_auto_tool_choice_answers_either_way_and_both_parse(client: openai.OpenA
     answer = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "What is the weather in Berlin?"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         max_tokens=80,
         temperature=0,
     )
     choice = answer.choices[0]
     if choice.finish_reason == "tool_calls":
-        _check_call(choice.message.tool_calls[0], "get_weather")  # type: ignore[index]
+        _check_call(choice.message.tool_calls[0], "get_weather")
     else:
         assert choice.finish_reason == "stop" and isinstance(choice.message.content, str)
 
@@ -401,7 +412,7 @@ def test_streamed_tool_calls_assemble_in_the_sdk(client: openai.OpenAI) -> None:
     with client.chat.completions.stream(
         model=MODEL,
         messages=[{"role": "user", "content": "What is the weather in Lyon?"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         tool_choice="required",
         max_tokens=80,
         temperature=0,
@@ -409,7 +420,7 @@ def test_streamed_tool_calls_assemble_in_the_sdk(client: openai.OpenAI) -> None:
         final = stream.get_final_completion()
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls"
-    _check_call(choice.message.tool_calls[0], "get_weather")  # type: ignore[index]
+    _check_call(choice.message.tool_calls[0], "get_weather")
 
 
 def test_a_multi_turn_tool_conversation(client: openai.OpenAI) -> None:
@@ -418,31 +429,31 @@ def test_a_multi_turn_tool_conversation(client: openai.OpenAI) -> None:
     first = client.chat.completions.create(
         model=MODEL,
         messages=messages,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         tool_choice="required",
         max_tokens=120,
         temperature=0,
     )
     assert first.choices[0].finish_reason == "tool_calls", first.choices[0]
-    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    call = first.choices[0].message.tool_calls[0]
     messages.append(first.choices[0].message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "21 degrees, sunny"})
     second = client.chat.completions.create(
         model=MODEL,
         messages=messages,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         max_tokens=120,
         temperature=0,
     )
     choice = second.choices[0]
     if choice.finish_reason == "tool_calls":
-        _check_call(choice.message.tool_calls[0], "get_weather")  # type: ignore[index]
+        _check_call(choice.message.tool_calls[0], "get_weather")
     else:
         assert choice.finish_reason in ("stop", "length") and choice.message.content
     usage, before = second.usage, first.usage
-    assert usage.prompt_tokens > before.prompt_tokens  # type: ignore[union-attr]
+    assert usage.prompt_tokens > before.prompt_tokens
     # the conversation grew: its start was still in the slot's cache
-    assert usage.prompt_tokens_details.cached_tokens > before.prompt_tokens // 2  # type: ignore[union-attr]
+    assert usage.prompt_tokens_details.cached_tokens > before.prompt_tokens // 2
 
 
 # --- embeddings ------------------------------------------------------------------------------
@@ -490,7 +501,7 @@ def test_embeddings_refuse_what_they_cannot_do(client: openai.OpenAI) -> None:
         {"input": "word " * 600},
     ):
         with pytest.raises(openai.BadRequestError):
-            client.embeddings.create(model=MODEL, **kwargs)  # type: ignore[arg-type]
+            client.embeddings.create(model=MODEL, **kwargs)
 
 
 def test_an_app_may_embed_without_generating(local_api: LocalApi) -> None:
@@ -499,7 +510,7 @@ def test_an_app_may_embed_without_generating(local_api: LocalApi) -> None:
     )
     assert embedder.embeddings.create(model=MODEL, input="hello").data
     with pytest.raises(openai.PermissionDeniedError):
-        embedder.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)  # type: ignore[arg-type]
+        embedder.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
 
 
 # --- parameters, concurrency and audit ----------------------------------------------------
@@ -510,14 +521,14 @@ def test_parameters_it_cannot_honour_are_400s(client: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(
                 model=MODEL,
-                messages=QUESTION,  # type: ignore[arg-type]
+                messages=QUESTION,
                 max_tokens=2,
-                **extra,  # type: ignore[arg-type]
+                **extra,
             )
-        assert refused.value.body["param"]  # type: ignore[index]
+        assert refused.value.body["param"]
     harmless = client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         max_tokens=2,
         user="u-1",
         metadata={"k": "v"},
@@ -530,12 +541,12 @@ def test_sixteen_racing_requests_all_complete(client: openai.OpenAI) -> None:
     def ask(i: int) -> tuple[str | None, int]:
         answer = client.chat.completions.create(
             model=MODEL,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             max_tokens=8,
             temperature=0,
             logprobs=bool(i % 2),
         )
-        return answer.choices[0].message.content, answer.usage.prompt_tokens  # type: ignore[union-attr]
+        return answer.choices[0].message.content, answer.usage.prompt_tokens
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(ask, range(16)))
@@ -590,11 +601,18 @@ def test_responses_structured_output(client: openai.OpenAI) -> None:
 
 
 def test_responses_function_calls_round_trip(client: openai.OpenAI) -> None:
-    tool = {"type": "function", **WEATHER["function"]}  # type: ignore[dict-item]
+    function = WEATHER["function"]
+    tool: FunctionToolParam = {
+        "type": "function",
+        "name": function["name"],
+        "description": function.get("description"),
+        "parameters": function.get("parameters"),
+        "strict": None,
+    }
     first = client.responses.create(
         model=MODEL,
         input=[{"role": "user", "content": "What is the weather in Lyon?"}],
-        tools=[tool],  # type: ignore[list-item]
+        tools=[tool],
         tool_choice="required",
         max_output_tokens=120,
         temperature=0,
@@ -605,10 +623,10 @@ def test_responses_function_calls_round_trip(client: openai.OpenAI) -> None:
         model=MODEL,
         input=[
             {"role": "user", "content": "What is the weather in Lyon?"},
-            *[c.model_dump(exclude_none=True) for c in calls],
+            *[cast(Any, c.model_dump(exclude_none=True)) for c in calls],
             {"type": "function_call_output", "call_id": calls[0].call_id, "output": "21 C"},
         ],
-        tools=[tool],  # type: ignore[list-item]
+        tools=[tool],
         max_output_tokens=120,
         temperature=0,
     ) as stream:
@@ -621,4 +639,4 @@ def test_responses_refuse_state_it_does_not_keep(client: openai.OpenAI) -> None:
         client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
     assert "send the whole conversation" in str(refused.value)
     with pytest.raises(openai.BadRequestError):
-        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])

@@ -17,7 +17,7 @@ TABLE = re.compile(r"<!-- parameter table: chat, completions -->\n(.*?)<!-- end"
 
 def documented() -> dict[str, tuple[str | None, str | None]]:
     rows = {}
-    for line in TABLE.search(DOC.read_text()).group(1).splitlines()[2:]:  # type: ignore[union-attr]
+    for line in TABLE.search(DOC.read_text()).group(1).splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         name = cells[0].strip("`")
         rows[name] = tuple(None if c == "—" else c for c in cells[1:3])

@@ -41,7 +41,7 @@ def gateway(tmp_path: Path) -> Iterator[Path]:
     """A fresh copy of the cached arm64 root with /proc and /dev bound in."""
     root = tmp_path / "pi"
     subprocess.run(["cp", "-a", ROOT, str(root)], check=True)
-    mounted = []
+    mounted: list[Path] = []
     try:
         for path in ("proc", "dev"):
             (root / path).mkdir(exist_ok=True)
@@ -49,8 +49,8 @@ def gateway(tmp_path: Path) -> Iterator[Path]:
             mounted.append(root / path)
         yield root
     finally:
-        for path in reversed(mounted):
-            subprocess.run(["umount", "-l", str(path)], check=False)
+        for mount in reversed(mounted):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _in(root: Path, *command: str, network: bool = True, env: dict[str, str] | None = None,
@@ -80,7 +80,7 @@ def _x86_answer(messages: list[dict[str, str]]) -> str:
 
     llm = llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=256, verbose=False)
     reply = llm.create_chat_completion(messages=messages, max_tokens=6, temperature=0)  # type: ignore[arg-type]
-    return str(reply["choices"][0]["message"]["content"])  # type: ignore[index]
+    return str(reply["choices"][0]["message"]["content"])
 
 
 def _rss_mib(pid: int) -> float:

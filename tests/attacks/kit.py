@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from agent.audit.log import AuditLog
 from agent.config import AgentConfig
@@ -219,14 +220,14 @@ class Device:
         asyncio.run(self.syncer.run_once())
         return self.db.get_state(LAST_ERROR_KEY)
 
-    def audit_records(self) -> list[dict[str, object]]:
+    def audit_records(self) -> list[dict[str, Any]]:
         self.audit.flush()
         return [json.loads(r) for r in self.audit.all_records()]
 
     def refusals(self) -> list[tuple[str, str, str, str]]:
         """(action, target, outcome, error class) of every refusal audited."""
         return [
-            (r["action"], r["target"], r["outcome"], r["details"].get("error", ""))  # type: ignore[union-attr,index]
+            (r["action"], r["target"], r["outcome"], r["details"].get("error", ""))
             for r in self.audit_records()
             if r["outcome"] != "success"
         ]

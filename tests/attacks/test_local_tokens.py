@@ -25,7 +25,7 @@ def test_16_concurrent_token_creations_keep_every_token(small_fleet: tuple[Fleet
         )
         for i in range(16)
     ]
-    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in racers]  # type: ignore[union-attr]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in racers]
     assert all(code == 0 for code, _, _ in results), [err for _, _, err in results]
     policy = LocalPolicy(data_dir).current()
     for i, (_, token, _) in enumerate(results):

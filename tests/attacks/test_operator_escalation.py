@@ -90,8 +90,8 @@ def test_an_operator_cannot_issue_a_credential_above_its_own(fleet: Fleet) -> No
         "lacks operators.manage",
     )
     assert not (fleet.root / "mal").exists()  # nothing written for a refused credential
-    out = fleet.root / "peer"
-    added = _as(fleet, "olga", "operator", "add", "peer", "--role", "ops-lead", "--out", str(out))
+    peer = str(fleet.root / "peer")
+    added = _as(fleet, "olga", "operator", "add", "peer", "--role", "ops-lead", "--out", peer)
     assert added.returncode == 0, added.stderr
 
 

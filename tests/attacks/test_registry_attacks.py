@@ -357,7 +357,7 @@ def test_scrub_finds_a_flipped_byte_and_repair_refetches_only_that_chunk(device:
     records = device.audit_records()
     corrupt = [r for r in records if r["action"] == "model.verify"]
     assert corrupt and corrupt[-1]["outcome"] == "corrupt"
-    assert corrupt[-1]["details"]["bad_chunks"] == [2]  # type: ignore[index]
+    assert corrupt[-1]["details"]["bad_chunks"] == [2]
     repaired = [r for r in records if r["action"] == "model.repair"]
     assert repaired and repaired[-1]["details"] == {"chunks": [2], "bytes_fetched": CHUNK}
     assert device.controller.bytes_served - served == CHUNK

@@ -76,11 +76,14 @@ def test_unknown_method_is_denied() -> None:
 @pytest.mark.parametrize("method", OPERATOR_METHODS)
 def test_builtin_role_matrix(role: str, method: str) -> None:
     """Each built-in role is allowed exactly the operator RPCs the matrix lists."""
-    call = lambda: authorize(  # noqa: E731
-        f"/edgefleet.v1.OperatorService/{method}",
-        Principal("operator", "x"),
-        BUILTIN_OPERATOR_ROLES[role],
-    )
+
+    def call() -> None:
+        authorize(
+            f"/edgefleet.v1.OperatorService/{method}",
+            Principal("operator", "x"),
+            BUILTIN_OPERATOR_ROLES[role],
+        )
+
     if method in EXPECTED[role]:
         call()
     else:

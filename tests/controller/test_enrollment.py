@@ -161,7 +161,7 @@ def _race(count: int, call: object) -> list[object]:
     def one(_: int) -> object:
         barrier.wait()
         try:
-            return call()  # type: ignore[operator]
+            return call()
         except Exception as e:  # noqa: BLE001 - the outcome under test
             return e
 

@@ -173,7 +173,7 @@ def test_a_device_whose_budget_shrinks_moves_to_a_smaller_variant(db: Database) 
     with db.session() as session:
         device = session.get(Device, "big")
         assert device is not None
-        device.resources = vars(resources(190))
+        device.resources = resources(190)
         assignment = session.get(Assignment, ("big", "smollm2"))
         assert assignment is not None
         repick_variant(session, device, assignment)

@@ -64,7 +64,7 @@ def _call(method: str, behavior: Any) -> int:
     details = SimpleNamespace(method=OPERATOR + method)
 
     async def run() -> None:
-        guarded = await guard.intercept_service(continuation, details)  # type: ignore[arg-type]
+        guarded = await guard.intercept_service(continuation, details)
         with contextlib.suppress(_Aborted):  # a failure ends in abort, as in grpc
             await guarded.unary_unary(object(), _Context())
 

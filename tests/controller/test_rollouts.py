@@ -4,8 +4,8 @@ halting with rollback, operator actions, plans with reasons, pins, never moving 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -25,7 +25,7 @@ from controller.rollouts.views import EXCLUDED
 from controller.store.database import Database
 from controller.store.schema import Assignment, AuditRecordRow, Device, Model, Rollout
 from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError
-from edgefleet.fleet import DeviceResources, ModelHealth
+from edgefleet.fleet import DeviceResources, InstalledModel, ModelHealth
 
 MIB = 1024 * 1024
 STALE_AFTER = timedelta(minutes=5)
@@ -48,18 +48,16 @@ def _manifest(version: str, length: int = 90 * MIB) -> dict[str, object]:
     }
 
 
-def _resources(budget_mib: int = 4000, disk_mib: int = 10_000) -> dict[str, object]:
-    return asdict(
-        DeviceResources(
-            machine="aarch64",
-            cpu_count=4,
-            memory_total=4096 * MIB,
-            memory_budget=budget_mib * MIB,
-            context=512,
-            slots=1,
-            disk_free=disk_mib * MIB,
-            max_model_bytes=16 * 1024 * MIB,
-        )
+def _resources(budget_mib: int = 4000, disk_mib: int = 10_000) -> DeviceResources:
+    return DeviceResources(
+        machine="aarch64",
+        cpu_count=4,
+        memory_total=4096 * MIB,
+        memory_budget=budget_mib * MIB,
+        context=512,
+        slots=1,
+        disk_free=disk_mib * MIB,
+        max_model_bytes=16 * 1024 * MIB,
     )
 
 
@@ -101,8 +99,8 @@ def db(database: Database) -> Database:
                     enrolled_at=now,
                     last_seen=now,
                     resources=_resources(),
-                    installed=[{"name": "m", "version": "1.0", "sha256": "x", "active": True}],
-                    health=[asdict(ModelHealth("m", "1.0", "passed", "", 40.0, 100, 0))],
+                    installed=(InstalledModel("m", "1.0", "x", True),),
+                    health=(ModelHealth("m", "1.0", "passed", "", 40.0, 100, 0),),
                 )
             )
         session.flush()
@@ -122,11 +120,11 @@ def report(db: Database, device_id: str, version: str, **health: object) -> None
         device = session.get(Device, device_id)
         assert device is not None
         active = values.pop("active", True)
-        device.installed = [
-            {"name": "m", "version": "1.0", "sha256": "x", "active": not active},
-            {"name": "m", "version": version, "sha256": "y", "active": active},
-        ]
-        device.health = [asdict(ModelHealth("m", version, **values))]  # type: ignore[arg-type]
+        device.installed = (
+            InstalledModel("m", "1.0", "x", not active),
+            InstalledModel("m", version, "y", bool(active)),
+        )
+        device.health = (ModelHealth("m", version, **values),)  # type: ignore[arg-type]
         device.last_seen = datetime.now(UTC)
 
 
@@ -140,7 +138,7 @@ def on(db: Database, version: str) -> set[str]:
     return {d for d, v in assigned(db).items() if v == version}
 
 
-def actions(db: Database, action: str) -> list[dict[str, object]]:
+def actions(db: Database, action: str) -> list[dict[str, Any]]:
     with db.session() as session:
         rows = session.scalars(select(AuditRecordRow).where(AuditRecordRow.action == action))
         return [json.loads(r.canonical)["details"] for r in rows]
@@ -243,7 +241,7 @@ def test_pause_resume_abort_rollback(db: Database) -> None:
     assert on(db, "1.0") == set(DEVICES)
     (view,) = describe_rollouts(db, created.rollout_id)
     assert view.state == "rolled_back" and view.reason == "rollback by bob"
-    assert sorted(actions(db, "rollout.rollback")[0]["devices"]) == DEVICES  # type: ignore[arg-type]
+    assert sorted(actions(db, "rollout.rollback")[0]["devices"]) == DEVICES
     with pytest.raises(MalformedInputError, match="unknown rollout action"):
         change_rollout(db, "bob", created.rollout_id, "explode")
     with pytest.raises(NotFoundError):

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.types import TypeDecorator
 
 from controller.app.metrics import ControllerMetrics
 from controller.fleet.changes import ChangeFeed
@@ -322,8 +324,9 @@ def test_report_values_are_what_asdict_gives() -> None:
     )
     now = datetime.now(UTC)
     columns = Device.__table__.c  # the store writes them through its record types
+    sqlite_dialect = sqlite.dialect()
     values = {
-        key: columns[key].type.process_bind_param(value, None)
+        key: cast(TypeDecorator[Any], columns[key].type).process_bind_param(value, sqlite_dialect)
         for key, value in report_values(report, now).items()
         if key in ("installed", "bench", "downloads", "resources", "health")
     }

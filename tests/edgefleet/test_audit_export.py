@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -234,7 +235,7 @@ def test_device_signed_export_verifies_through_the_fleet_attestation(fleet: Flee
 
 
 def _covered_export(
-    fleet: Fleet, records: list[bytes], key: SigningKey, alerts: dict | None = None
+    fleet: Fleet, records: list[bytes], key: SigningKey, alerts: dict[str, Any] | None = None
 ) -> tuple[bytes, str]:
     """An export of one device chain with a device-signed checkpoint of its last record."""
     from edgefleet.audit import Checkpoint, parse_record, sign_checkpoint

@@ -99,5 +99,5 @@ def test_checker_names_the_first_bad_chunk() -> None:
     )
     data[3 * SIZE + 10] ^= 1
     checker = ChunkChecker(index, len(data), 0)
-    assert checker.update(data[: 4 * SIZE - 1]) is None and checker.number == 3
-    assert checker.update(data[4 * SIZE - 1 :]) == 3
+    assert checker.update(bytes(data[: 4 * SIZE - 1])) is None and checker.number == 3
+    assert checker.update(bytes(data[4 * SIZE - 1 :])) == 3

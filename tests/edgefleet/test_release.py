@@ -32,8 +32,8 @@ PI5 = (
 def test_a_release_round_trips_and_picks_the_build_a_cpu_runs() -> None:
     release = AgentRelease("0.1.0", "aarch64", "3.11", NOW, WHEELS, BUILDS)
     assert AgentRelease.from_payload(release.to_payload()) == release
-    assert release.build_for(cpu_features(PI5)).name == "armv8.2-a+dotprod"  # type: ignore[union-attr]
-    assert release.build_for(cpu_features(PI4)).name == "armv8-a"  # type: ignore[union-attr]
+    assert release.build_for(cpu_features(PI5)).name == "armv8.2-a+dotprod"
+    assert release.build_for(cpu_features(PI4)).name == "armv8-a"
 
 
 @pytest.mark.parametrize(

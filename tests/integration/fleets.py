@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ def status(fleet: Fleet, name: str) -> str:
 def models(fleet: Fleet, name: str) -> str:
     """`edgefleet-agent models list` output."""
     return fleet.agent(name, "models", "list").stdout
+
+
+def serving(fleet: Fleet, name: str, ref: str) -> Callable[[], bool | None]:
+    """A probe for `wait_for`: True once agent ``name`` has ``ref`` active."""
+    return lambda: True if f"* {ref}" in models(fleet, name) else None
 
 
 def agent_actions(fleet: Fleet, name: str) -> list[tuple[str, str, str]]:

@@ -9,6 +9,7 @@ import subprocess
 import urllib.error
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -120,7 +121,7 @@ def test_parallel_clients_all_complete(model_fleet: ModelFleet) -> None:
 
 def test_api_errors_use_openai_shape(model_fleet: ModelFleet) -> None:
     """Unknown models are 404, bad parameters 400, missing tokens 401, in OpenAI's error JSON."""
-    cases = [
+    cases: list[tuple[dict[str, Any], str, int]] = [
         ({"model": "nope", "messages": QUESTION}, model_fleet.token, 404),
         ({"model": "smollm2", "messages": []}, model_fleet.token, 400),
         ({"model": "smollm2", "messages": QUESTION, "max_tokens": -1}, model_fleet.token, 400),

@@ -13,7 +13,7 @@ from controller.catalog.quantization.pipeline import EVALUATION_TEXT
 from edgefleet.bundled import bundled_model_path
 from edgefleet.memory import estimate_memory
 from tests.harness import Fleet, wait_for
-from tests.integration.fleets import models
+from tests.integration.fleets import models, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -67,9 +67,7 @@ def test_each_device_runs_the_best_variant_that_fits(tmp_path: Path) -> None:
         for name, variant in (("gw-big", "q8_0"), ("gw-small", "q4_0")):
             wait_for(
                 f"{name} to serve smollm2@1.0.0+{variant}",
-                lambda name=name, variant=variant: (
-                    True if f"* smollm2@1.0.0+{variant}" in models(fleet, name) else None
-                ),
+                serving(fleet, name, f"smollm2@1.0.0+{variant}"),
                 180,
             )
         assert "q8_0" not in models(fleet, "gw-small")  # never downloaded what cannot fit

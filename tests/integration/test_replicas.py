@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import BIN, Fleet, free_port, wait_for
 from tests.integration.balancer import Balancer
-from tests.integration.fleets import agent_actions, models, publish_tiny
+from tests.integration.fleets import agent_actions, publish_tiny, serving
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +104,7 @@ def test_a_replica_dies_mid_rollout_and_the_other_finishes_it(
             for name in AGENTS:  # those watching replica B heard of it through NOTIFY
                 wait_for(
                     f"{name} to serve tiny@1",
-                    lambda name=name: True if "* tiny@1" in models(fleet, name) else None,
+                    serving(fleet, name, "tiny@1"),
                     30,
                 )
 
@@ -117,7 +118,7 @@ def test_a_replica_dies_mid_rollout_and_the_other_finishes_it(
             ).stdout  # fmt: skip
             rollout_id = int(created.split()[1].rstrip(":"))
 
-            def status() -> dict[str, object]:
+            def status() -> dict[str, Any]:
                 out = fleet.ctl("rollout", "status", str(rollout_id), "--json", quiet=True)
                 return dict(json.loads(out.stdout))
 
@@ -131,11 +132,11 @@ def test_a_replica_dies_mid_rollout_and_the_other_finishes_it(
                 lambda: s if (s := status())["state"] == "completed" else None,
                 120,
             )
-            assert {t["state"] for t in final["targets"]} == {"healthy"}  # type: ignore[union-attr]
+            assert {t["state"] for t in final["targets"]} == {"healthy"}
             for name in AGENTS:
                 wait_for(
                     f"{name} to serve tiny@2",
-                    lambda name=name: True if "* tiny@2" in models(fleet, name) else None,
+                    serving(fleet, name, "tiny@2"),
                     30,
                 )
                 steps = [a for a in agent_actions(fleet, name) if a[1] == "tiny@2"]

@@ -25,7 +25,8 @@ MOVED = ("/srv", "/var/lib", "/media/offline", "/backup")
 def runbook_blocks() -> tuple[list[str], list[str]]:
     """(blocks to run, blocks marked as not runnable here)."""
     text = RUNBOOK.read_text()
-    run, skipped = [], []
+    run: list[str] = []
+    skipped: list[str] = []
     for match in re.finditer(r"```sh\n(.*?)```", text, re.DOTALL):
         before = text[: match.start()].rstrip().rsplit("\n", 1)[-1]
         (skipped if before.startswith(NOT_RUN) else run).append(match.group(1))

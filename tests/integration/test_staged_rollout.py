@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from edgefleet.bundled import bundled_model_path
 from tests.ggufkit import write_tiny_gguf
 from tests.harness import Fleet, wait_for
-from tests.integration.fleets import agent_actions, models
+from tests.integration.fleets import agent_actions, models, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 LAB = ("gw1", "gw2", "gw3")
 
 
-def _status(fleet: Fleet, rollout_id: int) -> dict[str, object]:
+def _status(fleet: Fleet, rollout_id: int) -> dict[str, Any]:
     return dict(json.loads(fleet.ctl("rollout", "status", str(rollout_id), "--json").stdout))
 
 
@@ -46,7 +47,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, dic
         for name in ids:
             wait_for(
                 f"{name} to serve smollm2@1.0",
-                lambda name=name: True if "* smollm2@1.0" in models(fleet, name) else None,
+                serving(fleet, name, "smollm2@1.0"),
                 120,
             )
         yield fleet, ids
@@ -68,7 +69,7 @@ def test_the_canary_goes_first_and_the_wave_follows_its_healthy_report(
     assert "assigned to 1 device(s) now, 3 in all in 2 waves" in created
     rollout_id = _rollout_id(created)
     status = _status(fleet_, rollout_id)
-    targets = {t["deviceId"]: t for t in status["targets"]}  # type: ignore[union-attr]
+    targets = {t["deviceId"]: t for t in status["targets"]}
     (canary,) = [d for d, t in targets.items() if t["wave"] == 0]
     assert {t["state"] for d, t in targets.items() if d != canary} == {"pending"}
 
@@ -77,13 +78,13 @@ def test_the_canary_goes_first_and_the_wave_follows_its_healthy_report(
         lambda: s if (s := _status(fleet_, rollout_id))["state"] == "completed" else None,
         180,
     )
-    assert {t["state"] for t in final["targets"]} == {"healthy"}  # type: ignore[union-attr]
+    assert {t["state"] for t in final["targets"]} == {"healthy"}
     # Each was judged on its own report: its smoke test's speed is in the reason.
-    assert all("tokens/s" in t["reason"] for t in final["targets"])  # type: ignore[union-attr]
+    assert all("tokens/s" in t["reason"] for t in final["targets"])
     for name in LAB:
         wait_for(
             f"{name} to serve smollm2@2.0",
-            lambda name=name: True if "* smollm2@2.0" in models(fleet_, name) else None,
+            serving(fleet_, name, "smollm2@2.0"),
             60,
         )
     assert "smollm2@2.0" not in models(fleet_, "gw4")  # not selected
@@ -120,7 +121,7 @@ def test_a_smoke_test_failure_halts_and_rolls_the_canary_back(
         120,
     )
     assert "smoke test failed" in str(halted["reason"])
-    targets = {t["deviceId"]: t for t in halted["targets"]}  # type: ignore[union-attr]
+    targets = {t["deviceId"]: t for t in halted["targets"]}
     (canary,) = [d for d, t in targets.items() if t["wave"] == 0]
     assert targets[canary]["state"] == "failed"
     assert {t["state"] for d, t in targets.items() if d != canary} == {"skipped"}

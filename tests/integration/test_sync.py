@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,15 +17,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def slow_polling_fleet(tmp_path: object) -> Fleet:
+def slow_polling_fleet(tmp_path: Path) -> Iterator[Fleet]:
     """An agent that polls only every 10 minutes: anything sooner came by the watch stream."""
-    fleet = Fleet(tmp_path)  # type: ignore[arg-type]
+    fleet = Fleet(tmp_path)
     fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"
     fleet.init_controller()
     fleet.start_controller()
     fleet.enroll("gw", {"site": "lab"})
     fleet.start_agent("gw", sync_interval=600)
-    yield fleet  # type: ignore[misc]
+    yield fleet
     fleet.stop_all()
 
 
@@ -67,7 +70,7 @@ def test_a_paused_download_and_the_data_used_show_at_the_controller(
     publish_tiny(fleet, "1", seed=1, rows=100_000)  # about 1.6 MB
     fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
 
-    def paused() -> dict[str, object] | None:
+    def paused() -> dict[str, Any] | None:
         device = fleet.devices()[0]
         downloads = device["downloads"]
         return device if downloads and downloads[0]["state"] == "paused" else None
