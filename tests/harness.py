@@ -14,7 +14,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from controller.store.database import Database
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -212,6 +215,13 @@ class Fleet:
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def controller_database(self) -> Database:
+        """The controller's own SQLite database, opened beside the running controller
+        (close it with ``dispose()``); for tests that look at or tamper with its rows."""
+        from controller.store.database import Database
+
+        return Database(f"sqlite:///{self.controller_dir / 'controller.db'}")
 
     # --- conveniences -----------------------------------------------------------------
     def enroll(self, name: str, labels: dict[str, str]) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from controller.store.database import Database
 from controller.store.schema import AuditCheckpointRow, AuditHead, AuditRecordRow
 from edgefleet.audit import record_hash
 from edgefleet.canonical import canonical_bytes
@@ -43,7 +42,7 @@ def _verify(fleet: Fleet, device_id: str, out: Path) -> subprocess.CompletedProc
 def _rewrite_history(fleet: Fleet, device_id: str) -> int:
     """What an attacker holding the controller's database does: edit record #2, re-chain
     everything after it, move the head, drop the device's checkpoints. Returns the count."""
-    db = Database(f"sqlite:///{fleet.controller_dir / 'controller.db'}")
+    db = fleet.controller_database()
     try:
         with db.session() as session:
             rows = list(

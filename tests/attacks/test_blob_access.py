@@ -9,7 +9,6 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from controller.store.database import Database
 from controller.store.schema import Model
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from tests.harness import Fleet
@@ -37,7 +36,7 @@ def _read(fleet: Fleet, sha256: str) -> tuple[grpc.StatusCode, str]:
 
 
 def _models(fleet: Fleet) -> dict[str, Model]:
-    db = Database(f"sqlite:///{fleet.controller_dir / 'controller.db'}")
+    db = fleet.controller_database()
     try:
         with db.session() as session:
             return {f"{m.name}@{m.version}": m for m in session.execute(select(Model)).scalars()}

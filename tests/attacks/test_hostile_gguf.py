@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import select
 
 from controller.app.datadir import DataDir
-from controller.store.database import Database
 from controller.store.schema import AuditRecordRow, Model, TargetsVersion
 from controller.trust.keyring import Keyring
 from edgefleet.canonical import canonical_bytes
@@ -27,7 +26,7 @@ HOSTILE_FACTS = {"context_length": -5, "block_count": -30, "attention.head_count
 
 
 def _targets(fleet: Fleet) -> tuple[int, Targets]:
-    db = Database(f"sqlite:///{fleet.controller_dir / 'controller.db'}")
+    db = fleet.controller_database()
     try:
         with db.session() as session:
             row = session.execute(
@@ -79,7 +78,7 @@ def test_targets_with_an_unreadable_entry_are_repaired_at_start(
     data = DataDir(fleet.controller_dir)
     signers = Keyring(data).current().signers("targets")
     envelope = sign_envelope(TARGETS_TYPE, canonical_bytes(doc), signers)
-    db = Database(f"sqlite:///{fleet.controller_dir / 'controller.db'}")
+    db = fleet.controller_database()
     now = datetime.now(UTC)
     with db.session() as session:
         session.add(
