@@ -66,6 +66,10 @@ def test_offline_backlog_arrives_exactly_once_through_50_sigkills(tmp_path: Path
         assert kills == KILLS, f"only {kills} kills landed before the backlog was shipped"
         left = head - _stored_seq(fleet, device_id)
         print(f"after {kills} kills, {left} of {head} records left to ship")
+        # The rest ships at the normal batch size: one record per push (~55 a second here)
+        # was only there to make every kill land mid-push, and made this wait a race.
+        fleet.stop("agent-gw")
+        fleet.start_agent("gw", sync_interval=1, env={"EDGEFLEET_AGENT_SYNC_JITTER_SECONDS": "0"})
         wait_for(
             "every record at the controller",
             lambda: True if _stored_seq(fleet, device_id) >= head else None,
