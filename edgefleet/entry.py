@@ -1,16 +1,41 @@
 """The `edgefleetctl` entry point, installed with every edgefleet package: on a gateway
 (the agent alone, without the `controller` extra) it says what to install instead of
-failing with a traceback."""
+failing with a traceback or a usage error."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 # Imported only by the controller and the operator CLI (the `controller` extra).
-CONTROLLER_ONLY = frozenset({"alembic", "grpc_health", "grpc_reflection"})
+CONTROLLER_ONLY = ("alembic", "grpc_health", "grpc_reflection")
+
+
+def _missing_controller_extra() -> str | None:
+    """The first module of the `controller` extra this installation lacks, if any. Looked
+    up before anything runs: the CLI imports server code only when a command needs it."""
+    for name in CONTROLLER_ONLY:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ModuleNotFoundError:
+            return name
+    return None
+
+
+def _agent_only(name: str | None) -> int:
+    print(
+        f"edgefleetctl: error: this installation holds the agent only ({name} is "
+        "missing): install the controller with pip install 'edgefleet[controller]'",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def edgefleetctl() -> int:
+    missing = _missing_controller_extra()
+    if missing is not None:
+        return _agent_only(missing)
     try:
         from controller.ctl.main import main
 
@@ -18,9 +43,4 @@ def edgefleetctl() -> int:
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in CONTROLLER_ONLY:
             raise
-        print(
-            f"edgefleetctl: error: this installation holds the agent only ({e.name} is "
-            "missing): install the controller with pip install 'edgefleet[controller]'",
-            file=sys.stderr,
-        )
-        return 1
+        return _agent_only(e.name)

@@ -117,19 +117,28 @@ class Fleet:
         return process
 
     def start_controller(self) -> None:
-        """`edgefleetctl serve` on loopback (the same ports on a restart); wait until it listens.
+        """`edgefleetctl serve` on loopback (the same sync and enrollment ports on a
+        restart: agents dial them); wait until it listens.
 
         The first start lets the kernel pick the ports (port 0; the controller writes the
         ones it got): a port picked beforehand could be taken by someone else before the
-        controller binds it.
+        controller binds it. Health and metrics take new ones at every start. On a restart,
+        a loopback port can be held for a moment by another process's outgoing connection
+        (the kernel hands it out as a source port): the start is tried again, three times.
         """
+        for attempt in range(3):
+            try:
+                self._start_controller_once()
+                return
+            except RuntimeError as e:
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                time.sleep(1)
+
+    def _start_controller_once(self) -> None:
         addr_file = self.controller_dir / "serve.addr"
         addr_file.unlink(missing_ok=True)
         any_port = "127.0.0.1:0"
-        listen = self.sync_address or any_port
-        enroll_listen = self.enroll_address or any_port
-        health_listen = self.health_address or any_port
-        metrics_listen = self.metrics_address or any_port
         process = self._spawn(
             "controller",
             [
@@ -138,13 +147,13 @@ class Fleet:
                 "--data-dir",
                 str(self.controller_dir),
                 "--listen",
-                listen,
+                self.sync_address or any_port,
                 "--enroll-listen",
-                enroll_listen,
+                self.enroll_address or any_port,
                 "--health-listen",
-                health_listen,
+                any_port,
                 "--metrics-listen",
-                metrics_listen,
+                any_port,
             ],
             self.controller_env,
         )

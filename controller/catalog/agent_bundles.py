@@ -38,7 +38,7 @@ from edgefleet.files import sha256_of_file
 from edgefleet.release_check import SIGNED_RELEASE
 from edgefleet.trust.release import AgentRelease, LlamaBuild
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # manylinux tags a Debian bookworm gateway (glibc 2.36) accepts, newest first
 GLIBC_TAGS = ("2_36", "2_34", "2_31", "2_28", "2_27", "2_24", "2_17")

@@ -15,9 +15,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 
 def _health(model_fleet: ModelFleet) -> dict[str, int]:
-    device = next(d for d in model_fleet.fleet.devices() if d["device_id"] == model_fleet.device_id)
-    found = next(h for h in device["health"] if h["name"] == "smollm2")
-    return {"requests": found["requests"], "errors": found["errors"]}
+    """smollm2's health as the controller last heard it (it arrives with the sync after the
+    model became active: wait for it, the CLI reads faster than the device reports)."""
+
+    def reported() -> dict[str, int] | None:
+        devices = model_fleet.fleet.devices()
+        device = next(d for d in devices if d["device_id"] == model_fleet.device_id)
+        found = next((h for h in device["health"] if h["name"] == "smollm2"), None)
+        return {"requests": found["requests"], "errors": found["errors"]} if found else None
+
+    return wait_for("smollm2's health at the controller", reported, 30)
 
 
 def test_prompts_over_the_context_are_400s_that_spare_the_models_health(
