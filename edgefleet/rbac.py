@@ -222,7 +222,9 @@ def _parse_roles(raw: Any, vocabulary: frozenset[str]) -> dict[str, frozenset[st
         raise MalformedInputError("policy: roles must be an object")
     roles = {}
     for name, perms in raw.items():
-        if not isinstance(perms, list) or not all(p in vocabulary for p in perms):
+        if not isinstance(perms, list) or not all(
+            isinstance(p, str) and p in vocabulary for p in perms
+        ):
             raise MalformedInputError(
                 f"policy: role {name} names permissions outside {', '.join(sorted(vocabulary))}"
             )

@@ -11,6 +11,7 @@ from agent.inference.api_errors import ApiError
 from agent.inference.requests import parse_request
 from edgefleet.audit_export import verify_export
 from edgefleet.errors import MalformedInputError
+from edgefleet.rbac import Policy
 from tests.fuzz.targets import TARGETS
 
 FINDINGS = sorted((Path(__file__).parent / "findings").iterdir())
@@ -34,3 +35,11 @@ def test_a_csv_export_that_is_not_utf8_is_refused() -> None:
     """hypothesis: a CSV export with a stray byte raised UnicodeDecodeError in verify."""
     with pytest.raises(MalformedInputError, match="CSV export cannot be read"):
         verify_export(b"#edgefleet_audit_export\x80,{}\n", "ab" * 32)
+
+
+def test_a_role_permission_that_is_not_a_string_is_refused() -> None:
+    """atheris: a policy role listing an object as a permission raised TypeError
+    (unhashable) in Policy.from_payload: an internal error for `policy apply`."""
+    doc = b'{"_type": "policy", "version": 1, "roles": {"r": [{"x": 1}]}}'
+    with pytest.raises(MalformedInputError, match="role r names permissions outside"):
+        Policy.from_payload(doc)
