@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig
+from agent.app.config import AgentConfig
 from benchmarks.inference import start_agent
 from edgefleet.bundled import bundled_model_path
 from tests.harness import Fleet

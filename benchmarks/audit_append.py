@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.app.database import AgentDatabase
 from agent.audit.log import AuditLog
-from agent.database import AgentDatabase
 from edgefleet.audit import AuditEvent, verify_chain
 
 EVENT = AuditEvent(

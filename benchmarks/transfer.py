@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.config import load_agent_config
+from agent.app.config import load_agent_config
+from agent.app.service import LocalState, sync_client
 from agent.registry.blobs import BlobStore
-from agent.service import LocalState, sync_client
 from agent.sync.fetch import BlobSource, Fetcher
 from agent.sync.mirrors import HttpSource, client_session
 from edgefleet import __version__

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import shtab
 import structlog
@@ -66,6 +67,8 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 COMPLETION = "completion"
 Handler = Callable[[argparse.Namespace], int]
+# What a command module's ``register`` is given: the subcommands of its parent parser.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def handled_by(parser: argparse.ArgumentParser, handler: Handler) -> argparse.ArgumentParser:
@@ -81,7 +84,7 @@ def run_handler(args: argparse.Namespace) -> int:
     return handler(args)
 
 
-def add_completion_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_completion_command(commands: Subcommands) -> None:
     """`completion bash|zsh|tcsh`: print a completion script generated from the parser."""
     completion = commands.add_parser(
         COMPLETION, help="print a shell completion script (e.g. > /etc/bash_completion.d/NAME)"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.cli import _parser as agent_parser
+from agent.cli.main import _parser as agent_parser
 from controller.ctl.main import _parser as ctl_parser
 from edgefleet.cli_support import COMPLETION
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy import delete, func, select
 
-from agent.database import AgentDatabase, AuditRow, CheckpointRow
+from agent.app.database import AgentDatabase, AuditRow, CheckpointRow
 from edgefleet.audit import (
     GENESIS_HASH,
     AuditEvent,

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
+from agent.app.config import AgentConfig
 from agent.audit.log import AuditLog
-from agent.config import AgentConfig
 from agent.inference.metrics import ApiMetrics
 from agent.inference.pool import ModelPool
 from agent.inference.serving_stats import ServingStats
-from agent.offline import OfflineGuard
-from agent.policy import DevicePolicy
+from agent.rbac.policy import DevicePolicy
+from agent.registry.offline import OfflineGuard
 from agent.registry.registry import Registry
 from edgefleet.audit import AuditEvent
 from edgefleet.denials import DenialWindow

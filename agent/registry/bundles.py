@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.config import AgentConfig
-from agent.offline import mark_fresh
+from agent.app.config import AgentConfig
+from agent.registry.offline import mark_fresh
 from agent.registry.preflight import check_before_download
 from agent.registry.registry import Registry
 from agent.sync.fetch import Fetcher

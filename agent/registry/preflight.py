@@ -7,7 +7,7 @@ import os
 import platform
 import shutil
 
-from agent.config import AgentConfig
+from agent.app.config import AgentConfig
 from agent.registry.blobs import BlobStore
 from edgefleet.errors import ResourceError
 from edgefleet.fit import why_not_fit

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from agent.app.database import ActiveRow, AgentDatabase, InstalledRow, TrustRow
 from agent.audit.log import AuditLog
-from agent.database import ActiveRow, AgentDatabase, InstalledRow, TrustRow
 from agent.registry.blobs import BlobStore
 from agent.registry.integrity import Integrity, check_blob
 from edgefleet.audit import AuditEvent

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from agent.database import AgentDatabase
+from agent.app.database import AgentDatabase
 from agent.inference.serving_stats import ServingStats
 from agent.registry.registry import Registry
 from edgefleet.audit import AuditEvent

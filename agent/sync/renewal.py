@@ -8,7 +8,7 @@ from datetime import datetime
 import structlog
 
 from agent.audit.log import AuditLog
-from agent.identity import IdentityFiles
+from agent.enrollment.identity import IdentityFiles
 from agent.sync.client import SyncClient
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import SignatureError

@@ -15,7 +15,7 @@ import random
 
 import structlog
 
-from agent.config import AgentConfig
+from agent.app.config import AgentConfig
 from agent.sync.backoff import Backoff
 from agent.sync.client import SyncClient
 from agent.sync.worker import Syncer

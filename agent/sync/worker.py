@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 
 import structlog
 
+from agent.app.config import AgentConfig
 from agent.audit.log import AuditLog
-from agent.config import AgentConfig
 from agent.inference.bench import load_results
 from agent.inference.serving_stats import ServingStats
-from agent.offline import mark_fresh
 from agent.registry.blobs import BlobStore
+from agent.registry.offline import mark_fresh
 from agent.registry.preflight import check_before_download, device_resources
 from agent.registry.registry import Registry
 from agent.sync.backoff import Backoff

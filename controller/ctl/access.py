@@ -9,17 +9,16 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from controller.ctl.client import OperatorClient
 from controller.ctl.connect import with_client
-from edgefleet.cli_support import handled_by, key_value
+from edgefleet.cli_support import Subcommands, handled_by, key_value
 from edgefleet.errors import ConfigError
 from edgefleet.rbac import Policy
 from edgefleet.tls import key_pem, make_csr, new_tls_key
 
 
-def register_operator(commands: Any) -> None:
+def register_operator(commands: Subcommands) -> None:
     operator = commands.add_parser("operator", help="operators").add_subparsers(
         dest="action", required=True
     )
@@ -36,7 +35,7 @@ def register_operator(commands: Any) -> None:
     add.add_argument("--out", type=Path, required=True, help="directory for the new credential")
 
 
-def register_policy(commands: Any) -> None:
+def register_policy(commands: Subcommands) -> None:
     policy = commands.add_parser("policy", help="the fleet's signed RBAC policy").add_subparsers(
         dest="action", required=True
     )
@@ -51,7 +50,7 @@ def register_policy(commands: Any) -> None:
     ).add_argument("file", type=Path)
 
 
-def register_tokens(commands: Any) -> None:
+def register_tokens(commands: Subcommands) -> None:
     apps = commands.add_parser(
         "tokens", help="application tokens in the signed policy"
     ).add_subparsers(dest="action", required=True)

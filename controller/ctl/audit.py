@@ -8,17 +8,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from controller.ctl.client import OperatorClient
 from controller.ctl.connect import with_client
 from edgefleet.audit_export import render, verify_export
-from edgefleet.cli_support import handled_by, output_file
+from edgefleet.cli_support import Subcommands, handled_by, output_file
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.trust.metadata import parse_time
 
 
-def register(commands: Any) -> None:
+def register(commands: Subcommands) -> None:
     audit = commands.add_parser("audit", help="audit trail").add_subparsers(
         dest="action", required=True
     )

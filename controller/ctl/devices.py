@@ -7,16 +7,15 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from typing import Any
 
 from controller.ctl.client import OperatorClient
 from controller.ctl.connect import with_client
-from edgefleet.cli_support import handled_by, key_value, positive_int
+from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int
 from edgefleet.errors import ConfigError, NotFoundError
 from edgefleet.fleet import DeviceView
 
 
-def register_token(commands: Any) -> None:
+def register_token(commands: Subcommands) -> None:
     token = commands.add_parser("token", help="enrollment tokens").add_subparsers(
         dest="action", required=True
     )
@@ -29,7 +28,7 @@ def register_token(commands: Any) -> None:
     )
 
 
-def register_devices(commands: Any) -> None:
+def register_devices(commands: Subcommands) -> None:
     devices = commands.add_parser("devices", help="enrolled devices").add_subparsers(
         dest="action", required=True
     )

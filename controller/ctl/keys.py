@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 import importlib
 from pathlib import Path
-from typing import Any
 
-from edgefleet.cli_support import Handler, handled_by, output_file, positive_int
+from edgefleet.cli_support import Handler, Subcommands, handled_by, output_file, positive_int
 
 
 def _ceremony(name: str) -> Handler:
@@ -20,7 +19,7 @@ def _ceremony(name: str) -> Handler:
     return handler
 
 
-def register(commands: Any) -> None:
+def register(commands: Subcommands) -> None:
     keys = commands.add_parser(
         "keys", help="the fleet's signing keys: every change is a new root version"
     ).add_subparsers(dest="action", required=True)

@@ -9,18 +9,17 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from controller.ctl.client import OperatorClient
 from controller.ctl.connect import with_client
 from controller.ctl.quantize import add_quantize_parser
 from edgefleet.bundle import BundleHeader, write_bundle
-from edgefleet.cli_support import handled_by, output_file, split_ref
+from edgefleet.cli_support import Subcommands, handled_by, output_file, split_ref
 from edgefleet.errors import TransportError
 from edgefleet.trust.metadata import Targets
 
 
-def register_models(commands: Any) -> None:
+def register_models(commands: Subcommands) -> None:
     models = commands.add_parser("models", help="the model catalog").add_subparsers(
         dest="action", required=True
     )
@@ -34,7 +33,7 @@ def register_models(commands: Any) -> None:
     add_quantize_parser(models)
 
 
-def register_bundle(commands: Any) -> None:
+def register_bundle(commands: Subcommands) -> None:
     bundle = commands.add_parser(
         "bundle", help="model bundles for air-gapped sites"
     ).add_subparsers(dest="action", required=True)
@@ -48,7 +47,7 @@ def register_bundle(commands: Any) -> None:
     bundle_export.add_argument("--out", type=output_file, required=True)
 
 
-def register_agent_bundle(commands: Any) -> None:
+def register_agent_bundle(commands: Subcommands) -> None:
     agent_bundle = commands.add_parser(
         "agent-bundle", help="offline install bundles of the agent for gateways"
     ).add_subparsers(dest="action", required=True)

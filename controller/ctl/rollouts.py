@@ -12,7 +12,7 @@ from controller.ctl.connect import with_client
 from controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from controller.rollouts.views import EXCLUDED, Plan, RolloutView
 from controller.rpc.serde import as_json
-from edgefleet.cli_support import handled_by, key_value, positive_int, split_ref
+from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int, split_ref
 from edgefleet.errors import ConfigError, MalformedInputError
 
 
@@ -55,7 +55,7 @@ def _add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(commands: Any) -> None:
+def register(commands: Subcommands) -> None:
     """The `rollout` command group."""
     rollout = commands.add_parser("rollout", help="model rollouts").add_subparsers(
         dest="action", required=True

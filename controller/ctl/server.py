@@ -6,15 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
 
-from edgefleet.cli_support import handled_by
+from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.config_files import split_address
 from edgefleet.errors import TransportError
 from edgefleet.logging import configure_logging
 
 
-def register(commands: Any) -> None:
+def register(commands: Subcommands) -> None:
     init = handled_by(
         commands.add_parser("init", help="create a new controller data directory"), _init
     )

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent.app.config import AgentConfig
+from agent.app.database import AgentDatabase
 from agent.audit.log import AuditLog
-from agent.config import AgentConfig
-from agent.database import AgentDatabase
 from agent.inference.api import build_app
 from agent.inference.api_errors import ApiError
 from agent.inference.context import ApiContext
@@ -24,7 +24,7 @@ from agent.inference.decoding import Piece
 from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
 from agent.inference.pool import ModelPool, PoolSettings
 from agent.inference.requests import parse_request
-from agent.policy import DevicePolicy, LocalPolicy
+from agent.rbac.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from edgefleet.errors import ConfigError, RequestTooLargeError, StorageError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.database import AgentDatabase
+from agent.app.database import AgentDatabase
 from agent.sync.metering import Meter, TransferPausedError, parse_windows
 from edgefleet.errors import ConfigError
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from agent.app.config import AgentConfig
+from agent.app.database import AgentDatabase
 from agent.audit.log import AuditLog
-from agent.config import AgentConfig
-from agent.database import AgentDatabase
 from agent.inference.api import build_app
 from agent.inference.context import ApiContext
 from agent.inference.engine import ChatBackend
 from agent.inference.llama_backend import LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
-from agent.policy import DevicePolicy, LocalPolicy
+from agent.rbac.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from edgefleet.bundled import bundled_model_path

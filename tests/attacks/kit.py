@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.app.config import AgentConfig
+from agent.app.database import AgentDatabase
 from agent.audit.log import AuditLog
-from agent.config import AgentConfig
-from agent.database import AgentDatabase
 from agent.registry.blobs import BlobStore
 from agent.registry.registry import Registry
 from agent.sync.worker import LAST_ERROR_KEY, Syncer, SyncHooks

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from agent.cli import main as agent_main
+from agent.cli.main import main as agent_main
 from controller.ctl.main import main as ctl_main
 
 

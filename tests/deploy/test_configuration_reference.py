@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
+from agent.app.config import AgentConfig
 from controller.app.config import ControllerConfig
 
 DOC = (Path(__file__).resolve().parents[2] / "docs/configuration.md").read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
+from agent.app.config import load_agent_config
 from controller.app.config import load_controller_config
 from edgefleet.errors import ConfigError
 

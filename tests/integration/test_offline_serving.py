@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agent.service import LocalState
+from agent.app.service import LocalState
 from tests.harness import wait_for
 from tests.integration.fleets import ModelFleet
 

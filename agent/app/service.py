@@ -14,19 +14,19 @@ import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from agent.app.config import AgentConfig
+from agent.app.database import AgentDatabase
 from agent.audit.log import AuditLog
-from agent.config import AgentConfig
-from agent.database import AgentDatabase
-from agent.enroll import AgentPaths
+from agent.enrollment.enroll import AgentPaths
 from agent.inference.api import build_app
 from agent.inference.context import ApiContext
 from agent.inference.engine import ChatBackend
 from agent.inference.llama_backend import LlamaBackend
 from agent.inference.pool import ModelPool, PoolSettings
 from agent.inference.smoke import smoke_test
-from agent.offline import OfflineGuard
-from agent.policy import DevicePolicy, LocalPolicy
+from agent.rbac.policy import DevicePolicy, LocalPolicy
 from agent.registry.blobs import BlobStore
+from agent.registry.offline import OfflineGuard
 from agent.registry.registry import Registry
 from agent.sync.client import SyncClient
 from agent.sync.mirrors import HttpSource, client_session, parse_sources, peer_app

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.app.database import AgentDatabase
 from agent.audit.log import AuditLog
-from agent.database import AgentDatabase
-from agent.identity import Enrollment, IdentityFiles
-from agent.offline import mark_fresh
+from agent.enrollment.identity import Enrollment, IdentityFiles
 from agent.registry.blobs import BlobStore
+from agent.registry.offline import mark_fresh
 from agent.registry.registry import Registry
 from agent.sync.client import EnrollmentClient
 from edgefleet import __version__

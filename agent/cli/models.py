@@ -7,21 +7,24 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.config import load_agent_config
+from agent.app.config import load_agent_config
+from agent.app.service import LocalState, sync_client
 from agent.inference.smoke import smoke_test
 from agent.registry.bundles import import_bundle
-from agent.service import LocalState, sync_client
 from agent.sync.fetch import BlobSource, Fetcher
 from edgefleet.bundle import BundleFile
-from edgefleet.cli_support import Handler, handled_by
+from edgefleet.cli_support import Handler, Subcommands, handled_by
 from edgefleet.errors import NotFoundError
 from edgefleet.trust.metadata import ModelManifest
 
 EXIT_DAMAGED = 1
 
 
-def add_parsers(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `models` actions."""
+def register(commands: Subcommands) -> None:
+    """`models list|verify|repair|rollback|import`."""
+    models = commands.add_parser("models", help="the local registry").add_subparsers(
+        dest="action", required=True
+    )
     handled_by(
         models.add_parser("list", help="installed versions; * marks the active one"),
         _with_state(_list),

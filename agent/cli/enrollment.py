@@ -1,0 +1,61 @@
+"""`edgefleet-agent enroll` and `fingerprint`: join the fleet, show this device's key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from agent.cli import PROG
+from agent.enrollment.enroll import AgentPaths, EnrollmentPending, enroll
+from edgefleet.cli_support import Subcommands, handled_by
+from edgefleet.tls import key_fingerprint
+
+EXIT_PENDING = 3
+PENDING_POLL_SECONDS = 5.0
+
+
+def register(commands: Subcommands) -> None:
+    """`enroll` and `fingerprint`."""
+    enroll_cmd = handled_by(
+        commands.add_parser(
+            "enroll", help="join the fleet (with a one-time token, or by approval)"
+        ),
+        _cmd_enroll,
+    )
+    enroll_cmd.add_argument("--controller", required=True, help="enrollment HOST:PORT")
+    enroll_cmd.add_argument("--token", default="", help="omit to ask an operator for approval")
+    enroll_cmd.add_argument("--root-fingerprint", required=True)
+    enroll_cmd.add_argument(
+        "--wait", type=int, default=0, help="seconds to keep asking while approval is pending"
+    )
+    handled_by(
+        commands.add_parser(
+            "fingerprint", help="this device's key fingerprint (for preauthorization)"
+        ),
+        _cmd_fingerprint,
+    )
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + max(0, args.wait)
+    while True:
+        try:
+            enrollment = enroll(
+                AgentPaths(args.data_dir), args.controller, args.token, args.root_fingerprint
+            )
+            break
+        except EnrollmentPending as e:
+            if time.monotonic() >= deadline:
+                print(f"{PROG}: pending: {e}", file=sys.stderr)
+                return EXIT_PENDING
+            time.sleep(min(PENDING_POLL_SECONDS, max(0.1, deadline - time.monotonic())))
+    controller = f"{enrollment.controller_host}:{enrollment.sync_port}"
+    print(f"enrolled as {enrollment.device_id}; controller {controller}")
+    return 0
+
+
+def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    key, _ = AgentPaths(args.data_dir).identity.keys()
+    print(key_fingerprint(key))
+    return 0
