@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.app.config import AgentConfig
 from benchmarks.inference import start_agent
+from edgefleet.agent.app.config import AgentConfig
 from edgefleet.bundled import bundled_model_path
 from tests.harness import Fleet
 

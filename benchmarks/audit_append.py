@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
 from edgefleet.audit import AuditEvent, verify_chain
 
 EVENT = AuditEvent(

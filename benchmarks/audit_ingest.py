@@ -1,6 +1,6 @@
 """Controller audit ingest into PostgreSQL: the real ingest path vs row-by-row INSERTs.
 
-Ours: `controller.audit.log.ingest` as PushAudit runs it — every record parsed, checked to
+Ours: `edgefleet.controller.audit.log.ingest` as PushAudit runs it — every record parsed, checked to
 be canonical, chained to its predecessor and hashed, then the push stored with one binary
 COPY in one transaction (batches of --batch records, as devices send them). Measured with
 one pusher (pushes strictly one after another), and with --pushers devices pushing at once,
@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import insert, text
 
-from controller.audit.log import ingest
-from controller.store.database import Database, reset_scratch_database
-from controller.store.schema import AuditRecordRow
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash
+from edgefleet.controller.audit.log import ingest
+from edgefleet.controller.store.database import Database, reset_scratch_database
+from edgefleet.controller.store.schema import AuditRecordRow
 
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

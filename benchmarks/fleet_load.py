@@ -46,11 +46,11 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from controller.app.datadir import DataDir, initialize
-from controller.store.database import Database, reset_scratch_database
-from controller.store.schema import Assignment, Device, Rollout, RolloutTarget
 from edgefleet import serde
 from edgefleet.bundled import bundled_model_path
+from edgefleet.controller.app.datadir import DataDir, initialize
+from edgefleet.controller.store.database import Database, reset_scratch_database
+from edgefleet.controller.store.schema import Assignment, Device, Rollout, RolloutTarget
 from edgefleet.fleet import DeviceResources, InstalledModel, ModelHealth, StatusReport
 from edgefleet.tls import cert_pem, key_fingerprint, key_pem, new_tls_key
 from tests.harness import BIN, free_port, wait_for

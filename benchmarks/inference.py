@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from agent.app.config import AgentConfig
+from edgefleet.agent.app.config import AgentConfig
 from edgefleet.bundled import bundled_model_path
 from tests.harness import Fleet, active_models, free_port, wait_for
 

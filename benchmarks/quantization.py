@@ -22,10 +22,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from controller.catalog.quantization.pipeline import quantize_file, run_pipeline
-from controller.catalog.quantization.report import format_table, write_chart
-from controller.catalog.quantization.variants import DEFAULT_VARIANTS
 from edgefleet.bundled import bundled_model_path
+from edgefleet.controller.catalog.quantization.pipeline import quantize_file, run_pipeline
+from edgefleet.controller.catalog.quantization.report import format_table, write_chart
+from edgefleet.controller.catalog.quantization.variants import DEFAULT_VARIANTS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"
 

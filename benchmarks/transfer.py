@@ -1,6 +1,6 @@
 """The same 256 MB blob to the agent over our gRPC mTLS path and over HTTPS from nginx.
 
-Both sides are the agent's own download path (:class:`agent.sync.fetch.Fetcher`: chunk
+Both sides are the agent's own download path (:class:`edgefleet.agent.sync.fetch.Fetcher`: chunk
 index, every chunk checked as it fills, GGUF header check, fsync and rename into a blob
 store), in this process, from a real controller process and from a real nginx (Debian's
 package) on loopback serving the controller's blob folder. Rounds are interleaved after
@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.app.config import load_agent_config
-from agent.app.service import LocalState, sync_client
-from agent.registry.blobs import BlobStore
-from agent.sync.fetch import BlobSource, Fetcher
-from agent.sync.mirrors import HttpSource, client_session
 from edgefleet import __version__
+from edgefleet.agent.app.config import load_agent_config
+from edgefleet.agent.app.service import LocalState, sync_client
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.sync.fetch import BlobSource, Fetcher
+from edgefleet.agent.sync.mirrors import HttpSource, client_session
 from edgefleet.fleet import StatusReport
 from edgefleet.trust.metadata import ModelManifest, Targets
 from tests.ggufkit import write_tiny_gguf

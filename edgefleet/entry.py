@@ -37,7 +37,7 @@ def edgefleetctl() -> int:
     if missing is not None:
         return _agent_only(missing)
     try:
-        from controller.ctl.main import main
+        from edgefleet.controller.ctl.main import main
 
         return main()
     except ModuleNotFoundError as e:

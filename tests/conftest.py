@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from controller.store.database import Database, reset_scratch_database
 from edgefleet.bundled import bundled_model_path
+from edgefleet.controller.store.database import Database, reset_scratch_database
 from tests.harness import Fleet, active_models, wait_for
 from tests.integration.fleets import ModelFleet
 
@@ -19,7 +19,7 @@ from tests.integration.fleets import ModelFleet
 def smollm2_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An F16 GGUF of the bundled Q4_1 SmolLM2-135M, dequantized by llama.cpp's quantizer:
     real weights for the quantization pipeline (DESIGN §5)."""
-    from controller.catalog.quantization.pipeline import quantize_file
+    from edgefleet.controller.catalog.quantization.pipeline import quantize_file
 
     path = tmp_path_factory.mktemp("f16") / "smollm2-f16.gguf"
     quantize_file(bundled_model_path(), path, "f16", os.cpu_count() or 1, lambda *_: None)

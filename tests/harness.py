@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from controller.store.database import Database
+    from edgefleet.controller.store.database import Database
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -228,7 +228,7 @@ class Fleet:
     def controller_database(self) -> Database:
         """The controller's own SQLite database, opened beside the running controller
         (close it with ``dispose()``); for tests that look at or tamper with its rows."""
-        from controller.store.database import Database
+        from edgefleet.controller.store.database import Database
 
         return Database(f"sqlite:///{self.controller_dir / 'controller.db'}")
 

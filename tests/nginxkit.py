@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from controller.trust.ca import CertificateAuthority
+from edgefleet.controller.trust.ca import CertificateAuthority
 from edgefleet.tls import cert_pem, key_pem, new_tls_key
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.cli.main import _parser as agent_parser
-from controller.ctl.main import _parser as ctl_parser
+from edgefleet.agent.cli.main import _parser as agent_parser
 from edgefleet.cli_support import COMPLETION
+from edgefleet.controller.ctl.main import _parser as ctl_parser
 
 
 def _leaves(
@@ -45,10 +45,11 @@ def test_operator_client_commands_do_not_load_the_server() -> None:
     import sys
 
     code = (
-        "import sys; from controller.ctl.main import _parser; "
+        "import sys; from edgefleet.controller.ctl.main import _parser; "
         "_parser().parse_args(['devices', 'list']); "
-        "print(sorted(m for m in sys.modules if m.startswith(('controller.app.service', "
-        "'controller.store', 'controller.rollouts.engine', 'sqlalchemy', 'alembic'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('edgefleet.controller.app.service', "
+        "'edgefleet.controller.store', 'edgefleet.controller.rollouts.engine', "
+        "'sqlalchemy', 'alembic'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -71,22 +71,25 @@ def test_no_agent_module_loads_controller_code() -> None:
     own code never does.)"""
     script = (
         "import importlib, json, pkgutil, sys\n"
-        "import agent, edgefleet\n"
-        "for package in (agent, edgefleet):\n"
-        "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
-        "        if info.name == 'edgefleet.entry' or '.v1' in info.name:\n"
-        "            continue\n"
-        "        importlib.import_module(info.name)\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "import edgefleet\n"
+        "for top in pkgutil.iter_modules(edgefleet.__path__, 'edgefleet.'):\n"
+        "    if top.name in ('edgefleet.controller', 'edgefleet.entry', 'edgefleet.v1'):\n"
+        "        continue\n"
+        "    package = importlib.import_module(top.name)\n"
+        "    if top.ispkg:\n"
+        "        for info in pkgutil.walk_packages(package.__path__, top.name + '.'):\n"
+        "            importlib.import_module(info.name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
     )
-    loaded = set(
-        json.loads(
-            subprocess.run(
-                [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
-            ).stdout
-        )
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
     )
-    assert not loaded & {"controller", "alembic", "matplotlib", "psycopg"}
+    assert "edgefleet.agent.app.service" in loaded  # the walk reached the agent
+    tops = {m.split(".")[0] for m in loaded}
+    assert not tops & {"controller", "alembic", "matplotlib", "psycopg"}
+    assert not [m for m in loaded if m.startswith("edgefleet.controller")]
 
 
 def test_edgefleetctl_without_the_controller_extra_says_what_to_install() -> None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.sync.metering import parse_windows
-from agent.sync.mirrors import parse_sources
+from edgefleet.agent.sync.metering import parse_windows
+from edgefleet.agent.sync.mirrors import parse_sources
 from edgefleet.config_files import is_loopback, load_layered, split_address
 from edgefleet.errors import ConfigError
 

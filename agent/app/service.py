@@ -14,25 +14,25 @@ import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from agent.app.config import AgentConfig
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
-from agent.enrollment.enroll import AgentPaths
-from agent.inference.api import build_app
-from agent.inference.context import ApiContext
-from agent.inference.engine import ChatBackend
-from agent.inference.llama_backend import LlamaBackend
-from agent.inference.pool import ModelPool, PoolSettings
-from agent.inference.smoke import smoke_test
-from agent.rbac.policy import DevicePolicy, LocalPolicy
-from agent.registry.blobs import BlobStore
-from agent.registry.offline import OfflineGuard
-from agent.registry.registry import Registry
-from agent.sync.client import SyncClient
-from agent.sync.mirrors import HttpSource, client_session, parse_sources, peer_app
-from agent.sync.renewal import CertificateRenewer
-from agent.sync.watch import watch_forever
-from agent.sync.worker import Syncer, SyncHooks
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.enrollment.enroll import AgentPaths
+from edgefleet.agent.inference.api import build_app
+from edgefleet.agent.inference.context import ApiContext
+from edgefleet.agent.inference.engine import ChatBackend
+from edgefleet.agent.inference.llama_backend import LlamaBackend
+from edgefleet.agent.inference.pool import ModelPool, PoolSettings
+from edgefleet.agent.inference.smoke import smoke_test
+from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.offline import OfflineGuard
+from edgefleet.agent.registry.registry import Registry
+from edgefleet.agent.sync.client import SyncClient
+from edgefleet.agent.sync.mirrors import HttpSource, client_session, parse_sources, peer_app
+from edgefleet.agent.sync.renewal import CertificateRenewer
+from edgefleet.agent.sync.watch import watch_forever
+from edgefleet.agent.sync.worker import Syncer, SyncHooks
 from edgefleet.errors import HashMismatchError
 from edgefleet.lifecycle import cancel_and_wait, listen_http, until_signalled
 from edgefleet.stacks import dump_on_sigusr1

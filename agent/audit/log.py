@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy import delete, func, select
 
-from agent.app.database import AgentDatabase, AuditRow, CheckpointRow
+from edgefleet.agent.app.database import AgentDatabase, AuditRow, CheckpointRow
 from edgefleet.audit import (
     GENESIS_HASH,
     AuditEvent,
@@ -28,7 +28,7 @@ from edgefleet.trust.metadata import format_time, parse_time
 
 ACKED_KEY = "audit_acked_seq"
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0
-log = structlog.get_logger("agent.audit")
+log = structlog.get_logger("edgefleet.agent.audit")
 INSERT_RECORD = "INSERT INTO audit (seq, canonical, record_sha256) VALUES (?, ?, ?)"
 
 

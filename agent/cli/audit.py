@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agent.app.service import LocalState
+from edgefleet.agent.app.service import LocalState
 from edgefleet.audit_export import ExportBuilder, render
 from edgefleet.cli_support import Subcommands, handled_by, output_file
 from edgefleet.errors import ConfigError

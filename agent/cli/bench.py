@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.app.config import load_agent_config
-from agent.app.service import LocalState
-from agent.inference.bench import run_bench, save_result
+from edgefleet.agent.app.config import load_agent_config
+from edgefleet.agent.app.service import LocalState
+from edgefleet.agent.inference.bench import run_bench, save_result
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError
 from edgefleet.speed import DEFAULT_GENERATED_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from agent.app.config import load_agent_config
+from edgefleet.agent.app.config import load_agent_config
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError, TransportError
 

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import shutil
 
-from agent.app.config import load_agent_config
-from agent.app.service import LocalState, run
-from agent.registry.offline import fresh_at
-from agent.sync.metering import USED_KEY
-from agent.sync.progress import load_board
-from agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
+from edgefleet.agent.app.config import load_agent_config
+from edgefleet.agent.app.service import LocalState, run
+from edgefleet.agent.registry.offline import fresh_at
+from edgefleet.agent.sync.metering import USED_KEY
+from edgefleet.agent.sync.progress import load_board
+from edgefleet.agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.logging import configure_logging
 from edgefleet.trust.metadata import format_time

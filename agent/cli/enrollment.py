@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from agent.cli import PROG
-from agent.enrollment.enroll import AgentPaths, EnrollmentPending, enroll
+from edgefleet.agent.cli import PROG
+from edgefleet.agent.enrollment.enroll import AgentPaths, EnrollmentPending, enroll
 from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.tls import key_fingerprint
 

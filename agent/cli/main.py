@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.app.config import DEFAULT_DATA_DIR
-from agent.cli import PROG, audit, bench, chat, daemon, enrollment, models, tokens
+from edgefleet.agent.app.config import DEFAULT_DATA_DIR
+from edgefleet.agent.cli import PROG, audit, bench, chat, daemon, enrollment, models, tokens
 from edgefleet.cli_support import add_completion_command, run_command, run_handler
 from edgefleet.logging import configure_logging
 

@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.app.config import load_agent_config
-from agent.app.service import LocalState, sync_client
-from agent.inference.smoke import smoke_test
-from agent.registry.bundles import import_bundle
-from agent.sync.fetch import BlobSource, Fetcher
+from edgefleet.agent.app.config import load_agent_config
+from edgefleet.agent.app.service import LocalState, sync_client
+from edgefleet.agent.inference.smoke import smoke_test
+from edgefleet.agent.registry.bundles import import_bundle
+from edgefleet.agent.sync.fetch import BlobSource, Fetcher
 from edgefleet.bundle import BundleFile
 from edgefleet.cli_support import Handler, Subcommands, handled_by
 from edgefleet.errors import NotFoundError

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.app.service import LocalState
-from agent.rbac.policy import LocalPolicy
+from edgefleet.agent.app.service import LocalState
+from edgefleet.agent.rbac.policy import LocalPolicy
 from edgefleet.audit import AuditEvent
 from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.rbac import check_subject

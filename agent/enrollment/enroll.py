@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
-from agent.enrollment.identity import Enrollment, IdentityFiles
-from agent.registry.blobs import BlobStore
-from agent.registry.offline import mark_fresh
-from agent.registry.registry import Registry
-from agent.sync.client import EnrollmentClient
 from edgefleet import __version__
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.enrollment.identity import Enrollment, IdentityFiles
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.offline import mark_fresh
+from edgefleet.agent.registry.registry import Registry
+from edgefleet.agent.sync.client import EnrollmentClient
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import split_address
 from edgefleet.errors import ConfigError, EdgefleetError, SignatureError, TransportError

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from agent.inference.api_errors import ApiError, http_error
-from agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
-from agent.inference.embeddings import EmbeddingsEndpoint
-from agent.inference.generation import GenerationEndpoint
-from agent.inference.responses import ResponsesEndpoint
-from agent.registry.registry import ActiveModel
+from edgefleet.agent.inference.api_errors import ApiError, http_error
+from edgefleet.agent.inference.context import ANONYMOUS, CONTEXT, SUBJECT, ApiContext
+from edgefleet.agent.inference.embeddings import EmbeddingsEndpoint
+from edgefleet.agent.inference.generation import GenerationEndpoint
+from edgefleet.agent.inference.responses import ResponsesEndpoint
+from edgefleet.agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import is_loopback
 from edgefleet.errors import EdgefleetError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agent.inference.pool import QueueFullError
+from edgefleet.agent.inference.pool import QueueFullError
 from edgefleet.errors import (
     AuditUnavailableError,
     EdgefleetError,

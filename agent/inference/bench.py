@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.app.database import AgentDatabase
+from edgefleet.agent.app.database import AgentDatabase
 from edgefleet.errors import InferenceError
 from edgefleet.fleet import BenchResult
 from edgefleet.speed import measure_speed

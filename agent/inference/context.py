@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from agent.app.config import AgentConfig
-from agent.audit.log import AuditLog
-from agent.inference.metrics import ApiMetrics
-from agent.inference.pool import ModelPool
-from agent.inference.serving_stats import ServingStats
-from agent.rbac.policy import DevicePolicy
-from agent.registry.offline import OfflineGuard
-from agent.registry.registry import Registry
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.inference.metrics import ApiMetrics
+from edgefleet.agent.inference.pool import ModelPool
+from edgefleet.agent.inference.serving_stats import ServingStats
+from edgefleet.agent.rbac.policy import DevicePolicy
+from edgefleet.agent.registry.offline import OfflineGuard
+from edgefleet.agent.registry.registry import Registry
 from edgefleet.audit import AuditEvent
 from edgefleet.denials import DenialWindow
 from edgefleet.rbac import Policy

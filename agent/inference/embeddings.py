@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from agent.inference.api_errors import bad_request
-from agent.inference.endpoint import ModelEndpoint, Outcome
-from agent.inference.engine import ChatBackend, ModelWorker
+from edgefleet.agent.inference.api_errors import bad_request
+from edgefleet.agent.inference.endpoint import ModelEndpoint, Outcome
+from edgefleet.agent.inference.engine import ChatBackend, ModelWorker
 
 MAX_INPUTS = 256
 EMBEDDING_PARAMETERS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from agent.inference.api_errors import ApiError, bad_request, http_error
-from agent.inference.context import SUBJECT, ApiContext
-from agent.inference.decoding import Piece
-from agent.inference.engine import Generation, ModelWorker
-from agent.registry.registry import ActiveModel
+from edgefleet.agent.inference.api_errors import ApiError, bad_request, http_error
+from edgefleet.agent.inference.context import SUBJECT, ApiContext
+from edgefleet.agent.inference.decoding import Piece
+from edgefleet.agent.inference.engine import Generation, ModelWorker
+from edgefleet.agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import AuditUnavailableError, EdgefleetError
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from agent.inference.decoding import Piece, TokenLogprob
+from edgefleet.agent.inference.decoding import Piece, TokenLogprob
 from edgefleet.errors import InferenceError, UntrustedInputError
 
 T = TypeVar("T")

@@ -11,13 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.inference.api_errors import ApiError
-from agent.inference.context import ApiContext
-from agent.inference.decoding import Piece
-from agent.inference.endpoint import ModelEndpoint, Outcome, drain
-from agent.inference.engine import Generation, ModelWorker
-from agent.inference.requests import GenerationRequest, parse_request
-from agent.inference.shapes import ChunkWriter, answer_of, whole
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.context import ApiContext
+from edgefleet.agent.inference.decoding import Piece
+from edgefleet.agent.inference.endpoint import ModelEndpoint, Outcome, drain
+from edgefleet.agent.inference.engine import Generation, ModelWorker
+from edgefleet.agent.inference.requests import GenerationRequest, parse_request
+from edgefleet.agent.inference.shapes import ChunkWriter, answer_of, whole
 from edgefleet.canonical import canonical_bytes
 
 

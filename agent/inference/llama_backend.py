@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.inference.decoding import OutputAssembler, Piece
-from agent.inference.engine import Generation, Prompt, SamplingParams
-from agent.inference.sampling import TokenSampler
+from edgefleet.agent.inference.decoding import OutputAssembler, Piece
+from edgefleet.agent.inference.engine import Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.sampling import TokenSampler
 from edgefleet.errors import InferenceError, InvalidPromptError, RequestTooLargeError
 
 # Embeddings come from a second context on the same weights (no second copy in memory):

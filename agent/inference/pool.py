@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.inference.engine import BackendFactory, ModelWorker
+from edgefleet.agent.inference.engine import BackendFactory, ModelWorker
 from edgefleet.errors import ResourceError
 from edgefleet.memory import MIB, MemoryEstimate, estimate_memory, fits, require_fit
 from edgefleet.trust.metadata import ModelManifest

@@ -15,9 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.inference.api_errors import bad_request
-from agent.inference.engine import Prompt, SamplingParams
-from agent.inference.structured import ToolSetup, check_schema, compile_grammar, parse_tools
+from edgefleet.agent.inference.api_errors import bad_request
+from edgefleet.agent.inference.engine import Prompt, SamplingParams
+from edgefleet.agent.inference.structured import (
+    ToolSetup,
+    check_schema,
+    compile_grammar,
+    parse_tools,
+)
 
 MAX_MESSAGES = 256
 MAX_STOP = 4

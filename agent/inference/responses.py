@@ -20,14 +20,20 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.inference.api_errors import ApiError, bad_request
-from agent.inference.context import ApiContext
-from agent.inference.decoding import Piece
-from agent.inference.endpoint import Outcome, drain
-from agent.inference.engine import Generation, ModelWorker
-from agent.inference.generation import GenerationEndpoint
-from agent.inference.requests import IGNORED, REFUSED, SUPPORTED, GenerationRequest, parse_request
-from agent.inference.shapes import Answer, answer_of
+from edgefleet.agent.inference.api_errors import ApiError, bad_request
+from edgefleet.agent.inference.context import ApiContext
+from edgefleet.agent.inference.decoding import Piece
+from edgefleet.agent.inference.endpoint import Outcome, drain
+from edgefleet.agent.inference.engine import Generation, ModelWorker
+from edgefleet.agent.inference.generation import GenerationEndpoint
+from edgefleet.agent.inference.requests import (
+    IGNORED,
+    REFUSED,
+    SUPPORTED,
+    GenerationRequest,
+    parse_request,
+)
+from edgefleet.agent.inference.shapes import Answer, answer_of
 
 # parameter -> supported | ignored | refused (a 400 naming it); anything else is refused
 RESPONSES_PARAMETERS: dict[str, str] = {

@@ -5,7 +5,7 @@ grammar is kept if the grammar accepts it (the common case: one check), and only
 it does not is the grammar applied to the whole vocabulary and the token drawn again.
 Applying the grammar to every candidate at every step costs a third of the speed.
 
-Built by :class:`agent.inference.llama_backend.LlamaBackend`, which imports llama.cpp.
+Built by :class:`edgefleet.agent.inference.llama_backend.LlamaBackend`, which imports llama.cpp.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.inference.engine import SamplingParams
+from edgefleet.agent.inference.engine import SamplingParams
 from edgefleet.errors import InferenceError, InvalidPromptError
 
 PENALTY_WINDOW = 64  # tokens the presence and frequency penalties look back over

@@ -7,11 +7,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agent.inference.api_errors import ApiError
-from agent.inference.decoding import TokenLogprob
-from agent.inference.engine import Generation
-from agent.inference.requests import GenerationRequest, tool_calls_of
-from agent.inference.structured import validate
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.decoding import TokenLogprob
+from edgefleet.agent.inference.engine import Generation
+from edgefleet.agent.inference.requests import GenerationRequest, tool_calls_of
+from edgefleet.agent.inference.structured import validate
 
 
 @dataclass(frozen=True)

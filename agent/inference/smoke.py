@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from agent.inference.engine import Generation, Prompt, SamplingParams
-from agent.inference.llama_backend import LlamaBackend
+from edgefleet.agent.inference.engine import Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.llama_backend import LlamaBackend
 from edgefleet.errors import InferenceError
 
 SMOKE_CONTEXT = 256

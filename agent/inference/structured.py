@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.inference.api_errors import bad_request
+from edgefleet.agent.inference.api_errors import bad_request
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_TOOLS = 64

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.app.config import AgentConfig
-from agent.registry.offline import mark_fresh
-from agent.registry.preflight import check_before_download
-from agent.registry.registry import Registry
-from agent.sync.fetch import Fetcher
-from agent.sync.health import smoke_or_refuse
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.registry.offline import mark_fresh
+from edgefleet.agent.registry.preflight import check_before_download
+from edgefleet.agent.registry.registry import Registry
+from edgefleet.agent.sync.fetch import Fetcher
+from edgefleet.agent.sync.health import smoke_or_refuse
 from edgefleet.audit import AuditEvent
 from edgefleet.bundle import BundleFile, BundleHeader
 from edgefleet.errors import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.trust.metadata import ModelManifest
 
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import MalformedInputError, StaleTrustError
 from edgefleet.trust.metadata import format_time, parse_time
@@ -24,7 +24,7 @@ from edgefleet.trust.metadata import format_time, parse_time
 TRUST_FRESH_KEY = "trust_fresh_at"
 REREAD_SECONDS = 5.0
 
-log = structlog.get_logger("agent.registry.offline")
+log = structlog.get_logger("edgefleet.agent.registry.offline")
 
 
 def mark_fresh(db: AgentDatabase, moment: datetime) -> None:

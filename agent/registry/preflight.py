@@ -7,8 +7,8 @@ import os
 import platform
 import shutil
 
-from agent.app.config import AgentConfig
-from agent.registry.blobs import BlobStore
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.errors import ResourceError
 from edgefleet.fit import why_not_fit
 from edgefleet.fleet import DeviceResources

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from agent.app.database import ActiveRow, AgentDatabase, InstalledRow, TrustRow
-from agent.audit.log import AuditLog
-from agent.registry.blobs import BlobStore
-from agent.registry.integrity import Integrity, check_blob
+from edgefleet.agent.app.database import ActiveRow, AgentDatabase, InstalledRow, TrustRow
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.integrity import Integrity, check_blob
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import ConflictError, NotFoundError, StorageError
 from edgefleet.fleet import InstalledModel

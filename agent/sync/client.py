@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from agent.sync.fetch import Chunk
 from edgefleet import serde
+from edgefleet.agent.sync.fetch import Chunk
 from edgefleet.errors import MalformedInputError, TransportError
 from edgefleet.fleet import DesiredState, StatusReport
 from edgefleet.rpc_status import map_rpc_errors

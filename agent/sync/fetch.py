@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from agent.registry.blobs import BlobStore
-from agent.sync.metering import Meter
-from agent.sync.progress import ProgressBoard
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.sync.metering import Meter
+from edgefleet.agent.sync.progress import ProgressBoard
 from edgefleet.errors import HashMismatchError, MalformedInputError, TransportError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file

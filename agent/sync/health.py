@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from agent.app.database import AgentDatabase
-from agent.inference.serving_stats import ServingStats
-from agent.registry.registry import Registry
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.inference.serving_stats import ServingStats
+from edgefleet.agent.registry.registry import Registry
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import InferenceError
 from edgefleet.fleet import InstalledModel, ModelHealth

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from agent.app.database import AgentDatabase
+from edgefleet.agent.app.database import AgentDatabase
 from edgefleet.errors import ConfigError, TransportError
 
 WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")

@@ -16,7 +16,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.errors import ConfigError, MalformedInputError, TransportError
 from edgefleet.trust.metadata import SHA256_PATTERN
 

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict
 
-from agent.app.database import AgentDatabase
+from edgefleet.agent.app.database import AgentDatabase
 from edgefleet.fleet import DownloadProgress
 from edgefleet.trust.metadata import ModelManifest
 

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import structlog
 
-from agent.audit.log import AuditLog
-from agent.enrollment.identity import IdentityFiles
-from agent.sync.client import SyncClient
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.enrollment.identity import IdentityFiles
+from edgefleet.agent.sync.client import SyncClient
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import SignatureError
 from edgefleet.tls import common_name, is_issued_by, load_certificate, make_csr

@@ -15,10 +15,10 @@ import random
 
 import structlog
 
-from agent.app.config import AgentConfig
-from agent.sync.backoff import Backoff
-from agent.sync.client import SyncClient
-from agent.sync.worker import Syncer
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.sync.backoff import Backoff
+from edgefleet.agent.sync.client import SyncClient
+from edgefleet.agent.sync.worker import Syncer
 from edgefleet.errors import EdgefleetError
 
 log = structlog.get_logger("agent.watch")

@@ -11,22 +11,22 @@ from datetime import UTC, datetime
 
 import structlog
 
-from agent.app.config import AgentConfig
-from agent.audit.log import AuditLog
-from agent.inference.bench import load_results
-from agent.inference.serving_stats import ServingStats
-from agent.registry.blobs import BlobStore
-from agent.registry.offline import mark_fresh
-from agent.registry.preflight import check_before_download, device_resources
-from agent.registry.registry import Registry
-from agent.sync.backoff import Backoff
-from agent.sync.client import SyncClient
-from agent.sync.fetch import BlobSource, Fetcher
-from agent.sync.health import model_health, smoke_or_refuse
-from agent.sync.metering import Meter, TransferPausedError
-from agent.sync.progress import ProgressBoard
-from agent.sync.renewal import CertificateRenewer
 from edgefleet import __version__
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.inference.bench import load_results
+from edgefleet.agent.inference.serving_stats import ServingStats
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.offline import mark_fresh
+from edgefleet.agent.registry.preflight import check_before_download, device_resources
+from edgefleet.agent.registry.registry import Registry
+from edgefleet.agent.sync.backoff import Backoff
+from edgefleet.agent.sync.client import SyncClient
+from edgefleet.agent.sync.fetch import BlobSource, Fetcher
+from edgefleet.agent.sync.health import model_health, smoke_or_refuse
+from edgefleet.agent.sync.metering import Meter, TransferPausedError
+from edgefleet.agent.sync.progress import ProgressBoard
+from edgefleet.agent.sync.renewal import CertificateRenewer
 from edgefleet.audit import AuditEvent, Checkpoint, verify_receipt
 from edgefleet.errors import (
     AuditChainError,
@@ -45,7 +45,7 @@ from edgefleet.trust.keys import SigningKey
 from edgefleet.trust.metadata import ModelManifest, format_time
 from edgefleet.trust.verifier import TrustedState
 
-log = structlog.get_logger("agent.sync")
+log = structlog.get_logger("edgefleet.agent.sync")
 
 SMOKE_RETRY_SECONDS = 3600.0
 LAST_SYNC_KEY = "last_sync"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.trust.ca import OPERATOR_VALIDITY, CertificateAuthority
+from edgefleet.controller.trust.ca import OPERATOR_VALIDITY, CertificateAuthority
 from edgefleet.errors import ConfigError
 from edgefleet.tls import cert_pem, cert_sha256, key_pem, new_tls_key
 from edgefleet.trust.envelope import Envelope, sign_envelope

@@ -15,8 +15,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from controller.store.database import Database
-from controller.store.schema import AuditHead, Device, Rollout
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import AuditHead, Device, Rollout
 from edgefleet.errors import EdgefleetError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
@@ -103,8 +103,8 @@ class ControllerMetrics:
         )
         self.syncs = Counter(
             "edgefleet_syncs",
-            "Device syncs on this replica, by answer: kept (no query; see controller.fleet.syncs) "
-            "or full (one transaction)",
+            "Device syncs on this replica, by answer: kept (no query; see "
+            "edgefleet.controller.fleet.syncs) or full (one transaction)",
             ["answer"],
             registry=r,
         )

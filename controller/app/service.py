@@ -13,31 +13,31 @@ import grpc
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from controller.app.config import ControllerConfig
-from controller.app.datadir import DataDir
-from controller.app.metrics import ControllerMetrics
-from controller.catalog.blobs import BlobStore
-from controller.catalog.publish import Catalog
-from controller.fleet.changes import ChangeFeed, PostgresRelay
-from controller.fleet.enrollment import Enrollment, EnrollmentLimits
-from controller.fleet.syncs import DeviceSyncs
-from controller.rbac.access import AccessControl
-from controller.rbac.operators import ensure_bootstrap_admin
-from controller.rbac.policies import PolicyService
-from controller.rollouts.engine import advance_rollouts
-from controller.rpc.guard import GuardInterceptor
-from controller.rpc.operations import (
+from edgefleet.config_files import split_address
+from edgefleet.controller.app.config import ControllerConfig
+from edgefleet.controller.app.datadir import DataDir
+from edgefleet.controller.app.metrics import ControllerMetrics
+from edgefleet.controller.catalog.blobs import BlobStore
+from edgefleet.controller.catalog.publish import Catalog
+from edgefleet.controller.fleet.changes import ChangeFeed, PostgresRelay
+from edgefleet.controller.fleet.enrollment import Enrollment, EnrollmentLimits
+from edgefleet.controller.fleet.syncs import DeviceSyncs
+from edgefleet.controller.rbac.access import AccessControl
+from edgefleet.controller.rbac.operators import ensure_bootstrap_admin
+from edgefleet.controller.rbac.policies import PolicyService
+from edgefleet.controller.rollouts.engine import advance_rollouts
+from edgefleet.controller.rpc.guard import GuardInterceptor
+from edgefleet.controller.rpc.operations import (
     EXCLUSIVE_PORTS,
     Operations,
     add_health_and_reflection,
     check_can_listen,
 )
-from controller.rpc.servicers import DeviceServicer, OperatorServicer, add_device_service
-from controller.store.database import Database
-from controller.trust.ca import CertificateAuthority
-from controller.trust.keyring import Keyring
-from controller.trust.snapshots import Snapshots
-from edgefleet.config_files import split_address
+from edgefleet.controller.rpc.servicers import DeviceServicer, OperatorServicer, add_device_service
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.trust.ca import CertificateAuthority
+from edgefleet.controller.trust.keyring import Keyring
+from edgefleet.controller.trust.snapshots import Snapshots
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.lifecycle import until_signalled
 from edgefleet.tls import cert_pem

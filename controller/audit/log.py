@@ -10,14 +10,6 @@ from typing import Any
 from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from controller.store.database import Database
-from controller.store.schema import (
-    AuditAlert,
-    AuditCheckpointRow,
-    AuditHead,
-    AuditRecordRow,
-    Device,
-)
 from edgefleet.audit import (
     CONTROLLER_CHAIN,
     GENESIS_HASH,
@@ -26,6 +18,14 @@ from edgefleet.audit import (
     encode_record,
     record_hash,
     verify_checkpoint,
+)
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import (
+    AuditAlert,
+    AuditCheckpointRow,
+    AuditHead,
+    AuditRecordRow,
+    Device,
 )
 from edgefleet.errors import MalformedInputError, NotFoundError, UntrustedInputError
 from edgefleet.trust.envelope import Envelope

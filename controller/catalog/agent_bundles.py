@@ -26,13 +26,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.app.datadir import DataDir
-from controller.trust.keyring import Keyring
 from edgefleet import __version__
+from edgefleet.controller.app.datadir import DataDir
+from edgefleet.controller.trust.keyring import Keyring
 from edgefleet.errors import ConfigError, MalformedInputError
 from edgefleet.files import sha256_of_file
 from edgefleet.release_check import SIGNED_RELEASE
@@ -121,6 +122,21 @@ def _llama_wheels(target: Target, llama_dir: Path | None, stage: Path) -> list[L
     return builds
 
 
+def _check_project_wheel(wheels: Path) -> None:
+    """The project's wheel holds the ``edgefleet`` package alone: a ``build/`` folder left
+    from an older layout of the checkout (setuptools builds in place and keeps it) would
+    add stale top-level packages to every gateway."""
+    (wheel,) = wheels.glob("edgefleet-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+    stray = sorted(t for t in tops if t != "edgefleet" and not t.endswith(".dist-info"))
+    if stray:
+        raise ConfigError(
+            f"the agent's wheel holds {', '.join(stray)} beside edgefleet: remove the stale "
+            f"{REPOSITORY / 'build'} folder and build again"
+        )
+
+
 def build_bundle(arch: str, out: Path, llama_dir: Path | None = None) -> AgentRelease:
     """Build the (unsigned) bundle for ``arch`` at ``out``; return its release."""
     if arch not in TARGETS:
@@ -131,6 +147,7 @@ def build_bundle(arch: str, out: Path, llama_dir: Path | None = None) -> AgentRe
         wheels = stage / "wheels"
         wheels.mkdir(parents=True)
         _pip("wheel", "--quiet", "--no-deps", str(REPOSITORY), "-w", str(wheels))
+        _check_project_wheel(wheels)
         platforms = [a for p in target.platforms() for a in ("--platform", p)]
         _pip(
             "download", "--quiet", "--only-binary=:all:", *platforms,

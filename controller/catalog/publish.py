@@ -15,14 +15,14 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.audit.log import record_event
-from controller.catalog.blobs import BlobStore
-from controller.catalog.quantization.family import parse_evaluation
-from controller.store.database import Database
-from controller.store.schema import Model, TargetsVersion
-from controller.trust.keyring import Keyring, TrustMaterial
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import parse_object
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.catalog.blobs import BlobStore
+from edgefleet.controller.catalog.quantization.family import parse_evaluation
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Model, TargetsVersion
+from edgefleet.controller.trust.keyring import Keyring, TrustMaterial
 from edgefleet.errors import ConflictError, MalformedInputError, StorageError
 from edgefleet.gguf import read_gguf_file
 from edgefleet.trust.chunks import DEFAULT_CHUNK_SIZE, ChunkIndexBuilder
@@ -34,7 +34,7 @@ from edgefleet.trust.metadata import (
     check_model_version,
 )
 
-log = structlog.get_logger("controller.catalog.publish")
+log = structlog.get_logger("edgefleet.controller.catalog.publish")
 
 
 def readable_manifests(payload: bytes, version: int) -> tuple[dict[str, ModelManifest], list[str]]:

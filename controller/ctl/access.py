@@ -10,9 +10,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from controller.ctl.client import OperatorClient
-from controller.ctl.connect import with_client
 from edgefleet.cli_support import Subcommands, handled_by, key_value
+from edgefleet.controller.ctl.client import OperatorClient
+from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError
 from edgefleet.rbac import Policy
 from edgefleet.tls import key_pem, make_csr, new_tls_key
@@ -77,7 +77,7 @@ def register_tokens(commands: Subcommands) -> None:
 def _operator_add(client: OperatorClient, args: argparse.Namespace) -> int:
     if args.out.exists():
         raise ConfigError(f"{args.out} already exists: name a new directory for the credential")
-    from controller.app.datadir import write_operator_credential
+    from edgefleet.controller.app.datadir import write_operator_credential
 
     key = new_tls_key()
     certificate, ca = client.add_operator(args.name, args.role, make_csr(key))
@@ -113,7 +113,7 @@ def _policy_show(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def _policy_diff(client: OperatorClient, args: argparse.Namespace) -> int:
-    from controller.rbac.policies import pretty
+    from edgefleet.controller.rbac.policies import pretty
 
     proposed = Policy.from_payload(_with_version(_read_file(args.file)))
     version, document = client.get_policy()

@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from controller.ctl.client import OperatorClient
-from controller.ctl.connect import with_client
 from edgefleet.audit_export import render, verify_export
 from edgefleet.cli_support import Subcommands, handled_by, output_file
+from edgefleet.controller.ctl.client import OperatorClient
+from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.trust.metadata import parse_time
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import grpc
 
-from controller.catalog.published import PublishedVersion
-from controller.catalog.quantization.views import ClassSpeed, VersionView
-from controller.rollouts.strategy import Strategy
-from controller.rollouts.views import Plan, RolloutCreated, RolloutView
-from controller.rpc.serde import (
+from edgefleet import serde
+from edgefleet.config_files import read_toml, split_address
+from edgefleet.controller.catalog.published import PublishedVersion
+from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
+from edgefleet.controller.rollouts.strategy import Strategy
+from edgefleet.controller.rollouts.views import Plan, RolloutCreated, RolloutView
+from edgefleet.controller.rpc.serde import (
     created_from_pb,
     plan_from_pb,
     published_from_pb,
@@ -21,8 +23,6 @@ from controller.rpc.serde import (
     strategy_to_pb,
     view_from_pb,
 )
-from edgefleet import serde
-from edgefleet.config_files import read_toml, split_address
 from edgefleet.errors import ConfigError
 from edgefleet.fleet import DeviceView
 from edgefleet.rpc_status import map_rpc_errors

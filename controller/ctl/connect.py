@@ -8,8 +8,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.ctl.client import OperatorClient, OperatorCredential
 from edgefleet.cli_support import Handler
+from edgefleet.controller.ctl.client import OperatorClient, OperatorCredential
 from edgefleet.errors import ConfigError
 
 CONFIG_ENV = "EDGEFLEETCTL_CONFIG"

@@ -8,9 +8,9 @@ import json
 import sys
 from dataclasses import asdict
 
-from controller.ctl.client import OperatorClient
-from controller.ctl.connect import with_client
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int
+from edgefleet.controller.ctl.client import OperatorClient
+from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, NotFoundError
 from edgefleet.fleet import DeviceView
 

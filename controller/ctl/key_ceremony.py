@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from controller.app.datadir import DataDir
-from controller.trust import rootkeys
-from controller.trust.keyring import load_private_keys
+from edgefleet.controller.app.datadir import DataDir
+from edgefleet.controller.trust import rootkeys
+from edgefleet.controller.trust.keyring import load_private_keys
 from edgefleet.errors import ConfigError
 from edgefleet.trust.keys import PublicKey, SigningKey
 from edgefleet.trust.metadata import Root

@@ -13,7 +13,9 @@ from edgefleet.cli_support import Handler, Subcommands, handled_by, output_file,
 
 def _ceremony(name: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
-        action: Handler = getattr(importlib.import_module("controller.ctl.key_ceremony"), name)
+        action: Handler = getattr(
+            importlib.import_module("edgefleet.controller.ctl.key_ceremony"), name
+        )
         return action(args)
 
     return handler

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.ctl import access, audit, devices, keys, models, rollouts, server
-from controller.ctl.connect import CONFIG_ENV
 from edgefleet.cli_support import add_completion_command, run_command, run_handler
+from edgefleet.controller.ctl import access, audit, devices, keys, models, rollouts, server
+from edgefleet.controller.ctl.connect import CONFIG_ENV
 from edgefleet.logging import configure_logging
 
 PROG = "edgefleetctl"

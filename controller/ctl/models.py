@@ -10,11 +10,11 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from controller.ctl.client import OperatorClient
-from controller.ctl.connect import with_client
-from controller.ctl.quantize import add_quantize_parser
 from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.cli_support import Subcommands, handled_by, output_file, split_ref
+from edgefleet.controller.ctl.client import OperatorClient
+from edgefleet.controller.ctl.connect import with_client
+from edgefleet.controller.ctl.quantize import add_quantize_parser
 from edgefleet.errors import TransportError
 from edgefleet.trust.metadata import Targets
 
@@ -72,7 +72,7 @@ def register_agent_bundle(commands: Subcommands) -> None:
 
 
 def _agent_bundle_build(args: argparse.Namespace) -> int:
-    from controller.catalog.agent_bundles import build_bundle
+    from edgefleet.controller.catalog.agent_bundles import build_bundle
 
     release = build_bundle(args.arch, args.out, args.llama_dir)
     size = args.out.stat().st_size / 1024**2
@@ -83,7 +83,7 @@ def _agent_bundle_build(args: argparse.Namespace) -> int:
 
 
 def _agent_bundle_sign(args: argparse.Namespace) -> int:
-    from controller.catalog.agent_bundles import sign_bundle
+    from edgefleet.controller.catalog.agent_bundles import sign_bundle
 
     release = sign_bundle(args.bundle, args.data_dir, args.out)
     installer = hashlib.sha256(_member(args.out, "install.py")).hexdigest()

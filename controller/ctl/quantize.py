@@ -11,22 +11,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from controller.catalog.quantization.pipeline import (
+from edgefleet.cli_support import handled_by
+from edgefleet.controller.catalog.quantization.pipeline import (
     DEFAULT_CONTEXT,
     DEFAULT_MAX_PERPLEXITY_INCREASE,
     QuantizationReport,
     VariantOutcome,
     run_pipeline,
 )
-from controller.catalog.quantization.report import MIB, format_table, write_chart
-from controller.catalog.quantization.variants import (
+from edgefleet.controller.catalog.quantization.report import MIB, format_table, write_chart
+from edgefleet.controller.catalog.quantization.variants import (
     DEFAULT_VARIANTS,
     parse_variants,
     variant_version,
 )
-from controller.ctl.client import OperatorClient
-from controller.ctl.connect import connect, with_client
-from edgefleet.cli_support import handled_by
+from edgefleet.controller.ctl.client import OperatorClient
+from edgefleet.controller.ctl.connect import connect, with_client
 from edgefleet.errors import (
     ConfigError,
     ConflictError,

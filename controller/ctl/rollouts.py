@@ -7,12 +7,12 @@ import argparse
 import json
 from typing import Any
 
-from controller.ctl.client import OperatorClient
-from controller.ctl.connect import with_client
-from controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
-from controller.rollouts.views import EXCLUDED, Plan, RolloutView
-from controller.rpc.serde import as_json
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int, split_ref
+from edgefleet.controller.ctl.client import OperatorClient
+from edgefleet.controller.ctl.connect import with_client
+from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
+from edgefleet.controller.rollouts.views import EXCLUDED, Plan, RolloutView
+from edgefleet.controller.rpc.serde import as_json
 from edgefleet.errors import ConfigError, MalformedInputError
 
 

@@ -48,7 +48,7 @@ def register(commands: Subcommands) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from controller.app.datadir import initialize
+    from edgefleet.controller.app.datadir import initialize
 
     result = initialize(args.data_dir, args.fleet_name, args.host, args.advertise)
     print(f"initialized {args.data_dir}")
@@ -58,8 +58,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from controller.app.config import load_controller_config
-    from controller.app.service import serve
+    from edgefleet.controller.app.config import load_controller_config
+    from edgefleet.controller.app.service import serve
 
     configure_logging("json", args.log_level)
     config = load_controller_config(

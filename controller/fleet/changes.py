@@ -20,10 +20,10 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy import text
 
-from controller.store.database import Database
+from edgefleet.controller.store.database import Database
 from edgefleet.errors import EdgefleetError
 
-log = structlog.get_logger("controller.fleet.changes")
+log = structlog.get_logger("edgefleet.controller.fleet.changes")
 
 CHANNEL = "edgefleet_changes"
 MAX_RECONNECT_SECONDS = 30.0

@@ -9,8 +9,8 @@ from typing import cast
 from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from controller.audit.log import acked_seq, tamper_reason
-from controller.rollouts.engine import (
+from edgefleet.controller.audit.log import acked_seq, tamper_reason
+from edgefleet.controller.rollouts.engine import (
     Judged,
     Judging,
     is_stale,
@@ -18,10 +18,10 @@ from controller.rollouts.engine import (
     repick_variant,
     write_judgements,
 )
-from controller.rollouts.pins import all_pins, pins_for
-from controller.store.database import Database
-from controller.store.schema import Assignment, Device, Model, Pin, Rollout, RolloutTarget
-from controller.trust.snapshots import Snapshot
+from edgefleet.controller.rollouts.pins import all_pins, pins_for
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Assignment, Device, Model, Pin, Rollout, RolloutTarget
+from edgefleet.controller.trust.snapshots import Snapshot
 from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     DesiredState,
@@ -122,7 +122,8 @@ def desired_state(
 
 @dataclass(frozen=True)
 class Synced:
-    """A stored report's answer; whether the next one may reuse it (see controller.fleet.syncs:
+    """A stored report's answer; whether the next one may reuse it (see
+    edgefleet.controller.fleet.syncs:
     not when a family's variant is re-picked from each report), and the rollouts that
     judge the device's next report."""
 
@@ -165,7 +166,7 @@ def write_reports(
     judgements: dict[tuple[int, str], Judged],
 ) -> None:
     """Store reports received earlier (device id -> ``report_values``) and the verdicts on
-    them (controller.rollouts.engine.write_judgements) in one transaction; a row that
+    them (edgefleet.controller.rollouts.engine.write_judgements) in one transaction; a row that
     already holds a later report keeps it (last_seen only moves forward, also when
     another replica stored that one)."""
     if not reports and not judgements:

@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Update, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from controller.audit.log import record_event
-from controller.rollouts.engine import assign_matching_rollouts
-from controller.store.database import Database
-from controller.store.schema import Device, EnrollmentToken, Preauthorization
-from controller.trust.ca import BACKDATE, CertificateAuthority
 from edgefleet.audit import AuditEvent
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.rollouts.engine import assign_matching_rollouts
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Device, EnrollmentToken, Preauthorization
+from edgefleet.controller.trust.ca import BACKDATE, CertificateAuthority
 from edgefleet.denials import DenialWindow
 from edgefleet.errors import EnrollmentError, MalformedInputError, NotFoundError, ResourceError
 from edgefleet.tls import cert_pem, key_fingerprint_of_csr

@@ -3,7 +3,8 @@
 Every agent syncs once a minute or so: 10,000 agents are 167 syncs a second, and almost
 all of them report what they reported last time and get the answer they got last time.
 A full sync stores the report, judges it for rollouts under way and reads the device's
-assignments, pins and audit head in one transaction (``controller.fleet.devices.sync_device``).
+assignments, pins and audit head in one transaction
+(``edgefleet.controller.fleet.devices.sync_device``).
 Here, a device's answer is kept after such a sync and reused while nothing changed:
 
 - **Revision.** The change feed's generation (bumped on this replica by every change to
@@ -16,7 +17,7 @@ Here, a device's answer is kept after such a sync and reused while nothing chang
   ``FLUSH_SECONDS`` in one transaction for all of them (``write_reports``: a report never
   overwrites a later one).
 - **Judging.** A report that a rollout under way judges is judged as it arrives, by the
-  same rules (``controller.rollouts.health.judge``) against what the full path kept of
+  same rules (``edgefleet.controller.rollouts.health.judge``) against what the full path kept of
   the rollout (strategy, version, baseline speed); the verdict is written behind with the
   report. A failed verdict takes the full path instead, which judges again in a
   transaction, puts the device back on its previous version and answers with it.
@@ -39,21 +40,21 @@ from typing import Any
 
 import structlog
 
-from controller.app.metrics import ControllerMetrics
-from controller.audit.log import acked_seq
-from controller.fleet.changes import ChangeFeed
-from controller.fleet.devices import (
+from edgefleet.audit import CONTROLLER_CHAIN
+from edgefleet.controller.app.metrics import ControllerMetrics
+from edgefleet.controller.audit.log import acked_seq
+from edgefleet.controller.fleet.changes import ChangeFeed
+from edgefleet.controller.fleet.devices import (
     Synced,
     desired_state,
     report_values,
     sync_device,
     write_reports,
 )
-from controller.rollouts.engine import Judged, Judging, verdict_state
-from controller.rollouts.health import judge
-from controller.store.database import Database
-from controller.trust.snapshots import Snapshot
-from edgefleet.audit import CONTROLLER_CHAIN
+from edgefleet.controller.rollouts.engine import Judged, Judging, verdict_state
+from edgefleet.controller.rollouts.health import judge
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.trust.snapshots import Snapshot
 from edgefleet.errors import EdgefleetError
 from edgefleet.fleet import (
     DesiredState,
@@ -64,7 +65,7 @@ from edgefleet.fleet import (
     StatusReport,
 )
 
-log = structlog.get_logger("controller.fleet.syncs")
+log = structlog.get_logger("edgefleet.controller.fleet.syncs")
 
 # How often the controller's audit head is read (a lost change notification is noticed
 # within this long).
@@ -128,7 +129,7 @@ class DeviceSyncs:
 
     @property
     def revision(self) -> Revision:
-        """What kept answers (and admissions: controller.rbac.access) are valid for."""
+        """What kept answers (and admissions: edgefleet.controller.rbac.access) are valid for."""
         return (self.changes.generation, self._head_moves)
 
     async def sync(self, device_id: str, report: StatusReport, snapshot: Snapshot) -> DesiredState:

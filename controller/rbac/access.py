@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from controller.audit.log import record_event
-from controller.rbac.authorization import Principal, authorize
-from controller.rbac.operators import role_permissions
-from controller.rbac.policies import latest_policy
-from controller.store.database import Database
-from controller.store.schema import Device, Operator
 from edgefleet.audit import AuditEvent
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.rbac.authorization import Principal, authorize
+from edgefleet.controller.rbac.operators import role_permissions
+from edgefleet.controller.rbac.policies import latest_policy
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Device, Operator
 from edgefleet.errors import AuthenticationError, EdgefleetError, PermissionDeniedError
 
 
@@ -18,7 +18,7 @@ class AccessControl:
     """Admits a call or raises (and audits the denial).
 
     A device admitted once is admitted again without a query while the revision it was
-    admitted under holds (controller.fleet.syncs: every change of a device's state or
+    admitted under holds (edgefleet.controller.fleet.syncs: every change of a device's state or
     certificate moves it, here or on another replica): a device syncing every minute
     costs its admission query once, not at every call.
     """

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.audit.log import record_event
-from controller.rbac.authorization import BUILTIN_OPERATOR_ROLES
-from controller.store.database import Database
-from controller.store.schema import Operator
-from controller.trust.ca import OPERATOR_VALIDITY, CertificateAuthority
 from edgefleet.audit import AuditEvent
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.rbac.authorization import BUILTIN_OPERATOR_ROLES
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Operator
+from edgefleet.controller.trust.ca import OPERATOR_VALIDITY, CertificateAuthority
 from edgefleet.errors import (
     ConflictError,
     MalformedInputError,

@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.audit.log import record_event
-from controller.rbac.authorization import BUILTIN_OPERATOR_ROLES
-from controller.rbac.operators import held_role, require_held
-from controller.store.database import Database
-from controller.store.schema import PolicyVersion
-from controller.trust.keyring import Keyring, TrustMaterial
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import parse_object
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.rbac.authorization import BUILTIN_OPERATOR_ROLES
+from edgefleet.controller.rbac.operators import held_role, require_held
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import PolicyVersion
+from edgefleet.controller.trust.keyring import Keyring, TrustMaterial
 from edgefleet.errors import MalformedInputError, NotFoundError, PermissionDeniedError
 from edgefleet.rbac import DEVICE_PERMISSIONS, Binding, Policy, check_subject, new_token
 from edgefleet.trust.envelope import Envelope

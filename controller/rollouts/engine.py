@@ -18,16 +18,16 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from controller.audit.log import record_event
-from controller.catalog.quantization.family import family_variants
-from controller.rollouts.health import active_version, judge, smoke_speed
-from controller.rollouts.pins import all_pins, pins_for, selector_matches
-from controller.rollouts.plan import pick_for, plan_rollout
-from controller.rollouts.strategy import Strategy
-from controller.rollouts.views import Plan, RolloutCreated, RolloutView, TargetView
-from controller.store.database import Database
-from controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
 from edgefleet.audit import AuditEvent
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.catalog.quantization.family import family_variants
+from edgefleet.controller.rollouts.health import active_version, judge, smoke_speed
+from edgefleet.controller.rollouts.pins import all_pins, pins_for, selector_matches
+from edgefleet.controller.rollouts.plan import pick_for, plan_rollout
+from edgefleet.controller.rollouts.strategy import Strategy
+from edgefleet.controller.rollouts.views import Plan, RolloutCreated, RolloutView, TargetView
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
 from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError
 from edgefleet.trust.metadata import check_model_name, check_model_version
 
@@ -267,7 +267,8 @@ def _judge_one(
 @dataclass(frozen=True)
 class Judging:
     """A rollout that judges a device's reports, as far as a judgement needs it (see
-    controller.fleet.syncs: the next report may be judged without reading the database)."""
+    edgefleet.controller.fleet.syncs: the next report may be judged without reading the
+    database)."""
 
     rollout_id: int
     name: str

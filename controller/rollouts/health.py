@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from controller.rollouts.strategy import Strategy
+from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.fleet import DownloadProgress, InstalledModel, ModelHealth
 
 Verdict = Literal["waiting", "healthy", "failed"]

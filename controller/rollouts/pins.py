@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.audit.log import record_event
-from controller.store.database import Database
-from controller.store.schema import Device, Model, Pin
 from edgefleet.audit import AuditEvent
+from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Device, Model, Pin
 from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.trust.metadata import check_model_name, check_model_version
 

@@ -7,13 +7,13 @@ import hashlib
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.catalog.quantization.family import family_variants, pick_variant
-from controller.catalog.quantization.variants import split_variant_version
-from controller.rollouts.health import active_version
-from controller.rollouts.pins import all_pins, pins_for, selector_matches
-from controller.rollouts.strategy import Strategy, wave_of
-from controller.rollouts.views import EXCLUDED, Plan, PlannedDevice
-from controller.store.schema import Assignment, Device, Model
+from edgefleet.controller.catalog.quantization.family import family_variants, pick_variant
+from edgefleet.controller.catalog.quantization.variants import split_variant_version
+from edgefleet.controller.rollouts.health import active_version
+from edgefleet.controller.rollouts.pins import all_pins, pins_for, selector_matches
+from edgefleet.controller.rollouts.strategy import Strategy, wave_of
+from edgefleet.controller.rollouts.views import EXCLUDED, Plan, PlannedDevice
+from edgefleet.controller.store.schema import Assignment, Device, Model
 from edgefleet.errors import NotFoundError
 from edgefleet.fit import why_not_fit
 from edgefleet.trust.metadata import ModelManifest

@@ -1,12 +1,12 @@
 """What operators see of rollouts: plans, views and the answer to a create. Plain
 dataclasses without the store, shared by the server (which builds them) and the operator
-client (which gets them back from controller.rpc.serde)."""
+client (which gets them back from edgefleet.controller.rpc.serde)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.rollouts.strategy import Strategy
+from edgefleet.controller.rollouts.strategy import Strategy
 
 EXCLUDED = -1
 

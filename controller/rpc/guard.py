@@ -14,14 +14,18 @@ from typing import Any
 import grpc
 import structlog
 
-from controller.app.metrics import ControllerMetrics
-from controller.rbac.access import AccessControl
-from controller.rbac.authorization import METHOD_RULES, Principal, principal_from_common_name
+from edgefleet.controller.app.metrics import ControllerMetrics
+from edgefleet.controller.rbac.access import AccessControl
+from edgefleet.controller.rbac.authorization import (
+    METHOD_RULES,
+    Principal,
+    principal_from_common_name,
+)
 from edgefleet.errors import EdgefleetError
 from edgefleet.rpc_status import status_for
 from edgefleet.tls import load_certificate
 
-log = structlog.get_logger("controller.rpc")
+log = structlog.get_logger("edgefleet.controller.rpc")
 
 # Health checking and reflection need no principal (the listener's TLS still applies).
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -167,9 +171,10 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.access = access
         self.metrics = metrics
         # Told after every successful call of a method whose rule says it wakes devices
-        # (controller.fleet.changes.ChangeFeed.notify): no servicer has to remember it.
+        # (edgefleet.controller.fleet.changes.ChangeFeed.notify): no servicer has to remember it.
         self.changed = changed
-        # What admissions are remembered under (controller.fleet.syncs.DeviceSyncs.revision);
+        # What admissions are remembered under
+        # (edgefleet.controller.fleet.syncs.DeviceSyncs.revision);
         # None remembers nothing.
         self.revision = revision
 

@@ -20,9 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import text
 
-from controller.app.metrics import ControllerMetrics
-from controller.store.database import Database
 from edgefleet.config_files import split_address
+from edgefleet.controller.app.metrics import ControllerMetrics
+from edgefleet.controller.store.database import Database
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.lifecycle import listen_http
 from edgefleet.v1 import device_pb2, operator_pb2

@@ -11,10 +11,16 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from controller.catalog.published import PublishedVersion
-from controller.catalog.quantization.views import ClassSpeed, VersionView
-from controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
-from controller.rollouts.views import Plan, PlannedDevice, RolloutCreated, RolloutView, TargetView
+from edgefleet.controller.catalog.published import PublishedVersion
+from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
+from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
+from edgefleet.controller.rollouts.views import (
+    Plan,
+    PlannedDevice,
+    RolloutCreated,
+    RolloutView,
+    TargetView,
+)
 from edgefleet.v1 import operator_pb2
 
 

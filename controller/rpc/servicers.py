@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from controller.audit.log import (
+from edgefleet import serde
+from edgefleet.audit import CONTROLLER_CHAIN, AuditEvent, sign_key_attestation, sign_receipt
+from edgefleet.audit_export import ExportBuilder
+from edgefleet.controller.audit.log import (
     ExportFilter,
     alerts_of,
     audit_public_keys,
@@ -22,16 +25,16 @@ from controller.audit.log import (
     record_alone,
     through_next_checkpoint,
 )
-from controller.catalog.published import PublishedVersion
-from controller.catalog.quantization.family import model_report
-from controller.fleet.devices import list_devices, may_read_blob
-from controller.fleet.enrollment import EnrollmentRequest
-from controller.rbac.operators import add_operator
-from controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
-from controller.rollouts.engine import plan as plan_rollout
-from controller.rollouts.pins import pin_model, unpin_model
-from controller.rpc.guard import caller
-from controller.rpc.serde import (
+from edgefleet.controller.catalog.published import PublishedVersion
+from edgefleet.controller.catalog.quantization.family import model_report
+from edgefleet.controller.fleet.devices import list_devices, may_read_blob
+from edgefleet.controller.fleet.enrollment import EnrollmentRequest
+from edgefleet.controller.rbac.operators import add_operator
+from edgefleet.controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
+from edgefleet.controller.rollouts.engine import plan as plan_rollout
+from edgefleet.controller.rollouts.pins import pin_model, unpin_model
+from edgefleet.controller.rpc.guard import caller
+from edgefleet.controller.rpc.serde import (
     created_to_pb,
     plan_to_pb,
     published_to_pb,
@@ -39,16 +42,13 @@ from controller.rpc.serde import (
     strategy_from_pb,
     view_to_pb,
 )
-from controller.trust.snapshots import RECHECK_SECONDS, bundle_header
-from edgefleet import serde
-from edgefleet.audit import CONTROLLER_CHAIN, AuditEvent, sign_key_attestation, sign_receipt
-from edgefleet.audit_export import ExportBuilder
+from edgefleet.controller.trust.snapshots import RECHECK_SECONDS, bundle_header
 from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.trust.metadata import format_time, parse_time
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
-    from controller.app.service import ControllerApp
+    from edgefleet.controller.app.service import ControllerApp
 
 
 MAX_QUERY_RECORDS = 10_000

@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
-from controller.store.records import Record, RecordList, as_record, as_records
+from edgefleet.controller.store.records import Record, RecordList, as_record, as_records
 from edgefleet.fleet import (
     BenchResult,
     DeviceResources,
@@ -147,7 +147,8 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     manifest: Mapped[dict[str, object]] = mapped_column(JSON)
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # A quantized variant's measurements (controller.catalog.quantization.family); None otherwise.
+    # A quantized variant's measurements (edgefleet.controller.catalog.quantization.family);
+    # None otherwise.
     evaluation: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
 
@@ -183,7 +184,7 @@ class Rollout(Base):
     family: Mapped[bool] = mapped_column(Boolean, default=False)
     # running | paused | halted | completed | aborted | rolled_back
     state: Mapped[str] = mapped_column(String(16), default="running", index=True)
-    # controller.rollouts.strategy.Strategy as a dict: canary, waves, soak and gates.
+    # edgefleet.controller.rollouts.strategy.Strategy as a dict: canary, waves, soak and gates.
     strategy: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     waves: Mapped[int] = mapped_column(Integer, default=1)
     current_wave: Mapped[int] = mapped_column(Integer, default=0)

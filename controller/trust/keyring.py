@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.app.datadir import DataDir
+from edgefleet.controller.app.datadir import DataDir
 from edgefleet.errors import ConfigError, SignatureError
 from edgefleet.trust.envelope import Envelope, SignedDocument, sign_document, verify_envelope
 from edgefleet.trust.keys import SigningKey

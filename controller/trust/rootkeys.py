@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.app.datadir import ROOT_EXPIRY, DataDir
-from controller.trust.keyring import load_private_keys
+from edgefleet.controller.app.datadir import ROOT_EXPIRY, DataDir
+from edgefleet.controller.trust.keyring import load_private_keys
 from edgefleet.errors import ConfigError, MalformedInputError, SignatureError
 from edgefleet.files import write_atomically
 from edgefleet.trust.envelope import Envelope, Signature, pae

@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.catalog.publish import Catalog, latest_targets
-from controller.rbac.policies import PolicyService, latest_policy
-from controller.store.database import Database
-from controller.store.schema import PolicyVersion, TargetsVersion, TimestampVersion
-from controller.trust.keyring import Keyring, TrustMaterial
 from edgefleet.bundle import BundleHeader
+from edgefleet.controller.catalog.publish import Catalog, latest_targets
+from edgefleet.controller.rbac.policies import PolicyService, latest_policy
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import PolicyVersion, TargetsVersion, TimestampVersion
+from edgefleet.controller.trust.keyring import Keyring, TrustMaterial
 from edgefleet.errors import NotFoundError, StorageError
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.metadata import (

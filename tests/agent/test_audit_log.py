@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
 from edgefleet.audit import AuditEvent, verify_chain
 from edgefleet.errors import MalformedInputError
 

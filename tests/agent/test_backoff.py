@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.sync.backoff import Backoff
+from edgefleet.agent.sync.backoff import Backoff
 
 
 def test_waits_grow_exponentially_with_jitter_up_to_the_cap() -> None:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from agent.sync.client import SyncClient
-from controller.trust.ca import CertificateAuthority
+from edgefleet.agent.sync.client import SyncClient
+from edgefleet.controller.trust.ca import CertificateAuthority
 from edgefleet.errors import MalformedInputError
 from edgefleet.serde import blob_chunk_to_wire
 from edgefleet.tls import cert_pem, key_pem, new_tls_key

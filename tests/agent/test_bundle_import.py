@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.registry.bundles import import_bundle
+from edgefleet.agent.registry.bundles import import_bundle
 from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.errors import RollbackError
 from tests.attacks.kit import Device, Model, make_device, make_model, with_v1_serving

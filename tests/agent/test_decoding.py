@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.inference.decoding import OutputAssembler
+from edgefleet.agent.inference.decoding import OutputAssembler
 
 
 def _run(tokens: list[bytes], stop: tuple[str, ...]) -> tuple[str, list[str], str]:

@@ -14,19 +14,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.app.config import AgentConfig
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
-from agent.inference.api import build_app
-from agent.inference.api_errors import ApiError
-from agent.inference.context import ApiContext
-from agent.inference.decoding import Piece
-from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
-from agent.inference.pool import ModelPool, PoolSettings
-from agent.inference.requests import parse_request
-from agent.rbac.policy import DevicePolicy, LocalPolicy
-from agent.registry.blobs import BlobStore
-from agent.registry.registry import Registry
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.inference.api import build_app
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.context import ApiContext
+from edgefleet.agent.inference.decoding import Piece
+from edgefleet.agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.pool import ModelPool, PoolSettings
+from edgefleet.agent.inference.requests import parse_request
+from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.registry import Registry
 from edgefleet.errors import ConfigError, RequestTooLargeError, StorageError
 from edgefleet.memory import MIB
 from tests.edgefleet.trustkit import manifest
@@ -434,7 +434,7 @@ def test_invalid_parameters_name_the_field(body: dict[str, Any], param: str) -> 
 
 def test_every_http_route_has_an_authorization_entry(tmp_path: Path) -> None:
     """Walking the router finds no route (besides HEAD twins) without a ROUTE_PERMISSIONS entry."""
-    from agent.inference.api import ROUTE_PERMISSIONS
+    from edgefleet.agent.inference.api import ROUTE_PERMISSIONS
 
     app = build_app(Harness(tmp_path, FakeBackend()).ctx)
     routes = {

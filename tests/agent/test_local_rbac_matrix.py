@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from agent.rbac.policy import merge
+from edgefleet.agent.rbac.policy import merge
 from edgefleet.rbac import Binding, Policy, new_token
 from tests.agent.test_inference_api import FakeBackend, Harness
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.database import AgentDatabase
-from agent.sync.metering import Meter, TransferPausedError, parse_windows
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.sync.metering import Meter, TransferPausedError, parse_windows
 from edgefleet.errors import ConfigError
 
 MIB = 1024 * 1024

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
-from agent.registry.offline import OfflineGuard, mark_fresh
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.registry.offline import OfflineGuard, mark_fresh
 from edgefleet.errors import StaleTrustError
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

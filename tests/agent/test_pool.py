@@ -9,9 +9,9 @@ from threading import Event
 
 import pytest
 
-from agent.inference.decoding import Piece
-from agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
-from agent.inference.pool import ModelPool, PoolSettings
+from edgefleet.agent.inference.decoding import Piece
+from edgefleet.agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.errors import HashMismatchError, ResourceError
 from edgefleet.memory import MIB
 from edgefleet.trust.metadata import ModelManifest

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.inference.api_errors import ApiError
-from agent.inference.requests import parse_request
-from agent.inference.structured import check_schema, compile_grammar, parse_tools, validate
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.requests import parse_request
+from edgefleet.agent.inference.structured import (
+    check_schema,
+    compile_grammar,
+    parse_tools,
+    validate,
+)
 
 PERSON = {
     "type": "object",

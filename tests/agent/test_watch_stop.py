@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-from agent.sync.watch import watch_forever
+from edgefleet.agent.sync.watch import watch_forever
 from edgefleet.errors import TransportError
 
 

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.app.config import AgentConfig
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
-from agent.inference.api import build_app
-from agent.inference.context import ApiContext
-from agent.inference.engine import ChatBackend
-from agent.inference.llama_backend import LlamaBackend
-from agent.inference.pool import ModelPool, PoolSettings
-from agent.rbac.policy import DevicePolicy, LocalPolicy
-from agent.registry.blobs import BlobStore
-from agent.registry.registry import Registry
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.inference.api import build_app
+from edgefleet.agent.inference.context import ApiContext
+from edgefleet.agent.inference.engine import ChatBackend
+from edgefleet.agent.inference.llama_backend import LlamaBackend
+from edgefleet.agent.inference.pool import ModelPool, PoolSettings
+from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.registry import Registry
 from edgefleet.bundled import bundled_model_path
 from edgefleet.files import sha256_of_file
 from edgefleet.memory import MIB

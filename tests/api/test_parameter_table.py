@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.inference.api_errors import ApiError
-from agent.inference.requests import HARMLESS_VALUES, IGNORED, PARAMETERS, REFUSED, parse_request
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.requests import (
+    HARMLESS_VALUES,
+    IGNORED,
+    PARAMETERS,
+    REFUSED,
+    parse_request,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 TABLE = re.compile(r"<!-- parameter table: chat, completions -->\n(.*?)<!-- end", re.DOTALL)

@@ -2,7 +2,7 @@
 
 The controller is whatever the test makes it: it signs with the fleet's keys or with
 stolen or rogue ones, serves the right bytes or arbitrary, endless or stalled ones. The
-device runs the production code paths (:class:`agent.sync.worker.Syncer`), so every
+device runs the production code paths (:class:`edgefleet.agent.sync.worker.Syncer`), so every
 refusal below is the one a real gateway would make.
 """
 
@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.app.config import AgentConfig
-from agent.app.database import AgentDatabase
-from agent.audit.log import AuditLog
-from agent.registry.blobs import BlobStore
-from agent.registry.registry import Registry
-from agent.sync.worker import LAST_ERROR_KEY, Syncer, SyncHooks
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.audit.log import AuditLog
+from edgefleet.agent.registry.blobs import BlobStore
+from edgefleet.agent.registry.registry import Registry
+from edgefleet.agent.sync.worker import LAST_ERROR_KEY, Syncer, SyncHooks
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 from edgefleet.gguf import read_gguf_file
 from edgefleet.rbac import Policy

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from controller.store.schema import AuditCheckpointRow, AuditHead, AuditRecordRow
 from edgefleet.audit import record_hash
 from edgefleet.canonical import canonical_bytes
+from edgefleet.controller.store.schema import AuditCheckpointRow, AuditHead, AuditRecordRow
 from tests.harness import BIN, Fleet, wait_for
 from tests.integration.fleets import publish_tiny, roll_out_and_wait_active, status
 

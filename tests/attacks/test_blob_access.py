@@ -9,7 +9,7 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from controller.store.schema import Model
+from edgefleet.controller.store.schema import Model
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from tests.harness import Fleet
 from tests.integration.fleets import publish_tiny, roll_out_and_wait_active

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from controller.audit.log import ExportFilter, export_page
-from controller.fleet.enrollment import Enrollment, EnrollmentLimits, EnrollmentRequest
-from controller.store.database import Database
-from controller.store.schema import Device
-from controller.trust.ca import CertificateAuthority
+from edgefleet.controller.audit.log import ExportFilter, export_page
+from edgefleet.controller.fleet.enrollment import Enrollment, EnrollmentLimits, EnrollmentRequest
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Device
+from edgefleet.controller.trust.ca import CertificateAuthority
 from edgefleet.errors import EnrollmentError, ResourceError
 from edgefleet.tls import make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey

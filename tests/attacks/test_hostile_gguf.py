@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from controller.app.datadir import DataDir
-from controller.store.schema import AuditRecordRow, Model, TargetsVersion
-from controller.trust.keyring import Keyring
 from edgefleet.canonical import canonical_bytes
+from edgefleet.controller.app.datadir import DataDir
+from edgefleet.controller.store.schema import AuditRecordRow, Model, TargetsVersion
+from edgefleet.controller.trust.keyring import Keyring
 from edgefleet.trust.envelope import Envelope, sign_envelope
 from edgefleet.trust.metadata import TARGETS_TYPE, Targets
 from tests.ggufkit import write_gguf_with_facts

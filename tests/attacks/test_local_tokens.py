@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from agent.rbac.policy import LocalPolicy
+from edgefleet.agent.rbac.policy import LocalPolicy
 from tests.harness import BIN, Fleet
 
 pytestmark = pytest.mark.integration

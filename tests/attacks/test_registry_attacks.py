@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.registry.bundles import import_bundle
+from edgefleet.agent.registry.bundles import import_bundle
 from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.errors import MalformedInputError, SignatureError
 from edgefleet.trust.chunks import ChunkIndex

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from controller.audit.log import ExportFilter, export_page, ingest
-from controller.store.database import Database
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash, verify_chain
 from edgefleet.canonical import canonical_bytes
+from edgefleet.controller.audit.log import ExportFilter, export_page, ingest
+from edgefleet.controller.store.database import Database
 
 
 def _chain(count: int, device: str = "dev-1") -> list[tuple[int, bytes]]:
@@ -82,9 +82,9 @@ def test_device_checkpoints_are_checked_against_stored_records(db: Database) -> 
     """A matching device-signed checkpoint is kept; a forged one is tampering."""
     from datetime import UTC, datetime
 
-    from controller.audit.log import checkpoints_between
-    from controller.store.schema import Device
     from edgefleet.audit import Checkpoint, sign_checkpoint
+    from edgefleet.controller.audit.log import checkpoints_between
+    from edgefleet.controller.store.schema import Device
     from edgefleet.trust.keys import SigningKey
 
     key = SigningKey.generate()
@@ -118,7 +118,7 @@ def test_device_checkpoints_are_checked_against_stored_records(db: Database) -> 
 def _device(db: Database, key: object) -> None:
     from datetime import UTC, datetime
 
-    from controller.store.schema import Device
+    from edgefleet.controller.store.schema import Device
 
     with db.session() as session:
         session.add(
@@ -145,8 +145,8 @@ def test_a_tampered_range_is_flagged_travels_in_exports_and_can_be_cleared(db: D
     hold) no longer pass as genuine: the range since the last matching checkpoint is an
     alert; the chain takes nothing more until an operator clears it, with a reason; the
     cleared alert stays on record for exports."""
-    from controller.audit.log import alerts_of, clear_alert
     from edgefleet.audit import Checkpoint, sign_checkpoint
+    from edgefleet.controller.audit.log import alerts_of, clear_alert
     from edgefleet.errors import MalformedInputError, NotFoundError
     from edgefleet.trust.keys import SigningKey
 

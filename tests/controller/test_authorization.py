@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.rbac.authorization import (
+from edgefleet.controller.rbac.authorization import (
     ANONYMOUS,
     BUILTIN_OPERATOR_ROLES,
     METHOD_RULES,

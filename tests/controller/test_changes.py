@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from controller.fleet.changes import ChangeFeed
+from edgefleet.controller.fleet.changes import ChangeFeed
 
 
 def test_waiters_wake_on_a_change_and_time_out_otherwise() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.app.datadir import DataDir, initialize
+from edgefleet.controller.app.datadir import DataDir, initialize
 from edgefleet.errors import ConfigError
 from edgefleet.tls import cert_sha256
 from edgefleet.trust.metadata import Root

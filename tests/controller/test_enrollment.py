@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from controller.audit.log import ExportFilter, export_page
-from controller.fleet.enrollment import Enrollment, EnrollmentRequest
-from controller.store.database import Database
-from controller.store.schema import Device
-from controller.trust.ca import CertificateAuthority
 from edgefleet.audit import verify_chain
+from edgefleet.controller.audit.log import ExportFilter, export_page
+from edgefleet.controller.fleet.enrollment import Enrollment, EnrollmentRequest
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Device
+from edgefleet.controller.trust.ca import CertificateAuthority
 from edgefleet.errors import EnrollmentError, MalformedInputError
 from edgefleet.tls import common_name, key_fingerprint, load_certificate, make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey

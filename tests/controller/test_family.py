@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controller.catalog.quantization.family import (
+from edgefleet.controller.catalog.quantization.family import (
     family_variants,
     model_report,
     parse_evaluation,
     pick_variant,
 )
-from controller.rollouts.engine import create_rollout, repick_variant
-from controller.store.database import Database
-from controller.store.schema import Assignment, AuditRecordRow, Device, Model
+from edgefleet.controller.rollouts.engine import create_rollout, repick_variant
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Assignment, AuditRecordRow, Device, Model
 from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.fleet import DeviceResources
 

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from controller.app.metrics import ControllerMetrics
-from controller.rpc.guard import GuardInterceptor
+from edgefleet.controller.app.metrics import ControllerMetrics
+from edgefleet.controller.rpc.guard import GuardInterceptor
 from edgefleet.errors import NotFoundError
 
 OPERATOR = "/edgefleet.v1.OperatorService/"

@@ -12,12 +12,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
-from controller.store.database import (
+from edgefleet.controller.store.database import (
     BASELINE_REVISION,
     MIGRATIONS,
     Database,
 )
-from controller.store.schema import Base, Operator
+from edgefleet.controller.store.schema import Base, Operator
 from edgefleet.errors import StorageError
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from controller.catalog.quantization.pipeline import (
+from edgefleet.bundled import bundled_model_path
+from edgefleet.controller.catalog.quantization.pipeline import (
     EVALUATION_TEXT,
     QuantizationReport,
     gate,
     run_pipeline,
 )
-from controller.catalog.quantization.report import format_table, write_chart
-from controller.ctl.main import main as edgefleetctl
-from edgefleet.bundled import bundled_model_path
+from edgefleet.controller.catalog.quantization.report import format_table, write_chart
+from edgefleet.controller.ctl.main import main as edgefleetctl
 from edgefleet.errors import MalformedInputError
 
 pytestmark = pytest.mark.model

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from controller.fleet.devices import desired_assignments
-from controller.rollouts.engine import (
+from edgefleet.controller.fleet.devices import desired_assignments
+from edgefleet.controller.rollouts.engine import (
     advance_rollouts,
     assign_matching_rollouts,
     change_rollout,
@@ -19,11 +19,11 @@ from controller.rollouts.engine import (
     describe_rollouts,
     plan,
 )
-from controller.rollouts.pins import pin_model, unpin_model
-from controller.rollouts.strategy import Strategy
-from controller.rollouts.views import EXCLUDED
-from controller.store.database import Database
-from controller.store.schema import Assignment, AuditRecordRow, Device, Model, Rollout
+from edgefleet.controller.rollouts.pins import pin_model, unpin_model
+from edgefleet.controller.rollouts.strategy import Strategy
+from edgefleet.controller.rollouts.views import EXCLUDED
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Assignment, AuditRecordRow, Device, Model, Rollout
 from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError
 from edgefleet.fleet import DeviceResources, InstalledModel, ModelHealth
 
@@ -367,8 +367,8 @@ def test_wave_bounds() -> None:
 
 def test_a_failing_report_is_judged_as_it_arrives(db: Database) -> None:
     """The sync that carries a smoke-test failure already answers with the old version."""
-    from controller.fleet.devices import sync_device
-    from controller.trust.snapshots import Snapshot
+    from edgefleet.controller.fleet.devices import sync_device
+    from edgefleet.controller.trust.snapshots import Snapshot
     from edgefleet.fleet import InstalledModel, StatusReport
     from edgefleet.trust.envelope import Envelope
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.app.datadir import DataDir, initialize
-from controller.trust import rootkeys
-from controller.trust.keyring import Keyring
+from edgefleet.controller.app.datadir import DataDir, initialize
+from edgefleet.controller.trust import rootkeys
+from edgefleet.controller.trust.keyring import Keyring
 from edgefleet.errors import ConfigError, SignatureError
 from edgefleet.trust.envelope import Envelope, Signature
 from edgefleet.trust.keys import SigningKey

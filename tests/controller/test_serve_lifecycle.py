@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.app.config import load_controller_config
-from controller.app.service import serve
+from edgefleet.controller.app.config import load_controller_config
+from edgefleet.controller.app.service import serve
 from edgefleet.errors import ConfigError
 from tests.harness import Fleet, free_port
 

@@ -16,18 +16,18 @@ from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator
 
-from controller.app.metrics import ControllerMetrics
-from controller.fleet.changes import ChangeFeed
-from controller.fleet.devices import report_values, write_reports
-from controller.fleet.syncs import DeviceSyncs
-from controller.rbac.access import AccessControl
-from controller.rbac.authorization import Principal
-from controller.rollouts.engine import Judged, create_rollout
-from controller.rollouts.pins import pin_model
-from controller.rollouts.strategy import Strategy
-from controller.store.database import Database
-from controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
-from controller.trust.snapshots import Snapshot
+from edgefleet.controller.app.metrics import ControllerMetrics
+from edgefleet.controller.fleet.changes import ChangeFeed
+from edgefleet.controller.fleet.devices import report_values, write_reports
+from edgefleet.controller.fleet.syncs import DeviceSyncs
+from edgefleet.controller.rbac.access import AccessControl
+from edgefleet.controller.rbac.authorization import Principal
+from edgefleet.controller.rollouts.engine import Judged, create_rollout
+from edgefleet.controller.rollouts.pins import pin_model
+from edgefleet.controller.rollouts.strategy import Strategy
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
+from edgefleet.controller.trust.snapshots import Snapshot
 from edgefleet.errors import PermissionDeniedError, StorageError
 from edgefleet.fleet import (
     BenchResult,
@@ -277,10 +277,10 @@ def test_reports_kept_through_a_failed_write_are_written_later(
         def unreachable(*args: object) -> None:
             raise StorageError("database error: OperationalError")
 
-        monkeypatch.setattr("controller.fleet.syncs.write_reports", unreachable)
+        monkeypatch.setattr("edgefleet.controller.fleet.syncs.write_reports", unreachable)
         await syncs.flush()
         await syncs.sync("gw1", _report("0.3.0"), SNAPSHOT)  # newer than the kept one
-        monkeypatch.setattr("controller.fleet.syncs.write_reports", real)
+        monkeypatch.setattr("edgefleet.controller.fleet.syncs.write_reports", real)
         await syncs.flush()
         assert _stored(db, "gw0").agent_version == "0.2.0"
         assert _stored(db, "gw1").agent_version == "0.3.0"

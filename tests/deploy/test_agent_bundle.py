@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.app.datadir import initialize
-from controller.catalog.agent_bundles import build_bundle, sign_bundle
+from edgefleet.controller.app.datadir import initialize
+from edgefleet.controller.catalog.agent_bundles import build_bundle, sign_bundle
 
 pytestmark = pytest.mark.integration
 PYTHON = shutil.which("python3") or sys.executable
@@ -150,3 +150,22 @@ def test_an_unsigned_bundle_is_refused(built: Path, tmp_path: Path) -> None:
     _, fingerprint = _fleet(tmp_path / "fleet")
     site = _unpack(built, tmp_path / "site")
     _refused(site, fingerprint, tmp_path / "opt", "the bundle is not signed")
+
+
+def test_a_wheel_with_stale_top_level_packages_is_refused(tmp_path: Path) -> None:
+    """A checkout's build/ folder from an older layout (top-level `agent`) must not reach
+    gateways: the builder names the folder to remove."""
+    import zipfile
+
+    from edgefleet.controller.catalog.agent_bundles import _check_project_wheel
+    from edgefleet.errors import ConfigError
+
+    wheel = tmp_path / "edgefleet-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("edgefleet/__init__.py", "")
+        archive.writestr("edgefleet-0.1.0.dist-info/METADATA", "")
+    _check_project_wheel(tmp_path)
+    with zipfile.ZipFile(wheel, "a") as archive:
+        archive.writestr("agent/__init__.py", "")
+    with pytest.raises(ConfigError, match=r"holds agent beside edgefleet: remove the stale"):
+        _check_project_wheel(tmp_path)

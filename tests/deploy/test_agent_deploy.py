@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.config import CONFIG_FILE, DEFAULT_DATA_DIR, AgentConfig, load_agent_config
+from edgefleet.agent.app.config import CONFIG_FILE, DEFAULT_DATA_DIR, AgentConfig, load_agent_config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy/systemd/edgefleet-agent.service"

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from agent.cli.main import main as agent_main
-from controller.ctl.main import main as ctl_main
+from edgefleet.agent.cli.main import main as agent_main
+from edgefleet.controller.ctl.main import main as ctl_main
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.config import AgentConfig
-from controller.app.config import ControllerConfig
+from edgefleet.agent.app.config import AgentConfig
+from edgefleet.controller.app.config import ControllerConfig
 
 DOC = (Path(__file__).resolve().parents[2] / "docs/configuration.md").read_text()
 ROW = re.compile(r"^\| `(?P<key>[a-z_]+)` \| (?P<default>[^|]+) \|", re.MULTILINE)

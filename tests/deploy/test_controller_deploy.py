@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.app.config import ENV_PREFIX, ControllerConfig
 from edgefleet.config_files import split_address
+from edgefleet.controller.app.config import ENV_PREFIX, ControllerConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKERFILE = (DEPLOY / "controller/Dockerfile").read_text()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.config import load_agent_config
-from controller.app.config import load_controller_config
+from edgefleet.agent.app.config import load_agent_config
+from edgefleet.controller.app.config import load_controller_config
 from edgefleet.errors import ConfigError
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import orjson
 from google.protobuf.message import DecodeError
 
-from agent.inference.api_errors import ApiError
-from agent.inference.requests import parse_request
 from edgefleet import serde
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.requests import parse_request
 from edgefleet.audit import parse_record
 from edgefleet.audit_export import verify_export
 from edgefleet.bundle import BundleFile, BundleHeader

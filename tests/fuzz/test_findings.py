@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.inference.api_errors import ApiError
-from agent.inference.requests import parse_request
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.requests import parse_request
 from edgefleet.audit_export import verify_export
 from edgefleet.errors import MalformedInputError
 from edgefleet.rbac import Policy

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.inference.api_errors import ApiError
-from agent.inference.requests import parse_request
+from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.requests import parse_request
 from tests.fuzz import seeds
 from tests.fuzz.targets import TARGETS
 

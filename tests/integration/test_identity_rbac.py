@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controller.trust.ca import CertificateAuthority
 from edgefleet.audit import AuditEvent, encode_record
+from edgefleet.controller.trust.ca import CertificateAuthority
 from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from tests.ggufkit import write_tiny_gguf

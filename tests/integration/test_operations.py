@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from controller.ctl.client import OperatorCredential
+from edgefleet.controller.ctl.client import OperatorCredential
 from tests.harness import BIN, Fleet, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.catalog.quantization.pipeline import EVALUATION_TEXT
 from edgefleet.bundled import bundled_model_path
+from edgefleet.controller.catalog.quantization.pipeline import EVALUATION_TEXT
 from edgefleet.memory import estimate_memory
 from tests.harness import Fleet, wait_for
 from tests.integration.fleets import models, serving

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from controller.trust.ca import CertificateAuthority
+from edgefleet.controller.trust.ca import CertificateAuthority
 from edgefleet.tls import cert_pem, key_pem, new_tls_key
 from edgefleet.trust.keys import SigningKey
 from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2_grpc

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.catalog.quantization.variants import split_variant_version
-from controller.catalog.quantization.views import ClassSpeed, VersionView
-from controller.store.database import Database
-from controller.store.schema import Device, Model
+from edgefleet.controller.catalog.quantization.variants import split_variant_version
+from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
+from edgefleet.controller.store.database import Database
+from edgefleet.controller.store.schema import Device, Model
 from edgefleet.errors import MalformedInputError, NotFoundError
 from edgefleet.fit import why_not_fit
 from edgefleet.fleet import DeviceResources

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.catalog.quantization.variants import VARIANTS, variant_version
+from edgefleet.controller.catalog.quantization.variants import VARIANTS, variant_version
 from edgefleet.errors import MalformedInputError, StorageError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
@@ -125,7 +125,7 @@ def run_worker(arguments: Sequence[str], stage: str, on_progress: Progress) -> d
     """Run one worker child; pass its progress on; return its result or raise its error."""
     with tempfile.TemporaryFile("w+", errors="replace") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "controller.catalog.quantization.worker", *arguments],
+            [sys.executable, "-m", "edgefleet.controller.catalog.quantization.worker", *arguments],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

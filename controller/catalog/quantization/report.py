@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.catalog.quantization.pipeline import Measurement, QuantizationReport
+from edgefleet.controller.catalog.quantization.pipeline import Measurement, QuantizationReport
 from edgefleet.errors import ConfigError
 
 MIB = 1024 * 1024

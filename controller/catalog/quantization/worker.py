@@ -1,7 +1,7 @@
 """Child process of the quantization pipeline: the only place llama.cpp runs.
 
-``python -m controller.catalog.quantization.worker quantize SRC DST FTYPE THREADS`` and
-``python -m controller.catalog.quantization.worker evaluate MODEL TEXT THREADS N_CTX
+``python -m edgefleet.controller.catalog.quantization.worker quantize SRC DST FTYPE THREADS`` and
+``python -m edgefleet.controller.catalog.quantization.worker evaluate MODEL TEXT THREADS N_CTX
 [--save-reference FILE | --reference FILE] [--repetitions N]`` write JSON lines to stdout:
 ``{"progress": [done, total]}`` while working, then ``{"result": {...}}`` or
 ``{"error": "one line"}`` (exit status 1). A crash in llama.cpp ends only this process.
@@ -179,7 +179,9 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controller.catalog.quantization.worker")
+    parser = argparse.ArgumentParser(
+        prog="python -m edgefleet.controller.catalog.quantization.worker"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     q = commands.add_parser("quantize")
     q.add_argument("source", type=Path)

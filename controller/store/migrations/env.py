@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from controller.store.schema import Base
+from edgefleet.controller.store.schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(
