@@ -12,6 +12,7 @@ arrays are looked at one by one (arrays of numbers are stepped over in blocks).
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Mapping
@@ -65,6 +66,18 @@ _SCALARS = {
     10: "<Q", 11: "<q", 12: "<d",
 }  # fmt: skip
 _STRING, _ARRAY = 8, 9
+# ggml tensor types: (values per block, bytes per block), as ggml defines them
+# (tests/edgefleet/test_gguf_extent.py compares them with the gguf package's table).
+TENSOR_BLOCKS: Mapping[int, tuple[int, int]] = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
+    9: (32, 40), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176),
+    14: (256, 210), 15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98),
+    19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1),
+    25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54),
+    35: (256, 66), 39: (32, 17),
+}  # fmt: skip
+DEFAULT_ALIGNMENT = 32
+MAX_ALIGNMENT = 1 << 16
 _U64 = struct.Struct("<Q")
 
 
@@ -79,6 +92,8 @@ class GgufInfo:
     context_length: int
     kv_bytes_per_token: int
     tensor_count: int
+    # Where the last tensor's data ends: a file shorter than this is truncated.
+    data_end: int
     metadata: dict[str, Any] = field(repr=False)
 
 
@@ -127,6 +142,11 @@ class _Reader:
         if length > MAX_STRING:
             raise MalformedInputError(f"GGUF string of {length} bytes exceeds the bound")
         return int(length)
+
+    @property
+    def consumed(self) -> int:
+        """Header bytes read so far."""
+        return self.before + self.position
 
     def string(self) -> str:
         try:
@@ -189,8 +209,9 @@ def read_gguf_header(stream: BinaryIO) -> GgufInfo:
         key = reader.string()
         metadata[key] = reader.value(reader.scalar("<I"))
     parameters = 0
+    tensors_end = 0  # relative to the start of the data section
     for _ in range(tensor_count):
-        reader.string()
+        name = reader.string()
         dims = reader.scalar("<I")
         if dims > MAX_DIMS:
             raise MalformedInputError(f"GGUF tensor has {dims} dimensions")
@@ -200,11 +221,32 @@ def read_gguf_header(stream: BinaryIO) -> GgufInfo:
             if size > MAX_TENSOR_DIM:
                 raise MalformedInputError(f"GGUF tensor dimension {size} exceeds the bound")
             count *= size
-        reader.take(4 + 8)  # tensor type and data offset
+        kind, offset = reader.scalar("<I"), reader.scalar("<Q")
         parameters += count
         if parameters > MAX_PARAMETERS:
             raise MalformedInputError("GGUF tensors hold more parameters than the bound")
-    return _summarize(version, tensor_count, parameters, metadata)
+        tensors_end = max(tensors_end, offset + _tensor_bytes(name, kind, count))
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or not 0 < alignment <= MAX_ALIGNMENT
+        or alignment & (alignment - 1)
+    ):
+        raise MalformedInputError(f"GGUF general.alignment = {alignment!r} is not a power of 2")
+    data_start = -(-reader.consumed // alignment) * alignment
+    return _summarize(version, tensor_count, parameters, data_start + tensors_end, metadata)
+
+
+def _tensor_bytes(name: str, kind: int, count: int) -> int:
+    if kind not in TENSOR_BLOCKS:
+        raise MalformedInputError(f"GGUF tensor {name[:64]!r} has unknown type {kind}")
+    values, size = TENSOR_BLOCKS[kind]
+    if count % values:
+        raise MalformedInputError(
+            f"GGUF tensor {name[:64]!r}: {count} values do not fill blocks of {values}"
+        )
+    return count // values * size
 
 
 def header_facts(metadata: Mapping[str, Any], architecture: str) -> dict[str, int]:
@@ -224,7 +266,9 @@ def header_facts(metadata: Mapping[str, Any], architecture: str) -> dict[str, in
     return facts
 
 
-def _summarize(version: int, tensors: int, parameters: int, metadata: dict[str, Any]) -> GgufInfo:
+def _summarize(
+    version: int, tensors: int, parameters: int, data_end: int, metadata: dict[str, Any]
+) -> GgufInfo:
     architecture = metadata.get("general.architecture")
     if not isinstance(architecture, str) or not ARCHITECTURE_PATTERN.match(architecture):
         raise MalformedInputError(
@@ -241,14 +285,23 @@ def _summarize(version: int, tensors: int, parameters: int, metadata: dict[str, 
         context_length=facts["context_length"],
         kv_bytes_per_token=kv_bytes_per_token(facts),
         tensor_count=tensors,
+        data_end=data_end,
         metadata=metadata,
     )
 
 
 def read_gguf_file(path: Path) -> GgufInfo:
-    """Parse the header of the GGUF file at ``path``."""
+    """Parse the header of the GGUF file at ``path``; refuse a file that ends before its
+    last tensor's data does (truncated: llama.cpp would refuse to load it)."""
     try:
         with path.open("rb") as stream:
-            return read_gguf_header(stream)
+            info = read_gguf_header(stream)
+            size = os.fstat(stream.fileno()).st_size
     except OSError as e:
         raise MalformedInputError(f"cannot read {path}: {e.strerror}") from e
+    if size < info.data_end:
+        raise MalformedInputError(
+            f"GGUF file is truncated: its tensors end at byte {info.data_end}, "
+            f"the file at byte {size}"
+        )
+    return info

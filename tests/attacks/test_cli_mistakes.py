@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from edgefleet.bundled import bundled_model_path
 from tests.harness import BIN, Fleet
 
 pytestmark = pytest.mark.integration
@@ -65,3 +67,19 @@ def test_agent_mistakes_are_one_line_too(tmp_path: object) -> None:
         )
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert reason in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_a_truncated_model_is_refused_at_publish(fleet: Fleet, tmp_path: Path) -> None:
+    """A 5 MB prefix of the bundled model (a copy cut short) was published, signed and sent
+    to devices, whose smoke test alone caught it. Its tensors end past the file's end."""
+    prefix = tmp_path / "cut.gguf"
+    with bundled_model_path().open("rb") as whole:
+        prefix.write_bytes(whole.read(5 << 20))
+    result = fleet.ctl(
+        "models", "publish", str(prefix), "--name", "cut", "--version", "1", check=False
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        "GGUF file is truncated: its tensors end at byte 98362432, the file at byte 5242880" in last
+    )
