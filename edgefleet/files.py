@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgefleet.errors import ConfigError
+
 
 def fsync_directory(directory: Path) -> None:
     """Make a rename inside ``directory`` durable."""
@@ -54,6 +56,30 @@ def exclusive_lock(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def single_instance(lock: Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` for as long as this process runs ``what``; a second process asking
+    for it is refused at once with the first one's pid. The lock is the kernel's (flock):
+    it goes with the process, however that ends, and a stale file holds nothing."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as e:
+        raise ConfigError(f"cannot write {lock}: {e.strerror}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{what} is already running (pid {holder}) on {lock.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -34,11 +34,15 @@ from edgefleet.agent.sync.renewal import CertificateRenewer
 from edgefleet.agent.sync.watch import watch_forever
 from edgefleet.agent.sync.worker import Syncer, SyncHooks
 from edgefleet.errors import HashMismatchError
+from edgefleet.files import single_instance
 from edgefleet.lifecycle import cancel_and_wait, listen_http, until_signalled
 from edgefleet.stacks import dump_on_sigusr1
 from edgefleet.trust.metadata import ModelManifest
 
 log = structlog.get_logger("agent")
+# Held by the running agent (its pid inside): a second `run` on the same data directory
+# is refused instead of serving beside it.
+RUN_LOCK = "run.lock"
 
 
 @dataclass
@@ -106,6 +110,7 @@ async def run(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     dump_on_sigusr1(loop)  # again with the scheduler's jobs once it runs
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(single_instance(config.data_dir / RUN_LOCK, "the agent"))
         state = await asyncio.to_thread(LocalState.open, config.data_dir)
         stack.callback(state.db.dispose)
         stack.push_async_callback(asyncio.to_thread, state.audit.flush)

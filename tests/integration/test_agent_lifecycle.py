@@ -1,12 +1,14 @@
 """The agent's start is all or nothing: a failure half-way (here the LAN peer port is taken,
 after the local API already listens) releases everything already started, says why in one
-line, leaves no api.addr for the command line to read, and the next start works."""
+line, leaves no api.addr for the command line to read, and the next start works. A second
+agent on the same data directory is refused while the first runs."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,5 +47,24 @@ def test_a_failed_start_releases_what_it_started(tmp_path: Path) -> None:
 
         api = fleet.start_agent("gw")  # nothing left behind stands in the way
         assert api_addr.read_text().strip() == api
+
+        # A second `run` on the same data directory is refused at once, and touches
+        # nothing of the running agent's (its address stays, its API keeps answering).
+        second = subprocess.run(
+            [*command, "run", "--api-listen", "127.0.0.1:0"],
+            env={**os.environ, **fleet.agent_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        pid = fleet.processes["agent-gw"].pid
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert second.stderr.splitlines()[-1] == (
+            f"edgefleet-agent: error: the agent is already running (pid {pid}) "
+            f"on {fleet.agent_dir('gw')}"
+        )
+        assert api_addr.read_text().strip() == api
+        with urllib.request.urlopen(f"http://{api}/healthz", timeout=10) as health:
+            assert health.status == 200
     finally:
         fleet.stop_all()
