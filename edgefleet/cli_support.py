@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
 
@@ -55,6 +57,53 @@ def output_file(text: str) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write in the folder of {text}")
     return path
+
+
+_RELATIVE = re.compile(r"^-(\d{1,6})([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+TIME_HELP = (
+    "a time as journalctl takes it: 2026-11-29, 2026-11-29T14:00[:00][Z|+01:00], "
+    "-30m, -1h, -2d, -1w, today, yesterday or now (UTC unless a zone is given)"
+)
+
+
+def time_bound(text: str, now: datetime | None = None) -> str:
+    """argparse type for ``--since``/``--until``: an absolute date or time, a time
+    relative to now (``-1h``), or ``today``/``yesterday``/``now``; returned as the
+    ``YYYY-MM-DDTHH:MM:SSZ`` the audit trail stores. A bare date is its midnight, UTC."""
+    current = (now or datetime.now(UTC)).replace(microsecond=0)
+    midnight = current.replace(hour=0, minute=0, second=0)
+    word = text.strip().lower()
+    named = {"now": current, "today": midnight, "yesterday": midnight - timedelta(days=1)}
+    if word in named:
+        moment = named[word]
+    elif match := _RELATIVE.match(word):
+        try:
+            moment = current - timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{text!r} reaches before the year 1") from None
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {TIME_HELP}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+TIME_OPTIONS = ("--since", "--until")
+
+
+def _relative_times_joined(argv: Sequence[str]) -> list[str]:
+    """``--since -1h`` as ``--since=-1h``: argparse would take ``-1h`` for an option."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in TIME_OPTIONS and _RELATIVE.match(token.lower()):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -109,7 +158,7 @@ def run_command(
     # Databases, keys, audit logs and data directories are this user's alone, however the
     # command was started (the systemd unit sets UMask=0077; a shell usually 0022).
     os.umask(PRIVATE_UMASK)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_relative_times_joined(sys.argv[1:] if argv is None else argv))
     if getattr(args, "command", None) == COMPLETION:
         print(shtab.complete(parser, shell=args.shell))
         return 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import Select, asc, desc, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from edgefleet.audit import (
@@ -398,24 +398,45 @@ def export_page(
     db: Database, where: ExportFilter, after: tuple[str, int] | None, limit: int = 1000
 ) -> list[tuple[str, int, bytes]]:
     """Up to ``limit`` (chain, seq, canonical bytes) after ``after``, verbatim, in order."""
+    query = _matching(where).order_by(AuditRecordRow.chain, AuditRecordRow.seq)
+    if after is not None:
+        query = query.where(
+            tuple_(AuditRecordRow.chain, AuditRecordRow.seq) > tuple_(after[0], after[1])
+        )
     with db.session() as session:
-        query = select(AuditRecordRow).order_by(AuditRecordRow.chain, AuditRecordRow.seq)
-        if where.chain:
-            query = query.where(AuditRecordRow.chain == where.chain)
-        if where.since:
-            query = query.where(AuditRecordRow.recorded_at >= where.since)
-        if where.until:
-            query = query.where(AuditRecordRow.recorded_at <= where.until)
-        if where.actor:
-            query = query.where(AuditRecordRow.actor == where.actor)
-        if where.action:
-            query = query.where(AuditRecordRow.action == where.action)
-        if after is not None:
-            query = query.where(
-                tuple_(AuditRecordRow.chain, AuditRecordRow.seq) > tuple_(after[0], after[1])
-            )
         rows = session.execute(query.limit(limit)).scalars()
         return [(row.chain, row.seq, row.canonical) for row in rows]
+
+
+def query_page(
+    db: Database, where: ExportFilter, limit: int, oldest_first: bool = False
+) -> list[tuple[str, int, bytes]]:
+    """Up to ``limit`` matching records by their own time: the latest first (what an
+    operator looking into an incident wants), or the earliest first."""
+    direction = asc if oldest_first else desc
+    order = (
+        direction(AuditRecordRow.recorded_at),
+        AuditRecordRow.chain,
+        direction(AuditRecordRow.seq),
+    )
+    with db.session() as session:
+        rows = session.execute(_matching(where).order_by(*order).limit(limit)).scalars()
+        return [(row.chain, row.seq, row.canonical) for row in rows]
+
+
+def _matching(where: ExportFilter) -> Select[AuditRecordRow]:
+    query = select(AuditRecordRow)
+    if where.chain:
+        query = query.where(AuditRecordRow.chain == where.chain)
+    if where.since:
+        query = query.where(AuditRecordRow.recorded_at >= where.since)
+    if where.until:
+        query = query.where(AuditRecordRow.recorded_at <= where.until)
+    if where.actor:
+        query = query.where(AuditRecordRow.actor == where.actor)
+    if where.action:
+        query = query.where(AuditRecordRow.action == where.action)
+    return query
 
 
 def audit_public_keys(db: Database) -> dict[str, str]:

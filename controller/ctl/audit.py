@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 from edgefleet.audit_export import render, verify_export
-from edgefleet.cli_support import Subcommands, handled_by, output_file
+from edgefleet.cli_support import TIME_HELP, Subcommands, handled_by, output_file, time_bound
 from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, TransportError
-from edgefleet.trust.metadata import parse_time
 
 
 def register(commands: Subcommands) -> None:
@@ -27,8 +26,8 @@ def register(commands: Subcommands) -> None:
     )
     export.add_argument("--out", type=output_file, required=True)
     export.add_argument("--device", help="only this device's chain (or `controller`)")
-    export.add_argument("--since", default="", help="YYYY-MM-DDTHH:MM:SSZ, inclusive")
-    export.add_argument("--until", default="", help="YYYY-MM-DDTHH:MM:SSZ, inclusive")
+    export.add_argument("--since", type=time_bound, help="inclusive: " + TIME_HELP)
+    export.add_argument("--until", type=time_bound, help="inclusive")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     query = handled_by(
         audit.add_parser("query", help="find records by device, actor, action and time"),
@@ -37,9 +36,14 @@ def register(commands: Subcommands) -> None:
     query.add_argument("--device", default="")
     query.add_argument("--actor", default="")
     query.add_argument("--action", dest="record_action", default="")
-    query.add_argument("--since", default="")
-    query.add_argument("--until", default="")
-    query.add_argument("--limit", type=int, default=100)
+    query.add_argument("--since", type=time_bound, help="inclusive: " + TIME_HELP)
+    query.add_argument("--until", type=time_bound, help="inclusive")
+    query.add_argument(
+        "--limit", type=int, default=100, help="at most this many records, the latest (100)"
+    )
+    query.add_argument(
+        "--oldest-first", action="store_true", help="the earliest matching records, in order"
+    )
     query.add_argument("--json", action="store_true", help="the records verbatim, one per line")
     clear = handled_by(
         audit.add_parser("clear-alert", help="let a chain flagged as tampered take records again"),
@@ -56,14 +60,13 @@ def register(commands: Subcommands) -> None:
 
 
 def _audit_export(client: OperatorClient, args: argparse.Namespace) -> int:
-    for bound in (args.since, args.until):
-        if bound:
-            parse_time(bound, "--since/--until")
     spool = args.out.with_name(args.out.name + ".records")
     header, count = b"", 0
     try:
         with spool.open("w+b") as records:
-            for record, trailer in client.export_audit(args.device, args.since, args.until):
+            for record, trailer in client.export_audit(
+                args.device, args.since or "", args.until or ""
+            ):
                 if trailer:
                     header = trailer
                 else:
@@ -90,7 +93,13 @@ def _audit_query(client: OperatorClient, args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 10_000:
         raise ConfigError("--limit must be between 1 and 10000")
     records, truncated = client.query_audit(
-        args.device, args.actor, args.record_action, args.since, args.until, args.limit
+        args.device,
+        args.actor,
+        args.record_action,
+        args.since or "",
+        args.until or "",
+        args.limit,
+        args.oldest_first,
     )
     for raw in records:
         if args.json:

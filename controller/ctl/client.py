@@ -265,11 +265,25 @@ class OperatorClient:
         return int(self._call(self._stub.ClearAuditAlert, request).cleared)
 
     def query_audit(
-        self, device_id: str, actor: str, action: str, since: str, until: str, limit: int
+        self,
+        device_id: str,
+        actor: str,
+        action: str,
+        since: str,
+        until: str,
+        limit: int,
+        oldest_first: bool = False,
     ) -> tuple[list[bytes], bool]:
-        """Matching records verbatim, and whether more matched than ``limit``."""
+        """Matching records verbatim (the latest first unless ``oldest_first``), and whether
+        more matched than ``limit``."""
         request = operator_pb2.QueryAuditRequest(
-            device_id=device_id, actor=actor, action=action, since=since, until=until, limit=limit
+            device_id=device_id,
+            actor=actor,
+            action=action,
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
         )
         response = self._call(self._stub.QueryAudit, request)
         return [bytes(r.canonical) for r in response.records], bool(response.truncated)

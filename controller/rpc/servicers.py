@@ -22,6 +22,7 @@ from edgefleet.controller.audit.log import (
     clear_alert,
     export_page,
     ingest,
+    query_page,
     record_alone,
     through_next_checkpoint,
 )
@@ -491,7 +492,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             if bound:
                 parse_time(bound, "query time bound")
         limit = min(request.limit or 100, MAX_QUERY_RECORDS)
-        page = await asyncio.to_thread(export_page, self.app.db, where, None, limit + 1)
+        page = await asyncio.to_thread(
+            query_page, self.app.db, where, limit + 1, request.oldest_first
+        )
         records, more = self._page(
             [
                 operator_pb2.ExportedAuditRecord(device_id=chain, seq=seq, canonical=canonical)

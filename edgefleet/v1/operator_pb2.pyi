@@ -1260,12 +1260,15 @@ class QueryAuditRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    OLDEST_FIRST_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     actor: _builtins.str
     action: _builtins.str
     since: _builtins.str
     until: _builtins.str
     limit: _builtins.int
+    oldest_first: _builtins.bool
+    """Newest first (by the record's own time) unless set: `limit` keeps the latest records."""
     def __init__(
         self,
         *,
@@ -1275,10 +1278,11 @@ class QueryAuditRequest(_message.Message):
         since: _builtins.str = ...,
         until: _builtins.str = ...,
         limit: _builtins.int = ...,
+        oldest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "device_id", b"device_id", "limit", b"limit", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "device_id", b"device_id", "limit", b"limit", "oldest_first", b"oldest_first", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

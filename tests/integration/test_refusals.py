@@ -322,8 +322,22 @@ def test_audit_query_filters_by_device_actor_action_and_time(
     assert fleet.ctl("audit", "query", "--until", "2000-01-01T00:00:00Z").stdout == ""
     limited = fleet.ctl("audit", "query", "--limit", "1")
     assert len(limited.stdout.splitlines()) == 1 and "more than 1 records matched" in limited.stderr
-    bad = fleet.ctl("audit", "query", "--since", "yesterday", check=False)
-    assert bad.returncode == 1 and "not a timestamp" in bad.stderr
+    # The latest records first (an incident is looked into from now backwards); --limit
+    # keeps the latest; --oldest-first reads forwards.
+    latest = [json.loads(r) for r in fleet.ctl("audit", "query", "--json").stdout.splitlines()]
+    times = [r["time"] for r in latest]
+    assert times == sorted(times, reverse=True) and len(latest) >= 3
+    newest = json.loads(fleet.ctl("audit", "query", "--json", "--limit", "1").stdout)
+    assert newest["time"] == times[0]
+    earliest = fleet.ctl("audit", "query", "--json", "--oldest-first").stdout.splitlines()
+    assert [json.loads(r)["time"] for r in earliest] == sorted(times)
+    # --since/--until take dates and times relative to now, as journalctl does.
+    assert fleet.ctl("audit", "query", "--since", "-1h", "--json").stdout.splitlines() == (
+        fleet.ctl("audit", "query", "--since", "yesterday", "--json").stdout.splitlines()
+    )
+    assert fleet.ctl("audit", "query", "--until", "2000-01-01").stdout == ""
+    bad = fleet.ctl("audit", "query", "--since", "next tuesday", check=False)
+    assert bad.returncode == 2 and "'next tuesday' is not a time as journalctl" in bad.stderr
 
 
 def test_device_exports_its_own_log_for_air_gapped_sites(small_fleet: tuple[Fleet, str]) -> None:
