@@ -46,7 +46,12 @@ def add_quantize_parser(models: Any) -> None:
         ),
         lambda args: quantize_command(args, lambda: connect(args)),
     )
-    quantize.add_argument("source", type=Path, help="the source GGUF (F16 or better)")
+    quantize.add_argument("source", type=Path, help="the source GGUF (F32, BF16 or F16)")
+    quantize.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="accept an already quantized source (its loss compounds into every variant)",
+    )
     quantize.add_argument("--name", required=True)
     quantize.add_argument("--version", required=True, help="the release, e.g. 1.0.0")
     quantize.add_argument(
@@ -152,6 +157,7 @@ def quantize_command(args: argparse.Namespace, connect: Callable[[], OperatorCli
             threads=args.threads,
             context=args.context,
             repetitions=args.repetitions,
+            allow_requantize=args.allow_requantize,
             on_progress=_ProgressLine(),
             **options,
         )

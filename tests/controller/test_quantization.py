@@ -4,6 +4,7 @@ quantized to q4_0, q5_1 and q8_0, measured, gated and reported."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,28 @@ def test_a_truncated_model_is_refused_cleanly(f16: Path, tmp_path: Path) -> None
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(f16.read_bytes()[: f16.stat().st_size // 2])
     out = tmp_path / "out"
-    with pytest.raises(MalformedInputError, match="quantize q4_0: .*(bounds|truncat|read)"):
+    with pytest.raises(MalformedInputError, match="GGUF file is truncated"):
         run_pipeline(cut, out, "m", "1.0.0", ["q4_0"])
-    assert list(out.iterdir()) == []  # neither a variant nor a partial file is left
+    assert not out.exists()  # refused before any child ran or any file was made
+
+
+def test_a_quantized_source_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """ "F16 or better": a Q4_1 source compounds its loss into every variant."""
+    out = tmp_path / "out"
+    with pytest.raises(
+        MalformedInputError, match=r"already quantized \(Q4_1\).*--allow-requantize"
+    ):
+        run_pipeline(bundled_model_path(), out, "m", "1.0.0", ["q4_0"])
+    assert not out.exists()
+
+
+def test_a_variant_no_smaller_than_its_source_is_refused(report: QuantizationReport) -> None:
+    """A q8_0 of a 4-bit source is larger than it: it costs quality and saves nothing."""
+    q4_0 = next(v for v in report.variants if v.variant == "q4_0")
+    bloated = replace(q4_0.measurement, size_bytes=report.source.size_bytes + 1)
+    verdict = gate(report.source, bloated, 1000)
+    assert not verdict.passed
+    assert verdict.reason.startswith("1.00x the source's size: a variant must be smaller")
 
 
 def test_the_cli_refuses_what_the_gate_refuses(
@@ -121,6 +141,7 @@ def test_the_cli_refuses_what_the_gate_refuses(
     source = str(bundled_model_path())
     argv = ["models", "quantize", source, "--name", "smollm2", "--version", "1.0.0"]
     argv += ["--variants", "q4_0", "--max-ppl-increase", "0.01", "--repetitions", "1"]
+    argv += ["--allow-requantize"]
     argv += ["--context", "64", "--text", str(text)]
     argv += ["--no-publish", "--out", str(out)]
     assert edgefleetctl(argv) == 1

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.bundled import bundled_model_path
 from edgefleet.controller.catalog.quantization.pipeline import EVALUATION_TEXT
 from edgefleet.memory import estimate_memory
 from tests.harness import Fleet, wait_for
@@ -21,12 +20,12 @@ KV_BYTES_PER_TOKEN = 30 * 3 * (64 + 64) * 2  # SmolLM2-135M: 30 layers, 3 KV hea
 CONTEXT = 2048  # the agent's default n_ctx, one slot
 
 
-def test_each_device_runs_the_best_variant_that_fits(tmp_path: Path) -> None:
+def test_each_device_runs_the_best_variant_that_fits(tmp_path: Path, smollm2_f16: Path) -> None:
     fleet = Fleet(tmp_path)
     try:
         fleet.init_controller()
         fleet.start_controller()
-        out, source = tmp_path / "variants", str(bundled_model_path())
+        out, source = tmp_path / "variants", str(smollm2_f16)
         text = tmp_path / "short.txt"  # a few 64-token windows: this test is about the rollout
         text.write_text(EVALUATION_TEXT.read_text()[:1500])
         quantized = fleet.ctl(

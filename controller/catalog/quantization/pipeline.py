@@ -105,19 +105,31 @@ class QuantizationReport:
         return path
 
 
+# What a source may be without --allow-requantize: "F16 or better".
+FULL_PRECISION = ("F32", "BF16", "F16")
+
+
 def gate(
     source: Measurement, measurement: Measurement, max_increase_percent: float
 ) -> VariantOutcome:
-    """Pass a variant whose perplexity is at most ``max_increase_percent`` above the source's."""
+    """Pass a variant smaller than its source whose perplexity is at most
+    ``max_increase_percent`` above the source's."""
     increase = (measurement.perplexity - source.perplexity) / source.perplexity * 100
     reduction = (1 - measurement.size_bytes / source.size_bytes) * 100
-    passed = increase <= max_increase_percent
+    within = increase <= max_increase_percent
+    smaller = measurement.size_bytes < source.size_bytes
+    passed = within and smaller
     reason = (
         f"perplexity {measurement.perplexity:.3f} is {increase:+.2f}% against the source's "
         f"{source.perplexity:.3f}, "
-        + ("within" if passed else "beyond")
+        + ("within" if within else "beyond")
         + f" the gate of +{max_increase_percent:g}%"
     )
+    if not smaller:  # a variant must save something: this one only costs quality
+        reason = (
+            f"{measurement.size_bytes / source.size_bytes:.2f}x the source's size: a variant "
+            f"must be smaller than its source; " + reason
+        )
     return VariantOutcome(measurement, round(reduction, 2), round(increase, 3), passed, reason)
 
 
@@ -237,6 +249,7 @@ def run_pipeline(
     context: int = DEFAULT_CONTEXT,
     text: Path = EVALUATION_TEXT,
     repetitions: int = DEFAULT_REPETITIONS,
+    allow_requantize: bool = False,
     on_progress: Progress = lambda stage, done, total: None,
 ) -> QuantizationReport:
     """Quantize ``source`` into ``variants`` under ``out_dir``, measure the source and each
@@ -247,7 +260,15 @@ def run_pipeline(
         check_model_version(variant_version(version, variant))
     if not source.is_file():
         raise MalformedInputError(f"{source} is not a file")
-    read_gguf_file(source)  # not GGUF at all: refuse before starting any child
+    # Not GGUF, or truncated: refuse before starting any child. A quantized source would
+    # compound its loss into every variant (llama.cpp's quantizer asks for the same flag).
+    kind = read_gguf_file(source).quantization
+    if kind not in FULL_PRECISION and not allow_requantize:
+        raise MalformedInputError(
+            f"{source.name} is already quantized ({kind}): quantize from the model's "
+            f"{'/'.join(FULL_PRECISION)} file, or pass --allow-requantize to accept "
+            "the compounded loss"
+        )
     if not 64 <= context <= 8192:
         raise MalformedInputError("--context must be within 64..8192 tokens")
     if max_perplexity_increase < 0:
