@@ -15,6 +15,7 @@ from typing import TypeAlias
 import shtab
 import structlog
 
+from edgefleet import __version__
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.terminal import PrintableStream
 
@@ -141,6 +142,14 @@ def add_completion_command(commands: Subcommands) -> None:
     completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
 
 
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--version`` and ``--debug``, on both command-line tools."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an unexpected error"
+    )
+
+
 def run_command(
     prog: str,
     parser: argparse.ArgumentParser,
@@ -180,3 +189,14 @@ def run_command(
         # interpreter from complaining again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as e:
+        # A bug, not a mistake of the user's: one line saying so, the traceback on request.
+        if getattr(args, "debug", False):
+            raise
+        reason = str(e).splitlines()[0][:300] if str(e) else ""
+        print(
+            f"{prog}: error: unexpected {type(e).__name__}{': ' + reason if reason else ''} "
+            f"(a bug: rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE

@@ -14,12 +14,18 @@ from pathlib import Path
 
 from edgefleet.agent.app.config import DEFAULT_DATA_DIR
 from edgefleet.agent.cli import PROG, audit, bench, chat, daemon, enrollment, models, tokens
-from edgefleet.cli_support import add_completion_command, run_command, run_handler
+from edgefleet.cli_support import (
+    add_common_options,
+    add_completion_command,
+    run_command,
+    run_handler,
+)
 from edgefleet.logging import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="The edgefleet agent on a gateway.")
+    add_common_options(parser)
     parser.add_argument(
         "--data-dir",
         type=Path,

@@ -11,7 +11,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgefleet.cli_support import add_completion_command, run_command, run_handler
+from edgefleet.cli_support import (
+    add_common_options,
+    add_completion_command,
+    run_command,
+    run_handler,
+)
 from edgefleet.controller.ctl import access, audit, devices, keys, models, rollouts, server
 from edgefleet.controller.ctl.connect import CONFIG_ENV
 from edgefleet.logging import configure_logging
@@ -21,6 +26,7 @@ PROG = "edgefleetctl"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Operate an edgefleet controller.")
+    add_common_options(parser)
     parser.add_argument("--config", type=Path, help=f"operator config file (env {CONFIG_ENV})")
     parser.add_argument("--controller", help="override the controller HOST:PORT of the config")
     commands = parser.add_subparsers(dest="command", required=True)
