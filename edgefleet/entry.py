@@ -5,6 +5,7 @@ failing with a traceback or a usage error."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 # Imported only by the controller and the operator CLI (the `controller` extra).
@@ -33,6 +34,11 @@ def _agent_only(name: str | None) -> int:
 
 
 def edgefleetctl() -> int:
+    if "serve" not in sys.argv[1:]:
+        # gRPC's core logs a failed TLS handshake to stderr by itself (before grpc is
+        # imported, or not at all), beside the one line the command prints for it; the
+        # server keeps gRPC's own log for its journal.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     missing = _missing_controller_extra()
     if missing is not None:
         return _agent_only(missing)

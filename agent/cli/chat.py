@@ -8,9 +8,11 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 from pathlib import Path
 
 from edgefleet.agent.app.config import load_agent_config
+from edgefleet.agent.cli import PROG
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError, TransportError
 
@@ -83,9 +85,20 @@ def _ask(url: str, token: str, args: argparse.Namespace, messages: list[dict[str
                 answer += piece
                 print(piece, end="", flush=True)
     except urllib.error.HTTPError as e:
-        message = json.loads(e.read() or b"{}").get("error", {}).get("message", e.reason)
+        if e.code == HTTPStatus.UNAUTHORIZED and not token:
+            raise ConfigError(
+                f"the agent's API needs a token: create one with `{PROG} tokens create "
+                f"app:NAME` and pass it with --token or {TOKEN_ENV}"
+            ) from e
+        try:
+            message = json.loads(e.read() or b"{}").get("error", {}).get("message", e.reason)
+        except (ValueError, AttributeError):
+            message = e.reason
         raise ConfigError(f"the agent refused: {message}") from e
     except urllib.error.URLError as e:
-        raise TransportError(f"the agent is not reachable at {url}: {e.reason}") from e
+        raise TransportError(
+            f"the agent's API is not reachable at {url} ({e.reason}): is `{PROG} run` "
+            "running on this data directory?"
+        ) from e
     print()
     return answer

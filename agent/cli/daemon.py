@@ -8,6 +8,7 @@ import shutil
 
 from edgefleet.agent.app.config import load_agent_config
 from edgefleet.agent.app.service import LocalState, run
+from edgefleet.agent.enrollment.enroll import AgentPaths
 from edgefleet.agent.registry.offline import fresh_at
 from edgefleet.agent.sync.metering import USED_KEY
 from edgefleet.agent.sync.progress import load_board
@@ -30,6 +31,7 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    AgentPaths(args.data_dir).identity.load()  # not enrolled: say so before anything starts
     configure_logging("json", args.log_level)
     config = load_agent_config(
         args.data_dir, api_listen=args.api_listen, sync_interval_seconds=args.sync_interval

@@ -57,6 +57,14 @@ class DataDir:
         """Written by `serve` with the bound addresses (useful with port 0)."""
         return self.path / "serve.addr"
 
+    def require_initialized(self) -> None:
+        """Refuse a folder `edgefleetctl init` did not make, before anything reads it."""
+        if not self.root_metadata.is_dir():
+            raise ConfigError(
+                f"{self.path} is not a controller data directory: run "
+                f"`edgefleetctl init --data-dir {self.path}` first"
+            )
+
     def load_role_key(self, role: str) -> SigningKey:
         return SigningKey.load(self.role_key(role))
 

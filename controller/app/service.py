@@ -83,6 +83,7 @@ class ControllerApp:
     def build(cls, config: ControllerConfig) -> ControllerApp:
         """Open the data directory and database; sign targets v1 on a new controller."""
         data = DataDir(config.data_dir)
+        data.require_initialized()
         keyring = Keyring(data)
         material = keyring.current()
         for role in ("targets", "policy", "timestamp", "audit"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from edgefleet.controller.rpc.serde import (
     strategy_to_pb,
     view_from_pb,
 )
-from edgefleet.errors import ConfigError
+from edgefleet.errors import AuthenticationError, ConfigError, TransportError
 from edgefleet.fleet import DeviceView
 from edgefleet.rpc_status import map_rpc_errors
 from edgefleet.v1 import operator_pb2, operator_pb2_grpc
@@ -65,6 +66,36 @@ class OperatorCredential:
         return cls(controller, read("ca"), read("certificate"), read("key"))
 
 
+# Where `serve` says the operator port is (the first line of serve.addr, "sync=" in its log).
+WHERE_THE_PORT_IS = "the sync address `serve` logs and writes first in serve.addr"
+
+
+def explain_unreachable(address: str, failure: str) -> str | None:
+    """A plain-words reason (with the fix) for a call that did not reach the controller's
+    operator service at ``address``; None when the failure is something else."""
+    if "needs a client certificate" in failure:
+        # The enrollment listener asks for no client certificate: operators are not served.
+        return (
+            f"{address} is the controller's enrollment port, where devices join: "
+            f"operators connect to {WHERE_THE_PORT_IS}"
+        )
+    if "WRONG_VERSION_NUMBER" in failure or "handshake failed" in failure.lower():
+        return (
+            f"{address} does not answer TLS: it is not the controller's operator port (its "
+            f"health or metrics port, perhaps); use {WHERE_THE_PORT_IS}"
+        )
+    if "Connection refused" in failure:
+        return (
+            f"nothing listens at {address} (connection refused): start the controller "
+            f"(`edgefleetctl serve`), or check --controller and the config's address"
+        )
+    if "DNS resolution failed" in failure or "Name or service not known" in failure:
+        return f"cannot resolve the host of {address}: check --controller and the config"
+    if failure.startswith("deadline_exceeded"):
+        return f"no answer from {address} in time: is it the controller, and is it up?"
+    return None
+
+
 class OperatorClient:
     """Calls the OperatorService; every failure surfaces as an EdgefleetError."""
 
@@ -82,8 +113,21 @@ class OperatorClient:
         """Close the channel."""
         self._channel.close()
 
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """map_rpc_errors, with a failure to reach the controller explained: which port
+        this is not, and what to do."""
+        try:
+            with map_rpc_errors():
+                yield
+        except (TransportError, AuthenticationError) as e:
+            explained = explain_unreachable(self.address, str(e))
+            if explained is None:
+                raise
+            raise TransportError(explained) from e
+
     def _call(self, method: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
-        with map_rpc_errors():
+        with self._errors():
             return method(request, timeout=timeout)
 
     def create_token(self, labels: dict[str, str], ttl_seconds: int) -> tuple[str, str]:
@@ -194,7 +238,7 @@ class OperatorClient:
         request = operator_pb2.ExportAuditRequest(
             device_id=device_id or "", since=since, until=until
         )
-        with map_rpc_errors():
+        with self._errors():
             for chunk in self._stub.ExportAudit(request, timeout=3600):
                 if chunk.WhichOneof("part") == "record":
                     yield bytes(chunk.record.canonical), b""
@@ -204,7 +248,7 @@ class OperatorClient:
     def export_bundle(self, name: str, version: str) -> Iterator[tuple[str, bytes]]:
         """Stream ("header"|"chunk_index"|"data", bytes) parts of a model bundle."""
         request = operator_pb2.ExportBundleRequest(name=name, version=version)
-        with map_rpc_errors():
+        with self._errors():
             for chunk in self._stub.ExportBundle(request, timeout=24 * 3600):
                 part = chunk.WhichOneof("part")
                 yield str(part), bytes(getattr(chunk, str(part)))

@@ -4,6 +4,7 @@ the default. Each mistake now ends in one line naming it and a non-zero exit."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,12 @@ def test_agent_mistakes_are_one_line_too(tmp_path: object) -> None:
         (("bench", "--threads", "0"), "--threads: 0 is not 1 or more"),
         (("audit", "export", "--out", "/nonexistent/x"), "does not exist"),
         (("status",), "not enrolled"),
+        (("run",), "this device is not enrolled: run `edgefleet-agent enroll`"),
+        (
+            ("chat", "m", "hi"),
+            "not reachable at http://127.0.0.1:8080/v1/chat/completions ([Errno 111] "
+            "Connection refused): is `edgefleet-agent run` running on this data directory?",
+        ),
     ):
         result = subprocess.run(
             [str(BIN / "edgefleet-agent"), "--data-dir", str(tmp_path), *args],
@@ -82,4 +89,40 @@ def test_a_truncated_model_is_refused_at_publish(fleet: Fleet, tmp_path: Path) -
     last = result.stderr.strip().splitlines()[-1]
     assert (
         "GGUF file is truncated: its tensors end at byte 98362432, the file at byte 5242880" in last
+    )
+
+
+def test_the_wrong_port_is_named_with_the_fix(fleet: Fleet) -> None:
+    """An operator who points at the enrollment, health or metrics port, or at a port where
+    nothing listens, is told which it is and where to go, in one line (and gRPC's own
+    handshake log stays out of the way)."""
+    sync, enroll, health, metrics = (fleet.controller_dir / "serve.addr").read_text().split()
+    where = "operators connect to the sync address `serve` logs and writes first in serve.addr"
+    not_tls = "does not answer TLS: it is not the controller's operator port"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nothing = "{}:{}".format(*closed.getsockname())
+    for address, reason in (
+        (enroll, f"{enroll} is the controller's enrollment port, where devices join: {where}"),
+        (health, f"{health} {not_tls}"),
+        (metrics, f"{metrics} {not_tls}"),
+        (nothing, f"nothing listens at {nothing} (connection refused): start the controller"),
+    ):
+        result = fleet.ctl("--controller", address, "devices", "list", check=False)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+    assert fleet.ctl("--controller", sync, "devices", "list").returncode == 0
+
+
+def test_serve_on_a_folder_init_did_not_make(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "edgefleetctl"), "serve", "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"edgefleetctl: error: {tmp_path / 'none'} is not a controller data directory: "
+        f"run `edgefleetctl init --data-dir {tmp_path / 'none'}` first"
     )
