@@ -14,7 +14,7 @@ from edgefleet.agent.sync.metering import USED_KEY
 from edgefleet.agent.sync.progress import load_board
 from edgefleet.agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
-from edgefleet.logging import configure_logging
+from edgefleet.logging import add_service_log_options, configure_logging, service_renderer
 from edgefleet.trust.metadata import format_time
 
 
@@ -26,13 +26,13 @@ def register(commands: Subcommands) -> None:
     )
     run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
     run_cmd.add_argument("--sync-interval", type=positive_int, help="seconds between syncs")
-    run_cmd.add_argument("--log-level", default="INFO")
+    add_service_log_options(run_cmd)
     handled_by(commands.add_parser("status", help="identity, registry and sync state"), _cmd_status)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     AgentPaths(args.data_dir).identity.load()  # not enrolled: say so before anything starts
-    configure_logging("json", args.log_level)
+    configure_logging(service_renderer(args.log_format), args.log_level)
     config = load_agent_config(
         args.data_dir, api_listen=args.api_listen, sync_interval_seconds=args.sync_interval
     )

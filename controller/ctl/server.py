@@ -10,7 +10,7 @@ from pathlib import Path
 from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.config_files import split_address
 from edgefleet.errors import TransportError
-from edgefleet.logging import configure_logging
+from edgefleet.logging import add_service_log_options, configure_logging, service_renderer
 
 
 def register(commands: Subcommands) -> None:
@@ -35,7 +35,7 @@ def register(commands: Subcommands) -> None:
     serve.add_argument(
         "--metrics-listen", help='Prometheus /metrics HOST:PORT (default 127.0.0.1:9464; "" off)'
     )
-    serve.add_argument("--log-level", default="INFO")
+    add_service_log_options(serve)
 
     health = handled_by(
         commands.add_parser(
@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     from edgefleet.controller.app.config import load_controller_config
     from edgefleet.controller.app.service import serve
 
-    configure_logging("json", args.log_level)
+    configure_logging(service_renderer(args.log_format), args.log_level)
     config = load_controller_config(
         args.data_dir,
         listen=args.listen,
