@@ -24,7 +24,8 @@ from pathlib import Path
 
 from edgefleet import __version__
 from edgefleet.agent.app.config import load_agent_config
-from edgefleet.agent.app.service import LocalState, sync_client
+from edgefleet.agent.app.service import sync_client
+from edgefleet.agent.app.state import LocalState
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.sync.fetch import BlobSource, Fetcher
 from edgefleet.agent.sync.mirrors import HttpSource, client_session

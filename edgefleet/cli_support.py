@@ -12,9 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
 
-import shtab
-import structlog
-
 from edgefleet import __version__
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.terminal import PrintableStream
@@ -116,6 +113,8 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 
 COMPLETION = "completion"
+# shtab's shells (tests/deploy/test_completion.py checks); shtab loads only to print one.
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 Handler = Callable[[argparse.Namespace], int]
 # What a command module's ``register`` is given: the subcommands of its parent parser.
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -139,7 +138,7 @@ def add_completion_command(commands: Subcommands) -> None:
     completion = commands.add_parser(
         COMPLETION, help="print a shell completion script (e.g. > /etc/bash_completion.d/NAME)"
     )
-    completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
+    completion.add_argument("shell", choices=COMPLETION_SHELLS)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -169,12 +168,13 @@ def run_command(
     os.umask(PRIVATE_UMASK)
     args = parser.parse_args(_relative_times_joined(sys.argv[1:] if argv is None else argv))
     if getattr(args, "command", None) == COMPLETION:
+        import shtab
+
         print(shtab.complete(parser, shell=args.shell))
         return 0
     try:
         return dispatch(args)
     except EdgefleetError as e:
-        structlog.get_logger(prog).debug("command.failed", error=type(e).__name__)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

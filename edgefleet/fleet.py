@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from edgefleet.trust.envelope import Envelope
+if TYPE_CHECKING:  # annotations only: cryptography loads where keys are used
+    from edgefleet.trust.envelope import Envelope
 
 
 @dataclass(frozen=True)

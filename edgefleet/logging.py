@@ -4,14 +4,14 @@ lines on a terminal and for CLIs. Everything goes to stderr: stdout is the comma
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-from typing import Literal
-
-import structlog
+from typing import TYPE_CHECKING, Literal
 
 from edgefleet.errors import ConfigError
+
+if TYPE_CHECKING:
+    import structlog
 
 Renderer = Literal["json", "console"]
 LOG_FORMATS = ("auto", "json", "console")
@@ -50,11 +50,18 @@ def add_service_log_options(parser: argparse.ArgumentParser) -> None:
 def _current_stderr(*_args: object) -> structlog.PrintLogger:
     """A logger on whatever ``sys.stderr`` is when the event is logged (not when logging
     was configured: a replaced and closed stream must not break later events)."""
+    import structlog
+
     return structlog.PrintLogger(file=sys.stderr)
 
 
 def configure_logging(renderer: Renderer = "json", level: str = "INFO") -> None:
-    """Route structlog events to stderr with stable keys (timestamp, level, event)."""
+    """Route structlog events to stderr with stable keys (timestamp, level, event).
+    (structlog is imported here: a command that never logs does not pay for it.)"""
+    import logging
+
+    import structlog
+
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO

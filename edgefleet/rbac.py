@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -105,6 +106,10 @@ class Policy:
             target=REDACTED if "target" in self.audit_redact else event.target,
             details=details,
         )
+
+    def readable(self) -> str:
+        """A stable, readable rendering (`edgefleetctl policy diff`)."""
+        return json.dumps(json.loads(self.to_payload()), indent=2, sort_keys=True) + "\n"
 
     def to_payload(self) -> bytes:
         """Canonical bytes (what the policy role signs)."""

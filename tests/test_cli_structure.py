@@ -53,3 +53,47 @@ def test_operator_client_commands_do_not_load_the_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+SERVER_SIDE = ("sqlalchemy", "alembic", "aiohttp", "apscheduler", "llama_cpp", "structlog")
+
+
+def _modules_loaded(*argv: str) -> set[str]:
+    """Every module a command line imports, through to its failure on a config that does
+    not exist (after the client has loaded: that is where a client verb's cost is)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True
+    )
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [("devices", "list"), ("rollout", "list"), ("audit", "query"), ("policy", "show")],
+    ids=" ".join,
+)
+def test_a_client_verb_loads_no_server_code_and_no_logging(verb: tuple[str, ...]) -> None:
+    """Issue 21: client verbs import what a client needs (the client, gRPC, protobuf),
+    not SQLAlchemy, Alembic, aiohttp, APScheduler or llama.cpp; they print and do not log,
+    so structlog is not loaded either."""
+    command = ("-m", "edgefleet.controller.ctl.main", "--config", "/nonexistent.toml", *verb)
+    loaded = _modules_loaded(*command)
+    assert "edgefleet.controller.ctl.client" in loaded  # the verb got as far as the client
+    assert {m.split(".")[0] for m in loaded} & set(SERVER_SIDE) == set()
+    assert not [m for m in loaded if m.startswith("edgefleet.controller.store")]
+
+
+@pytest.mark.parametrize(
+    "entry", ["edgefleet.controller.ctl.main", "edgefleet.agent.cli.main"], ids=["ctl", "agent"]
+)
+def test_help_loads_no_command_s_dependencies(entry: str) -> None:
+    """`--help` builds the parsers only: no gRPC, protobuf, SQLAlchemy or cryptography."""
+    loaded = {m.split(".")[0] for m in _modules_loaded("-m", entry, "--help")}
+    assert loaded & {*SERVER_SIDE, "grpc", "google", "cryptography"} == set()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.agent.sync.metering import parse_windows
-from edgefleet.agent.sync.mirrors import parse_sources
 from edgefleet.config_files import is_loopback, load_layered, split_address
 from edgefleet.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_AGENT"
 CONFIG_FILE = "agent.toml"
-DEFAULT_DATA_DIR = Path("/var/lib/edgefleet-agent")
 
 
 VERIFY_MODES = ("size", "sample", "full")
@@ -23,6 +21,33 @@ OFFLINE_MODES = ("serve", "strict")
 
 # The controller streams blobs in 1 MiB messages by default; an audit record may be 64 KiB.
 MIN_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_windows(text: str) -> list[tuple[int, int]]:
+    """``"HH:MM-HH:MM,…"`` → [(start minute, end minute)]; ConfigError on anything else."""
+    windows = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = WINDOW.match(part)
+        if match is None:
+            raise ConfigError(f"transfer window {part!r} is not HH:MM-HH:MM")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        if (h1, m1) == (h2, m2):
+            raise ConfigError(f"transfer window {part!r} is empty")
+        windows.append((h1 * 60 + m1, h2 * 60 + m2))
+    return windows
+
+
+def parse_sources(text: str) -> list[str]:
+    """``"https://a/blobs/,http://peer:8081/blobs/"`` → base URLs (each ending in /)."""
+    urls = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.startswith(("http://", "https://")):
+            raise ConfigError(f"blob source {part!r} is not an http(s) URL")
+        urls.append(part if part.endswith("/") else part + "/")
+    return urls
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,10 +13,8 @@ import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from edgefleet.agent.app.config import AgentConfig
-from edgefleet.agent.app.database import AgentDatabase
-from edgefleet.agent.audit.log import AuditLog
-from edgefleet.agent.enrollment.enroll import AgentPaths
+from edgefleet.agent.app.config import AgentConfig, parse_sources
+from edgefleet.agent.app.state import LocalState
 from edgefleet.agent.inference.api import build_app
 from edgefleet.agent.inference.context import ApiContext
 from edgefleet.agent.inference.engine import ChatBackend
@@ -27,9 +24,8 @@ from edgefleet.agent.inference.smoke import smoke_test
 from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.registry.offline import OfflineGuard
-from edgefleet.agent.registry.registry import Registry
 from edgefleet.agent.sync.client import SyncClient
-from edgefleet.agent.sync.mirrors import HttpSource, client_session, parse_sources, peer_app
+from edgefleet.agent.sync.mirrors import HttpSource, client_session, peer_app
 from edgefleet.agent.sync.renewal import CertificateRenewer
 from edgefleet.agent.sync.watch import watch_forever
 from edgefleet.agent.sync.worker import Syncer, SyncHooks
@@ -43,27 +39,6 @@ log = structlog.get_logger("agent")
 # Held by the running agent (its pid inside): a second `run` on the same data directory
 # is refused instead of serving beside it.
 RUN_LOCK = "run.lock"
-
-
-@dataclass
-class LocalState:
-    """The agent's local stores, opened from its data directory."""
-
-    paths: AgentPaths
-    db: AgentDatabase
-    audit: AuditLog
-    blobs: BlobStore
-    registry: Registry
-
-    @classmethod
-    def open(cls, data_dir: Path) -> LocalState:
-        """Open the stores of an enrolled device."""
-        paths = AgentPaths(data_dir)
-        enrollment = paths.identity.load()
-        db = AgentDatabase(paths.database)
-        audit = AuditLog(db, enrollment.device_id)
-        blobs = BlobStore(paths.blobs)
-        return cls(paths, db, audit, blobs, Registry(db, blobs, audit))
 
 
 def pool_settings(config: AgentConfig) -> PoolSettings:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgefleet.agent.app.service import LocalState
-from edgefleet.audit_export import ExportBuilder, render
 from edgefleet.cli_support import Subcommands, handled_by, output_file
 from edgefleet.errors import ConfigError
-from edgefleet.trust.envelope import Envelope
 
 
 def register(commands: Subcommands) -> None:
@@ -25,6 +22,10 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_audit_export(args: argparse.Namespace) -> int:
+    from edgefleet.agent.app.state import LocalState
+    from edgefleet.audit_export import ExportBuilder, render
+    from edgefleet.trust.envelope import Envelope
+
     state = LocalState.open(args.data_dir)
     try:
         identity = state.paths.identity

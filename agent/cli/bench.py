@@ -6,9 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgefleet.agent.app.config import load_agent_config
-from edgefleet.agent.app.service import LocalState
-from edgefleet.agent.inference.bench import run_bench, save_result
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError
 from edgefleet.speed import DEFAULT_GENERATED_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS
@@ -28,6 +25,10 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgefleet.agent.app.config import load_agent_config
+    from edgefleet.agent.app.state import LocalState
+    from edgefleet.agent.inference.bench import run_bench, save_result
+
     for name in ("prompt_tokens", "gen_tokens", "repetitions"):
         if not 1 <= getattr(args, name) <= 8192:
             raise ConfigError(f"--{name.replace('_', '-')} must be between 1 and 8192")

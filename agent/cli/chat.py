@@ -6,13 +6,8 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-from http import HTTPStatus
 from pathlib import Path
 
-from edgefleet.agent.app.config import load_agent_config
-from edgefleet.agent.cli import PROG
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError, TransportError
 
@@ -33,6 +28,8 @@ def register(commands: Subcommands) -> None:
 
 
 def _api_base(data_dir: Path) -> str:
+    from edgefleet.agent.app.config import load_agent_config
+
     address_file = data_dir / "api.addr"
     if address_file.exists():
         return "http://" + address_file.read_text().strip()
@@ -62,6 +59,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 def _ask(url: str, token: str, args: argparse.Namespace, messages: list[dict[str, str]]) -> str:
     """Stream one answer to stdout and return it."""
+    import urllib.error
+    import urllib.request
+    from http import HTTPStatus
+
+    from edgefleet.agent.cli import PROG
+
     body: dict[str, object] = {
         "model": args.model,
         "stream": True,

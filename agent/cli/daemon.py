@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import shutil
 
-from edgefleet.agent.app.config import load_agent_config
-from edgefleet.agent.app.service import LocalState, run
-from edgefleet.agent.enrollment.enroll import AgentPaths
-from edgefleet.agent.registry.offline import fresh_at
-from edgefleet.agent.sync.metering import USED_KEY
-from edgefleet.agent.sync.progress import load_board
-from edgefleet.agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
-from edgefleet.logging import add_service_log_options, configure_logging, service_renderer
-from edgefleet.trust.metadata import format_time
+from edgefleet.logging import add_service_log_options
 
 
 def register(commands: Subcommands) -> None:
@@ -31,6 +21,13 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from edgefleet.agent.app.config import load_agent_config
+    from edgefleet.agent.app.service import run
+    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.logging import configure_logging, service_renderer
+
     AgentPaths(args.data_dir).identity.load()  # not enrolled: say so before anything starts
     configure_logging(service_renderer(args.log_format), args.log_level)
     config = load_agent_config(
@@ -41,6 +38,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import shutil
+
+    from edgefleet.agent.app.config import load_agent_config
+    from edgefleet.agent.app.state import LocalState
+    from edgefleet.agent.registry.offline import fresh_at
+    from edgefleet.agent.sync.metering import USED_KEY
+    from edgefleet.agent.sync.progress import load_board
+    from edgefleet.agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
+    from edgefleet.trust.metadata import format_time
+
     state = LocalState.open(args.data_dir)
     try:
         enrollment = state.paths.identity.load()

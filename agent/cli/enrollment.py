@@ -6,10 +6,7 @@ import argparse
 import sys
 import time
 
-from edgefleet.agent.cli import PROG
-from edgefleet.agent.enrollment.enroll import AgentPaths, EnrollmentPending, enroll
 from edgefleet.cli_support import Subcommands, handled_by
-from edgefleet.tls import key_fingerprint
 
 EXIT_PENDING = 3
 PENDING_POLL_SECONDS = 5.0
@@ -38,6 +35,9 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
+    from edgefleet.agent.cli import PROG
+    from edgefleet.agent.enrollment.enroll import AgentPaths, EnrollmentPending, enroll
+
     deadline = time.monotonic() + max(0, args.wait)
     while True:
         try:
@@ -56,6 +56,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.tls import key_fingerprint
+
     key, _ = AgentPaths(args.data_dir).identity.keys()
     print(key_fingerprint(key))
     return 0

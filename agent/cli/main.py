@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgefleet.agent.app.config import DEFAULT_DATA_DIR
+from edgefleet.agent.app import DEFAULT_DATA_DIR
 from edgefleet.agent.cli import PROG, audit, bench, chat, daemon, enrollment, models, tokens
 from edgefleet.cli_support import (
     add_common_options,

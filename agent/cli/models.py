@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgefleet.agent.app.config import load_agent_config
-from edgefleet.agent.app.service import LocalState, sync_client
-from edgefleet.agent.inference.smoke import smoke_test
-from edgefleet.agent.registry.bundles import import_bundle
-from edgefleet.agent.sync.fetch import BlobSource, Fetcher
-from edgefleet.bundle import BundleFile
 from edgefleet.cli_support import Handler, Subcommands, handled_by
 from edgefleet.errors import NotFoundError
-from edgefleet.trust.metadata import ModelManifest
+
+if TYPE_CHECKING:
+    from edgefleet.agent.app.state import LocalState
+    from edgefleet.trust.metadata import ModelManifest
 
 EXIT_DAMAGED = 1
 
@@ -92,6 +89,13 @@ def _verify(state: LocalState, args: argparse.Namespace) -> int:
 async def _repair_all(
     state: LocalState, args: argparse.Namespace, manifests: list[ModelManifest]
 ) -> int:
+    import asyncio
+
+    from edgefleet.agent.app.config import load_agent_config
+    from edgefleet.agent.app.service import sync_client
+    from edgefleet.agent.sync.fetch import BlobSource, Fetcher
+    from edgefleet.bundle import BundleFile
+
     config = load_agent_config(args.data_dir)
     fetcher = Fetcher(state.blobs, config.download_stall_seconds)
     bundle = BundleFile(args.from_bundle) if args.from_bundle else None
@@ -119,6 +123,8 @@ async def _repair_all(
 
 
 def _repair(state: LocalState, args: argparse.Namespace) -> int:
+    import asyncio
+
     damaged = []
     for manifest in _selected(state, args.name):
         if not state.registry.verify(manifest, "full").ok:
@@ -136,6 +142,10 @@ def _rollback(state: LocalState, args: argparse.Namespace) -> int:
 
 
 def _import(state: LocalState, args: argparse.Namespace) -> int:
+    from edgefleet.agent.app.config import load_agent_config
+    from edgefleet.agent.inference.smoke import smoke_test
+    from edgefleet.agent.registry.bundles import import_bundle
+
     config = load_agent_config(args.data_dir)
     fingerprint = state.paths.identity.load().root_fingerprint
     smoke = None
@@ -154,6 +164,8 @@ def _with_state(action: Callable[[LocalState, argparse.Namespace], int]) -> Hand
     """The handler that runs one `models` action on the local stores, closed afterwards."""
 
     def handler(args: argparse.Namespace) -> int:
+        from edgefleet.agent.app.state import LocalState
+
         state = LocalState.open(args.data_dir)
         try:
             return action(state, args)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgefleet.agent.app.service import LocalState
-from edgefleet.agent.rbac.policy import LocalPolicy
-from edgefleet.audit import AuditEvent
 from edgefleet.cli_support import Subcommands, handled_by
-from edgefleet.rbac import check_subject
+
+if TYPE_CHECKING:
+    from edgefleet.audit import AuditEvent
 
 
 def register(commands: Subcommands) -> None:
@@ -29,6 +29,10 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_tokens(args: argparse.Namespace) -> int:
+    from edgefleet.agent.rbac.policy import LocalPolicy
+    from edgefleet.audit import AuditEvent
+    from edgefleet.rbac import check_subject
+
     policy = LocalPolicy(args.data_dir)
     if args.action == "create":
         subject = check_subject(args.subject)
@@ -62,6 +66,8 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def _audit_local(data_dir: Path, event: AuditEvent) -> None:
+    from edgefleet.agent.app.state import LocalState
+
     state = LocalState.open(data_dir)
     try:
         state.audit.append(event)

@@ -11,15 +11,17 @@ Sync, audit shipping and the watch stream are small and are not held back.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from edgefleet.agent.app.database import AgentDatabase
-from edgefleet.errors import ConfigError, TransportError
+from edgefleet.agent.app.config import parse_windows
+from edgefleet.errors import TransportError
 
-WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+if TYPE_CHECKING:
+    from edgefleet.agent.app.database import AgentDatabase
+
 USED_KEY = "data_used"
 PERSIST_EVERY = 8 * 1024 * 1024
 MIB = 1024 * 1024
@@ -27,20 +29,6 @@ MIB = 1024 * 1024
 
 class TransferPausedError(TransportError):
     """Model transfer is not allowed right now (window closed, budget used); not a fault."""
-
-
-def parse_windows(text: str) -> list[tuple[int, int]]:
-    """``"HH:MM-HH:MM,…"`` → [(start minute, end minute)]; ConfigError on anything else."""
-    windows = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        match = WINDOW.match(part)
-        if match is None:
-            raise ConfigError(f"transfer window {part!r} is not HH:MM-HH:MM")
-        h1, m1, h2, m2 = (int(g) for g in match.groups())
-        if (h1, m1) == (h2, m2):
-            raise ConfigError(f"transfer window {part!r} is empty")
-        windows.append((h1 * 60 + m1, h2 * 60 + m2))
-    return windows
 
 
 def _inside(minute: int, window: tuple[int, int]) -> bool:

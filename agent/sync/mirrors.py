@@ -17,21 +17,11 @@ import structlog
 from aiohttp import web
 
 from edgefleet.agent.registry.blobs import BlobStore
-from edgefleet.errors import ConfigError, MalformedInputError, TransportError
+from edgefleet.errors import MalformedInputError, TransportError
 from edgefleet.trust.metadata import SHA256_PATTERN
 
 READ_SIZE = 1024 * 1024
 log = structlog.get_logger("agent.mirrors")
-
-
-def parse_sources(text: str) -> list[str]:
-    """``"https://a/blobs/,http://peer:8081/blobs/"`` → base URLs (each ending in /)."""
-    urls = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if not part.startswith(("http://", "https://")):
-            raise ConfigError(f"blob source {part!r} is not an http(s) URL")
-        urls.append(part if part.endswith("/") else part + "/")
-    return urls
 
 
 class HttpSource:

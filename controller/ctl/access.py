@@ -9,13 +9,14 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value
-from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError
-from edgefleet.rbac import Policy
-from edgefleet.tls import key_pem, make_csr, new_tls_key
+
+if TYPE_CHECKING:
+    from edgefleet.controller.ctl.client import OperatorClient
 
 
 def register_operator(commands: Subcommands) -> None:
@@ -78,6 +79,7 @@ def _operator_add(client: OperatorClient, args: argparse.Namespace) -> int:
     if args.out.exists():
         raise ConfigError(f"{args.out} already exists: name a new directory for the credential")
     from edgefleet.controller.app.datadir import write_operator_credential
+    from edgefleet.tls import key_pem, make_csr, new_tls_key
 
     key = new_tls_key()
     certificate, ca = client.add_operator(args.name, args.role, make_csr(key))
@@ -113,17 +115,17 @@ def _policy_show(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def _policy_diff(client: OperatorClient, args: argparse.Namespace) -> int:
-    from edgefleet.controller.rbac.policies import pretty
+    from edgefleet.rbac import Policy
 
     proposed = Policy.from_payload(_with_version(_read_file(args.file)))
     version, document = client.get_policy()
     current = Policy.from_payload(document) if version else None
     if current is not None and "tokens" not in json.loads(_read_file(args.file)):
         proposed = replace(proposed, tokens=current.tokens)
-    before = pretty(current).splitlines(keepends=True) if current else []
-    after = pretty(
-        replace(proposed, version=version + 1, expires=current.expires if current else None)
-    )
+    before = current.readable().splitlines(keepends=True) if current else []
+    after = replace(
+        proposed, version=version + 1, expires=current.expires if current else None
+    ).readable()
     sys.stdout.writelines(
         difflib.unified_diff(before, after.splitlines(keepends=True), "in force", str(args.file))
     )

@@ -8,12 +8,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgefleet.audit_export import render, verify_export
 from edgefleet.cli_support import TIME_HELP, Subcommands, handled_by, output_file, time_bound
-from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, TransportError
+
+if TYPE_CHECKING:
+    from edgefleet.controller.ctl.client import OperatorClient
 
 
 def register(commands: Subcommands) -> None:
@@ -78,6 +80,8 @@ def _audit_export(client: OperatorClient, args: argparse.Namespace) -> int:
             lines = (line.rstrip(b"\n") for line in records)
             partial = args.out.with_name(args.out.name + ".partial")
             with partial.open("wb") as out:
+                from edgefleet.audit_export import render
+
                 for block in render(header, lines, args.format):
                     out.write(block)
                 out.flush()
@@ -138,6 +142,8 @@ def audit_verify(args: argparse.Namespace) -> int:
         data = args.file.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {args.file}: {e.strerror}") from e
+    from edgefleet.audit_export import verify_export
+
     report = verify_export(data, args.root_fingerprint.strip().lower())
     for problem in report.problems:
         print(f"FAIL {problem}")

@@ -7,13 +7,16 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Handler
-from edgefleet.controller.ctl.client import OperatorClient, OperatorCredential
 from edgefleet.errors import ConfigError
 
+if TYPE_CHECKING:  # the client (gRPC, protobuf) loads when a command connects
+    from edgefleet.controller.ctl.client import OperatorClient
+
 CONFIG_ENV = "EDGEFLEETCTL_CONFIG"
-Operation = Callable[[OperatorClient, argparse.Namespace], int]
+Operation = Callable[["OperatorClient", argparse.Namespace], int]
 
 
 def connect(args: argparse.Namespace) -> OperatorClient:
@@ -21,6 +24,8 @@ def connect(args: argparse.Namespace) -> OperatorClient:
     path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is None:
         raise ConfigError(f"no operator config: pass --config or set {CONFIG_ENV}")
+    from edgefleet.controller.ctl.client import OperatorClient, OperatorCredential
+
     return OperatorClient(OperatorCredential.load(path, args.controller))
 
 
@@ -34,4 +39,15 @@ def with_client(operation: Operation) -> Handler:
         finally:
             client.close()
 
+    _CLIENT_ONLY.add(handler)
     return handler
+
+
+# Handlers made by with_client: they run no server code and log nothing (they print), so
+# they skip structlog's set-up and its import.
+_CLIENT_ONLY: set[Handler] = set()
+
+
+def talks_to_the_controller_only(handler: Handler) -> bool:
+    """Whether ``handler`` was made by :func:`with_client`."""
+    return handler in _CLIENT_ONLY

@@ -7,12 +7,15 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int
-from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, NotFoundError
-from edgefleet.fleet import DeviceView
+
+if TYPE_CHECKING:
+    from edgefleet.controller.ctl.client import OperatorClient
+    from edgefleet.fleet import DeviceView
 
 
 def register_token(commands: Subcommands) -> None:

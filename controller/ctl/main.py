@@ -18,7 +18,7 @@ from edgefleet.cli_support import (
     run_handler,
 )
 from edgefleet.controller.ctl import access, audit, devices, keys, models, rollouts, server
-from edgefleet.controller.ctl.connect import CONFIG_ENV
+from edgefleet.controller.ctl.connect import CONFIG_ENV, talks_to_the_controller_only
 from edgefleet.logging import configure_logging
 
 PROG = "edgefleetctl"
@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    configure_logging("console", "WARNING")  # `serve` switches to JSON lines for itself
+    if not talks_to_the_controller_only(args.handler):
+        configure_logging("console", "WARNING")  # `serve` switches to its own format
     return run_handler(args)
 
 

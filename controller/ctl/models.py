@@ -9,14 +9,15 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgefleet.bundle import BundleHeader, write_bundle
 from edgefleet.cli_support import Subcommands, handled_by, output_file, split_ref
-from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.ctl.quantize import add_quantize_parser
 from edgefleet.errors import TransportError
-from edgefleet.trust.metadata import Targets
+
+if TYPE_CHECKING:
+    from edgefleet.controller.ctl.client import OperatorClient
 
 
 def register_models(commands: Subcommands) -> None:
@@ -115,6 +116,9 @@ def _bundle_export(client: OperatorClient, args: argparse.Namespace) -> int:
     kind, data = next(parts, ("", b""))
     if kind != "header":
         raise TransportError("the bundle export did not start with its header")
+    from edgefleet.bundle import BundleHeader, write_bundle
+    from edgefleet.trust.metadata import Targets
+
     header = BundleHeader.from_bytes(data)
     manifest = Targets.from_payload(header.targets.payload).models.get(f"{name}@{version}")
     kind, index = next(parts, ("", b""))

@@ -9,23 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import handled_by
-from edgefleet.controller.catalog.quantization.pipeline import (
+from edgefleet.controller.catalog.quantization.variants import (
     DEFAULT_CONTEXT,
     DEFAULT_MAX_PERPLEXITY_INCREASE,
-    QuantizationReport,
-    VariantOutcome,
-    run_pipeline,
-)
-from edgefleet.controller.catalog.quantization.report import MIB, format_table, write_chart
-from edgefleet.controller.catalog.quantization.variants import (
     DEFAULT_VARIANTS,
     parse_variants,
     variant_version,
 )
-from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import connect, with_client
 from edgefleet.errors import (
     ConfigError,
@@ -35,6 +28,15 @@ from edgefleet.errors import (
     PermissionDeniedError,
 )
 from edgefleet.speed import DEFAULT_REPETITIONS
+
+if TYPE_CHECKING:  # the pipeline (and matplotlib) load when a quantization runs
+    from edgefleet.controller.catalog.quantization.pipeline import (
+        QuantizationReport,
+        VariantOutcome,
+    )
+    from edgefleet.controller.ctl.client import OperatorClient
+
+MIB = 1024 * 1024
 
 
 def add_quantize_parser(models: Any) -> None:
@@ -138,6 +140,9 @@ def _refuse_published(client: OperatorClient, name: str, versions: list[str]) ->
 
 def quantize_command(args: argparse.Namespace, connect: Callable[[], OperatorClient]) -> int:
     """Run the pipeline; print the table; write JSON and chart; publish what passed."""
+    from edgefleet.controller.catalog.quantization.pipeline import run_pipeline
+    from edgefleet.controller.catalog.quantization.report import format_table, write_chart
+
     variants = parse_variants(args.variants)
     client = None if args.no_publish else connect()
     try:

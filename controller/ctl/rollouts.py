@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int, split_ref
-from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import EXCLUDED, Plan, RolloutView
-from edgefleet.controller.rpc.serde import as_json
 from edgefleet.errors import ConfigError, MalformedInputError
+
+if TYPE_CHECKING:
+    from edgefleet.controller.ctl.client import OperatorClient
 
 
 def _add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +185,8 @@ def _print_view(view: RolloutView, with_devices: bool) -> None:
 
 
 def _as_json(item: Plan | RolloutView) -> str:
+    from edgefleet.controller.rpc.serde import as_json
+
     return json.dumps(as_json(item), indent=2)
 
 
@@ -199,6 +202,8 @@ def _status(client: OperatorClient, args: argparse.Namespace) -> int:
 def _list(client: OperatorClient, args: argparse.Namespace) -> int:
     views = client.list_rollouts()
     if args.json:
+        from edgefleet.controller.rpc.serde import as_json
+
         print(json.dumps([as_json(v) for v in views], indent=2))
         return 0
     for view in views:

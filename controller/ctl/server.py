@@ -4,7 +4,6 @@ than against it. Server code is imported only when one of them runs."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 from edgefleet.cli_support import Subcommands, handled_by
@@ -70,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
         health_listen=args.health_listen,
         metrics_listen=args.metrics_listen,
     )
+    import asyncio
+
     asyncio.run(serve(config))
     return 0
 

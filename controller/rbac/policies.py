@@ -44,11 +44,6 @@ def latest_policy(session: Session) -> tuple[Policy, Envelope] | None:
     return Policy.from_payload(envelope.payload), envelope
 
 
-def pretty(policy: Policy) -> str:
-    """A stable, readable rendering for `policy show` and `policy diff`."""
-    return json.dumps(json.loads(policy.to_payload()), indent=2, sort_keys=True) + "\n"
-
-
 def parse_document(document: bytes, current: Policy | None) -> Policy:
     """An operator's policy file as the policy it would become (tokens kept if omitted).
 

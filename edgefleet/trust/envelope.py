@@ -7,10 +7,12 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 
 from edgefleet.errors import MalformedInputError, SignatureError
-from edgefleet.trust.keys import PublicKey, SigningKey
+
+if TYPE_CHECKING:  # annotations only: cryptography loads where keys are used
+    from edgefleet.trust.keys import PublicKey, SigningKey
 
 MAX_SIGNATURES = 32
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.sync.metering import parse_windows
+from edgefleet.agent.app.config import parse_windows
 from tests.attacks.kit import CHUNK, Device, make_device, newer, now, with_v1_serving
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.app.config import parse_windows
 from edgefleet.agent.app.database import AgentDatabase
-from edgefleet.agent.sync.metering import Meter, TransferPausedError, parse_windows
+from edgefleet.agent.sync.metering import Meter, TransferPausedError
 from edgefleet.errors import ConfigError
 
 MIB = 1024 * 1024

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.app.config import CONFIG_FILE, DEFAULT_DATA_DIR, AgentConfig, load_agent_config
+from edgefleet.agent.app import DEFAULT_DATA_DIR
+from edgefleet.agent.app.config import CONFIG_FILE, AgentConfig, load_agent_config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy/systemd/edgefleet-agent.service"

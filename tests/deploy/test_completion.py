@@ -30,3 +30,12 @@ def test_an_unknown_shell_is_refused(capsys: pytest.CaptureFixture[str]) -> None
         ctl_main(["completion", "cmd.exe"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_shells_offered_are_shtabs() -> None:
+    """The parser names the shells without importing shtab (it loads only to print)."""
+    import shtab
+
+    from edgefleet.cli_support import COMPLETION_SHELLS
+
+    assert set(COMPLETION_SHELLS) == set(shtab.SUPPORTED_SHELLS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.app.service import LocalState
+from edgefleet.agent.app.state import LocalState
 from edgefleet.audit import AuditEvent
 from tests.harness import Fleet, wait_for
 

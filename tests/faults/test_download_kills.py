@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.app.service import LocalState
+from edgefleet.agent.app.state import LocalState
 from tests.ggufkit import write_tiny_gguf
 from tests.harness import Fleet, wait_for
 from tests.integration.fleets import models

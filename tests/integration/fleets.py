@@ -45,7 +45,7 @@ def serving(fleet: Fleet, name: str, ref: str) -> Callable[[], bool | None]:
 
 def agent_actions(fleet: Fleet, name: str) -> list[tuple[str, str, str]]:
     """(action, target, outcome) of every record in the agent's audit log."""
-    from edgefleet.agent.app.service import LocalState
+    from edgefleet.agent.app.state import LocalState
 
     state = LocalState.open(fleet.agent_dir(name))
     try:

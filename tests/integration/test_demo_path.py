@@ -25,7 +25,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 def _agent_records(fleet: Fleet, name: str) -> list[dict[str, object]]:
-    from edgefleet.agent.app.service import LocalState
+    from edgefleet.agent.app.state import LocalState
 
     state = LocalState.open(fleet.agent_dir(name))
     try:

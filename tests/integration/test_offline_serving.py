@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edgefleet.agent.app.service import LocalState
+from edgefleet.agent.app.state import LocalState
 from tests.harness import wait_for
 from tests.integration.fleets import ModelFleet
 

@@ -15,7 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgefleet.controller.catalog.quantization.variants import VARIANTS, variant_version
+from edgefleet.controller.catalog.quantization.variants import (
+    DEFAULT_CONTEXT,
+    DEFAULT_MAX_PERPLEXITY_INCREASE,
+    VARIANTS,
+    variant_version,
+)
 from edgefleet.errors import MalformedInputError, StorageError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
@@ -23,8 +28,6 @@ from edgefleet.speed import DEFAULT_REPETITIONS
 from edgefleet.trust.metadata import check_model_name, check_model_version, format_time
 
 EVALUATION_TEXT = Path(__file__).with_name("evaluation.txt")
-DEFAULT_MAX_PERPLEXITY_INCREASE = 25.0
-DEFAULT_CONTEXT = 512
 REPORT_FILE = "report.json"
 
 Progress = Callable[[str, int, int], None]

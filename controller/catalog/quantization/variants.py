@@ -13,6 +13,9 @@ VARIANTS: dict[str, int] = {
     if not name.startswith(_NEEDS_IMATRIX) and name != "F32"
 }
 DEFAULT_VARIANTS = ("q4_0", "q5_1", "q8_0", "q4_k_m")
+# The pipeline's gate (percent of perplexity above the source's) and perplexity window.
+DEFAULT_MAX_PERPLEXITY_INCREASE = 25.0
+DEFAULT_CONTEXT = 512
 MAX_VARIANTS = 16
 
 
