@@ -256,7 +256,7 @@ def device_view_from_pb(message: operator_pb2.DeviceView) -> DeviceView:
     return DeviceView(
         device_id=message.device_id,
         hostname=message.hostname,
-        labels=dict(message.labels),
+        labels=dict(sorted(message.labels.items())),  # a map has no order: show a stable one
         last_seen=message.last_seen,
         agent_version=message.agent_version,
         models=_models_from_pb(message.models),

@@ -22,6 +22,7 @@ MODULE_OF = {
     "prometheus-client": "prometheus_client",
     "grpcio-health-checking": "grpc_health",
     "grpcio-reflection": "grpc_reflection",
+    "pyyaml": "yaml",
 }
 STDLIB = set(sys.stdlib_module_names)
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.logging import add_service_log_options
+from edgefleet.output import add_output_option, print_documents, when
 
 
 def register(commands: Subcommands) -> None:
@@ -17,7 +21,10 @@ def register(commands: Subcommands) -> None:
     run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
     run_cmd.add_argument("--sync-interval", type=positive_int, help="seconds between syncs")
     add_service_log_options(run_cmd)
-    handled_by(commands.add_parser("status", help="identity, registry and sync state"), _cmd_status)
+    status = handled_by(
+        commands.add_parser("status", help="identity, registry and sync state"), _cmd_status
+    )
+    add_output_option(status)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -38,6 +45,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    document = _status_document(args.data_dir)
+    if args.output in ("json", "yaml"):
+        print_documents(document, args.output)
+        return 0
+    _print_status(document)
+    return 0
+
+
+def _status_document(data_dir: Path) -> dict[str, Any]:
+    """What `status -o json|yaml` prints (docs/cli.md): the device's own view of itself."""
     import shutil
 
     from edgefleet.agent.app.config import load_agent_config
@@ -48,48 +65,89 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from edgefleet.agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
     from edgefleet.trust.metadata import format_time
 
-    state = LocalState.open(args.data_dir)
+    state = LocalState.open(data_dir)
     try:
         enrollment = state.paths.identity.load()
-        print(f"device:        {enrollment.device_id}")
-        print(f"controller:    {enrollment.controller_host}:{enrollment.sync_port}")
-        print(f"last sync:     {state.db.get_state(LAST_SYNC_KEY) or 'never'}")
-        print(f"last error:    {state.db.get_state(LAST_ERROR_KEY) or '-'}")
-        disk = shutil.disk_usage(args.data_dir)
-        print(f"disk:          {disk.free >> 20} MiB free of {disk.total >> 20} MiB")
+        disk = shutil.disk_usage(data_dir)
         trust = state.registry.load_trust(enrollment.root_fingerprint)
         fresh = fresh_at(state.db)
-        print(
-            f"trust:         root v{trust.root.version}, "
-            f"timestamp v{trust.timestamp.version if trust.timestamp else 0}, "
-            f"targets v{trust.targets.version if trust.targets else 0}, "
-            f"fresh at {format_time(fresh) if fresh else 'never'}"
-        )
         written, acked = state.audit.head_seq(), state.audit.acked_seq()
-        receipt = "with the fleet's signed receipt" if state.db.get_state(RECEIPT_KEY) else ""
-        print(f"audit:         {written} written, {acked} acknowledged {receipt}".rstrip())
-        config = load_agent_config(args.data_dir)
-        if written - acked >= config.audit_warn_unacknowledged:
-            print(
-                f"audit backlog: ALARM, {written - acked} records wait for the controller "
-                f"(audit_warn_unacknowledged = {config.audit_warn_unacknowledged})"
-            )
-        print(f"audit key:     {state.paths.identity.keys()[1].public.keyid[:16]}")
-        for download in load_board(state.db):
-            percent = 100 * download.received / download.total if download.total else 0
-            why = f": {download.reason}" if download.reason else ""
-            print(
-                f"download:      {download.name}@{download.version} {download.state} "
-                f"{download.received}/{download.total} bytes ({percent:.0f} %){why}"
-            )
+        warn_at = load_agent_config(data_dir).audit_warn_unacknowledged
         day, _, used = state.db.get_state(USED_KEY, "").partition(" ")
-        if used.isdigit():
-            print(f"data used:     {int(used) / 1048576:.1f} MiB on {day} (UTC)")
-        for model in state.registry.installed():
-            notes = [" (active)" if model.active else ""]
-            if state.blobs.quarantined_of(model.sha256).exists():
-                notes.append(" QUARANTINED")
-            print(f"model:         {model.name}@{model.version}{''.join(notes)}")
+        return {
+            "device_id": enrollment.device_id,
+            "controller": f"{enrollment.controller_host}:{enrollment.sync_port}",
+            "last_sync": state.db.get_state(LAST_SYNC_KEY) or None,
+            "last_error": state.db.get_state(LAST_ERROR_KEY) or None,
+            "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+            "trust": {
+                "root_version": trust.root.version,
+                "timestamp_version": trust.timestamp.version if trust.timestamp else 0,
+                "targets_version": trust.targets.version if trust.targets else 0,
+                "fresh_at": format_time(fresh) if fresh else None,
+            },
+            "audit": {
+                "written": written,
+                "acknowledged": acked,
+                "receipt": bool(state.db.get_state(RECEIPT_KEY)),
+                "backlog_alarm": written - acked >= warn_at,
+                "warn_unacknowledged": warn_at,
+                "key_id": state.paths.identity.keys()[1].public.keyid,
+            },
+            "downloads": [asdict(d) for d in load_board(state.db)],
+            "data_used_today": ({"day": day, "bytes": int(used)} if used.isdigit() else None),
+            "models": [
+                {
+                    "name": m.name,
+                    "version": m.version,
+                    "sha256": m.sha256,
+                    "active": m.active,
+                    "quarantined": state.blobs.quarantined_of(m.sha256).exists(),
+                }
+                for m in state.registry.installed()
+            ],
+        }
     finally:
         state.db.dispose()
-    return 0
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    def line(key: str, value: object) -> None:
+        print(f"{key + ':':<15}{value}")
+
+    line("device", doc["device_id"])
+    line("controller", doc["controller"])
+    line("last sync", when(doc["last_sync"]))
+    line("last error", doc["last_error"] or "-")
+    disk = doc["disk"]
+    line("disk", f"{disk['free_bytes'] >> 20} MiB free of {disk['total_bytes'] >> 20} MiB")
+    trust = doc["trust"]
+    line(
+        "trust",
+        f"root v{trust['root_version']}, timestamp v{trust['timestamp_version']}, "
+        f"targets v{trust['targets_version']}, fresh at {when(trust['fresh_at'])}",
+    )
+    audit = doc["audit"]
+    receipt = " with the fleet's signed receipt" if audit["receipt"] else ""
+    line("audit", f"{audit['written']} written, {audit['acknowledged']} acknowledged{receipt}")
+    if audit["backlog_alarm"]:
+        line(
+            "audit backlog",
+            f"ALARM, {audit['written'] - audit['acknowledged']} records wait for the "
+            f"controller (audit_warn_unacknowledged = {audit['warn_unacknowledged']})",
+        )
+    line("audit key", audit["key_id"][:16])
+    for d in doc["downloads"]:
+        percent = 100 * d["received"] / d["total"] if d["total"] else 0
+        why = f": {d['reason']}" if d["reason"] else ""
+        line(
+            "download",
+            f"{d['name']}@{d['version']} {d['state']} {d['received']}/{d['total']} bytes "
+            f"({percent:.0f} %){why}",
+        )
+    if doc["data_used_today"]:
+        used = doc["data_used_today"]
+        line("data used", f"{used['bytes'] / 1048576:.1f} MiB on {used['day']} (UTC)")
+    for m in doc["models"]:
+        notes = (" (active)" if m["active"] else "") + (" QUARANTINED" if m["quarantined"] else "")
+        line("model", f"{m['name']}@{m['version']}{notes}")

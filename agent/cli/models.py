@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import Handler, Subcommands, handled_by
 from edgefleet.errors import NotFoundError
+from edgefleet.output import Column, add_output_option, print_list
 
 if TYPE_CHECKING:
     from edgefleet.agent.app.state import LocalState
@@ -22,9 +23,11 @@ def register(commands: Subcommands) -> None:
     models = commands.add_parser("models", help="the local registry").add_subparsers(
         dest="action", required=True
     )
-    handled_by(
-        models.add_parser("list", help="installed versions; * marks the active one"),
-        _with_state(_list),
+    add_output_option(
+        handled_by(
+            models.add_parser("list", help="installed versions and which one is active"),
+            _with_state(_list),
+        )
     )
     verify = handled_by(
         models.add_parser("verify", help="check installed blobs against their manifests"),
@@ -63,14 +66,25 @@ def _selected(state: LocalState, name: str | None) -> list[ModelManifest]:
 
 
 def _list(state: LocalState, args: argparse.Namespace) -> int:
-    installed = state.registry.installed()
-    if not installed:
-        print("no models installed")
-    for model in installed:
-        marker = "*" if model.active else " "
-        damaged = state.blobs.quarantined_of(model.sha256).exists()
-        note = "  QUARANTINED (run `models repair`)" if damaged else ""
-        print(f"{marker} {model.name}@{model.version}  sha256:{model.sha256[:16]}…{note}")
+    documents = [
+        {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.sha256,
+            "active": m.active,
+            "quarantined": state.blobs.quarantined_of(m.sha256).exists(),
+        }
+        for m in state.registry.installed()
+    ]
+    columns: tuple[Column[dict[str, Any]], ...] = (
+        Column("model", lambda d: f"{d['name']}@{d['version']}"),
+        Column("active", lambda d: "*" if d["active"] else ""),
+        Column("sha256", lambda d: d["sha256"][:16] + "…"),
+        Column(
+            "state", lambda d: "QUARANTINED (run `models repair`)" if d["quarantined"] else "ok"
+        ),
+    )
+    print_list(documents, columns, args.output, lambda d: d, empty="no models installed")
     return 0
 
 

@@ -8,11 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import TIME_HELP, Subcommands, handled_by, output_file, time_bound
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, TransportError
+from edgefleet.output import Column, print_list, when
 
 if TYPE_CHECKING:
     from edgefleet.controller.ctl.client import OperatorClient
@@ -46,7 +47,20 @@ def register(commands: Subcommands) -> None:
     query.add_argument(
         "--oldest-first", action="store_true", help="the earliest matching records, in order"
     )
-    query.add_argument("--json", action="store_true", help="the records verbatim, one per line")
+    query.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "wide", "json", "yaml"),
+        default="table",
+        help="table (default), wide, json or yaml (the records as objects)",
+    )
+    query.add_argument(
+        "--json",
+        dest="output",
+        action="store_const",
+        const="jsonl",
+        help="the records verbatim, one per line (the signed bytes)",
+    )
     clear = handled_by(
         audit.add_parser("clear-alert", help="let a chain flagged as tampered take records again"),
         with_client(_audit_clear_alert),
@@ -93,6 +107,18 @@ def _audit_export(client: OperatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
+RECORD_COLUMNS: tuple[Column[dict[str, Any]], ...] = (
+    Column("time", lambda r: when(r["time"])),
+    Column("device", lambda r: r["device"]),
+    Column("seq", lambda r: r["seq"]),
+    Column("actor", lambda r: r["actor"]),
+    Column("action", lambda r: r["action"]),
+    Column("target", lambda r: r["target"]),
+    Column("outcome", lambda r: r["outcome"]),
+    Column("details", lambda r: json.dumps(r.get("details", {}), sort_keys=True), wide=True),
+)
+
+
 def _audit_query(client: OperatorClient, args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 10_000:
         raise ConfigError("--limit must be between 1 and 10000")
@@ -105,15 +131,12 @@ def _audit_query(client: OperatorClient, args: argparse.Namespace) -> int:
         args.limit,
         args.oldest_first,
     )
-    for raw in records:
-        if args.json:
+    if args.output == "jsonl":
+        for raw in records:
             print(raw.decode("utf-8"))
-            continue
-        r = json.loads(raw)
-        print(
-            f"{r['time']}  {r['device']:<22} #{r['seq']:<5} {r['actor']:<24} {r['action']:<18} "
-            f"{r['target']}  {r['outcome']}"
-        )
+    else:
+        documents = [json.loads(raw) for raw in records]
+        print_list(documents, RECORD_COLUMNS, args.output, dict, empty="no matching records")
     if truncated:
         print(
             f"(more than {args.limit} records matched; narrow the query or raise --limit)",

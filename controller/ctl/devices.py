@@ -4,7 +4,6 @@ reject, revoke and preauthorize devices."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -12,6 +11,14 @@ from typing import TYPE_CHECKING
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, NotFoundError
+from edgefleet.output import (
+    Column,
+    add_output_option,
+    labels,
+    print_documents,
+    print_list,
+    when,
+)
 
 if TYPE_CHECKING:
     from edgefleet.controller.ctl.client import OperatorClient
@@ -39,13 +46,17 @@ def register_devices(commands: Subcommands) -> None:
         devices.add_parser("list", help="every device and its last report"),
         with_client(_devices_list),
     )
-    devices_list.add_argument("--json", action="store_true")
+    devices_list.add_argument(
+        "--selector", type=key_value, action="append", default=[], metavar="K=V",
+        help="only devices with these labels (all of them)",
+    )  # fmt: skip
+    add_output_option(devices_list)
     devices_show = handled_by(
         devices.add_parser("show", help="one device: status, health, assignments"),
         with_client(_devices_show),
     )
     devices_show.add_argument("device_id")
-    devices_show.add_argument("--json", action="store_true")
+    add_output_option(devices_show)
     for action, text in (
         ("accept", "accept a pending device"),
         ("revoke", "cut a device off from its next call"),
@@ -77,65 +88,123 @@ def _token_create(client: OperatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_device(v: DeviceView, detail: bool) -> None:
-    models = ", ".join(f"{m.name}@{m.version}{'*' if m.active else ''}" for m in v.models)
-    seen = (v.last_seen or "never") + (" STALE" if v.stale else "")
-    print(
-        f"{v.device_id:<22} {v.hostname[:20]:<20} {seen:<33} "
-        f"{v.audit_stored_seq:>6}  {models or '-'}"
-    )
-    pad = " " * 22
+def _describe(v: DeviceView) -> None:
+    """`devices show`: everything the controller knows of one device, one fact a line."""
+
+    def line(key: str, value: object) -> None:
+        print(f"{key + ':':<15}{value}")
+
+    line("device", v.device_id)
+    line("hostname", v.hostname or "-")
+    line("state", _state(v))
+    line("labels", labels(v.labels))
+    line("last seen", when(v.last_seen))
+    line("agent", v.agent_version or "?")
+    if v.enrolled_from:
+        line("enrolled from", v.enrolled_from)
+    line("models", _models(v) or "-")
     active = {(m.name, m.version) for m in v.models if m.active}
     for a in v.assignments:
         if (a.name, a.version) not in active:
-            print(f"{pad} to run {a.name}@{a.version} (not active yet)")
-    if v.audit_head_seq > v.audit_stored_seq:
-        print(f"{pad} audit backlog: {v.audit_head_seq - v.audit_stored_seq} record(s)")
+            line("to run", f"{a.name}@{a.version} (not active yet)")
     r = v.resources
     if r.known:
-        print(
-            f"{pad} {r.device_class}; model memory budget {r.memory_budget / 1048576:.0f}"
-            f" MiB, disk free {r.disk_free / 1048576:.0f} MiB"
+        line(
+            "resources",
+            f"{r.device_class}; model memory budget {r.memory_budget / 1048576:.0f} MiB, "
+            f"disk free {r.disk_free / 1048576:.0f} MiB",
         )
     for b in v.bench:
-        print(
-            f"{pad} {b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
-            f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)"
+        line(
+            "speed",
+            f"{b.model}@{b.version}: pp {b.prompt_tokens_per_second:.0f} tok/s, "
+            f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)",
         )
     for d in v.downloads:
         percent = 100 * d.received / d.total if d.total else 0
         why = f": {d.reason}" if d.reason else ""
-        print(f"{pad} {d.name}@{d.version} {d.state} {percent:.0f} %{why}")
+        line("download", f"{d.name}@{d.version} {d.state} {percent:.0f} %{why}")
     if v.daily_data_budget:
-        print(
-            f"{pad} data today: {v.data_used_today / 1048576:.0f} of "
-            f"{v.daily_data_budget / 1048576:.0f} MiB"
+        line(
+            "data today",
+            f"{v.data_used_today / 1048576:.0f} of {v.daily_data_budget / 1048576:.0f} MiB",
         )
-    if detail:
-        print(f"{pad} agent {v.agent_version or '?'}; labels {v.labels}")
-        for h in v.health:
-            speed = f", smoke {h.smoke_tokens_per_second:.1f} tok/s" if h.smoke else ""
-            why = f" ({h.smoke_reason})" if h.smoke_reason else ""
-            print(
-                f"{pad} {h.name}@{h.version}: smoke {h.smoke or 'not run'}{why}{speed}, "
-                f"{h.requests} requests, {h.errors} failed"
-            )
-    if v.state != "active":
-        print(f"{pad} state: {v.state}")
+    for h in v.health:
+        speed = f", smoke {h.smoke_tokens_per_second:.1f} tok/s" if h.smoke else ""
+        why = f" ({h.smoke_reason})" if h.smoke_reason else ""
+        line(
+            "health",
+            f"{h.name}@{h.version}: smoke {h.smoke or 'not run'}{why}{speed}, "
+            f"{h.requests} requests, {h.errors} failed",
+        )
+    backlog = v.audit_head_seq - v.audit_stored_seq
+    line("audit", f"{v.audit_stored_seq} stored" + (f", {backlog} to come" if backlog > 0 else ""))
     if v.audit_alert:
-        print(f"{pad} AUDIT TAMPER ALERT: {v.audit_alert}")
+        line("AUDIT TAMPER ALERT", v.audit_alert)
     if v.last_error:
-        print(f"{pad} last error: {v.last_error}")
+        line("last error", v.last_error)
+
+
+def _state(v: DeviceView) -> str:
+    return f"{v.state}, stale" if v.stale else v.state
+
+
+def _models(v: DeviceView) -> str:
+    return " ".join(f"{m.name}@{m.version}{'*' if m.active else ''}" for m in v.models)
+
+
+def _notes(v: DeviceView) -> str:
+    """What needs an operator's eye, most urgent first."""
+    notes = ["AUDIT TAMPER ALERT"] if v.audit_alert else []
+    notes += [f"{h.name}@{h.version} FAILED smoke test" for h in v.health if h.smoke == "failed"]
+    active = {(m.name, m.version) for m in v.models if m.active}
+    notes += [
+        f"to run {a.name}@{a.version}" for a in v.assignments if (a.name, a.version) not in active
+    ]
+    for d in v.downloads:
+        percent = f" {100 * d.received // d.total} %" if d.total else ""
+        notes.append(f"{d.name}@{d.version} {d.state}{percent}")
+    if v.audit_head_seq > v.audit_stored_seq:
+        notes.append(f"audit backlog {v.audit_head_seq - v.audit_stored_seq}")
+    if v.last_error:
+        notes.append(f"error: {v.last_error[:60]}")
+    return "; ".join(notes)
+
+
+def _speed(v: DeviceView) -> str:
+    return " ".join(
+        f"{b.model}@{b.version} tg {b.generation_tokens_per_second:.0f} tok/s" for b in v.bench
+    )
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1048576:.0f} MiB" if value else ""
+
+
+DEVICE_COLUMNS: tuple[Column[DeviceView], ...] = (
+    Column("device", lambda v: v.device_id),
+    Column("state", _state),
+    Column("labels", lambda v: labels(v.labels)),
+    Column("last seen", lambda v: when(v.last_seen)),
+    Column("models", _models),
+    Column("hostname", lambda v: v.hostname[:32], wide=True),
+    Column("agent", lambda v: v.agent_version, wide=True),
+    Column("class", lambda v: v.resources.device_class, wide=True),
+    Column("budget", lambda v: _mib(v.resources.memory_budget), wide=True),
+    Column("disk free", lambda v: _mib(v.resources.disk_free), wide=True),
+    Column("data today", lambda v: _mib(v.data_used_today), wide=True),
+    Column("speed", _speed, wide=True),
+    Column("notes", _notes),
+)
+
+
+def _selected(views: list[DeviceView], selector: list[tuple[str, str]]) -> list[DeviceView]:
+    return [v for v in views if all(v.labels.get(k) == value for k, value in selector)]
 
 
 def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
-    views = client.list_devices()
-    if args.json:
-        print(json.dumps([asdict(v) for v in views], indent=2))
-        return 0
-    print(f"{'DEVICE':<22} {'HOSTNAME':<20} {'LAST SEEN':<33} {'AUDIT':>6}  MODELS")
-    for v in views:
-        _print_device(v, detail=False)
+    views = _selected(client.list_devices(), args.selector)
+    print_list(views, DEVICE_COLUMNS, args.output, asdict, empty="no devices")
     return 0
 
 
@@ -143,10 +212,10 @@ def _devices_show(client: OperatorClient, args: argparse.Namespace) -> int:
     view = next(iter(client.list_devices(args.device_id)), None)
     if view is None:
         raise NotFoundError(f"device {args.device_id} is not enrolled")
-    if args.json:
-        print(json.dumps(asdict(view), indent=2))
+    if args.output in ("json", "yaml"):
+        print_documents(asdict(view), args.output)
         return 0
-    _print_device(view, detail=True)
+    _describe(view)
     return 0
 
 

@@ -4,7 +4,7 @@ unpin."""
 from __future__ import annotations
 
 import argparse
-import json
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int, split_ref
@@ -12,6 +12,15 @@ from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import EXCLUDED, Plan, RolloutView
 from edgefleet.errors import ConfigError, MalformedInputError
+from edgefleet.output import (
+    NAME,
+    Column,
+    add_output_option,
+    labels,
+    print_documents,
+    print_list,
+    when,
+)
 
 if TYPE_CHECKING:
     from edgefleet.controller.ctl.client import OperatorClient
@@ -61,14 +70,14 @@ def register(commands: Subcommands) -> None:
     rollout = commands.add_parser("rollout", help="model rollouts").add_subparsers(
         dest="action", required=True
     )
-    _add_strategy_arguments(
-        handled_by(
-            rollout.add_parser(
-                "create", help="roll NAME@VERSION out to matching devices, in gated waves"
-            ),
-            with_client(_create),
-        )
+    create = handled_by(
+        rollout.add_parser(
+            "create", help="roll NAME@VERSION out to matching devices, in gated waves"
+        ),
+        with_client(_create),
     )
+    _add_strategy_arguments(create)
+    add_output_option(create, name=True)
     plan = handled_by(
         rollout.add_parser(
             "plan", help="which devices a rollout would give what, and why others are left out"
@@ -76,15 +85,17 @@ def register(commands: Subcommands) -> None:
         with_client(_plan),
     )
     _add_strategy_arguments(plan)
-    plan.add_argument("--json", action="store_true")
+    add_output_option(plan)
     status = handled_by(
         rollout.add_parser("status", help="a rollout and its devices"), with_client(_status)
     )
     status.add_argument("rollout_id", type=positive_int)
-    status.add_argument("--json", action="store_true")
-    handled_by(
-        rollout.add_parser("list", help="every rollout, newest first"), with_client(_list)
-    ).add_argument("--json", action="store_true")
+    add_output_option(status)
+    add_output_option(
+        handled_by(
+            rollout.add_parser("list", help="every rollout, newest first"), with_client(_list)
+        )
+    )
     for action, text in (
         ("pause", "stop starting new waves (health gates still halt)"),
         ("resume", "continue a paused rollout"),
@@ -141,6 +152,19 @@ def _print_plan(plan: Plan, name: str) -> None:
 def _create(client: OperatorClient, args: argparse.Namespace) -> int:
     name, version = split_ref(args.ref)
     response = client.create_rollout(name, version, dict(args.selector), _strategy(args))
+    if args.output == NAME:
+        print(response.rollout_id)
+        return 0
+    if args.output in ("json", "yaml"):
+        print_documents(
+            {
+                "rollout_id": response.rollout_id,
+                "device_ids": list(response.device_ids),
+                "assigned": dict(response.assigned),
+            },
+            args.output,
+        )
+        return 0
     planned = sum(1 for d in response.plan.devices if d.wave != EXCLUDED)
     waves = f" in {response.plan.waves} waves" if response.plan.waves > 1 else ""
     print(
@@ -159,8 +183,8 @@ def _create(client: OperatorClient, args: argparse.Namespace) -> int:
 def _plan(client: OperatorClient, args: argparse.Namespace) -> int:
     name, version = split_ref(args.ref)
     plan = client.plan_rollout(name, version, dict(args.selector), _strategy(args))
-    if args.json:
-        print(_as_json(plan))
+    if args.output in ("json", "yaml"):
+        print_documents(_document(plan), args.output)
         return 0
     _print_plan(plan, name)
     return 0
@@ -184,30 +208,38 @@ def _print_view(view: RolloutView, with_devices: bool) -> None:
         print(f"  wave {t.wave + 1} {t.device_id} {t.version}{before} {t.state}{reason}")
 
 
-def _as_json(item: Plan | RolloutView) -> str:
-    from edgefleet.controller.rpc.serde import as_json
+def _document(item: Plan | RolloutView) -> dict[str, Any]:
+    """The documented JSON/YAML object of a plan or a rollout (docs/cli.md): snake_case,
+    ids and counts as numbers; a rollout's strategy as it is in force."""
+    document = asdict(item)
+    if isinstance(item, RolloutView):
+        document["strategy"].pop("given")  # which fields the operator set: internal
+    return document
 
-    return json.dumps(as_json(item), indent=2)
+
+ROLLOUT_COLUMNS: tuple[Column[RolloutView], ...] = (
+    Column("id", lambda v: v.id),
+    Column("model", lambda v: f"{v.name}@{v.version}"),
+    Column("state", lambda v: v.state),
+    Column("wave", lambda v: f"{min(v.current_wave + 1, v.waves)}/{v.waves}"),
+    Column("selector", lambda v: labels(v.selector) if v.selector else "(every device)"),
+    Column("created", lambda v: when(v.created_at)),
+    Column("by", lambda v: v.created_by, wide=True),
+    Column("reason", lambda v: v.reason),
+)
 
 
 def _status(client: OperatorClient, args: argparse.Namespace) -> int:
     view = client.get_rollout(args.rollout_id)
-    if args.json:
-        print(_as_json(view))
+    if args.output in ("json", "yaml"):
+        print_documents(_document(view), args.output)
         return 0
     _print_view(view, with_devices=True)
     return 0
 
 
 def _list(client: OperatorClient, args: argparse.Namespace) -> int:
-    views = client.list_rollouts()
-    if args.json:
-        from edgefleet.controller.rpc.serde import as_json
-
-        print(json.dumps([as_json(v) for v in views], indent=2))
-        return 0
-    for view in views:
-        _print_view(view, with_devices=False)
+    print_list(client.list_rollouts(), ROLLOUT_COLUMNS, args.output, _document, "no rollouts")
     return 0
 
 

@@ -1,15 +1,12 @@
 """Operator messages become domain dataclasses here and back (the device messages are in
 ``edgefleet.serde``): the servicers encode what the controller's services return, the
-operator client decodes what it receives, and nothing else touches these protobuf types.
-The ``--json`` output of `rollout` commands is the messages' JSON mapping, made here."""
+operator client decodes what it receives, and nothing else touches these protobuf types."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import fields
 from typing import Any
-
-from google.protobuf.json_format import MessageToDict
 
 from edgefleet.controller.catalog.published import PublishedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
@@ -121,7 +118,7 @@ def view_from_pb(message: operator_pb2.RolloutView) -> RolloutView:
         id=message.id,
         name=message.name,
         version=message.version,
-        selector=dict(message.selector),
+        selector=dict(sorted(message.selector.items())),
         state=message.state,
         reason=message.reason,
         current_wave=message.current_wave,
@@ -134,13 +131,6 @@ def view_from_pb(message: operator_pb2.RolloutView) -> RolloutView:
             for t in message.targets
         ),
     )
-
-
-def as_json(item: Plan | RolloutView) -> dict[str, Any]:
-    """The ``--json`` shape of a plan or a rollout: its message's JSON mapping (camelCase
-    names, 64-bit numbers as strings, every field present)."""
-    message = plan_to_pb(item) if isinstance(item, Plan) else view_to_pb(item)
-    return dict(MessageToDict(message, always_print_fields_with_no_presence=True))
 
 
 # --- publish and the model report ---------------------------------------------------

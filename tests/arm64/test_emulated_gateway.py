@@ -9,6 +9,7 @@ EDGEFLEET_ARM64_ROOT and EDGEFLEET_ARM64_BUNDLE; without them this skips, saying
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,8 +132,13 @@ def test_an_emulated_pi_installs_offline_enrolls_and_serves(gateway: Path, tmp_p
         )  # fmt: skip
 
         def active() -> bool | None:
-            listed = _in(gateway, AGENT, "--data-dir", DATA, "models", "list", timeout=120)
-            return True if "* smollm2@1.0" in listed.stdout else None
+            listed = _in(
+                gateway, AGENT, "--data-dir", DATA, "models", "list", "-o", "json", timeout=120
+            )
+            active = {
+                f"{m['name']}@{m['version']}" for m in json.loads(listed.stdout) if m["active"]
+            }
+            return True if "smollm2@1.0" in active else None
 
         wait_for("the model verified and active on the arm64 agent", active, 900, interval=5)
         app = _in(gateway, AGENT, "--data-dir", DATA, "tokens", "create", "app:pi",

@@ -105,7 +105,7 @@ def test_escape_sequences_from_devices_never_reach_the_terminal(fleet: Fleet) ->
         models=[device_pb2.InstalledModel(name="m\x1b[1A", version="1", sha256="ab" * 32)],
     )
     device_id = _enroll_and_report(fleet, report, hostname=evil)
-    for args in (("devices", "list"), ("devices", "show", device_id)):
+    for args in (("devices", "list", "-o", "wide"), ("devices", "show", device_id)):
         out = fleet.ctl(*args).stdout
         assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
         assert "gw\\x1b[2J" in out

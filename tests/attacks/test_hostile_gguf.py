@@ -18,7 +18,7 @@ from edgefleet.trust.envelope import Envelope, sign_envelope
 from edgefleet.trust.metadata import TARGETS_TYPE, Targets
 from tests.ggufkit import write_gguf_with_facts
 from tests.harness import Fleet
-from tests.integration.fleets import models, publish_tiny, roll_out_and_wait_active
+from tests.integration.fleets import active_versions, publish_tiny, roll_out_and_wait_active
 
 pytestmark = pytest.mark.integration
 
@@ -102,4 +102,4 @@ def test_targets_with_an_unreadable_entry_are_repaired_at_start(
     publish_tiny(fleet, "2", seed=2)
     roll_out_and_wait_active(fleet, "2")
     assert "targets.repaired" in fleet.log("controller")
-    assert "* tiny@2" in models(fleet, "gw")
+    assert "tiny@2" in active_versions(fleet, "gw")

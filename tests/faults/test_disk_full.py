@@ -19,7 +19,7 @@ import pytest
 from edgefleet.bundled import bundled_model_path
 from tests.ggufkit import write_tiny_gguf
 from tests.harness import Fleet, active_models, http_json, wait_for
-from tests.integration.fleets import models, status
+from tests.integration.fleets import active_versions, models, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -114,7 +114,7 @@ def test_a_full_disk_is_survived_and_recovered_from(tmp_path: Path, small_disk: 
         filler = _fill(small_disk)
         full = wait_for("the device to report the full disk", lambda: _full_disk_error(fleet), 60)
         assert "disk:          0 MiB free" in status(fleet, "gw")
-        assert "bulk@1" not in models(fleet, "gw") and "* smollm2@1.0" in models(fleet, "gw")
+        assert "bulk@1" not in models(fleet, "gw") and "smollm2@1.0" in active_versions(fleet, "gw")
 
         # 2. Audit appends fail: no inference goes unaudited (503 audit_unavailable).
         statuses = [_ask(api, token) for _ in range(6)]
@@ -125,7 +125,9 @@ def test_a_full_disk_is_survived_and_recovered_from(tmp_path: Path, small_disk: 
         filler.unlink()
         try:
             wait_for(
-                "bulk@1 active", lambda: True if "* bulk@1" in models(fleet, "gw") else None, 120
+                "bulk@1 active",
+                lambda: True if "bulk@1" in active_versions(fleet, "gw") else None,
+                120,
             )
         except TimeoutError:  # where does it wait? its tasks' awaits, then its log
             raise AssertionError(_where_it_waits(fleet, "agent-gw")) from None
@@ -145,9 +147,9 @@ def test_a_full_disk_is_survived_and_recovered_from(tmp_path: Path, small_disk: 
         assert "disk is full" in refused.stderr or "no space left" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
         filler.unlink()  # (with no room at all SQLite cannot even open the database to read)
-        assert "* smollm2@1.0" in models(fleet, "gw")  # the failed import changed nothing
+        assert "smollm2@1.0" in active_versions(fleet, "gw")  # the failed import changed nothing
         fleet.agent("gw", "models", "import", str(bundle))
-        assert "* smollm2@1.1" in models(fleet, "gw")
+        assert "smollm2@1.1" in active_versions(fleet, "gw")
 
         verified = fleet.agent("gw", "models", "verify", check=False)
         assert verified.returncode == 0, verified.stdout

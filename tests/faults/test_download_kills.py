@@ -13,7 +13,7 @@ import pytest
 from edgefleet.agent.app.state import LocalState
 from tests.ggufkit import write_tiny_gguf
 from tests.harness import Fleet, wait_for
-from tests.integration.fleets import models
+from tests.integration.fleets import active_versions
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_50_sigkills_during_download_install_and_activation(tmp_path: Path) -> N
         assert resumed_with_data >= KILLS // 3, "kills rarely landed mid-download"
         wait_for(
             f"tiny@{published} active",
-            lambda: True if f"* tiny@{published}" in models(fleet, "gw") else None,
+            lambda: True if f"tiny@{published}" in active_versions(fleet, "gw") else None,
             120,
         )
         fleet.kill("agent-gw")

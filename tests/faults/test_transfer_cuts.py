@@ -12,7 +12,7 @@ import pytest
 from tests.faults.proxy import CuttingProxy
 from tests.ggufkit import write_tiny_gguf
 from tests.harness import Fleet, wait_for
-from tests.integration.fleets import models
+from tests.integration.fleets import active_versions
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,9 @@ def test_a_200_mb_download_survives_20_cuts(tmp_path: Path) -> None:
             fleet.start_agent("gw", sync_interval=1, env=env)
             fleet.ctl("rollout", "create", "big@1", "--selector", "site=lab")
             wait_for(
-                "big@1 active", lambda: True if "* big@1" in models(fleet, "gw") else None, 300
+                "big@1 active",
+                lambda: True if "big@1" in active_versions(fleet, "gw") else None,
+                300,
             )
             received = proxy.downstream_bytes
             assert proxy.cuts == CUTS

@@ -38,9 +38,15 @@ def models(fleet: Fleet, name: str) -> str:
     return fleet.agent(name, "models", "list").stdout
 
 
+def active_versions(fleet: Fleet, name: str) -> set[str]:
+    """NAME@VERSION of the active versions of agent ``name`` (`models list -o json`)."""
+    installed = json.loads(fleet.agent(name, "models", "list", "-o", "json").stdout)
+    return {f"{m['name']}@{m['version']}" for m in installed if m["active"]}
+
+
 def serving(fleet: Fleet, name: str, ref: str) -> Callable[[], bool | None]:
     """A probe for `wait_for`: True once agent ``name`` has ``ref`` active."""
-    return lambda: True if f"* {ref}" in models(fleet, name) else None
+    return lambda: True if ref in active_versions(fleet, name) else None
 
 
 def agent_actions(fleet: Fleet, name: str) -> list[tuple[str, str, str]]:
@@ -67,6 +73,6 @@ def roll_out_and_wait_active(fleet: Fleet, version: str) -> None:
     fleet.ctl("rollout", "create", f"tiny@{version}", "--selector", "site=lab")
     wait_for(
         f"tiny@{version} active",
-        lambda: True if f"* tiny@{version}" in models(fleet, "gw") else None,
+        lambda: True if f"tiny@{version}" in active_versions(fleet, "gw") else None,
         30,
     )

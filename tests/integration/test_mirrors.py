@@ -12,7 +12,7 @@ import pytest
 
 from edgefleet.files import sha256_of_file
 from tests.harness import Fleet, wait_for
-from tests.integration.fleets import agent_actions, models, publish_tiny
+from tests.integration.fleets import active_versions, agent_actions, publish_tiny
 from tests.nginxkit import NGINX, NginxMirror
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,9 @@ def test_a_model_comes_from_an_nginx_mirror_and_a_bad_mirror_is_caught(
     _mirror(fleet, blobs)
     fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
     wait_for(
-        "tiny@1 from the mirror", lambda: True if "* tiny@1" in models(fleet, "gw") else None, 30
+        "tiny@1 from the mirror",
+        lambda: True if "tiny@1" in active_versions(fleet, "gw") else None,
+        30,
     )
     assert not _controller_served(fleet, device_id)
     access = (ca_file.parent / "access.log").read_text()  # nginx's own log
@@ -76,7 +78,7 @@ def test_a_model_comes_from_an_nginx_mirror_and_a_bad_mirror_is_caught(
     fleet.ctl("rollout", "create", "tiny@2", "--selector", "site=lab")
     wait_for(
         "tiny@2 from the controller",
-        lambda: True if "* tiny@2" in models(fleet, "gw") else None,
+        lambda: True if "tiny@2" in active_versions(fleet, "gw") else None,
         30,
     )
     assert ("model.download", url, "verification_failed") in agent_actions(fleet, "gw")
@@ -91,12 +93,14 @@ def test_a_second_agent_fetches_from_its_lan_peer(small_fleet: tuple[Fleet, str]
     fleet.start_agent("gw", sync_interval=1, env={"EDGEFLEET_AGENT_PEER_LISTEN": "127.0.0.1:0"})
     publish_tiny(fleet, "1", seed=1, rows=100_000)
     fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
-    wait_for("tiny@1 on gw", lambda: True if "* tiny@1" in models(fleet, "gw") else None, 30)
+    wait_for("tiny@1 on gw", lambda: True if "tiny@1" in active_versions(fleet, "gw") else None, 30)
     peer = (fleet.agent_dir("gw") / "peer.addr").read_text().strip()
     second = fleet.enroll("gw2", {"site": "lab"})
     fleet.start_agent(
         "gw2", sync_interval=1, env={"EDGEFLEET_AGENT_MIRRORS": f"http://{peer}/blobs/"}
     )
-    wait_for("tiny@1 on gw2", lambda: True if "* tiny@1" in models(fleet, "gw2") else None, 30)
+    wait_for(
+        "tiny@1 on gw2", lambda: True if "tiny@1" in active_versions(fleet, "gw2") else None, 30
+    )
     assert "peer.blob_requested" in fleet.log("agent-gw")
     assert not _controller_served(fleet, second)

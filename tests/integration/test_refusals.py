@@ -17,6 +17,7 @@ from edgefleet.v1 import device_pb2, device_pb2_grpc, operator_pb2, operator_pb2
 from tests.ggufkit import write_tiny_gguf
 from tests.harness import Fleet, wait_for
 from tests.integration.fleets import (
+    active_versions,
     agent_actions,
     models,
     publish_tiny,
@@ -52,8 +53,7 @@ def test_blob_differing_from_its_manifest_is_never_installed(
         30,
     )
     assert "refused to download" in halted and "does not match manifest" in halted
-    listed = models(fleet, "gw")
-    assert "* tiny@1" in listed and "tiny@2" not in listed
+    assert active_versions(fleet, "gw") == {"tiny@1"} and "tiny@2" not in models(fleet, "gw")
     assert not (fleet.agent_dir("gw") / "blobs" / "sha256" / blob.name).exists()
     assert not list((fleet.agent_dir("gw") / "blobs" / "partial").iterdir())
     assert ("model.install", "tiny@2", "verification_failed") in agent_actions(fleet, "gw")
@@ -320,7 +320,7 @@ def test_audit_query_filters_by_device_actor_action_and_time(
     mine = fleet.ctl("audit", "query", "--device", device_id, "--actor", "agent").stdout
     assert "device.enroll" in mine and "token.create" not in mine
     assert fleet.ctl("audit", "query", "--until", "2000-01-01T00:00:00Z").stdout == ""
-    limited = fleet.ctl("audit", "query", "--limit", "1")
+    limited = fleet.ctl("audit", "query", "--limit", "1", "--json")
     assert len(limited.stdout.splitlines()) == 1 and "more than 1 records matched" in limited.stderr
     # The latest records first (an incident is looked into from now backwards); --limit
     # keeps the latest; --oldest-first reads forwards.

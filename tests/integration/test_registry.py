@@ -10,6 +10,7 @@ import pytest
 from edgefleet.files import sha256_of_file
 from tests.harness import Fleet, wait_for
 from tests.integration.fleets import (
+    active_versions,
     agent_actions,
     models,
     publish_tiny,
@@ -90,7 +91,7 @@ def test_a_bundle_installs_offline_and_the_registry_commands_verify_repair_and_r
     for version in ("1", "2"):
         out = fleet.agent("gw", "models", "import", str(bundles[version])).stdout
         assert f"tiny@{version}: verified, installed, active" in out
-    assert "* tiny@2" in models(fleet, "gw")
+    assert "tiny@2" in active_versions(fleet, "gw")
 
     assert "ok       tiny@2" in fleet.agent("gw", "models", "verify", "tiny").stdout
     stored = fleet.agent_dir("gw") / "blobs" / "sha256" / sha256_of_file(fleet.root / "tiny-2.gguf")
@@ -106,7 +107,7 @@ def test_a_bundle_installs_offline_and_the_registry_commands_verify_repair_and_r
     assert "damaged" not in fleet.agent("gw", "models", "verify").stdout.lower()
 
     rolled = fleet.agent("gw", "models", "rollback", "tiny").stdout
-    assert "tiny: 2 -> 1" in rolled and "* tiny@1" in models(fleet, "gw")
+    assert "tiny: 2 -> 1" in rolled and "tiny@1" in active_versions(fleet, "gw")
     actions = agent_actions(fleet, "gw")
     for expected in (
         ("model.import", "tiny@1", "success"),

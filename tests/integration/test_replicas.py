@@ -122,7 +122,7 @@ def test_a_replica_dies_mid_rollout_and_the_other_finishes_it(
                 out = fleet.ctl("rollout", "status", str(rollout_id), "--json", quiet=True)
                 return dict(json.loads(out.stdout))
 
-            wait_for("the second wave", lambda: True if status().get("currentWave") else None, 90)
+            wait_for("the second wave", lambda: True if status().get("current_wave") else None, 90)
             fleet.processes["controller"].send_signal(signal.SIGKILL)  # replica A dies
             fleet.processes.pop("controller").wait(10)
             fleet.sync_address = replica_b  # operators now reach replica B

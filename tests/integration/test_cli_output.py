@@ -1,0 +1,136 @@
+"""The output contract of both command-line tools (docs/cli.md), through the real CLIs
+against a real controller: every JSON and YAML document loads back with its documented
+keys, tables are aligned under their headers, `-o name` prints the id alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.harness import Fleet
+from tests.integration.fleets import publish_tiny
+
+pytestmark = pytest.mark.integration
+
+DEVICE_KEYS = {
+    "device_id", "hostname", "labels", "last_seen", "agent_version", "models",
+    "audit_stored_seq", "last_error", "bench", "state", "key_fingerprint", "audit_alert",
+    "downloads", "data_used_today", "daily_data_budget", "resources", "health", "stale",
+    "audit_head_seq", "assignments", "enrolled_from",
+}  # fmt: skip
+ROLLOUT_KEYS = {
+    "id", "name", "version", "selector", "state", "reason", "current_wave", "waves",
+    "strategy", "created_by", "created_at", "targets",
+}  # fmt: skip
+STRATEGY_KEYS = {
+    "canary", "waves", "soak_seconds", "max_failures", "max_error_rate", "min_requests",
+    "min_speed_ratio",
+}  # fmt: skip
+LOCAL_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d \S+ \(\d+[smhd] ago\)$")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, str]]:
+    fleet = Fleet(tmp_path_factory.mktemp("output"))
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        device_id = fleet.enroll("gw", {"site": "lab", "floor": "2"})
+        yield fleet, device_id
+    finally:
+        fleet.stop_all()
+
+
+def _both(fleet: Fleet, *args: str) -> Any:
+    """The JSON document, after checking that YAML says the same."""
+    as_json = json.loads(fleet.ctl(*args, "-o", "json").stdout)
+    assert yaml.safe_load(fleet.ctl(*args, "-o", "yaml").stdout) == as_json
+    return as_json
+
+
+def _columns(table: str) -> list[int]:
+    """Where each header starts; every row's cells start there too (checked by caller)."""
+    header = table.splitlines()[0]
+    return [m.start() for m in re.finditer(r"(?:^|(?<=  ))\S", header)]
+
+
+def test_devices(fleet: tuple[Fleet, str]) -> None:
+    fleet_, device_id = fleet
+    [device] = _both(fleet_, "devices", "list")
+    assert set(device) == DEVICE_KEYS and device["device_id"] == device_id
+    assert device["labels"] == {"site": "lab", "floor": "2"}
+    assert _both(fleet_, "devices", "show", device_id) == device
+    assert (
+        fleet_.ctl("devices", "list", "--json").stdout
+        == fleet_.ctl("devices", "list", "-o", "json").stdout
+    )
+
+    table = fleet_.ctl("devices", "list").stdout
+    header, row = table.splitlines()
+    assert header.split() == ["DEVICE", "STATE", "LABELS", "LAST", "SEEN", "MODELS", "NOTES"]
+    starts = _columns(table)
+    assert row[starts[0] :].startswith(device_id)
+    assert row[starts[2] :].startswith("floor=2,site=lab")
+    wide = fleet_.ctl("devices", "list", "-o", "wide").stdout.splitlines()[0]
+    assert "HOSTNAME" in wide and "DISK FREE" in wide
+    assert fleet_.ctl("devices", "list", "--selector", "site=elsewhere").stdout == ""
+
+
+def test_rollouts(fleet: tuple[Fleet, str]) -> None:
+    fleet_, device_id = fleet
+    publish_tiny(fleet_, "1", seed=1)
+    created = fleet_.ctl("rollout", "create", "tiny@1", "--selector", "site=lab", "-o", "name")
+    rollout_id = int(created.stdout)  # the id alone
+    [listed] = _both(fleet_, "rollout", "list")
+    assert set(listed) == ROLLOUT_KEYS and listed["id"] == rollout_id
+    assert set(listed["strategy"]) == STRATEGY_KEYS
+    status = _both(fleet_, "rollout", "status", str(rollout_id))
+    assert isinstance(status, dict) and status["targets"][0]["device_id"] == device_id
+    table = fleet_.ctl("rollout", "list").stdout.splitlines()
+    assert table[0].split()[:4] == ["ID", "MODEL", "STATE", "WAVE"]
+    created_at = table[1][_columns("\n".join(table))[5] :].split("  ")[0]
+    assert LOCAL_TIME.match(created_at), created_at
+
+
+def test_audit_records(fleet: tuple[Fleet, str]) -> None:
+    fleet_, _ = fleet
+    records = _both(fleet_, "audit", "query", "--limit", "5")
+    assert isinstance(records, list) and records
+    assert {"time", "device", "seq", "actor", "action", "target", "outcome"} <= set(records[0])
+    verbatim = fleet_.ctl("audit", "query", "--limit", "5", "--json").stdout.splitlines()
+    assert [json.loads(line) for line in verbatim] == records
+
+
+def test_agent_documents(fleet: tuple[Fleet, str]) -> None:
+    fleet_, device_id = fleet
+    status = json.loads(fleet_.agent("gw", "status", "-o", "json").stdout)
+    assert status["device_id"] == device_id
+    assert set(status) == {
+        "device_id", "controller", "last_sync", "last_error", "disk", "trust", "audit",
+        "downloads", "data_used_today", "models",
+    }  # fmt: skip
+    assert set(status["trust"]) == {
+        "root_version", "timestamp_version", "targets_version", "fresh_at",
+    }  # fmt: skip
+    as_yaml = yaml.safe_load(fleet_.agent("gw", "status", "-o", "yaml").stdout)
+    assert {**as_yaml, "disk": None} == {**status, "disk": None}  # free space moves
+    assert json.loads(fleet_.agent("gw", "models", "list", "-o", "json").stdout) == []
+
+    token = fleet_.agent("gw", "tokens", "create", "app:probe", "-o", "name").stdout
+    assert re.fullmatch(r"\S+\n", token)  # the secret alone
+    [listed] = json.loads(fleet_.agent("gw", "tokens", "list", "-o", "json").stdout)
+    assert listed["subject"] == "app:probe"
+    assert listed["roles"] == [{"role": "inference", "models": ["*"]}]
+    table = fleet_.agent("gw", "tokens", "list").stdout.splitlines()
+    assert table[0].split() == ["TOKEN", "ID", "SUBJECT", "ROLES"]
+
+
+@pytest.mark.parametrize("tool", ["edgefleetctl", "edgefleet-agent"])
+def test_version(fleet: tuple[Fleet, str], tool: str) -> None:
+    fleet_, _ = fleet
+    assert re.fullmatch(rf"{tool} \d+\.\d+\.\d+\n", fleet_.run(tool, "--version").stdout)
