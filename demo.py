@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  Q: {question}\n  A: {answer['choices'][0]['message']['content'].strip()}")
         print(f"  usage: {answer['usage']}")
         step(9, "Wait for the agent to ship its audit records, then export the trail")
-        head = int(fleet.agent("gw1", "status").stdout.split("audit:")[1].split()[0])
+        head = json.loads(fleet.agent("gw1", "status", "-o", "json").stdout)["audit"]["written"]
         wait_for(
             "audit records to reach the controller",
             lambda: True if fleet.devices()[0]["audit_stored_seq"] >= head else None,

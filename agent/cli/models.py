@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.cli_support import Handler, Subcommands, handled_by
-from edgefleet.errors import NotFoundError
+from edgefleet.cli_support import Handler, Subcommands, handled_by, positive_int, split_ref
+from edgefleet.errors import NotFoundError, TransportError
 from edgefleet.output import Column, add_output_option, print_list
 
 if TYPE_CHECKING:
@@ -29,6 +30,14 @@ def register(commands: Subcommands) -> None:
             _with_state(_list),
         )
     )
+    wait = handled_by(
+        models.add_parser(
+            "wait", help="wait until NAME@VERSION is active (for scripts: exit 0, or 1 on timeout)"
+        ),
+        _with_state(_wait),
+    )
+    wait.add_argument("ref", metavar="NAME@VERSION")
+    wait.add_argument("--timeout", type=positive_int, default=600, help="seconds (default 600)")
     verify = handled_by(
         models.add_parser("verify", help="check installed blobs against their manifests"),
         _with_state(_verify),
@@ -86,6 +95,41 @@ def _list(state: LocalState, args: argparse.Namespace) -> int:
     )
     print_list(documents, columns, args.output, lambda d: d, empty="no models installed")
     return 0
+
+
+WAIT_POLL_SECONDS = 1.0
+
+
+def _wait(state: LocalState, args: argparse.Namespace) -> int:
+    """Poll the registry (the running agent installs and activates) until the version is
+    active; say on stderr how its download goes when that changes."""
+    import time
+
+    from edgefleet.agent.sync.progress import load_board
+
+    name, version = split_ref(args.ref)
+    deadline = time.monotonic() + args.timeout
+    said = ""
+    while True:
+        if any(m.name == name and m.version == version and m.active
+               for m in state.registry.installed()):  # fmt: skip
+            print(f"{name}@{version} is active")
+            return 0
+        board = [d for d in load_board(state.db) if (d.name, d.version) == (name, version)]
+        news = ""
+        if board:
+            d = board[0]
+            percent = f" {100 * d.received // d.total} %" if d.total else ""
+            news = f"{name}@{version}: {d.state}{percent}" + (f" ({d.reason})" if d.reason else "")
+        if news and news != said:
+            print(news, file=sys.stderr)
+            said = news
+        if time.monotonic() >= deadline:
+            where = f" ({said})" if said else " (not assigned to this device yet?)"
+            raise TransportError(
+                f"timed out after {args.timeout} s waiting for {name}@{version} to be active{where}"
+            )
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 def _verify(state: LocalState, args: argparse.Namespace) -> int:

@@ -7,22 +7,37 @@ import argparse
 import difflib
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError
+from edgefleet.output import Column, add_output_option, print_list, when
 
 if TYPE_CHECKING:
     from edgefleet.controller.ctl.client import OperatorClient
+    from edgefleet.controller.rbac.views import OperatorView
 
 
 def register_operator(commands: Subcommands) -> None:
-    operator = commands.add_parser("operator", help="operators").add_subparsers(
-        dest="action", required=True
+    operator = commands.add_parser(
+        "operator", aliases=["operators"], help="operators"
+    ).add_subparsers(dest="action", required=True)
+    add_output_option(
+        handled_by(
+            operator.add_parser("list", help="registered operators and their roles"),
+            with_client(_operator_list),
+        )
     )
+    remove = handled_by(
+        operator.add_parser(
+            "remove", help="unregister an operator: their certificate is refused from then on"
+        ),
+        with_client(_operator_remove),
+    )
+    remove.add_argument("name")
     add = handled_by(
         operator.add_parser("add", help="a credential for a new operator, with a role"),
         with_client(_operator_add),
@@ -73,6 +88,26 @@ def register_tokens(commands: Subcommands) -> None:
     handled_by(
         apps.add_parser("revoke", help="revoke a token"), with_client(_tokens_revoke)
     ).add_argument("token_id")
+
+
+OPERATOR_COLUMNS: tuple[Column[OperatorView], ...] = (
+    Column("name", lambda o: o.name),
+    Column("role", lambda o: o.role),
+    Column("added", lambda o: when(o.created_at)),
+    Column("by", lambda o: o.created_by),
+    Column("certificate", lambda o: o.certificate_serial, wide=True),
+)
+
+
+def _operator_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    print_list(client.list_operators(), OPERATOR_COLUMNS, args.output, asdict)
+    return 0
+
+
+def _operator_remove(client: OperatorClient, args: argparse.Namespace) -> int:
+    client.remove_operator(args.name)
+    print(f"operator {args.name} removed: their certificate is refused from now on")
+    return 0
 
 
 def _operator_add(client: OperatorClient, args: argparse.Namespace) -> int:

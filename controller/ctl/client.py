@@ -14,14 +14,18 @@ from edgefleet import serde
 from edgefleet.config_files import read_toml, split_address
 from edgefleet.controller.catalog.published import PublishedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
+from edgefleet.controller.fleet.views import TokenView
+from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rollouts.views import Plan, RolloutCreated, RolloutView
 from edgefleet.controller.rpc.serde import (
     created_from_pb,
+    operator_from_pb,
     plan_from_pb,
     published_from_pb,
     report_from_pb,
     strategy_to_pb,
+    token_from_pb,
     view_from_pb,
 )
 from edgefleet.errors import AuthenticationError, ConfigError, TransportError
@@ -130,11 +134,39 @@ class OperatorClient:
         with self._errors():
             return method(request, timeout=timeout)
 
-    def create_token(self, labels: dict[str, str], ttl_seconds: int) -> tuple[str, str]:
-        """A one-time enrollment token and its expiry."""
+    def create_token(self, labels: dict[str, str], ttl_seconds: int) -> tuple[str, str, str]:
+        """A one-time enrollment token, its expiry and its id."""
         request = operator_pb2.CreateEnrollmentTokenRequest(labels=labels, ttl_seconds=ttl_seconds)
         response = self._call(self._stub.CreateEnrollmentToken, request)
-        return response.token, response.expires_at
+        return response.token, response.expires_at, response.token_id
+
+    def list_tokens(self) -> list[TokenView]:
+        """Every enrollment token, newest first."""
+        request = operator_pb2.ListEnrollmentTokensRequest()
+        return [
+            token_from_pb(t) for t in self._call(self._stub.ListEnrollmentTokens, request).tokens
+        ]
+
+    def revoke_token(self, token_id: str) -> TokenView:
+        """Revoke an unused enrollment token."""
+        request = operator_pb2.RevokeEnrollmentTokenRequest(token_id=token_id)
+        return token_from_pb(self._call(self._stub.RevokeEnrollmentToken, request))
+
+    def list_operators(self) -> list[OperatorView]:
+        """Every registered operator."""
+        response = self._call(self._stub.ListOperators, operator_pb2.ListOperatorsRequest())
+        return [operator_from_pb(o) for o in response.operators]
+
+    def remove_operator(self, name: str) -> None:
+        """Unregister an operator (their certificate is refused from then on)."""
+        self._call(self._stub.RemoveOperator, operator_pb2.RemoveOperatorRequest(name=name))
+
+    def label_device(
+        self, device_id: str, labels: dict[str, str], remove: list[str]
+    ) -> dict[str, str]:
+        """Set and remove labels of a device; return its labels."""
+        request = operator_pb2.LabelDeviceRequest(device_id=device_id, set=labels, remove=remove)
+        return dict(sorted(self._call(self._stub.LabelDevice, request).labels.items()))
 
     def publish(
         self, path: Path, name: str, version: str, evaluation_json: str = ""

@@ -22,6 +22,7 @@ from edgefleet.output import (
 
 if TYPE_CHECKING:
     from edgefleet.controller.ctl.client import OperatorClient
+    from edgefleet.controller.fleet.views import TokenView
     from edgefleet.fleet import DeviceView
 
 
@@ -36,6 +37,18 @@ def register_token(commands: Subcommands) -> None:
     create.add_argument(
         "--ttl", type=positive_int, default=3600, help="seconds until it expires (default 3600)"
     )
+    add_output_option(create, name=True)
+    add_output_option(
+        handled_by(
+            token.add_parser("list", help="enrollment tokens: unused, used, expired, revoked"),
+            with_client(_token_list),
+        )
+    )
+    revoke = handled_by(
+        token.add_parser("revoke", help="revoke an unused token (it enrolls nothing after)"),
+        with_client(_token_revoke),
+    )
+    revoke.add_argument("token_id", help="from `token list` (16 hex digits)")
 
 
 def register_devices(commands: Subcommands) -> None:
@@ -73,6 +86,13 @@ def register_devices(commands: Subcommands) -> None:
         "--all-pending", action="store_true", help="every device waiting for approval"
     )
     reject.add_argument("--from", dest="source", default="", help="only those from this address")
+    label = handled_by(
+        devices.add_parser("label", help="set (k=v) and remove (--remove k) a device's labels"),
+        with_client(_devices_label),
+    )
+    label.add_argument("device_id")
+    label.add_argument("labels", nargs="*", type=key_value, metavar="K=V")
+    label.add_argument("--remove", action="append", default=[], metavar="K")
     preauthorize = handled_by(
         devices.add_parser("preauthorize", help="let a device key enroll without a token"),
         with_client(_devices_preauthorize),
@@ -82,9 +102,35 @@ def register_devices(commands: Subcommands) -> None:
 
 
 def _token_create(client: OperatorClient, args: argparse.Namespace) -> int:
-    token, expires = client.create_token(dict(args.label), args.ttl)
+    """The secret alone on stdout (table and name), or the JSON/YAML document."""
+    token, expires, token_id = client.create_token(dict(args.label), args.ttl)
+    if args.output in ("json", "yaml"):
+        document = {"token": token, "token_id": token_id, "expires_at": expires}
+        print_documents({**document, "labels": dict(sorted(args.label))}, args.output)
+        return 0
     print(token)
-    print(f"expires {expires}", file=sys.stderr)
+    print(f"token {token_id}, expires {when(expires)}; it is not shown again", file=sys.stderr)
+    return 0
+
+
+TOKEN_COLUMNS: tuple[Column[TokenView], ...] = (
+    Column("token id", lambda t: t.token_id),
+    Column("state", lambda t: t.state),
+    Column("labels", lambda t: labels(t.labels)),
+    Column("expires", lambda t: when(t.expires_at)),
+    Column("device", lambda t: t.device_id),
+    Column("created", lambda t: when(t.created_at), wide=True),
+)
+
+
+def _token_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    print_list(client.list_tokens(), TOKEN_COLUMNS, args.output, asdict, empty="no tokens")
+    return 0
+
+
+def _token_revoke(client: OperatorClient, args: argparse.Namespace) -> int:
+    view = client.revoke_token(args.token_id.strip().lower())
+    print(f"token {view.token_id} revoked: it enrolls nothing from now on")
     return 0
 
 
@@ -231,6 +277,14 @@ def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
     if getattr(args, "source", ""):
         raise ConfigError("--from goes with --all-pending")
     print(f"{args.device_id}: {client.set_device_state(args.device_id, args.action)}")
+    return 0
+
+
+def _devices_label(client: OperatorClient, args: argparse.Namespace) -> int:
+    if not args.labels and not args.remove:
+        raise ConfigError("give labels to set (k=v) or to remove (--remove k)")
+    after = client.label_device(args.device_id, dict(args.labels), args.remove)
+    print(f"{args.device_id}: {labels(after)}")
     return 0
 
 

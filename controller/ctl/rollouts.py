@@ -4,6 +4,7 @@ unpin."""
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_i
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import EXCLUDED, Plan, RolloutView
-from edgefleet.errors import ConfigError, MalformedInputError
+from edgefleet.errors import ConfigError, ConflictError, MalformedInputError
 from edgefleet.output import (
     NAME,
     Column,
@@ -77,6 +78,14 @@ def register(commands: Subcommands) -> None:
         with_client(_create),
     )
     _add_strategy_arguments(create)
+    create.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="create it although no device matches yet (it waits for enrollments)",
+    )
+    create.add_argument(
+        "--yes", action="store_true", help="no question when there is no --selector"
+    )
     add_output_option(create, name=True)
     plan = handled_by(
         rollout.add_parser(
@@ -90,6 +99,11 @@ def register(commands: Subcommands) -> None:
         rollout.add_parser("status", help="a rollout and its devices"), with_client(_status)
     )
     status.add_argument("rollout_id", type=positive_int)
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow until it ends: exit 0 when it completes, 1 when it halts or is aborted",
+    )
     add_output_option(status)
     add_output_option(
         handled_by(
@@ -151,7 +165,19 @@ def _print_plan(plan: Plan, name: str) -> None:
 
 def _create(client: OperatorClient, args: argparse.Namespace) -> int:
     name, version = split_ref(args.ref)
-    response = client.create_rollout(name, version, dict(args.selector), _strategy(args))
+    selector, strategy = dict(args.selector), _strategy(args)
+    matched = len(client.plan_rollout(name, version, selector, strategy).devices)
+    if not matched and not args.allow_empty:
+        raise ConfigError(
+            f"{labels(selector) if selector else 'the fleet'} matches no device: check the "
+            "labels (`devices list`), or pass --allow-empty to create a rollout that waits "
+            "for devices to enroll"
+        )
+    if not selector:
+        print(f"no --selector: {name}@{version} goes to every device ({matched})", file=sys.stderr)
+        if sys.stdin.isatty() and not args.yes and not _confirmed():
+            raise ConfigError("not created (pass --selector, or --yes for the whole fleet)")
+    response = client.create_rollout(name, version, selector, strategy)
     if args.output == NAME:
         print(response.rollout_id)
         return 0
@@ -178,6 +204,13 @@ def _create(client: OperatorClient, args: argparse.Namespace) -> int:
     if excluded:
         print(f"excluded: {len(excluded)} device(s) (`rollout plan` says why)")
     return 0
+
+
+def _confirmed() -> bool:
+    try:
+        return input("roll out to the whole fleet? [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def _plan(client: OperatorClient, args: argparse.Namespace) -> int:
@@ -229,7 +262,44 @@ ROLLOUT_COLUMNS: tuple[Column[RolloutView], ...] = (
 )
 
 
+ENDED = {"completed": 0, "halted": 1, "aborted": 1, "rolled_back": 1}
+WATCH_SECONDS = 2.0
+
+
+def _progress(view: RolloutView) -> str:
+    counts: dict[str, int] = {}
+    for target in view.targets:
+        counts[target.state] = counts.get(target.state, 0) + 1
+    devices = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no devices"
+    wave = f"wave {min(view.current_wave + 1, view.waves)}/{view.waves}"
+    why = f": {view.reason}" if view.reason else ""
+    return f"rollout {view.id} {view.state}, {wave}, {devices}{why}"
+
+
+def _watch(client: OperatorClient, args: argparse.Namespace) -> int:
+    """One line each time the rollout's progress changes, until it ends."""
+    import time
+
+    said = ""
+    while True:
+        view = client.get_rollout(args.rollout_id)
+        line = _progress(view)
+        if line != said:
+            print(line, flush=True)
+            said = line
+        if view.state in ENDED:
+            if args.output in ("json", "yaml"):
+                print_documents(_document(view), args.output)
+            if ENDED[view.state]:
+                why = f": {view.reason}" if view.reason else ""
+                raise ConflictError(f"rollout {view.id} {view.state.replace('_', ' ')}{why}")
+            return 0
+        time.sleep(WATCH_SECONDS)
+
+
 def _status(client: OperatorClient, args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(client, args)
     view = client.get_rollout(args.rollout_id)
     if args.output in ("json", "yaml"):
         print_documents(_document(view), args.output)

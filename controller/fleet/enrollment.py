@@ -20,15 +20,22 @@ from sqlalchemy.orm import Session
 
 from edgefleet.audit import AuditEvent
 from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rollouts.engine import assign_matching_rollouts
 from edgefleet.controller.store.database import Database
 from edgefleet.controller.store.schema import Device, EnrollmentToken, Preauthorization
 from edgefleet.controller.trust.ca import BACKDATE, CertificateAuthority
 from edgefleet.denials import DenialWindow
-from edgefleet.errors import EnrollmentError, MalformedInputError, NotFoundError, ResourceError
+from edgefleet.errors import (
+    ConflictError,
+    EnrollmentError,
+    MalformedInputError,
+    NotFoundError,
+    ResourceError,
+)
 from edgefleet.tls import cert_pem, key_fingerprint_of_csr
 from edgefleet.trust.keys import PublicKey
-from edgefleet.trust.metadata import SHA256_PATTERN
+from edgefleet.trust.metadata import SHA256_PATTERN, format_time
 
 LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62})$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
@@ -65,6 +72,33 @@ def spend(session: Session, statement: Update) -> bool:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+TOKEN_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def token_id(token: str) -> str:
+    """What names a token in `token list`, `token revoke` and the audit trail."""
+    return _token_hash(token)[:16]
+
+
+def _token_view(row: EnrollmentToken, now: datetime) -> TokenView:
+    if row.revoked_at is not None:
+        state = "revoked"
+    elif row.used_at is not None:
+        state = "used"
+    elif row.expires_at.replace(tzinfo=UTC) <= now:
+        state = "expired"
+    else:
+        state = "unused"
+    return TokenView(
+        token_id=row.token_sha256[:16],
+        labels=dict(sorted(row.labels.items())),
+        created_at=format_time(row.created_at),
+        expires_at=format_time(row.expires_at),
+        state=state,
+        device_id=row.device_id or "",
+    )
 
 
 @dataclass(frozen=True)
@@ -113,6 +147,47 @@ class Enrollment:
         self.lifetime = certificate_lifetime
         self.limits = limits or EnrollmentLimits()
         self.failures = DenialWindow(60, self.limits.failures_per_minute)
+
+    def list_tokens(self) -> list[TokenView]:
+        """Every enrollment token, newest first (ids and states; no secret is stored)."""
+        now = datetime.now(UTC)
+        with self.db.session() as session:
+            rows = session.execute(
+                select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc())
+            ).scalars()
+            return [_token_view(row, now) for row in rows]
+
+    def revoke_token(self, operator: str, token_id: str) -> TokenView:
+        """Revoke the unused token whose id (16 hex digits of its hash) is ``token_id``."""
+        if not TOKEN_ID.match(token_id):
+            raise MalformedInputError("a token id is 16 hexadecimal digits (`token list`)")
+        with self.db.session() as session:
+            row = session.execute(
+                select(EnrollmentToken).where(EnrollmentToken.token_sha256.startswith(token_id))
+            ).scalar_one_or_none()
+            if row is None:
+                raise NotFoundError(f"no enrollment token {token_id}")
+            if row.used_at is not None:
+                raise ConflictError(
+                    f"token {token_id} was used by {row.device_id}: revoke the device instead"
+                )
+            if not spend(
+                session,
+                update(EnrollmentToken)
+                .where(
+                    EnrollmentToken.token_sha256 == row.token_sha256,
+                    EnrollmentToken.used_at.is_(None),
+                    EnrollmentToken.revoked_at.is_(None),
+                )
+                .values(revoked_at=datetime.now(UTC)),
+            ):
+                raise ConflictError(f"token {token_id} was already revoked or just used")
+            record_event(
+                session,
+                AuditEvent(f"operator:{operator}", "token.revoke", token_id, "success", {}),
+            )
+            session.refresh(row)
+            return _token_view(row, datetime.now(UTC))
 
     def create_token(
         self, operator: str, labels: dict[str, str], ttl: timedelta
@@ -232,13 +307,19 @@ class Enrollment:
         if not spend(
             session,
             update(EnrollmentToken)
-            .where(EnrollmentToken.token_sha256 == token_hash, EnrollmentToken.used_at.is_(None))
+            .where(
+                EnrollmentToken.token_sha256 == token_hash,
+                EnrollmentToken.used_at.is_(None),
+                EnrollmentToken.revoked_at.is_(None),
+            )
             .values(used_at=datetime.now(UTC), device_id=device.device_id),
         ):
             row = session.get(EnrollmentToken, token_hash)
-            raise EnrollmentError(
-                "unknown enrollment token" if row is None else "enrollment token was already used"
-            )
+            if row is None:
+                raise EnrollmentError("unknown enrollment token")
+            if row.revoked_at is not None:
+                raise EnrollmentError("enrollment token was revoked")
+            raise EnrollmentError("enrollment token was already used")
         row = session.get(EnrollmentToken, token_hash)
         assert row is not None  # just spent in this transaction
         if row.expires_at.replace(tzinfo=UTC) <= datetime.now(UTC):
@@ -408,6 +489,41 @@ class Enrollment:
                 ),
             )
         return after
+
+    def label(
+        self, operator: str, device_id: str, labels: dict[str, str], remove: list[str]
+    ) -> dict[str, str]:
+        """Set ``labels`` and remove the keys ``remove`` of a device; return its labels.
+        A device now matching a rollout under way joins it, as an enrolling one would;
+        one that no longer matches keeps what it was given (unpin or roll back to change
+        that)."""
+        if set(labels) & set(remove):
+            raise MalformedInputError("a label cannot be both set and removed")
+        with self.db.session() as session:
+            device = session.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFoundError(f"no device {device_id}")
+            if device.state in ("rejected", "revoked"):
+                raise ConflictError(f"device {device_id} is {device.state}")
+            missing = sorted(set(remove) - set(device.labels))
+            if missing:
+                raise NotFoundError(f"device {device_id} has no label {', '.join(missing)}")
+            before = dict(device.labels)
+            after = {k: v for k, v in before.items() if k not in remove}
+            device.labels = check_labels({**after, **labels})
+            if device.state == "active":
+                assign_matching_rollouts(session, device, "labelled into the rollout's selector")
+            record_event(
+                session,
+                AuditEvent(
+                    f"operator:{operator}",
+                    "device.label",
+                    f"device:{device_id}",
+                    "success",
+                    {"before": before, "after": device.labels},
+                ),
+            )
+            return dict(sorted(device.labels.items()))
 
     def preauthorize(self, operator: str, fingerprint: str, labels: dict[str, str]) -> None:
         """Let the TLS key with ``fingerprint`` enroll without a token, with ``labels``."""

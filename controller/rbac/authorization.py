@@ -69,6 +69,12 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "PreauthorizeDevice": _operator("devices.manage", wakes_devices=False),
     _OPERATOR + "ExportBundle": _operator("models.publish", wakes_devices=False),
     _OPERATOR + "GetModelReport": _operator("models.read", wakes_devices=False),
+    _OPERATOR + "ListEnrollmentTokens": _operator("devices.read", wakes_devices=False),
+    _OPERATOR + "RevokeEnrollmentToken": _operator("devices.manage", wakes_devices=False),
+    _OPERATOR + "ListOperators": _operator("operators.manage", wakes_devices=False),
+    _OPERATOR + "RemoveOperator": _operator("operators.manage", wakes_devices=False),
+    # A label decides which rollouts and pins select the device.
+    _OPERATOR + "LabelDevice": _operator("devices.manage", wakes_devices=True),
 }
 
 ALL = OPERATOR_PERMISSIONS

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from edgefleet.audit import AuditEvent
 from edgefleet.controller.audit.log import record_event
 from edgefleet.controller.rbac.authorization import BUILTIN_OPERATOR_ROLES
+from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.store.database import Database
 from edgefleet.controller.store.schema import Operator
 from edgefleet.controller.trust.ca import OPERATOR_VALIDITY, CertificateAuthority
@@ -22,6 +23,7 @@ from edgefleet.errors import (
 )
 from edgefleet.rbac import Policy
 from edgefleet.tls import cert_pem, load_certificate
+from edgefleet.trust.metadata import format_time
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -107,3 +109,48 @@ def add_operator(
             ),
         )
     return cert_pem(cert)
+
+
+def list_operators(db: Database) -> list[OperatorView]:
+    """Every registered operator, by name."""
+    with db.session() as session:
+        rows = session.execute(select(Operator).order_by(Operator.name)).scalars()
+        return [
+            OperatorView(
+                r.name, r.role, r.certificate_serial, r.created_by, format_time(r.created_at)
+            )
+            for r in rows
+        ]
+
+
+def remove_operator(db: Database, by: str, name: str, policy: Policy | None) -> None:
+    """Unregister operator ``name``: their certificate is refused from the next call on
+    (admission reads the operator table at every call). Nobody removes themselves, an
+    operator holding permissions they do not hold, or the last one who can manage
+    operators (the fleet would have nobody left to add one)."""
+    if by == name:
+        raise ConflictError("you cannot remove yourself: ask another operator")
+    with db.session() as session:
+        operator = session.get(Operator, name, with_for_update=True)
+        if operator is None:
+            raise NotFoundError(f"no operator {name}")
+        _, held = held_role(session, by, policy)
+        require_held(held, role_permissions(operator.role, policy), f"removing {name}")
+        managers = [
+            o.name
+            for o in session.execute(select(Operator).with_for_update()).scalars()
+            if "operators.manage" in role_permissions(o.role, policy)
+        ]
+        if managers == [name]:
+            raise ConflictError(f"{name} is the last operator who can manage operators")
+        session.delete(operator)
+        record_event(
+            session,
+            AuditEvent(
+                f"operator:{by}",
+                "operator.remove",
+                f"operator:{name}",
+                "success",
+                {"role": operator.role, "certificate_serial": operator.certificate_serial},
+            ),
+        )

@@ -552,10 +552,12 @@ def change_rollout(db: Database, operator: str, rollout_id: int, action: str) ->
         )
 
 
-def assign_matching_rollouts(session: Session, device: Device) -> None:
-    """A device enrolling later joins the newest matching rollout of each model that is
-    under way or complete: assigned now if that rollout is in (or past) its last wave,
-    otherwise in its last wave."""
+def assign_matching_rollouts(
+    session: Session, device: Device, reason: str = "enrolled during the rollout"
+) -> None:
+    """A device enrolling (or labelled into a selector) later joins the newest matching
+    rollout of each model that is under way or complete: assigned now if that rollout is
+    in (or past) its last wave, otherwise in its last wave."""
     latest: dict[str, Rollout] = {}
     for rollout in session.execute(
         select(Rollout)
@@ -576,7 +578,7 @@ def assign_matching_rollouts(session: Session, device: Device) -> None:
             wave=rollout.waves - 1,
             version=rollout.version,
             state="pending",
-            reason="enrolled during the rollout",
+            reason=reason,
         )
         session.add(target)
         if rollout.state == "completed" or rollout.current_wave >= rollout.waves - 1:

@@ -5,11 +5,13 @@ operator client decodes what it receives, and nothing else touches these protobu
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from edgefleet.controller.catalog.published import PublishedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
+from edgefleet.controller.fleet.views import TokenView
+from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import (
     Plan,
@@ -192,3 +194,23 @@ def report_from_pb(
         for s in message.speeds
     ]
     return versions, speeds
+
+
+# --- enrollment tokens and operators ----------------------------------------------
+def token_to_pb(view: TokenView) -> operator_pb2.EnrollmentTokenView:
+    return operator_pb2.EnrollmentTokenView(**asdict(view))
+
+
+def token_from_pb(message: operator_pb2.EnrollmentTokenView) -> TokenView:
+    return TokenView(
+        **{f.name: getattr(message, f.name) for f in fields(TokenView) if f.name != "labels"},
+        labels=dict(sorted(message.labels.items())),
+    )
+
+
+def operator_to_pb(view: OperatorView) -> operator_pb2.OperatorView:
+    return operator_pb2.OperatorView(**asdict(view))
+
+
+def operator_from_pb(message: operator_pb2.OperatorView) -> OperatorView:
+    return OperatorView(**{f.name: getattr(message, f.name) for f in fields(OperatorView)})

@@ -29,18 +29,20 @@ from edgefleet.controller.audit.log import (
 from edgefleet.controller.catalog.published import PublishedVersion
 from edgefleet.controller.catalog.quantization.family import model_report
 from edgefleet.controller.fleet.devices import list_devices, may_read_blob
-from edgefleet.controller.fleet.enrollment import EnrollmentRequest
-from edgefleet.controller.rbac.operators import add_operator
+from edgefleet.controller.fleet.enrollment import EnrollmentRequest, token_id
+from edgefleet.controller.rbac.operators import add_operator, list_operators, remove_operator
 from edgefleet.controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
 from edgefleet.controller.rollouts.engine import plan as plan_rollout
 from edgefleet.controller.rollouts.pins import pin_model, unpin_model
 from edgefleet.controller.rpc.guard import caller
 from edgefleet.controller.rpc.serde import (
     created_to_pb,
+    operator_to_pb,
     plan_to_pb,
     published_to_pb,
     report_to_pb,
     strategy_from_pb,
+    token_to_pb,
     view_to_pb,
 )
 from edgefleet.controller.trust.snapshots import RECHECK_SECONDS, bundle_header
@@ -257,7 +259,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             timedelta(seconds=ttl),
         )
         return operator_pb2.CreateEnrollmentTokenResponse(
-            token=token, expires_at=expires.isoformat()
+            token=token, expires_at=format_time(expires), token_id=token_id(token)
         )
 
     async def PublishModel(
@@ -582,6 +584,46 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
         return operator_pb2.SetDeviceStateResponse(state=state, count=1)
+
+    async def LabelDevice(
+        self, request: operator_pb2.LabelDeviceRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.LabelDeviceResponse:
+        labels = await asyncio.to_thread(
+            self.app.enrollment.label,
+            caller().name,
+            request.device_id,
+            dict(request.set),
+            list(request.remove),
+        )
+        return operator_pb2.LabelDeviceResponse(labels=labels)
+
+    async def ListEnrollmentTokens(
+        self, request: operator_pb2.ListEnrollmentTokensRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ListEnrollmentTokensResponse:
+        views = await asyncio.to_thread(self.app.enrollment.list_tokens)
+        return operator_pb2.ListEnrollmentTokensResponse(tokens=[token_to_pb(v) for v in views])
+
+    async def RevokeEnrollmentToken(
+        self, request: operator_pb2.RevokeEnrollmentTokenRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.EnrollmentTokenView:
+        view = await asyncio.to_thread(
+            self.app.enrollment.revoke_token, caller().name, request.token_id
+        )
+        return token_to_pb(view)
+
+    async def ListOperators(
+        self, request: operator_pb2.ListOperatorsRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ListOperatorsResponse:
+        views = await asyncio.to_thread(list_operators, self.app.db)
+        return operator_pb2.ListOperatorsResponse(operators=[operator_to_pb(v) for v in views])
+
+    async def RemoveOperator(
+        self, request: operator_pb2.RemoveOperatorRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.RemoveOperatorResponse:
+        await asyncio.to_thread(
+            remove_operator, self.app.db, caller().name, request.name, self.app.policies.current()
+        )
+        return operator_pb2.RemoveOperatorResponse()
 
     async def PreauthorizeDevice(
         self, request: operator_pb2.PreauthorizeDeviceRequest, context: grpc.aio.ServicerContext

@@ -42,7 +42,11 @@ MAX_VERSION = (1 << 53) - 1
 
 
 def format_time(moment: datetime) -> str:
-    """Render a UTC timestamp the way metadata stores it."""
+    """Render a timestamp in UTC the way metadata stores it. A naive one is UTC already
+    (SQLite hands back the UTC times stored in it without their zone): astimezone would
+    take it for the machine's local time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -145,6 +145,31 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportResponse.FromString,
                 _registered_method=True)
+        self.ListEnrollmentTokens = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ListEnrollmentTokens',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListEnrollmentTokensRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListEnrollmentTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeEnrollmentToken = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/RevokeEnrollmentToken',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.RevokeEnrollmentTokenRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.EnrollmentTokenView.FromString,
+                _registered_method=True)
+        self.ListOperators = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ListOperators',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListOperatorsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListOperatorsResponse.FromString,
+                _registered_method=True)
+        self.RemoveOperator = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/RemoveOperator',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveOperatorRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveOperatorResponse.FromString,
+                _registered_method=True)
+        self.LabelDevice = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/LabelDevice',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -226,7 +251,8 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryAudit(self, request, context):
-        """Records matching the filters, newest last, at most `limit`.
+        """Records matching the filters, the latest first (or the earliest: oldest_first), at
+        most `limit`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +323,40 @@ class OperatorServiceServicer:
 
     def GetModelReport(self, request, context):
         """Every version of a model with its evaluation, and the speed devices measured, by class.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollmentTokens(self, request, context):
+        """Enrollment tokens (by id: the first 16 hex digits of the token's SHA-256; the secret
+        is never stored), and the revocation of one not yet used.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeEnrollmentToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperators(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveOperator(self, request, context):
+        """The operator's certificate is refused from the next call on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LabelDevice(self, request, context):
+        """Set and remove labels of an enrolled device; selectors see the change at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -414,6 +474,31 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.GetModelReport,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.GetModelReportResponse.SerializeToString,
+            ),
+            'ListEnrollmentTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollmentTokens,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListEnrollmentTokensRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListEnrollmentTokensResponse.SerializeToString,
+            ),
+            'RevokeEnrollmentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeEnrollmentToken,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.RevokeEnrollmentTokenRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.EnrollmentTokenView.SerializeToString,
+            ),
+            'ListOperators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperators,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListOperatorsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListOperatorsResponse.SerializeToString,
+            ),
+            'RemoveOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveOperator,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveOperatorRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveOperatorResponse.SerializeToString,
+            ),
+            'LabelDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1011,6 +1096,141 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/GetModelReport',
             edgefleet_dot_v1_dot_operator__pb2.GetModelReportRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.GetModelReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollmentTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ListEnrollmentTokens',
+            edgefleet_dot_v1_dot_operator__pb2.ListEnrollmentTokensRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ListEnrollmentTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeEnrollmentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/RevokeEnrollmentToken',
+            edgefleet_dot_v1_dot_operator__pb2.RevokeEnrollmentTokenRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.EnrollmentTokenView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ListOperators',
+            edgefleet_dot_v1_dot_operator__pb2.ListOperatorsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ListOperatorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/RemoveOperator',
+            edgefleet_dot_v1_dot_operator__pb2.RemoveOperatorRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.RemoveOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/LabelDevice',
+            edgefleet_dot_v1_dot_operator__pb2.LabelDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.LabelDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

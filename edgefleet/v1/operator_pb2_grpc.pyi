@@ -55,7 +55,9 @@ class OperatorServiceStub:
     (counts, chain ends, digest of the records sent) is signed by the audit role.
     """
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_operator_pb2.QueryAuditRequest, _operator_pb2.QueryAuditResponse]
-    """Records matching the filters, newest last, at most `limit`."""
+    """Records matching the filters, the latest first (or the earliest: oldest_first), at
+    most `limit`.
+    """
     ClearAuditAlert: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ClearAuditAlertRequest, _operator_pb2.ClearAuditAlertResponse]
     """After an investigation: a chain flagged as tampered takes records again; its alerts
     stay on record as cleared (by whom, why) and keep qualifying exports of their ranges.
@@ -78,6 +80,16 @@ class OperatorServiceStub:
     """
     GetModelReport: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetModelReportRequest, _operator_pb2.GetModelReportResponse]
     """Every version of a model with its evaluation, and the speed devices measured, by class."""
+    ListEnrollmentTokens: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListEnrollmentTokensRequest, _operator_pb2.ListEnrollmentTokensResponse]
+    """Enrollment tokens (by id: the first 16 hex digits of the token's SHA-256; the secret
+    is never stored), and the revocation of one not yet used.
+    """
+    RevokeEnrollmentToken: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RevokeEnrollmentTokenRequest, _operator_pb2.EnrollmentTokenView]
+    ListOperators: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListOperatorsRequest, _operator_pb2.ListOperatorsResponse]
+    RemoveOperator: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RemoveOperatorRequest, _operator_pb2.RemoveOperatorResponse]
+    """The operator's certificate is refused from the next call on."""
+    LabelDevice: _grpc.UnaryUnaryMultiCallable[_operator_pb2.LabelDeviceRequest, _operator_pb2.LabelDeviceResponse]
+    """Set and remove labels of an enrolled device; selectors see the change at once."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -106,7 +118,9 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     (counts, chain ends, digest of the records sent) is signed by the audit role.
     """
     QueryAudit: _aio.UnaryUnaryMultiCallable[_operator_pb2.QueryAuditRequest, _operator_pb2.QueryAuditResponse]  # type: ignore[assignment]
-    """Records matching the filters, newest last, at most `limit`."""
+    """Records matching the filters, the latest first (or the earliest: oldest_first), at
+    most `limit`.
+    """
     ClearAuditAlert: _aio.UnaryUnaryMultiCallable[_operator_pb2.ClearAuditAlertRequest, _operator_pb2.ClearAuditAlertResponse]  # type: ignore[assignment]
     """After an investigation: a chain flagged as tampered takes records again; its alerts
     stay on record as cleared (by whom, why) and keep qualifying exports of their ranges.
@@ -129,6 +143,16 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     GetModelReport: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetModelReportRequest, _operator_pb2.GetModelReportResponse]  # type: ignore[assignment]
     """Every version of a model with its evaluation, and the speed devices measured, by class."""
+    ListEnrollmentTokens: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListEnrollmentTokensRequest, _operator_pb2.ListEnrollmentTokensResponse]  # type: ignore[assignment]
+    """Enrollment tokens (by id: the first 16 hex digits of the token's SHA-256; the secret
+    is never stored), and the revocation of one not yet used.
+    """
+    RevokeEnrollmentToken: _aio.UnaryUnaryMultiCallable[_operator_pb2.RevokeEnrollmentTokenRequest, _operator_pb2.EnrollmentTokenView]  # type: ignore[assignment]
+    ListOperators: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListOperatorsRequest, _operator_pb2.ListOperatorsResponse]  # type: ignore[assignment]
+    RemoveOperator: _aio.UnaryUnaryMultiCallable[_operator_pb2.RemoveOperatorRequest, _operator_pb2.RemoveOperatorResponse]  # type: ignore[assignment]
+    """The operator's certificate is refused from the next call on."""
+    LabelDevice: _aio.UnaryUnaryMultiCallable[_operator_pb2.LabelDeviceRequest, _operator_pb2.LabelDeviceResponse]  # type: ignore[assignment]
+    """Set and remove labels of an enrolled device; selectors see the change at once."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -226,7 +250,9 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.QueryAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.QueryAuditResponse, _abc.Awaitable[_operator_pb2.QueryAuditResponse]]:
-        """Records matching the filters, newest last, at most `limit`."""
+        """Records matching the filters, the latest first (or the earliest: oldest_first), at
+        most `limit`.
+        """
 
     @_abc_1.abstractmethod
     def ClearAuditAlert(
@@ -309,5 +335,45 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.GetModelReportResponse, _abc.Awaitable[_operator_pb2.GetModelReportResponse]]:
         """Every version of a model with its evaluation, and the speed devices measured, by class."""
+
+    @_abc_1.abstractmethod
+    def ListEnrollmentTokens(
+        self,
+        request: _operator_pb2.ListEnrollmentTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListEnrollmentTokensResponse, _abc.Awaitable[_operator_pb2.ListEnrollmentTokensResponse]]:
+        """Enrollment tokens (by id: the first 16 hex digits of the token's SHA-256; the secret
+        is never stored), and the revocation of one not yet used.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeEnrollmentToken(
+        self,
+        request: _operator_pb2.RevokeEnrollmentTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.EnrollmentTokenView, _abc.Awaitable[_operator_pb2.EnrollmentTokenView]]: ...
+
+    @_abc_1.abstractmethod
+    def ListOperators(
+        self,
+        request: _operator_pb2.ListOperatorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListOperatorsResponse, _abc.Awaitable[_operator_pb2.ListOperatorsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveOperator(
+        self,
+        request: _operator_pb2.RemoveOperatorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RemoveOperatorResponse, _abc.Awaitable[_operator_pb2.RemoveOperatorResponse]]:
+        """The operator's certificate is refused from the next call on."""
+
+    @_abc_1.abstractmethod
+    def LabelDevice(
+        self,
+        request: _operator_pb2.LabelDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.LabelDeviceResponse, _abc.Awaitable[_operator_pb2.LabelDeviceResponse]]:
+        """Set and remove labels of an enrolled device; selectors see the change at once."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

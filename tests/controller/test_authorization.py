@@ -33,11 +33,15 @@ EXPECTED = {
         *MANAGE_ROLLOUTS,
         *READ_ROLLOUTS,
         "ListDevices",
+        "ListEnrollmentTokens",
         "GetModelReport",
     },  # no QueryAudit: the audit trail is the auditor's (review hole L14)
     "device-manager": {
         "CreateEnrollmentToken",
+        "ListEnrollmentTokens",
+        "RevokeEnrollmentToken",
         "ListDevices",
+        "LabelDevice",
         "SetDeviceState",
         "PreauthorizeDevice",
         "GetModelReport",
@@ -45,13 +49,20 @@ EXPECTED = {
     },
     "auditor": {
         "ListDevices",
+        "ListEnrollmentTokens",
         "ExportAudit",
         "QueryAudit",
         "GetPolicy",
         "GetModelReport",
         *READ_ROLLOUTS,
     },
-    "viewer": {"ListDevices", "GetPolicy", "GetModelReport", *READ_ROLLOUTS},
+    "viewer": {
+        "ListDevices",
+        "ListEnrollmentTokens",
+        "GetPolicy",
+        "GetModelReport",
+        *READ_ROLLOUTS,
+    },
 }
 
 
@@ -158,6 +169,7 @@ WAKES_DEVICES = {
     "CreateAppToken",
     "RevokeAppToken",
     "SetDeviceState",
+    "LabelDevice",
 }
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
 from edgefleet.audit import verify_chain
 from edgefleet.controller.audit.log import ExportFilter, export_page
-from edgefleet.controller.fleet.enrollment import Enrollment, EnrollmentRequest
+from edgefleet.controller.fleet.enrollment import Enrollment, EnrollmentRequest, token_id
 from edgefleet.controller.store.database import Database
 from edgefleet.controller.store.schema import Device
 from edgefleet.controller.trust.ca import CertificateAuthority
-from edgefleet.errors import EnrollmentError, MalformedInputError
+from edgefleet.errors import ConflictError, EnrollmentError, MalformedInputError, NotFoundError
 from edgefleet.tls import common_name, key_fingerprint, load_certificate, make_csr, new_tls_key
 from edgefleet.trust.keys import SigningKey
 
@@ -234,3 +235,84 @@ def test_a_device_is_accepted_or_rejected_once_among_16_racing_operators(
     with enrollment.db.session() as session:
         device = session.get(Device, pending.device_id)
         assert device is not None and device.state == won[0]
+
+
+def test_a_revoked_token_enrolls_nothing_and_says_so(enrollment: Enrollment) -> None:
+    """`token revoke`: an unused token is revoked (audited); enrolling with it is refused
+    by name; a used one cannot be revoked (revoke the device); the list shows each state."""
+    revoked, _ = enrollment.create_token("admin", {"site": "a"}, timedelta(minutes=5))
+    used, _ = enrollment.create_token("admin", {}, timedelta(minutes=5))
+    enrolled = enrollment.enroll(request(used))
+    view = enrollment.revoke_token("ops", token_id(revoked))
+    assert view.state == "revoked" and view.labels == {"site": "a"}
+    with pytest.raises(EnrollmentError, match="enrollment token was revoked"):
+        enrollment.enroll(request(revoked))
+    with pytest.raises(ConflictError, match=f"was used by {enrolled.device_id}"):
+        enrollment.revoke_token("ops", token_id(used))
+    with pytest.raises(NotFoundError, match="no enrollment token"):
+        enrollment.revoke_token("ops", "0" * 16)
+    with pytest.raises(MalformedInputError, match="16 hexadecimal digits"):
+        enrollment.revoke_token("ops", "eft_secret")
+    states = {t.token_id: t.state for t in enrollment.list_tokens()}
+    assert states == {token_id(revoked): "revoked", token_id(used): "used"}
+    records = [r for _, _, r in export_page(enrollment.db, ExportFilter("controller"), None)]
+    assert any(b'"action":"token.revoke"' in r and b'"actor":"operator:ops"' in r for r in records)
+
+
+def test_a_token_raced_by_16_revokes_and_enrollments_is_spent_once(
+    enrollment: Enrollment,
+) -> None:
+    """8 revocations and 8 enrollments at once: either one device enrolled and every
+    revocation was refused, or one revocation won and nothing enrolled."""
+    token, _ = enrollment.create_token("admin", {}, timedelta(minutes=5))
+    calls: list[Callable[[], object]] = [
+        lambda: enrollment.revoke_token("ops", token_id(token))
+    ] * 8
+    calls += [lambda: enrollment.enroll(request(token))] * 8
+    outcomes = _race_each(calls)
+    wins = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(wins) == 1, outcomes
+    assert all(isinstance(o, ConflictError | EnrollmentError) for o in outcomes if o not in wins)
+    with enrollment.db.session() as session:
+        devices = session.query(Device).count()
+    assert devices == (0 if getattr(wins[0], "state", "") == "revoked" else 1)
+
+
+def _race_each(calls: list[Callable[[], object]]) -> list[object]:
+    """Run each call from its own thread, all released at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    barrier = Barrier(len(calls))
+
+    def one(call: Callable[[], object]) -> object:
+        barrier.wait()
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - the outcome under test
+            return e
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+def test_labels_are_set_and_removed_audited(enrollment: Enrollment) -> None:
+    """`devices label`: a device accepted by approval (no labels) gets the labels a
+    selector needs; removing and setting the same key at once is refused."""
+    pending = enrollment.enroll(request())
+    enrollment.set_state("admin", pending.device_id, "accept")
+    assert enrollment.label("ops", pending.device_id, {"site": "lab", "row": "3"}, []) == {
+        "row": "3",
+        "site": "lab",
+    }
+    assert enrollment.label("ops", pending.device_id, {}, ["row"]) == {"site": "lab"}
+    with pytest.raises(NotFoundError, match="has no label row"):
+        enrollment.label("ops", pending.device_id, {}, ["row"])
+    with pytest.raises(MalformedInputError, match="both set and removed"):
+        enrollment.label("ops", pending.device_id, {"site": "x"}, ["site"])
+    with pytest.raises(MalformedInputError, match="outside"):
+        enrollment.label("ops", pending.device_id, {"Bad Key": "x"}, [])
+    with pytest.raises(NotFoundError, match="no device"):
+        enrollment.label("ops", "dev-nope", {"a": "b"}, [])
+    records = [r for _, _, r in export_page(enrollment.db, ExportFilter("controller"), None)]
+    assert sum(b'"action":"device.label"' in r for r in records) == 2

@@ -134,3 +134,15 @@ def test_agent_documents(fleet: tuple[Fleet, str]) -> None:
 def test_version(fleet: tuple[Fleet, str], tool: str) -> None:
     fleet_, _ = fleet
     assert re.fullmatch(rf"{tool} \d+\.\d+\.\d+\n", fleet_.run(tool, "--version").stdout)
+
+
+def test_models_wait_times_out_in_one_line(fleet: tuple[Fleet, str]) -> None:
+    """`edgefleet-agent models wait` (what scripts use instead of grepping `models list`):
+    exit 1 and one line when the version is not active in time."""
+    fleet_, _ = fleet
+    result = fleet_.agent("gw", "models", "wait", "tiny@9", "--timeout", "1", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "edgefleet-agent: error: timed out after 1 s waiting for tiny@9 to be active "
+        "(not assigned to this device yet?)"
+    )
