@@ -1,9 +1,10 @@
-"""What a publish answers: the version now in signed targets and the facts read from its
-GGUF header (a plain dataclass, shared by the server and the operator client)."""
+"""What a publish answers (the version now in signed targets and the facts read from its
+GGUF header) and what the catalog lists: plain dataclasses, shared by the server and the
+operator client."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,3 +20,21 @@ class PublishedVersion:
     quantization: str
     context_length: int
     targets_version: int
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One published model version and where it is in use (`edgefleetctl models list`)."""
+
+    name: str
+    version: str
+    sha256: str
+    length: int
+    quantization: str
+    published_at: str
+    # Devices whose last report has this version active, and devices assigned it.
+    running: int = 0
+    assigned: int = 0
+    # Which devices (`models show NAME@VERSION` only).
+    running_on: list[str] = field(default_factory=list)
+    assigned_to: list[str] = field(default_factory=list)

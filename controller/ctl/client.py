@@ -12,13 +12,14 @@ import grpc
 
 from edgefleet import serde
 from edgefleet.config_files import read_toml, split_address
-from edgefleet.controller.catalog.published import PublishedVersion
+from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
 from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rollouts.views import Plan, RolloutCreated, RolloutView
 from edgefleet.controller.rpc.serde import (
+    catalog_from_pb,
     created_from_pb,
     operator_from_pb,
     plan_from_pb,
@@ -139,6 +140,11 @@ class OperatorClient:
         request = operator_pb2.CreateEnrollmentTokenRequest(labels=labels, ttl_seconds=ttl_seconds)
         response = self._call(self._stub.CreateEnrollmentToken, request)
         return response.token, response.expires_at, response.token_id
+
+    def list_models(self, name: str = "", version: str = "") -> list[CatalogEntry]:
+        """The catalog (of ``name``; with the devices' ids for one ``version``)."""
+        request = operator_pb2.ListModelsRequest(name=name, version=version)
+        return [catalog_from_pb(m) for m in self._call(self._stub.ListModels, request).models]
 
     def list_tokens(self) -> list[TokenView]:
         """Every enrollment token, newest first."""

@@ -8,6 +8,7 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,10 @@ from edgefleet.cli_support import Subcommands, handled_by, output_file, split_re
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.ctl.quantize import add_quantize_parser
 from edgefleet.errors import TransportError
+from edgefleet.output import Column, add_output_option, print_documents, print_list, when
 
 if TYPE_CHECKING:
+    from edgefleet.controller.catalog.published import CatalogEntry
     from edgefleet.controller.ctl.client import OperatorClient
 
 
@@ -31,7 +34,61 @@ def register_models(commands: Subcommands) -> None:
     publish.add_argument("file", type=Path)
     publish.add_argument("--name", required=True)
     publish.add_argument("--version", required=True)
+    listed = handled_by(
+        models.add_parser("list", help="published versions and how many devices use each"),
+        with_client(_models_list),
+    )
+    listed.add_argument("name", nargs="?", default="", help="only this model")
+    add_output_option(listed)
+    show = handled_by(
+        models.add_parser("show", help="one version: its facts and the devices using it"),
+        with_client(_models_show),
+    )
+    show.add_argument("ref", metavar="NAME@VERSION")
+    add_output_option(show)
     add_quantize_parser(models)
+
+
+CATALOG_COLUMNS: tuple[Column[CatalogEntry], ...] = (
+    Column("model", lambda e: f"{e.name}@{e.version}"),
+    Column("size", lambda e: f"{e.length / 1048576:.1f} MiB"),
+    Column("quant", lambda e: e.quantization),
+    Column("published", lambda e: when(e.published_at)),
+    Column("running", lambda e: e.running),
+    Column("assigned", lambda e: e.assigned),
+    Column("sha256", lambda e: e.sha256, wide=True),
+)
+
+
+def _models_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    entries = client.list_models(args.name)
+    print_list(entries, CATALOG_COLUMNS, args.output, _catalog_document, "no models published")
+    return 0
+
+
+def _catalog_document(entry: CatalogEntry) -> dict[str, object]:
+    document = asdict(entry)
+    del document["running_on"], document["assigned_to"]  # counts only in lists
+    return document
+
+
+def _models_show(client: OperatorClient, args: argparse.Namespace) -> int:
+    name, version = split_ref(args.ref)
+    [entry] = client.list_models(name, version)
+    if args.output in ("json", "yaml"):
+        print_documents(asdict(entry), args.output)
+        return 0
+    for key, value in (
+        ("model", f"{entry.name}@{entry.version}"),
+        ("sha256", entry.sha256),
+        ("size", f"{entry.length} bytes ({entry.length / 1048576:.1f} MiB)"),
+        ("quantization", entry.quantization),
+        ("published", when(entry.published_at)),
+        ("running on", " ".join(entry.running_on) or "-"),
+        ("assigned to", " ".join(entry.assigned_to) or "-"),
+    ):
+        print(f"{key + ':':<14}{value}")
+    return 0
 
 
 def register_bundle(commands: Subcommands) -> None:

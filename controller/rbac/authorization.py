@@ -75,6 +75,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "RemoveOperator": _operator("operators.manage", wakes_devices=False),
     # A label decides which rollouts and pins select the device.
     _OPERATOR + "LabelDevice": _operator("devices.manage", wakes_devices=True),
+    _OPERATOR + "ListModels": _operator("models.read", wakes_devices=False),
 }
 
 ALL = OPERATOR_PERMISSIONS

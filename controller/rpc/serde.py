@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from edgefleet.controller.catalog.published import PublishedVersion
+from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
 from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rbac.views import OperatorView
@@ -214,3 +214,18 @@ def operator_to_pb(view: OperatorView) -> operator_pb2.OperatorView:
 
 def operator_from_pb(message: operator_pb2.OperatorView) -> OperatorView:
     return OperatorView(**{f.name: getattr(message, f.name) for f in fields(OperatorView)})
+
+
+def catalog_to_pb(entry: CatalogEntry) -> operator_pb2.CatalogEntry:
+    return operator_pb2.CatalogEntry(**asdict(entry))
+
+
+def catalog_from_pb(message: operator_pb2.CatalogEntry) -> CatalogEntry:
+    values = {f.name: getattr(message, f.name) for f in fields(CatalogEntry)}
+    return CatalogEntry(
+        **{
+            **values,
+            "running_on": list(message.running_on),
+            "assigned_to": list(message.assigned_to),
+        }
+    )

@@ -26,6 +26,7 @@ from edgefleet.controller.audit.log import (
     record_alone,
     through_next_checkpoint,
 )
+from edgefleet.controller.catalog.listing import list_catalog
 from edgefleet.controller.catalog.published import PublishedVersion
 from edgefleet.controller.catalog.quantization.family import model_report
 from edgefleet.controller.fleet.devices import list_devices, may_read_blob
@@ -36,6 +37,7 @@ from edgefleet.controller.rollouts.engine import plan as plan_rollout
 from edgefleet.controller.rollouts.pins import pin_model, unpin_model
 from edgefleet.controller.rpc.guard import caller
 from edgefleet.controller.rpc.serde import (
+    catalog_to_pb,
     created_to_pb,
     operator_to_pb,
     plan_to_pb,
@@ -584,6 +586,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
         return operator_pb2.SetDeviceStateResponse(state=state, count=1)
+
+    async def ListModels(
+        self, request: operator_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ListModelsResponse:
+        await self.app.syncs.flush()  # count devices from their latest reports
+        entries = await asyncio.to_thread(list_catalog, self.app.db, request.name, request.version)
+        return operator_pb2.ListModelsResponse(models=[catalog_to_pb(e) for e in entries])
 
     async def LabelDevice(
         self, request: operator_pb2.LabelDeviceRequest, context: grpc.aio.ServicerContext

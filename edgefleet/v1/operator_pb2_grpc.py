@@ -170,6 +170,11 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ListModels',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -362,6 +367,13 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The catalog: every published version (of `name`; `version` adds which devices).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -499,6 +511,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.LabelDevice,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.LabelDeviceResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1231,6 +1248,33 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/LabelDevice',
             edgefleet_dot_v1_dot_operator__pb2.LabelDeviceRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.LabelDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ListModels',
+            edgefleet_dot_v1_dot_operator__pb2.ListModelsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,8 @@ class OperatorServiceStub:
     """The operator's certificate is refused from the next call on."""
     LabelDevice: _grpc.UnaryUnaryMultiCallable[_operator_pb2.LabelDeviceRequest, _operator_pb2.LabelDeviceResponse]
     """Set and remove labels of an enrolled device; selectors see the change at once."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListModelsRequest, _operator_pb2.ListModelsResponse]
+    """The catalog: every published version (of `name`; `version` adds which devices)."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -153,6 +155,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """The operator's certificate is refused from the next call on."""
     LabelDevice: _aio.UnaryUnaryMultiCallable[_operator_pb2.LabelDeviceRequest, _operator_pb2.LabelDeviceResponse]  # type: ignore[assignment]
     """Set and remove labels of an enrolled device; selectors see the change at once."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListModelsRequest, _operator_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The catalog: every published version (of `name`; `version` adds which devices)."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -375,5 +379,13 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.LabelDeviceResponse, _abc.Awaitable[_operator_pb2.LabelDeviceResponse]]:
         """Set and remove labels of an enrolled device; selectors see the change at once."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _operator_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListModelsResponse, _abc.Awaitable[_operator_pb2.ListModelsResponse]]:
+        """The catalog: every published version (of `name`; `version` adds which devices)."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

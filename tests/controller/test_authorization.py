@@ -35,6 +35,7 @@ EXPECTED = {
         "ListDevices",
         "ListEnrollmentTokens",
         "GetModelReport",
+        "ListModels",
     },  # no QueryAudit: the audit trail is the auditor's (review hole L14)
     "device-manager": {
         "CreateEnrollmentToken",
@@ -45,6 +46,7 @@ EXPECTED = {
         "SetDeviceState",
         "PreauthorizeDevice",
         "GetModelReport",
+        "ListModels",
         *READ_ROLLOUTS,
     },
     "auditor": {
@@ -54,6 +56,7 @@ EXPECTED = {
         "QueryAudit",
         "GetPolicy",
         "GetModelReport",
+        "ListModels",
         *READ_ROLLOUTS,
     },
     "viewer": {
@@ -61,6 +64,7 @@ EXPECTED = {
         "ListEnrollmentTokens",
         "GetPolicy",
         "GetModelReport",
+        "ListModels",
         *READ_ROLLOUTS,
     },
 }

@@ -146,3 +146,25 @@ def test_models_wait_times_out_in_one_line(fleet: tuple[Fleet, str]) -> None:
         "edgefleet-agent: error: timed out after 1 s waiting for tiny@9 to be active "
         "(not assigned to this device yet?)"
     )
+
+
+def test_models_list_and_show(fleet: tuple[Fleet, str]) -> None:
+    """The catalog: each published version, its size and quantization, how many devices
+    are assigned it (the device here never runs, so none runs it); `show` names them."""
+    fleet_, device_id = fleet
+    publish_tiny(fleet_, "3", seed=3)
+    entries = {f"{e['name']}@{e['version']}": e for e in _both(fleet_, "models", "list")}
+    assert set(entries["tiny@3"]) == {
+        "name", "version", "sha256", "length", "quantization", "published_at", "running",
+        "assigned",
+    }  # fmt: skip
+    assert entries["tiny@3"]["running"] == 0 and entries["tiny@3"]["assigned"] == 0
+    assert entries["tiny@1"]["assigned"] == 1  # test_rollouts rolled it out to the device
+    shown = _both(fleet_, "models", "show", "tiny@1")
+    assert shown["assigned_to"] == [device_id] and shown["running_on"] == []
+    table = fleet_.ctl("models", "list", "tiny").stdout.splitlines()
+    assert table[0].split() == ["MODEL", "SIZE", "QUANT", "PUBLISHED", "RUNNING", "ASSIGNED"]
+    assert [line.split()[0] for line in table[1:]] == ["tiny@3", "tiny@1"]  # newest first
+    missing = fleet_.ctl("models", "show", "tiny@9", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "edgefleetctl: error: tiny@9 is not published"
