@@ -10,6 +10,7 @@ from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.config_files import split_address
 from edgefleet.errors import TransportError
 from edgefleet.logging import add_service_log_options, configure_logging, service_renderer
+from edgefleet.output import NAME, add_output_option, print_documents
 
 
 def register(commands: Subcommands) -> None:
@@ -20,6 +21,7 @@ def register(commands: Subcommands) -> None:
     init.add_argument("--fleet-name", default="edgefleet")
     init.add_argument("--host", action="append", default=[], help="extra name/IP for the TLS cert")
     init.add_argument("--advertise", default="127.0.0.1:7443", help="address operators dial")
+    add_output_option(init, name=True)  # name: the root fingerprint alone
 
     serve = handled_by(
         commands.add_parser("serve", help="run the controller's gRPC server"), _serve
@@ -50,6 +52,17 @@ def _init(args: argparse.Namespace) -> int:
     from edgefleet.controller.app.datadir import initialize
 
     result = initialize(args.data_dir, args.fleet_name, args.host, args.advertise)
+    if args.output == NAME:
+        print(result.root_fingerprint)
+        return 0
+    if args.output in ("json", "yaml"):
+        document = {
+            "data_dir": str(args.data_dir),
+            "root_fingerprint": result.root_fingerprint,
+            "operator_config": str(result.operator_config),
+        }
+        print_documents(document, args.output)
+        return 0
     print(f"initialized {args.data_dir}")
     print(f"root fingerprint: {result.root_fingerprint}")
     print(f"operator config:  {result.operator_config}")
