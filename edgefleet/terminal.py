@@ -39,5 +39,11 @@ class PrintableStream:
         self._stream.write(printable(text))
         return len(text)
 
+    @property
+    def raw(self) -> TextIO:
+        """The stream itself, for what draws with control characters of its own (a
+        progress bar's carriage returns) and prints nothing from outside."""
+        return self._stream
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,10 +175,15 @@ class OperatorClient:
         return dict(sorted(self._call(self._stub.LabelDevice, request).labels.items()))
 
     def publish(
-        self, path: Path, name: str, version: str, evaluation_json: str = ""
+        self,
+        path: Path,
+        name: str,
+        version: str,
+        evaluation_json: str = "",
+        sent: Callable[[int], None] = lambda count: None,
     ) -> PublishedVersion:
         """Upload a GGUF file (a quantized variant with its measurements); the controller
-        hashes, checks, signs and stores it."""
+        hashes, checks, signs and stores it. ``sent`` hears of each block sent."""
         try:
             length = path.stat().st_size
         except OSError as e:
@@ -192,6 +197,7 @@ class OperatorClient:
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(UPLOAD_CHUNK), b""):
                     yield operator_pb2.PublishModelRequest(data=block)
+                    sent(len(block))
 
         return published_from_pb(self._call(self._stub.PublishModel, parts(), timeout=3600))
 

@@ -34,6 +34,7 @@ def register_models(commands: Subcommands) -> None:
     publish.add_argument("file", type=Path)
     publish.add_argument("--name", required=True)
     publish.add_argument("--version", required=True)
+    add_output_option(publish)
     listed = handled_by(
         models.add_parser("list", help="published versions and how many devices use each"),
         with_client(_models_list),
@@ -158,7 +159,14 @@ def _member(bundle: Path, name: str) -> bytes:
 
 
 def _models_publish(client: OperatorClient, args: argparse.Namespace) -> int:
-    r = client.publish(args.file, args.name, args.version)
+    from edgefleet.progress import Progress
+
+    size = args.file.stat().st_size if args.file.is_file() else 0
+    with Progress(f"{args.name}@{args.version}", size, args.output) as progress:
+        r = client.publish(args.file, args.name, args.version, sent=progress.update)
+    if args.output in ("json", "yaml"):
+        print_documents(asdict(r), args.output)
+        return 0
     print(
         f"published {r.name}@{r.version} sha256={r.sha256} length={r.length} "
         f"arch={r.architecture} params={r.parameter_count} quant={r.quantization} "

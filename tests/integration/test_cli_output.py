@@ -168,3 +168,52 @@ def test_models_list_and_show(fleet: tuple[Fleet, str]) -> None:
     missing = fleet_.ctl("models", "show", "tiny@9", check=False)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "edgefleetctl: error: tiny@9 is not published"
+
+
+def test_publish_shows_progress_as_asked(fleet: tuple[Fleet, str]) -> None:
+    """`models publish`: a bar on a terminal, JSON progress lines with -o json (stdout:
+    the published version alone), nothing when stderr is a file."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from tests.ggufkit import write_tiny_gguf
+    from tests.harness import BIN
+
+    fleet_, _ = fleet
+    model = write_tiny_gguf(fleet_.root / "progress.gguf", seed=5, rows=40_000)
+    size = model.stat().st_size
+    published = fleet_.ctl(
+        "models", "publish", str(model), "--name", "bar", "--version", "1", "-o", "json"
+    )
+    assert json.loads(published.stdout)["length"] == size
+    lines = [json.loads(line) for line in published.stderr.splitlines()]
+    assert lines[-1] == {"progress": "bar@1", "done": size, "total": size, "unit": "B"}
+    quiet = fleet_.ctl("models", "publish", str(model), "--name", "bar", "--version", "2")
+    assert quiet.stderr == "" and quiet.stdout.startswith("published bar@2 ")
+
+    main, terminal = pty.openpty()  # stderr on an 80-column terminal: the bar is drawn there
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    command = [str(BIN / "edgefleetctl"), "--config", str(fleet_.operator_config)]
+    command += ["--controller", fleet_.sync_address, "models", "publish", str(model)]
+    result = subprocess.run(
+        [*command, "--name", "bar", "--version", "3"],
+        stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120,
+    )  # fmt: skip
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(main)
+    assert result.returncode == 0 and result.stdout.startswith("published bar@3 ")
+    assert b"bar@3" in drawn and b"100%" in drawn, drawn[-500:]
+    assert b"\r" in drawn and b"\\x0d" not in drawn  # drawn in place, not escaped
