@@ -17,11 +17,12 @@ from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionV
 from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import Strategy
-from edgefleet.controller.rollouts.views import Plan, RolloutCreated, RolloutView
+from edgefleet.controller.rollouts.views import PinView, Plan, RolloutCreated, RolloutView
 from edgefleet.controller.rpc.serde import (
     catalog_from_pb,
     created_from_pb,
     operator_from_pb,
+    pin_from_pb,
     plan_from_pb,
     published_from_pb,
     report_from_pb,
@@ -145,6 +146,16 @@ class OperatorClient:
         """The catalog (of ``name``; with the devices' ids for one ``version``)."""
         request = operator_pb2.ListModelsRequest(name=name, version=version)
         return [catalog_from_pb(m) for m in self._call(self._stub.ListModels, request).models]
+
+    def list_pins(self) -> list[PinView]:
+        """Every pin and how many devices it holds."""
+        response = self._call(self._stub.ListPins, operator_pb2.ListPinsRequest())
+        return [pin_from_pb(p) for p in response.pins]
+
+    def remove_device(self, device_id: str) -> None:
+        """Forget a rejected or revoked device."""
+        request = operator_pb2.RemoveDeviceRequest(device_id=device_id)
+        self._call(self._stub.RemoveDevice, request)
 
     def list_tokens(self) -> list[TokenView]:
         """Every enrollment token, newest first."""

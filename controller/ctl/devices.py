@@ -86,6 +86,10 @@ def register_devices(commands: Subcommands) -> None:
         "--all-pending", action="store_true", help="every device waiting for approval"
     )
     reject.add_argument("--from", dest="source", default="", help="only those from this address")
+    handled_by(
+        devices.add_parser("rm", help="forget a rejected or revoked device (audit kept)"),
+        with_client(_devices_rm),
+    ).add_argument("device_id")
     label = handled_by(
         devices.add_parser("label", help="set (k=v) and remove (--remove k) a device's labels"),
         with_client(_devices_label),
@@ -277,6 +281,12 @@ def _devices_state(client: OperatorClient, args: argparse.Namespace) -> int:
     if getattr(args, "source", ""):
         raise ConfigError("--from goes with --all-pending")
     print(f"{args.device_id}: {client.set_device_state(args.device_id, args.action)}")
+    return 0
+
+
+def _devices_rm(client: OperatorClient, args: argparse.Namespace) -> int:
+    client.remove_device(args.device_id)
+    print(f"{args.device_id} removed (its audit records stay)")
     return 0
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int, split_ref
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
-from edgefleet.controller.rollouts.views import EXCLUDED, Plan, RolloutView
+from edgefleet.controller.rollouts.views import EXCLUDED, PinView, Plan, RolloutView
 from edgefleet.errors import ConfigError, ConflictError, MalformedInputError
 from edgefleet.output import (
     NAME,
@@ -128,6 +128,15 @@ def register(commands: Subcommands) -> None:
         rollout.add_parser("unpin", help="release a pin of NAME"), with_client(_unpin)
     )
     unpin.add_argument("name")
+    pins = rollout.add_parser("pins", help="pins in force").add_subparsers(
+        dest="pins_action", required=True
+    )
+    add_output_option(
+        handled_by(
+            pins.add_parser("list", help="every pin and how many devices it holds"),
+            with_client(_pins_list),
+        )
+    )
     for parser in (pin, unpin):
         target = parser.add_mutually_exclusive_group(required=True)
         target.add_argument("--device", default="")
@@ -315,6 +324,21 @@ def _list(client: OperatorClient, args: argparse.Namespace) -> int:
 
 def _change(client: OperatorClient, args: argparse.Namespace) -> int:
     _print_view(client.change_rollout(args.rollout_id, args.action), with_devices=True)
+    return 0
+
+
+PIN_COLUMNS: tuple[Column[PinView], ...] = (
+    Column("model", lambda p: f"{p.model}@{p.version}"),
+    Column("device", lambda p: p.device_id),
+    Column("selector", lambda p: labels(p.selector) if p.selector else ""),
+    Column("devices", lambda p: p.devices),
+    Column("by", lambda p: p.created_by),
+    Column("since", lambda p: when(p.created_at)),
+)
+
+
+def _pins_list(client: OperatorClient, args: argparse.Namespace) -> int:
+    print_list(client.list_pins(), PIN_COLUMNS, args.output, asdict, empty="no pins")
     return 0
 
 

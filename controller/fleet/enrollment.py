@@ -23,7 +23,14 @@ from edgefleet.controller.audit.log import record_event
 from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rollouts.engine import assign_matching_rollouts
 from edgefleet.controller.store.database import Database
-from edgefleet.controller.store.schema import Device, EnrollmentToken, Preauthorization
+from edgefleet.controller.store.schema import (
+    Assignment,
+    Device,
+    EnrollmentToken,
+    Pin,
+    Preauthorization,
+    RolloutTarget,
+)
 from edgefleet.controller.trust.ca import BACKDATE, CertificateAuthority
 from edgefleet.denials import DenialWindow
 from edgefleet.errors import (
@@ -489,6 +496,39 @@ class Enrollment:
                 ),
             )
         return after
+
+    def remove(self, operator: str, device_id: str) -> None:
+        """Forget a rejected or revoked device: its row, assignments, rollout places and
+        device pins go (audited with what it was); its audit chain stays, for exports."""
+        with self.db.session() as session:
+            device = session.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFoundError(f"no device {device_id}")
+            if device.state not in ("rejected", "revoked"):
+                raise ConflictError(
+                    f"device {device_id} is {device.state}: revoke it first "
+                    f"(`devices revoke {device_id}`)"
+                )
+            details = {
+                "state": device.state,
+                "hostname": device.hostname,
+                "labels": dict(device.labels),
+                "key_fingerprint": device.key_fingerprint,
+            }
+            for table in (Assignment, RolloutTarget):
+                session.execute(delete(table).where(table.device_id == device_id))
+            session.execute(delete(Pin).where(Pin.device_id == device_id))
+            session.delete(device)
+            record_event(
+                session,
+                AuditEvent(
+                    f"operator:{operator}",
+                    "device.remove",
+                    f"device:{device_id}",
+                    "success",
+                    details,
+                ),
+            )
 
     def label(
         self, operator: str, device_id: str, labels: dict[str, str], remove: list[str]

@@ -76,6 +76,8 @@ METHOD_RULES: Mapping[str, Rule] = {
     # A label decides which rollouts and pins select the device.
     _OPERATOR + "LabelDevice": _operator("devices.manage", wakes_devices=True),
     _OPERATOR + "ListModels": _operator("models.read", wakes_devices=False),
+    _OPERATOR + "ListPins": _operator("rollouts.read", wakes_devices=False),
+    _OPERATOR + "RemoveDevice": _operator("devices.manage", wakes_devices=False),
 }
 
 ALL = OPERATOR_PERMISSIONS

@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 
 from edgefleet.audit import AuditEvent
 from edgefleet.controller.audit.log import record_event
+from edgefleet.controller.rollouts.views import PinView
 from edgefleet.controller.store.database import Database
 from edgefleet.controller.store.schema import Device, Model, Pin
 from edgefleet.errors import MalformedInputError, NotFoundError
-from edgefleet.trust.metadata import check_model_name, check_model_version
+from edgefleet.trust.metadata import check_model_name, check_model_version, format_time
 
 
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -151,3 +152,28 @@ def unpin_model(
             ),
         )
         return released
+
+
+def list_pins(db: Database) -> list[PinView]:
+    """Every pin, by model then age, with how many devices it holds now (a device pin
+    holds its device; a selector pin the active devices it matches)."""
+    with db.session() as session:
+        devices = list(session.execute(select(Device).where(Device.state == "active")).scalars())
+        views = []
+        for pin in sorted(all_pins(session), key=lambda p: (p.model_name, p.id)):
+            if pin.device_id:
+                held = sum(d.device_id == pin.device_id for d in devices)
+            else:
+                held = sum(selector_matches(pin.selector, d.labels) for d in devices)
+            views.append(
+                PinView(
+                    model=pin.model_name,
+                    version=pin.version,
+                    device_id=pin.device_id,
+                    selector=dict(sorted(pin.selector.items())),
+                    created_by=pin.created_by,
+                    created_at=format_time(pin.created_at),
+                    devices=held,
+                )
+            )
+        return views

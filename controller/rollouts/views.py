@@ -73,3 +73,16 @@ class RolloutView:
     created_by: str
     created_at: str
     targets: tuple[TargetView, ...]
+
+
+@dataclass(frozen=True)
+class PinView:
+    """A pin as `edgefleetctl rollout pins list` shows it, with the devices it holds now."""
+
+    model: str
+    version: str
+    device_id: str
+    selector: dict[str, str]
+    created_by: str
+    created_at: str
+    devices: int

@@ -14,6 +14,7 @@ from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import (
+    PinView,
     Plan,
     PlannedDevice,
     RolloutCreated,
@@ -229,3 +230,13 @@ def catalog_from_pb(message: operator_pb2.CatalogEntry) -> CatalogEntry:
             "assigned_to": list(message.assigned_to),
         }
     )
+
+
+def pin_to_pb(view: PinView) -> operator_pb2.PinView:
+    return operator_pb2.PinView(**asdict(view))
+
+
+def pin_from_pb(message: operator_pb2.PinView) -> PinView:
+    values = {f.name: getattr(message, f.name) for f in fields(PinView)}
+    values["selector"] = dict(sorted(message.selector.items()))
+    return PinView(**values)

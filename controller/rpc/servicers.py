@@ -34,12 +34,13 @@ from edgefleet.controller.fleet.enrollment import EnrollmentRequest, token_id
 from edgefleet.controller.rbac.operators import add_operator, list_operators, remove_operator
 from edgefleet.controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
 from edgefleet.controller.rollouts.engine import plan as plan_rollout
-from edgefleet.controller.rollouts.pins import pin_model, unpin_model
+from edgefleet.controller.rollouts.pins import list_pins, pin_model, unpin_model
 from edgefleet.controller.rpc.guard import caller
 from edgefleet.controller.rpc.serde import (
     catalog_to_pb,
     created_to_pb,
     operator_to_pb,
+    pin_to_pb,
     plan_to_pb,
     published_to_pb,
     report_to_pb,
@@ -586,6 +587,18 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
         return operator_pb2.SetDeviceStateResponse(state=state, count=1)
+
+    async def ListPins(
+        self, request: operator_pb2.ListPinsRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.ListPinsResponse:
+        views = await asyncio.to_thread(list_pins, self.app.db)
+        return operator_pb2.ListPinsResponse(pins=[pin_to_pb(v) for v in views])
+
+    async def RemoveDevice(
+        self, request: operator_pb2.RemoveDeviceRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.RemoveDeviceResponse:
+        await asyncio.to_thread(self.app.enrollment.remove, caller().name, request.device_id)
+        return operator_pb2.RemoveDeviceResponse()
 
     async def ListModels(
         self, request: operator_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

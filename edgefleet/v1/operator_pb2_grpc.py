@@ -175,6 +175,16 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListPins = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/ListPins',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListPinsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListPinsResponse.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/RemoveDevice',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -374,6 +384,20 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPins(self, request, context):
+        """Every pin, with how many devices it holds now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """Forget a rejected or revoked device (its audit chain stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -516,6 +540,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListPins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPins,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListPinsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListPinsResponse.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1275,6 +1309,60 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/ListModels',
             edgefleet_dot_v1_dot_operator__pb2.ListModelsRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/ListPins',
+            edgefleet_dot_v1_dot_operator__pb2.ListPinsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.ListPinsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/RemoveDevice',
+            edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -92,6 +92,10 @@ class OperatorServiceStub:
     """Set and remove labels of an enrolled device; selectors see the change at once."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListModelsRequest, _operator_pb2.ListModelsResponse]
     """The catalog: every published version (of `name`; `version` adds which devices)."""
+    ListPins: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListPinsRequest, _operator_pb2.ListPinsResponse]
+    """Every pin, with how many devices it holds now."""
+    RemoveDevice: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RemoveDeviceRequest, _operator_pb2.RemoveDeviceResponse]
+    """Forget a rejected or revoked device (its audit chain stays)."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -157,6 +161,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Set and remove labels of an enrolled device; selectors see the change at once."""
     ListModels: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListModelsRequest, _operator_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The catalog: every published version (of `name`; `version` adds which devices)."""
+    ListPins: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListPinsRequest, _operator_pb2.ListPinsResponse]  # type: ignore[assignment]
+    """Every pin, with how many devices it holds now."""
+    RemoveDevice: _aio.UnaryUnaryMultiCallable[_operator_pb2.RemoveDeviceRequest, _operator_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
+    """Forget a rejected or revoked device (its audit chain stays)."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -387,5 +395,21 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListModelsResponse, _abc.Awaitable[_operator_pb2.ListModelsResponse]]:
         """The catalog: every published version (of `name`; `version` adds which devices)."""
+
+    @_abc_1.abstractmethod
+    def ListPins(
+        self,
+        request: _operator_pb2.ListPinsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListPinsResponse, _abc.Awaitable[_operator_pb2.ListPinsResponse]]:
+        """Every pin, with how many devices it holds now."""
+
+    @_abc_1.abstractmethod
+    def RemoveDevice(
+        self,
+        request: _operator_pb2.RemoveDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RemoveDeviceResponse, _abc.Awaitable[_operator_pb2.RemoveDeviceResponse]]:
+        """Forget a rejected or revoked device (its audit chain stays)."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,7 +22,7 @@ SERVICES = [
 ALL_METHODS = [f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods]
 OPERATOR_METHODS = [m.name for m in SERVICES[1].methods]
 
-READ_ROLLOUTS = {"PlanRollout", "GetRollout", "ListRollouts"}
+READ_ROLLOUTS = {"PlanRollout", "GetRollout", "ListRollouts", "ListPins"}
 MANAGE_ROLLOUTS = {"CreateRollout", "ChangeRollout", "PinModel", "UnpinModel"}
 # What each built-in role may do, written out by hand: the matrix the code must match.
 EXPECTED = {
@@ -43,6 +43,7 @@ EXPECTED = {
         "RevokeEnrollmentToken",
         "ListDevices",
         "LabelDevice",
+        "RemoveDevice",
         "SetDeviceState",
         "PreauthorizeDevice",
         "GetModelReport",

@@ -142,3 +142,33 @@ def test_a_device_accepted_by_approval_is_labelled_into_a_rollout(fleet: Fleet) 
     assert _error(watched) == (
         f"edgefleetctl: error: rollout {rollout.stdout.strip()} aborted: abort by admin"
     )
+
+
+def test_pins_are_listed_and_a_revoked_device_is_removed(fleet: Fleet) -> None:
+    """`rollout pins list` shows each pin and the devices it holds; `devices rm` forgets
+    a revoked device (and its device pins) but not its audit records."""
+    device_id = fleet.enroll("gw2", {"site": "dock"})
+    fleet.ctl("rollout", "pin", "tiny@1", "--device", device_id)
+    fleet.ctl("rollout", "pin", "tiny@2", "--selector", "site=dock")
+    pins = json.loads(fleet.ctl("rollout", "pins", "list", "-o", "json").stdout)
+    assert [(p["version"], p["device_id"], p["selector"], p["devices"]) for p in pins] == [
+        ("1", device_id, {}, 1),
+        ("2", "", {"site": "dock"}, 1),
+    ]
+    table = fleet.ctl("rollout", "pins", "list").stdout.splitlines()
+    assert table[0].split() == ["MODEL", "DEVICE", "SELECTOR", "DEVICES", "BY", "SINCE"]
+
+    refused = fleet.ctl("devices", "rm", device_id, check=False)
+    assert _error(refused).endswith(
+        f"device {device_id} is active: revoke it first (`devices revoke {device_id}`)"
+    )
+    fleet.ctl("devices", "revoke", device_id)
+    assert "removed" in fleet.ctl("devices", "rm", device_id).stdout
+    assert device_id not in fleet.ctl("devices", "list").stdout
+    pins = json.loads(fleet.ctl("rollout", "pins", "list", "-o", "json").stdout)
+    assert [(p["version"], p["devices"]) for p in pins] == [("2", 0)]
+    [removal] = _audited(fleet, "device.remove")
+    assert removal["target"] == f"device:{device_id}"
+    assert removal["details"]["labels"] == {"site": "dock"}
+    enrolled = [r["target"] for r in _audited(fleet, "device.enroll")]
+    assert f"device:{device_id}" in enrolled  # the trail of what it was stays
