@@ -295,4 +295,7 @@ def test_chat_command_one_shot_and_interactive(model_fleet: ModelFleet) -> None:
     )
     assert session.returncode == 0 and "Paris" in session.stdout and session.stdout.count("> ") >= 2
     refused = fleet.agent("gw1", "chat", "smollm2", "hi", check=False)
-    assert refused.returncode == 1 and "bearer token" in refused.stderr
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "edgefleet-agent: error: the agent's API needs a token: create one with "
+        "`edgefleet-agent tokens create app:NAME` and pass it with --token or EDGEFLEET_TOKEN"
+    )

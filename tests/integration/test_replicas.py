@@ -61,7 +61,9 @@ def _start_replica(fleet: Fleet, name: str) -> tuple[subprocess.Popen[bytes], st
 
 
 def _rollout_actions(fleet: Fleet, rollout_id: int) -> list[str]:
-    out = fleet.ctl("audit", "query", "--device", "controller", "--json", "--limit", "10000")
+    out = fleet.ctl(
+        "audit", "query", "--device", "controller", "--json", "--limit", "10000", "--oldest-first"
+    )
     records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     return [
         r["action"]

@@ -92,7 +92,7 @@ def test_the_canary_goes_first_and_the_wave_follows_its_healthy_report(
     records = [
         json.loads(line)
         for line in fleet_.ctl(
-            "audit", "query", "--device", "controller", "--json", quiet=True
+            "audit", "query", "--device", "controller", "--json", "--oldest-first", quiet=True
         ).stdout.splitlines()
         if line.strip()
     ]
