@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from edgefleet.terminal import printable
+from edgefleet.terminal import printable, raw_stderr
 
 JSON_EVERY_SECONDS = 0.5
 
@@ -31,7 +31,7 @@ class Progress:
                 unit=unit,
                 unit_scale=True,
                 unit_divisor=1024,
-                file=getattr(sys.stderr, "raw", sys.stderr),  # its \r must stay \r
+                file=raw_stderr(),  # its \r must stay \r
                 leave=True,
             )
 

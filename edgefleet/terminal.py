@@ -8,6 +8,7 @@ shown escaped, as ``\\x1b`` or ``\\u202e``. JSON output is unaffected (JSON esca
 
 from __future__ import annotations
 
+import sys
 from typing import Any, TextIO
 
 _KEEP = {"\n", "\t"}
@@ -47,3 +48,11 @@ class PrintableStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def raw_stderr() -> TextIO:
+    """stderr itself, under the `PrintableStream` the CLIs wrap it in: for what draws with
+    its own control characters (a progress bar's carriage returns)."""
+    stream: Any = sys.stderr
+    raw: TextIO = stream.raw if isinstance(stream, PrintableStream) else stream
+    return raw

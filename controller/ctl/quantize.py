@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from edgefleet.cli_support import handled_by
 from edgefleet.controller.catalog.quantization.variants import (
@@ -27,7 +27,9 @@ from edgefleet.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from edgefleet.output import age
 from edgefleet.speed import DEFAULT_REPETITIONS
+from edgefleet.terminal import printable, raw_stderr
 
 if TYPE_CHECKING:  # the pipeline (and matplotlib) load when a quantization runs
     from edgefleet.controller.catalog.quantization.pipeline import (
@@ -92,23 +94,33 @@ def add_quantize_parser(models: Any) -> None:
     report.add_argument("--json", action="store_true", help="the report as JSON")
 
 
-class _ProgressLine:
-    """One line per stage (rewritten in place on a terminal)."""
+class StepProgress:
+    """The pipeline's progress: step N of M (each quantization, then measuring the source
+    and each variant), the step's own count, and an ETA for the whole run from the time
+    spent so far. Rewritten in place on a terminal; one line per finished step otherwise."""
 
-    def __init__(self) -> None:
-        self.stage = ""
-        self.tty = sys.stderr.isatty()
-        self.started = time.monotonic()
+    def __init__(self, steps: int, stream: TextIO | None = None) -> None:
+        self.steps, self.step, self.stage = steps, 0, ""
+        self.stream = stream or raw_stderr()  # its \r must stay \r
+        self.tty = self.stream.isatty()
+        self.started = self.step_started = time.monotonic()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
         if stage != self.stage:
-            self.stage, self.started = stage, time.monotonic()
+            self.stage, self.step_started = stage, now
+            self.step = min(self.step + 1, self.steps)
+        fraction = (self.step - 1 + (done / total if total else 1)) / self.steps
+        elapsed = now - self.started
+        eta = f", ETA {age(elapsed / fraction - elapsed)}" if 0 < fraction < 1 else ""
+        where = f"[{self.step}/{self.steps}] {printable(stage)}"
         if self.tty:
             end = "\n" if done >= total else ""
-            print(f"\r{stage}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+            line = f"\r{where}: {done}/{total}{eta}"
+            print(line.ljust(72), end=end, file=self.stream, flush=True)
         elif done >= total:
-            took = time.monotonic() - self.started
-            print(f"{stage}: done ({total} steps, {took:.1f} s)", file=sys.stderr, flush=True)
+            took = now - self.step_started
+            print(f"{where}: done ({total} steps, {took:.1f} s){eta}", file=self.stream, flush=True)
 
 
 def evaluation_of(report: QuantizationReport, outcome: VariantOutcome) -> dict[str, Any]:
@@ -163,7 +175,7 @@ def quantize_command(args: argparse.Namespace, connect: Callable[[], OperatorCli
             context=args.context,
             repetitions=args.repetitions,
             allow_requantize=args.allow_requantize,
-            on_progress=_ProgressLine(),
+            on_progress=StepProgress(2 * len(variants) + 1),
             **options,
         )
         print(format_table(report))
