@@ -9,7 +9,7 @@ from typing import Any
 
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.logging import add_service_log_options
-from edgefleet.output import add_output_option, print_documents, when
+from edgefleet.output import add_output_option, age, print_documents, when
 
 
 def register(commands: Subcommands) -> None:
@@ -23,6 +23,11 @@ def register(commands: Subcommands) -> None:
     add_service_log_options(run_cmd)
     status = handled_by(
         commands.add_parser("status", help="identity, registry and sync state"), _cmd_status
+    )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="then follow downloads: percent, rate and ETA, until interrupted (Ctrl-C)",
     )
     add_output_option(status)
 
@@ -48,9 +53,47 @@ def _cmd_status(args: argparse.Namespace) -> int:
     document = _status_document(args.data_dir)
     if args.output in ("json", "yaml"):
         print_documents(document, args.output)
-        return 0
-    _print_status(document)
+    else:
+        _print_status(document)
+    if args.watch:
+        _watch_downloads(args.data_dir)
     return 0
+
+
+WATCH_SECONDS = 1.0
+
+
+def _watch_downloads(data_dir: Path) -> None:
+    """One line per download each time its progress changes, with the rate measured
+    between two looks and the time left at that rate."""
+    import time
+
+    from edgefleet.agent.app.database import AgentDatabase
+    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.agent.sync.progress import load_board
+
+    db = AgentDatabase(AgentPaths(data_dir).database)
+    seen: dict[str, tuple[float, int, str]] = {}  # ref -> (when, received, line shown)
+    try:
+        while True:
+            now = time.monotonic()
+            for d in load_board(db):
+                ref = f"{d.name}@{d.version}"
+                then, before, shown = seen.get(ref, (now, d.received, ""))
+                rate = (d.received - before) / (now - then) if now > then else 0.0
+                percent = f"{100 * d.received // d.total} %" if d.total else "?"
+                line = f"{ref} {d.state} {percent}"
+                if rate > 0 and d.total:
+                    left = (d.total - d.received) / rate
+                    line += f", {rate / 1048576:.1f} MiB/s, ETA {age(left)}"
+                elif d.reason:
+                    line += f": {d.reason}"
+                if line != shown:
+                    print(line, flush=True)
+                seen[ref] = (now, d.received, line)
+            time.sleep(WATCH_SECONDS)
+    finally:
+        db.dispose()
 
 
 def _status_document(data_dir: Path) -> dict[str, Any]:

@@ -217,3 +217,43 @@ def test_publish_shows_progress_as_asked(fleet: tuple[Fleet, str]) -> None:
     assert result.returncode == 0 and result.stdout.startswith("published bar@3 ")
     assert b"bar@3" in drawn and b"100%" in drawn, drawn[-500:]
     assert b"\r" in drawn and b"\\x0d" not in drawn  # drawn in place, not escaped
+
+
+def test_status_watch_follows_a_download(fleet: tuple[Fleet, str]) -> None:
+    """`edgefleet-agent status --watch` prints a download's percent, then its rate and
+    ETA as it moves, until interrupted (exit 130, one line)."""
+    import signal
+    import subprocess
+    import time
+
+    from edgefleet.agent.app.database import AgentDatabase
+    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.agent.sync.progress import STATE_KEY
+    from tests.harness import BIN
+
+    fleet_, _ = fleet
+    db = AgentDatabase(AgentPaths(fleet_.agent_dir("gw")).database)
+
+    def board(received: int) -> None:
+        entry = {"name": "tiny", "version": "9", "received": received, "total": 100 << 20}
+        db.set_state(STATE_KEY, json.dumps([{**entry, "state": "downloading", "reason": ""}]))
+
+    board(10 << 20)
+    watch = subprocess.Popen(
+        [str(BIN / "edgefleet-agent"), "--data-dir", str(fleet_.agent_dir("gw")), "status",
+         "--watch"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2.5)
+        board(60 << 20)
+        time.sleep(2.5)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+        board(0)
+        db.set_state(STATE_KEY, "[]")
+        db.dispose()
+    assert "tiny@9 downloading 10 %" in out
+    assert re.search(r"tiny@9 downloading 60 %, \d+\.\d MiB/s, ETA \d+[smh]", out), out
+    assert watch.returncode == 130 and err.strip().endswith("edgefleet-agent: interrupted")
