@@ -94,6 +94,12 @@ class BlobStore:
         fsync_directory(self.objects)
         return target
 
+    def remove(self, sha256: str) -> None:
+        """Delete a blob nothing installed uses any more (its space goes back)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path_of(sha256).unlink()
+            fsync_directory(self.objects)
+
     def discard_partial(self, sha256: str) -> None:
         """Drop a download that failed verification."""
         with contextlib.suppress(FileNotFoundError):

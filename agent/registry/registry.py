@@ -254,6 +254,60 @@ class Registry:
         )
         return rolled_back, previous
 
+    def prune_unlisted(self, listed: set[str]) -> list[str]:
+        """Uninstall every version the fleet's signed targets no longer list (``listed``:
+        their NAME@VERSION): an operator removed it from the catalog. An active one gives
+        way to its previous version when that is still listed and installed (otherwise
+        the model has no active version); blobs no installed version uses are deleted.
+        Return what was removed; each removal is audited."""
+        removed: list[tuple[str, str, bool, str | None]] = []
+        with self.db.session() as session:
+            rows = list(session.execute(select(InstalledRow)).scalars())
+            for row in rows:
+                if f"{row.name}@{row.version}" in listed:
+                    continue
+                active = session.get(ActiveRow, row.name)
+                was_active = active is not None and active.version == row.version
+                fallback = None
+                if active is not None and was_active:
+                    previous = active.previous_version
+                    if (
+                        previous
+                        and f"{row.name}@{previous}" in listed
+                        and session.get(InstalledRow, (row.name, previous)) is not None
+                    ):
+                        active.version, active.previous_version = previous, None
+                        active.activated_at = datetime.now(UTC)
+                        fallback = previous
+                    else:
+                        session.delete(active)
+                elif active is not None and active.previous_version == row.version:
+                    active.previous_version = None
+                session.delete(row)
+                removed.append((row.name, row.version, was_active, fallback))
+            dropped = {(name, version) for name, version, _, _ in removed}
+            still_used = set().union(
+                *(_blobs_of(r) for r in rows if (r.name, r.version) not in dropped)
+            )
+            unused = set().union(*(_blobs_of(r) for r in rows if (r.name, r.version) in dropped))
+        for sha256 in unused - still_used:  # the model's blob and its chunk index
+            self.blobs.remove(sha256)
+        for name, version, was_active, fallback in removed:
+            self.audit.append(
+                AuditEvent(
+                    "agent",
+                    "model.remove",
+                    f"{name}@{version}",
+                    "success",
+                    {
+                        "reason": "no longer in the fleet's signed targets",
+                        "was_active": was_active,
+                        "now_active": fallback,
+                    },
+                )
+            )
+        return [f"{name}@{version}" for name, version, _, _ in removed]
+
     def held_back(self, name: str) -> str:
         """The version of ``name`` an operator rolled back from on the device ('' if none)."""
         return self.db.get_state(HOLD_BACK_PREFIX + name)
@@ -261,6 +315,12 @@ class Registry:
     def release_hold(self, name: str) -> None:
         """Forget a hold once the controller assigns another version."""
         self.db.set_state(HOLD_BACK_PREFIX + name, "")
+
+
+def _blobs_of(row: InstalledRow) -> set[str]:
+    """The blobs an installed version stands on: the model and its chunk index."""
+    manifest = ModelManifest.from_dict(json.loads(row.manifest))
+    return {manifest.sha256, manifest.chunks_sha256} - {""}
 
 
 def _epoch() -> datetime:

@@ -212,6 +212,10 @@ class Syncer:
         self.backoff.succeeded()
         await asyncio.to_thread(db.set_state, LAST_SYNC_KEY, format_time(datetime.now(UTC)))
         await self._accept_trust(desired)
+        if self.trust.targets is not None:  # versions the catalog dropped go from the disk
+            listed = set(self.trust.targets.models)
+            for ref in await asyncio.to_thread(self.registry.prune_unlisted, listed):
+                log.info("model.removed", model=ref, reason="no longer in signed targets")
         self.board.keep_only({f"{a.name}@{a.version}" for a in desired.assignments})
         failures: list[EdgefleetError] = []
         for assignment in desired.assignments:  # one model's failure does not block the others

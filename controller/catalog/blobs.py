@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -37,6 +38,11 @@ class BlobStore:
     def commit(self, temporary: Path, sha256: str) -> Path:
         """Make a fully written temporary file visible under its digest (atomic rename)."""
         return publish_read_only(temporary, self.path_of(sha256))
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob no published version uses any more."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path_of(sha256).unlink()
 
     def put_bytes(self, data: bytes) -> str:
         """Store a small blob (a chunk index) under its digest; return the digest."""

@@ -6,24 +6,32 @@ import contextlib
 import hashlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from edgefleet.audit import AuditEvent
 from edgefleet.canonical import parse_object
 from edgefleet.controller.audit.log import record_event
 from edgefleet.controller.catalog.blobs import BlobStore
+from edgefleet.controller.catalog.published import RemovedVersion
 from edgefleet.controller.catalog.quantization.family import parse_evaluation
 from edgefleet.controller.store.database import Database
-from edgefleet.controller.store.schema import Model, TargetsVersion
+from edgefleet.controller.store.schema import (
+    Assignment,
+    Model,
+    Pin,
+    Rollout,
+    RolloutTarget,
+    TargetsVersion,
+)
 from edgefleet.controller.trust.keyring import Keyring, TrustMaterial
-from edgefleet.errors import ConflictError, MalformedInputError, StorageError
+from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError, StorageError
 from edgefleet.gguf import read_gguf_file
 from edgefleet.trust.chunks import DEFAULT_CHUNK_SIZE, ChunkIndexBuilder
 from edgefleet.trust.envelope import Envelope
@@ -240,6 +248,127 @@ class Catalog:
                 ),
             )
         return Published(manifest, version)
+
+    def remove(self, operator: str, name: str, version: str, force: bool) -> RemovedVersion:
+        """Take ``name@version`` out of the catalog and sign targets without it; devices
+        uninstall it at their next sync. Refused while devices are assigned it, a rollout
+        under way names it or a pin holds it, unless ``force``: then those assignments
+        and pins go and those rollouts are aborted, all named in the audit record."""
+        check_model_name(name)
+        check_model_version(version)
+        ref = f"{name}@{version}"
+        with self._lock, self.db.session(exclusive="targets") as session:
+            row = self._find(session, name, version)
+            if row is None:
+                raise NotFoundError(f"{ref} is not published")
+            in_use = _uses(session, name, version)
+            if in_use.any and not force:
+                raise ConflictError(
+                    f"{ref} is in use ({in_use.describe()}): pass --force to remove it anyway "
+                    "(devices stop running it at their next sync)"
+                )
+            if force:
+                in_use.release(session, f"{ref} was removed from the catalog by {operator}")
+            blobs = {row.sha256, str(row.manifest.get("chunks_sha256", ""))} - {""}
+            session.delete(row)
+            current = latest_targets(session)
+            models = {k: v for k, v in (current[0].models if current else {}).items() if k != ref}
+            targets_version = self._sign(session, models, current[0].version + 1 if current else 1)
+            record_event(
+                session,
+                AuditEvent(
+                    f"operator:{operator}",
+                    "model.remove",
+                    ref,
+                    "success",
+                    {
+                        "forced": force,
+                        "sha256": row.sha256,
+                        "targets_version": targets_version,
+                        **in_use.details(),
+                    },
+                ),
+            )
+            still_used = {
+                digest
+                for other in session.execute(select(Model)).scalars()
+                for digest in (other.sha256, str(other.manifest.get("chunks_sha256", "")))
+            }
+        for digest in blobs - still_used:
+            self.blobs.remove(digest)
+        return RemovedVersion(name, version, targets_version, in_use.devices, in_use.rollouts)
+
+
+@dataclass(frozen=True)
+class _Uses:
+    """What holds a model version: assignments, rollouts under way, pins."""
+
+    devices: list[str]
+    rollouts: list[int]
+    pins: list[int]
+    # (device, model, version) of each assignment
+    assignments: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.devices or self.rollouts or self.pins)
+
+    def describe(self) -> str:
+        parts = []
+        if self.devices:
+            shown = ", ".join(self.devices[:3]) + (" …" if len(self.devices) > 3 else "")
+            parts.append(f"assigned to {len(self.devices)} device(s): {shown}")
+        if self.rollouts:
+            parts.append("rollout " + ", ".join(str(r) for r in self.rollouts) + " names it")
+        if self.pins:
+            parts.append(f"{len(self.pins)} pin(s) hold it")
+        return "; ".join(parts)
+
+    def details(self) -> dict[str, Any]:
+        return {"devices": self.devices, "rollouts": self.rollouts, "pins": len(self.pins)}
+
+    def release(self, session: Session, reason: str) -> None:
+        session.execute(delete(Pin).where(Pin.id.in_(self.pins)))
+        aborted = select(Rollout).where(Rollout.id.in_(self.rollouts))
+        for rollout in session.execute(aborted).scalars():
+            rollout.state, rollout.reason = "aborted", reason
+        session.execute(
+            update(RolloutTarget)
+            .where(RolloutTarget.rollout_id.in_(self.rollouts), RolloutTarget.state == "pending")
+            .values(state="skipped", reason="the rollout was aborted")
+        )
+        for device_id, name, version in self.assignments:
+            session.execute(
+                delete(Assignment).where(
+                    Assignment.device_id == device_id,
+                    Assignment.model_name == name,
+                    Assignment.version == version,
+                )
+            )
+
+
+def _uses(session: Session, name: str, version: str) -> _Uses:
+    assignments = list(
+        session.execute(
+            select(Assignment).where(Assignment.model_name == name, Assignment.version == version)
+        ).scalars()
+    )
+    rollouts = session.execute(
+        select(Rollout.id).where(
+            Rollout.name == name,
+            Rollout.version == version,
+            Rollout.state.in_(("running", "paused")),
+        )
+    ).scalars()
+    pins = session.execute(
+        select(Pin.id).where(Pin.model_name == name, Pin.version == version)
+    ).scalars()
+    return _Uses(
+        sorted(a.device_id for a in assignments),
+        sorted(rollouts),
+        sorted(pins),
+        [(a.device_id, a.model_name, a.version) for a in assignments],
+    )
 
 
 class Upload:

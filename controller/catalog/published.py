@@ -38,3 +38,15 @@ class CatalogEntry:
     # Which devices (`models show NAME@VERSION` only).
     running_on: list[str] = field(default_factory=list)
     assigned_to: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RemovedVersion:
+    """What `edgefleetctl models rm` did: the targets version that no longer lists it, and
+    what a forced removal released."""
+
+    name: str
+    version: str
+    targets_version: int
+    devices: list[str] = field(default_factory=list)
+    rollouts: list[int] = field(default_factory=list)

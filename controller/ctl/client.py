@@ -12,7 +12,7 @@ import grpc
 
 from edgefleet import serde
 from edgefleet.config_files import read_toml, split_address
-from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion
+from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion, RemovedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
 from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rbac.views import OperatorView
@@ -25,6 +25,7 @@ from edgefleet.controller.rpc.serde import (
     pin_from_pb,
     plan_from_pb,
     published_from_pb,
+    removed_from_pb,
     report_from_pb,
     strategy_to_pb,
     token_from_pb,
@@ -146,6 +147,11 @@ class OperatorClient:
         """The catalog (of ``name``; with the devices' ids for one ``version``)."""
         request = operator_pb2.ListModelsRequest(name=name, version=version)
         return [catalog_from_pb(m) for m in self._call(self._stub.ListModels, request).models]
+
+    def remove_model(self, name: str, version: str, force: bool) -> RemovedVersion:
+        """Take a version out of the catalog (``force``: even while in use)."""
+        request = operator_pb2.RemoveModelRequest(name=name, version=version, force=force)
+        return removed_from_pb(self._call(self._stub.RemoveModel, request))
 
     def list_pins(self) -> list[PinView]:
         """Every pin and how many devices it holds."""

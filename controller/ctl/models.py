@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -47,6 +48,18 @@ def register_models(commands: Subcommands) -> None:
     )
     show.add_argument("ref", metavar="NAME@VERSION")
     add_output_option(show)
+    rm = handled_by(
+        models.add_parser(
+            "rm", help="take a version out of the catalog (devices uninstall it at their next sync)"
+        ),
+        with_client(_models_rm),
+    )
+    rm.add_argument("ref", metavar="NAME@VERSION")
+    rm.add_argument(
+        "--force",
+        action="store_true",
+        help="even while devices are assigned it, a rollout names it or a pin holds it",
+    )
     add_quantize_parser(models)
 
 
@@ -89,6 +102,21 @@ def _models_show(client: OperatorClient, args: argparse.Namespace) -> int:
         ("assigned to", " ".join(entry.assigned_to) or "-"),
     ):
         print(f"{key + ':':<14}{value}")
+    return 0
+
+
+def _models_rm(client: OperatorClient, args: argparse.Namespace) -> int:
+    name, version = split_ref(args.ref)
+    removed = client.remove_model(name, version, args.force)
+    print(
+        f"{name}@{version} removed: targets v{removed.targets_version} no longer list it; "
+        "devices uninstall it at their next sync"
+    )
+    if removed.devices:
+        print(f"unassigned from {len(removed.devices)} device(s)", file=sys.stderr)
+    if removed.rollouts:
+        aborted = ", ".join(str(r) for r in removed.rollouts)
+        print(f"rollout(s) aborted: {aborted}", file=sys.stderr)
     return 0
 
 

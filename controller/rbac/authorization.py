@@ -78,6 +78,7 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "ListModels": _operator("models.read", wakes_devices=False),
     _OPERATOR + "ListPins": _operator("rollouts.read", wakes_devices=False),
     _OPERATOR + "RemoveDevice": _operator("devices.manage", wakes_devices=False),
+    _OPERATOR + "RemoveModel": _operator("models.publish", wakes_devices=True),
 }
 
 ALL = OPERATOR_PERMISSIONS

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion
+from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion, RemovedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
 from edgefleet.controller.fleet.views import TokenView
 from edgefleet.controller.rbac.views import OperatorView
@@ -240,3 +240,17 @@ def pin_from_pb(message: operator_pb2.PinView) -> PinView:
     values = {f.name: getattr(message, f.name) for f in fields(PinView)}
     values["selector"] = dict(sorted(message.selector.items()))
     return PinView(**values)
+
+
+def removed_to_pb(removed: RemovedVersion) -> operator_pb2.RemoveModelResponse:
+    return operator_pb2.RemoveModelResponse(**asdict(removed))
+
+
+def removed_from_pb(message: operator_pb2.RemoveModelResponse) -> RemovedVersion:
+    return RemovedVersion(
+        message.name,
+        message.version,
+        message.targets_version,
+        list(message.devices),
+        list(message.rollouts),
+    )

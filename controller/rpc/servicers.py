@@ -43,6 +43,7 @@ from edgefleet.controller.rpc.serde import (
     pin_to_pb,
     plan_to_pb,
     published_to_pb,
+    removed_to_pb,
     report_to_pb,
     strategy_from_pb,
     token_to_pb,
@@ -587,6 +588,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             self.app.enrollment.set_state, caller().name, request.device_id, request.action
         )
         return operator_pb2.SetDeviceStateResponse(state=state, count=1)
+
+    async def RemoveModel(
+        self, request: operator_pb2.RemoveModelRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.RemoveModelResponse:
+        removed = await asyncio.to_thread(
+            self.app.catalog.remove, caller().name, request.name, request.version, request.force
+        )
+        return removed_to_pb(removed)
 
     async def ListPins(
         self, request: operator_pb2.ListPinsRequest, context: grpc.aio.ServicerContext

@@ -185,6 +185,11 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceResponse.FromString,
                 _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/RemoveModel',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -398,6 +403,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveModel(self, request, context):
+        """Take a version out of the catalog and signed targets (devices uninstall it at their
+        next sync). Refused while it is in use unless `force`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -550,6 +563,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.RemoveDevice,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceResponse.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.RemoveModelRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.RemoveModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1363,6 +1381,33 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/RemoveDevice',
             edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.RemoveDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/RemoveModel',
+            edgefleet_dot_v1_dot_operator__pb2.RemoveModelRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.RemoveModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

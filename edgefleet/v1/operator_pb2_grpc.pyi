@@ -96,6 +96,10 @@ class OperatorServiceStub:
     """Every pin, with how many devices it holds now."""
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RemoveDeviceRequest, _operator_pb2.RemoveDeviceResponse]
     """Forget a rejected or revoked device (its audit chain stays)."""
+    RemoveModel: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RemoveModelRequest, _operator_pb2.RemoveModelResponse]
+    """Take a version out of the catalog and signed targets (devices uninstall it at their
+    next sync). Refused while it is in use unless `force`.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -165,6 +169,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Every pin, with how many devices it holds now."""
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_operator_pb2.RemoveDeviceRequest, _operator_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     """Forget a rejected or revoked device (its audit chain stays)."""
+    RemoveModel: _aio.UnaryUnaryMultiCallable[_operator_pb2.RemoveModelRequest, _operator_pb2.RemoveModelResponse]  # type: ignore[assignment]
+    """Take a version out of the catalog and signed targets (devices uninstall it at their
+    next sync). Refused while it is in use unless `force`.
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API edgefleetctl uses; every call needs an operator mTLS certificate."""
@@ -411,5 +419,15 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.RemoveDeviceResponse, _abc.Awaitable[_operator_pb2.RemoveDeviceResponse]]:
         """Forget a rejected or revoked device (its audit chain stays)."""
+
+    @_abc_1.abstractmethod
+    def RemoveModel(
+        self,
+        request: _operator_pb2.RemoveModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RemoveModelResponse, _abc.Awaitable[_operator_pb2.RemoveModelResponse]]:
+        """Take a version out of the catalog and signed targets (devices uninstall it at their
+        next sync). Refused while it is in use unless `force`.
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

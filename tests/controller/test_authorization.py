@@ -29,6 +29,7 @@ EXPECTED = {
     "admin": set(OPERATOR_METHODS),
     "release-manager": {
         "PublishModel",
+        "RemoveModel",
         "ExportBundle",
         *MANAGE_ROLLOUTS,
         *READ_ROLLOUTS,
@@ -175,6 +176,7 @@ WAKES_DEVICES = {
     "RevokeAppToken",
     "SetDeviceState",
     "LabelDevice",
+    "RemoveModel",
 }
 
 
