@@ -27,7 +27,7 @@ from edgefleet.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from edgefleet.output import age
+from edgefleet.output import add_output_option, age, print_documents
 from edgefleet.speed import DEFAULT_REPETITIONS
 from edgefleet.terminal import printable, raw_stderr
 
@@ -91,7 +91,7 @@ def add_quantize_parser(models: Any) -> None:
         with_client(report_command),
     )
     report.add_argument("name")
-    report.add_argument("--json", action="store_true", help="the report as JSON")
+    add_output_option(report)
 
 
 class StepProgress:
@@ -220,8 +220,8 @@ def report_command(client: OperatorClient, args: argparse.Namespace) -> int:
     versions_seen, speeds_seen = client.model_report(args.name)
     versions: list[dict[str, Any]] = [asdict(v) for v in versions_seen]
     speeds = [asdict(s) for s in speeds_seen]
-    if args.json:
-        print(json.dumps({"name": args.name, "versions": versions, "speeds": speeds}, indent=2))
+    if args.output in ("json", "yaml"):
+        print_documents({"name": args.name, "versions": versions, "speeds": speeds}, args.output)
         return 0
     print(f"{'version':<20} {'type':<7} {'size MiB':>9} {'PPL':>9} {'PPL +%':>7} {'top-1':>6}")
     for v in versions:
