@@ -4,6 +4,7 @@ the benchmarks all use it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -286,3 +287,22 @@ def active_models(api: str, token: str) -> list[dict[str, Any]] | None:
     except OSError:
         return None
     return list(data) or None
+
+
+def run_script(
+    script: str, cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a bash script (a README's or the runbook's blocks) in its own process group:
+    whatever ends it, a timeout too, takes the processes it started in the background
+    with it, so no controller or agent is left holding the default ports."""
+    bash = subprocess.Popen(
+        ["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = bash.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bash.pid, signal.SIGKILL)
+        bash.wait()
+    return subprocess.CompletedProcess(bash.args, bash.returncode, stdout, stderr)

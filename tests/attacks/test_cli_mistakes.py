@@ -53,8 +53,13 @@ def test_a_mistake_is_one_line_and_a_non_zero_exit(
     assert last.startswith("edgefleetctl") and reason in last, result.stderr
 
 
-def test_agent_mistakes_are_one_line_too(tmp_path: object) -> None:
-    """The agent's command line: bad numbers and output paths, a data dir never enrolled."""
+def test_agent_mistakes_are_one_line_too(tmp_path: Path) -> None:
+    """The agent's command line: bad numbers and output paths, a data dir never enrolled,
+    a chat when no agent answers (at the address api.addr names: a port just closed)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = "{}:{}".format(*closed.getsockname())
+    (tmp_path / "api.addr").write_text(nobody + "\n")
     for args, reason in (
         (("bench", "--threads", "0"), "--threads: 0 is not 1 or more"),
         (("audit", "export", "--out", "/nonexistent/x"), "does not exist"),
@@ -62,7 +67,7 @@ def test_agent_mistakes_are_one_line_too(tmp_path: object) -> None:
         (("run",), "this device is not enrolled: run `edgefleet-agent enroll`"),
         (
             ("chat", "m", "hi"),
-            "not reachable at http://127.0.0.1:8080/v1/chat/completions ([Errno 111] "
+            f"not reachable at http://{nobody}/v1/chat/completions ([Errno 111] "
             "Connection refused): is `edgefleet-agent run` running on this data directory?",
         ),
     ):
