@@ -7,7 +7,7 @@ Measured wall-clock per process from spawn to exit, rounds interleaved, median o
 side: `edgefleetctl --help`, `edgefleetctl devices list` against a running controller on
 loopback (with one enrolled device), `edgefleet-agent --help` and `edgefleet-agent
 status` on that device's data directory. Target (issue 21): each ≤ 1.5× its baseline.
-`--modules` also prints which top-level packages each command loads.
+Which modules each command loads is a test (tests/test_cli_structure.py).
 """
 
 from __future__ import annotations
@@ -32,24 +32,9 @@ def _elapsed(command: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - started
 
 
-def _loaded(command: list[str]) -> list[str]:
-    """Top-level packages a command imports (the command run in-process, -X importtime)."""
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", *command], capture_output=True, text=True
-    )
-    tops = set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            name = line.rsplit("|", 1)[1].strip()
-            if not name.startswith(" "):
-                tops.add(name.strip().split(".")[0])
-    return sorted(tops - set(sys.stdlib_module_names))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--modules", action="store_true")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     python = sys.executable
@@ -96,11 +81,6 @@ def main() -> None:
             f"{name:<28}{value * 1000:>8.0f}   {base_name:<16}{base * 1000:>8.0f}"
             f"{ratio:>7.2f}×{mark}"
         )
-    if args.modules:
-        for name in ("edgefleetctl --help", "edgefleetctl devices list"):
-            module = ["-m", "edgefleet.controller.ctl.main"]
-            rest = ["--help"] if name.endswith("--help") else []
-            print(name, "loads:", ", ".join(_loaded([*module, *rest])))
 
 
 if __name__ == "__main__":

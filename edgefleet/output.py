@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -40,13 +39,15 @@ def add_output_option(parser: argparse.ArgumentParser, *, name: bool = False) ->
     )
 
 
-@dataclass(frozen=True)
 class Column(Generic[T]):
-    """One column of a table: its header and how a row's cell reads."""
+    """One column of a table: its header, how a row's cell reads, and whether only
+    ``-o wide`` shows it. (A plain class: the CLIs build their columns at start-up, and a
+    dataclass would cost them the import of ``dataclasses`` and ``inspect``.)"""
 
-    header: str
-    cell: Callable[[T], object]
-    wide: bool = False  # shown with -o wide only
+    __slots__ = ("cell", "header", "wide")
+
+    def __init__(self, header: str, cell: Callable[[T], object], wide: bool = False) -> None:
+        self.header, self.cell, self.wide = header, cell, wide
 
 
 def table(rows: Sequence[T], columns: Sequence[Column[T]], wide: bool = False) -> str:

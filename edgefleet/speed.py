@@ -8,20 +8,18 @@ the quantization pipeline on the operator's machine, so their figures compare.
 
 from __future__ import annotations
 
-import random
-import statistics
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_GENERATED_TOKENS = 128
 DEFAULT_REPETITIONS = 3
 
 
-@dataclass(frozen=True)
-class Speed:
-    """Median tokens per second of prompt processing (pp) and generation (tg)."""
+class Speed(NamedTuple):
+    """Median tokens per second of prompt processing (pp) and generation (tg). (A named
+    tuple, and statistics imported when measuring: the CLIs read the defaults above for
+    their help, and must not pay for dataclasses and statistics to start.)"""
 
     prompt_tokens_per_second: float
     generation_tokens_per_second: float
@@ -36,6 +34,9 @@ def _timed(action: Any) -> float:
 def measure_speed(llm: Any, prompt_tokens: int, generated_tokens: int, repetitions: int) -> Speed:
     """Time pp and tg ``repetitions`` times on ``llm`` (a ``llama_cpp.Llama`` whose context
     holds ``prompt_tokens + generated_tokens`` tokens) with fixed pseudo-random token ids."""
+    import random
+    import statistics
+
     rng = random.Random(0)  # noqa: S311 - token ids for timing, not secrets
     vocabulary = llm.n_vocab()
     tokens = [rng.randrange(vocabulary) for _ in range(prompt_tokens)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +98,7 @@ def _watch_downloads(data_dir: Path) -> None:
 def _status_document(data_dir: Path) -> dict[str, Any]:
     """What `status -o json|yaml` prints (docs/cli.md): the device's own view of itself."""
     import shutil
+    from dataclasses import asdict
 
     from edgefleet.agent.app.config import load_agent_config
     from edgefleet.agent.app.state import LocalState
