@@ -83,6 +83,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.transfer
 	$(BIN)/python -m benchmarks.quantization
 	$(BIN)/python -m benchmarks.fleet_load
+	$(BIN)/python -m benchmarks.cli_latency
 
 # arm64 gateways (Raspberry Pi): llama-cpp-python cross-built on this x86-64 machine with
 # Debian's cross toolchain, one wheel per CPU target, cached under .cache/arm64.
