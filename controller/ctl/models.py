@@ -132,6 +132,7 @@ def register_bundle(commands: Subcommands) -> None:
     )
     bundle_export.add_argument("ref", metavar="NAME@VERSION")
     bundle_export.add_argument("--out", type=output_file, required=True)
+    add_output_option(bundle_export)
 
 
 def register_agent_bundle(commands: Subcommands) -> None:
@@ -218,15 +219,20 @@ def _bundle_export(client: OperatorClient, args: argparse.Namespace) -> int:
     if manifest is None or kind != "chunk_index":
         raise TransportError("the bundle export is missing its manifest or chunk index")
 
+    from edgefleet.progress import Progress
+
+    progress = Progress(manifest.ref, manifest.length, args.output)
+
     def blob() -> Iterator[bytes]:
         for kind, data in parts:
             if kind != "data":
                 raise TransportError(f"unexpected {kind!r} part in a bundle export")
+            progress.update(len(data))
             yield data
 
     partial = args.out.with_name(args.out.name + ".partial")
     try:
-        with partial.open("wb") as out:
+        with progress, partial.open("wb") as out:
             write_bundle(
                 out, header, index, manifest.chunks_sha256, manifest.sha256, manifest.length, blob()
             )
@@ -236,5 +242,9 @@ def _bundle_export(client: OperatorClient, args: argparse.Namespace) -> int:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    if args.output in ("json", "yaml"):
+        document = {"file": str(args.out), "model": manifest.ref, "length": manifest.length}
+        print_documents({**document, "sha256": manifest.sha256}, args.output)
+        return 0
     print(f"wrote {args.out}: {manifest.ref} ({manifest.length} bytes) sha256={manifest.sha256}")
     return 0

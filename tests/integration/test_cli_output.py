@@ -257,3 +257,17 @@ def test_status_watch_follows_a_download(fleet: tuple[Fleet, str]) -> None:
     assert "tiny@9 downloading 10 %" in out
     assert re.search(r"tiny@9 downloading 60 %, \d+\.\d MiB/s, ETA \d+[smh]", out), out
     assert watch.returncode == 130 and err.strip().endswith("edgefleet-agent: interrupted")
+
+
+def test_bundle_export_reports_progress_with_o_json(fleet: tuple[Fleet, str]) -> None:
+    fleet_, _ = fleet
+    out = fleet_.root / "tiny-1.bundle"
+    exported = fleet_.ctl("bundle", "export", "tiny@1", "--out", str(out), "-o", "json")
+    document = json.loads(exported.stdout)
+    assert document["file"] == str(out) and document["model"] == "tiny@1"
+    last = json.loads(exported.stderr.splitlines()[-1])
+    assert last == {
+        "progress": "tiny@1", "done": document["length"], "total": document["length"], "unit": "B"
+    }  # fmt: skip
+    quiet = fleet_.ctl("bundle", "export", "tiny@1", "--out", str(out))
+    assert quiet.stderr == "" and quiet.stdout.startswith(f"wrote {out}: tiny@1")
