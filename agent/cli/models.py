@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import Handler, Subcommands, handled_by, positive_int, split_ref
 from edgefleet.errors import NotFoundError, TransportError
-from edgefleet.output import Column, add_output_option, print_list
+from edgefleet.output import Column, add_output_option, print_documents, print_list
 
 if TYPE_CHECKING:
     from edgefleet.agent.app.state import LocalState
+    from edgefleet.progress import Progress
     from edgefleet.trust.metadata import ModelManifest
 
 EXIT_DAMAGED = 1
@@ -65,6 +66,7 @@ def register(commands: Subcommands) -> None:
     )
     imported.add_argument("file", type=Path)
     imported.add_argument("--no-activate", action="store_true", help="install only")
+    add_output_option(imported)
 
 
 def _selected(state: LocalState, name: str | None) -> list[ModelManifest]:
@@ -209,13 +211,47 @@ def _import(state: LocalState, args: argparse.Namespace) -> int:
     smoke = None
     if config.smoke_test:  # the same test a synced version passes before it serves
         smoke = lambda m: smoke_test(state.blobs.path_of(m.sha256), config.n_threads)  # noqa: E731
-    result = import_bundle(
-        state.registry, config, fingerprint, args.file, not args.no_activate, smoke
-    )
+    bar = _ImportProgress(args.output)
+    try:
+        result = import_bundle(
+            state.registry, config, fingerprint, args.file, not args.no_activate, smoke, bar
+        )
+    finally:
+        bar.close()
+    if args.output in ("json", "yaml"):
+        document = {
+            "model": result.manifest.ref,
+            "sha256": result.manifest.sha256,
+            "already_installed": result.already_installed,
+            "activated": result.activated,
+        }
+        print_documents(document, args.output)
+        return 0
     how = "already installed" if result.already_installed else "installed"
     active = ", active" if result.activated else ""
     print(f"{result.manifest.ref}: verified, {how}{active}")
     return 0
+
+
+class _ImportProgress:
+    """The copy out of a bundle, as a progress bar on a terminal (or JSON lines)."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.bar: Progress | None = None
+        self.received = 0
+
+    def update(self, manifest: ModelManifest, received: int) -> None:
+        from edgefleet.progress import Progress
+
+        if self.bar is None:
+            self.bar = Progress(manifest.ref, manifest.length, self.output)
+        self.bar.update(received - self.received)
+        self.received = received
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _with_state(action: Callable[[LocalState, argparse.Namespace], int]) -> Handler:

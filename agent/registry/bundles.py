@@ -12,7 +12,7 @@ from edgefleet.agent.app.config import AgentConfig
 from edgefleet.agent.registry.offline import mark_fresh
 from edgefleet.agent.registry.preflight import check_before_download
 from edgefleet.agent.registry.registry import Registry
-from edgefleet.agent.sync.fetch import Fetcher
+from edgefleet.agent.sync.fetch import Fetcher, ProgressSink
 from edgefleet.agent.sync.health import smoke_or_refuse
 from edgefleet.audit import AuditEvent
 from edgefleet.bundle import BundleFile, BundleHeader
@@ -43,9 +43,11 @@ def import_bundle(
     path: Path,
     activate: bool,
     smoke_test: Callable[[ModelManifest], float] | None = None,
+    progress: ProgressSink | None = None,
 ) -> Imported:
     """Verify and install the model a bundle carries; audit the outcome either way. A
-    version is activated only once it passes ``smoke_test`` (as after a sync)."""
+    version is activated only once it passes ``smoke_test`` (as after a sync);
+    ``progress`` hears how the copy goes."""
     target = path.name
     try:
         bundle = BundleFile(path)
@@ -53,7 +55,9 @@ def import_bundle(
         _audit_refusal(registry, target, e)
         raise
     try:
-        return _import(registry, config, fingerprint, bundle, target, activate, smoke_test)
+        return _import(
+            registry, config, fingerprint, bundle, target, activate, smoke_test, progress
+        )
     except (UntrustedInputError, ResourceError) as e:
         _audit_refusal(registry, target, e)
         raise
@@ -69,6 +73,7 @@ def _import(
     target: str,
     activate: bool,
     smoke_test: Callable[[ModelManifest], float] | None,
+    progress: ProgressSink | None,
 ) -> Imported:
     header = bundle.header()
     theirs = root_fingerprint(header.root_chain[0])
@@ -97,7 +102,7 @@ def _import(
         mark_fresh(registry.db, now)
     present = registry.is_installed(manifest)
     if not present:
-        fetcher = Fetcher(registry.blobs, config.download_stall_seconds)
+        fetcher = Fetcher(registry.blobs, config.download_stall_seconds, board=progress)
         if registry.blobs.quarantined_of(manifest.sha256).exists():
             asyncio.run(fetcher.repair(bundle, manifest))
         else:

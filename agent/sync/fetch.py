@@ -20,7 +20,6 @@ from typing import BinaryIO, Protocol
 
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.sync.metering import Meter
-from edgefleet.agent.sync.progress import ProgressBoard
 from edgefleet.errors import HashMismatchError, MalformedInputError, TransportError
 from edgefleet.files import sha256_of_file
 from edgefleet.gguf import read_gguf_file
@@ -75,6 +74,13 @@ def _resume_point(partial: Path, index: ChunkIndex, length: int) -> tuple[int, b
     return good, b""
 
 
+class ProgressSink(Protocol):
+    """Who hears how a download goes: the sync's board (status reports), or a command's
+    progress bar."""
+
+    def update(self, manifest: ModelManifest, received: int) -> None: ...
+
+
 class Fetcher:
     """Downloads and repairs blobs into a :class:`BlobStore`."""
 
@@ -83,7 +89,7 @@ class Fetcher:
         blobs: BlobStore,
         stall_seconds: float,
         meter: Meter | None = None,
-        board: ProgressBoard | None = None,
+        board: ProgressSink | None = None,
     ) -> None:
         self.blobs = blobs
         self.stall_seconds = stall_seconds

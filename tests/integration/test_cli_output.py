@@ -271,3 +271,17 @@ def test_bundle_export_reports_progress_with_o_json(fleet: tuple[Fleet, str]) ->
     }  # fmt: skip
     quiet = fleet_.ctl("bundle", "export", "tiny@1", "--out", str(out))
     assert quiet.stderr == "" and quiet.stdout.startswith(f"wrote {out}: tiny@1")
+
+
+def test_bundle_import_reports_progress_with_o_json(fleet: tuple[Fleet, str]) -> None:
+    """The device's side of an air-gapped install: `models import` reports the copy as
+    progress lines with -o json and prints what it did."""
+    fleet_, _ = fleet
+    bundle = fleet_.root / "tiny-3.bundle"
+    fleet_.ctl("bundle", "export", "tiny@3", "--out", str(bundle))
+    imported = fleet_.agent("gw", "models", "import", str(bundle), "--no-activate", "-o", "json")
+    document = json.loads(imported.stdout)
+    assert document["model"] == "tiny@3" and document["already_installed"] is False
+    assert document["activated"] is False
+    last = json.loads(imported.stderr.splitlines()[-1])
+    assert last["progress"] == "tiny@3" and last["done"] == last["total"] > 0
