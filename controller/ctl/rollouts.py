@@ -12,7 +12,7 @@ from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_i
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import EXCLUDED, PinView, Plan, RolloutView
-from edgefleet.errors import ConfigError, ConflictError, MalformedInputError
+from edgefleet.errors import ConfigError, ConflictError, MalformedInputError, PermissionDeniedError
 from edgefleet.output import (
     NAME,
     Column,
@@ -175,7 +175,10 @@ def _print_plan(plan: Plan, name: str) -> None:
 def _create(client: OperatorClient, args: argparse.Namespace) -> int:
     name, version = split_ref(args.ref)
     selector, strategy = dict(args.selector), _strategy(args)
-    matched = len(client.plan_rollout(name, version, selector, strategy).devices)
+    try:
+        matched = len(client.plan_rollout(name, version, selector, strategy).devices)
+    except PermissionDeniedError:  # a role that may create rollouts but not read plans
+        matched = -1  # unknown: the controller decides alone
     if not matched and not args.allow_empty:
         raise ConfigError(
             f"{labels(selector) if selector else 'the fleet'} matches no device: check the "
@@ -183,7 +186,8 @@ def _create(client: OperatorClient, args: argparse.Namespace) -> int:
             "for devices to enroll"
         )
     if not selector:
-        print(f"no --selector: {name}@{version} goes to every device ({matched})", file=sys.stderr)
+        count = f" ({matched})" if matched >= 0 else ""
+        print(f"no --selector: {name}@{version} goes to every device{count}", file=sys.stderr)
         if sys.stdin.isatty() and not args.yes and not _confirmed():
             raise ConfigError("not created (pass --selector, or --yes for the whole fleet)")
     response = client.create_rollout(name, version, selector, strategy)

@@ -172,3 +172,20 @@ def test_pins_are_listed_and_a_revoked_device_is_removed(fleet: Fleet) -> None:
     assert removal["details"]["labels"] == {"site": "dock"}
     enrolled = [r["target"] for r in _audited(fleet, "device.enroll")]
     assert f"device:{device_id}" in enrolled  # the trail of what it was stays
+
+
+def test_a_role_that_creates_rollouts_without_reading_plans_still_can(fleet: Fleet) -> None:
+    """`rollout create` checks a selector against the plan first; an operator whose role
+    may create rollouts but not read them (a custom role) is not stopped by that check."""
+    policy = fleet.root / "deployer-policy.json"
+    roles = {"deployer": ["rollouts.manage"]}
+    policy.write_text(json.dumps({"roles": {}, "operator_roles": roles, "bindings": []}))
+    fleet.ctl("policy", "apply", str(policy))
+    credential = fleet.root / "dora"
+    fleet.ctl("operator", "add", "dora", "--role", "deployer", "--out", str(credential))
+    created = _as(
+        fleet, credential / "edgefleetctl.toml", "rollout", "create", "tiny@1", "--selector",
+        "site=lab", "-o", "name",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert int(created.stdout) > 0
