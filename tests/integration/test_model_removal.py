@@ -5,6 +5,8 @@ refused by name unless --force, which unassigns it and says so in the audit trai
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,10 +21,27 @@ def _installed(fleet: Fleet) -> list[str]:
     return sorted(f"{m['name']}@{m['version']}" for m in listed)
 
 
+@pytest.fixture
+def removal_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
+    """A controller whose rollouts do not advance by themselves (a long tick): a rollout
+    under way stays so while the test looks at it. One agent (site=lab)."""
+    fleet = Fleet(tmp_path)
+    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"  # tiny models cannot generate
+    fleet.controller_env["EDGEFLEET_CONTROLLER_ROLLOUT_TICK_SECONDS"] = "3600"
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        device_id = fleet.enroll("gw", {"site": "lab"})
+        fleet.start_agent("gw", sync_interval=1)
+        yield fleet, device_id
+    finally:
+        fleet.stop_all()
+
+
 def test_a_removed_version_leaves_the_catalog_and_the_device(
-    small_fleet: tuple[Fleet, str],
+    removal_fleet: tuple[Fleet, str],
 ) -> None:
-    fleet, device_id = small_fleet
+    fleet, device_id = removal_fleet
     publish_tiny(fleet, "1", seed=1, rows=4000)
     publish_tiny(fleet, "2", seed=2, rows=4000)
     roll_out_and_wait_active(fleet, "1")
