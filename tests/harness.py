@@ -78,6 +78,13 @@ class Fleet:
             "edgefleetctl", "--controller", self.sync_address, *args, check=check, quiet=quiet
         )
 
+    def ctl_as(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """An `edgefleetctl` command as the operator whose credential ``config`` names."""
+        return self.run(
+            "edgefleetctl", "--config", str(config), "--controller", self.sync_address, *args,
+            check=False, extra_env={"EDGEFLEETCTL_CONFIG": str(config)},
+        )  # fmt: skip
+
     def agent(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run an `edgefleet-agent` command on one agent's data directory, with the settings
         its service runs with (``agent_env``)."""

@@ -152,22 +152,9 @@ def test_bad_csr_and_labels_are_refused(enrollment: Enrollment) -> None:
         enrollment.create_token("admin", {"Site Name": "x y"}, timedelta(minutes=5))
 
 
-def _race(count: int, call: object) -> list[object]:
+def _race(count: int, call: Callable[[], object]) -> list[object]:
     """Run ``call`` from ``count`` threads released at once; return results or errors."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Barrier
-
-    barrier = Barrier(count)
-
-    def one(_: int) -> object:
-        barrier.wait()
-        try:
-            return call()
-        except Exception as e:  # noqa: BLE001 - the outcome under test
-            return e
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(one, range(count)))
+    return _race_each([call] * count)
 
 
 def test_one_token_enrolls_one_device_among_16_racing_callers(enrollment: Enrollment) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.harness import BIN, Fleet
+from tests.harness import Fleet
 from tests.integration.fleets import publish_tiny
 
 pytestmark = pytest.mark.integration
@@ -26,12 +25,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield fleet
     finally:
         fleet.stop_all()
-
-
-def _as(fleet: Fleet, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [str(BIN / "edgefleetctl"), "--config", str(config)]
-    command += ["--controller", fleet.sync_address, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def _audited(fleet: Fleet, action: str) -> list[dict[str, object]]:
@@ -73,13 +66,13 @@ def test_operators_are_listed_and_removed(fleet: Fleet) -> None:
     config = credential / "edgefleetctl.toml"
     names = {o["name"]: o for o in json.loads(fleet.ctl("operators", "list", "-o", "json").stdout)}
     assert names["olga"]["role"] == "device-manager" and names["olga"]["created_by"] == "admin"
-    assert _as(fleet, config, "devices", "list").returncode == 0
+    assert fleet.ctl_as(config, "devices", "list").returncode == 0
     # olga may not manage operators; nobody removes themselves
-    assert "lacks operators.manage" in _error(_as(fleet, config, "operator", "list"))
+    assert "lacks operators.manage" in _error(fleet.ctl_as(config, "operator", "list"))
     assert "cannot remove yourself" in _error(fleet.ctl("operator", "remove", "admin", check=False))
 
     assert "olga removed" in fleet.ctl("operator", "remove", "olga").stdout
-    refused = _as(fleet, config, "devices", "list")
+    refused = fleet.ctl_as(config, "devices", "list")
     assert "operator:olga is not a registered operator" in _error(refused)
     assert "no operator olga" in _error(fleet.ctl("operator", "remove", "olga", check=False))
     [removal] = _audited(fleet, "operator.remove")
@@ -183,9 +176,9 @@ def test_a_role_that_creates_rollouts_without_reading_plans_still_can(fleet: Fle
     fleet.ctl("policy", "apply", str(policy))
     credential = fleet.root / "dora"
     fleet.ctl("operator", "add", "dora", "--role", "deployer", "--out", str(credential))
-    created = _as(
-        fleet, credential / "edgefleetctl.toml", "rollout", "create", "tiny@1", "--selector",
-        "site=lab", "-o", "name",
-    )  # fmt: skip
+    config = credential / "edgefleetctl.toml"
+    created = fleet.ctl_as(
+        config, "rollout", "create", "tiny@1", "--selector", "site=lab", "-o", "name"
+    )
     assert created.returncode == 0, created.stderr
     assert int(created.stdout) > 0

@@ -26,22 +26,6 @@ POLICY = {
 }
 
 
-def _as(fleet: Fleet, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(BIN / "edgefleetctl"),
-            "--config",
-            str(config),
-            "--controller",
-            fleet.sync_address,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _device_channel(fleet: Fleet, name: str) -> grpc.Channel:
     identity = fleet.agent_dir(name) / "identity"
     credentials = grpc.ssl_channel_credentials(
@@ -58,9 +42,9 @@ def test_operator_roles_are_enforced_over_mtls(small_fleet: tuple[Fleet, str]) -
     viewer = fleet.root / "viewer"
     fleet.ctl("operator", "add", "vera", "--role", "viewer", "--out", str(viewer))
     config = viewer / "edgefleetctl.toml"
-    assert device_id in _as(fleet, config, "devices", "list").stdout
+    assert device_id in fleet.ctl_as(config, "devices", "list").stdout
     tiny = write_tiny_gguf(fleet.root / "t.gguf")
-    denied = _as(fleet, config, "models", "publish", str(tiny), "--name", "t", "--version", "1")
+    denied = fleet.ctl_as(config, "models", "publish", str(tiny), "--name", "t", "--version", "1")
     assert denied.returncode == 1
     assert (
         denied.stderr.strip()
@@ -70,8 +54,7 @@ def test_operator_roles_are_enforced_over_mtls(small_fleet: tuple[Fleet, str]) -
     policy_file.write_text(json.dumps(POLICY))
     fleet.ctl("policy", "apply", str(policy_file))
     fleet.ctl("operator", "add", "pat", "--role", "publisher", "--out", str(fleet.root / "pat"))
-    allowed = _as(
-        fleet,
+    allowed = fleet.ctl_as(
         fleet.root / "pat" / "edgefleetctl.toml",
         "models",
         "publish",
