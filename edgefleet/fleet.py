@@ -44,6 +44,14 @@ class DownloadProgress:
     total: int
     state: str  # downloading | paused | refused
     reason: str = ""
+    bytes_per_second: int = 0  # measured by the device while downloading; 0 otherwise
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Time to finish at the measured rate; None when not moving."""
+        if self.state != "downloading" or self.bytes_per_second <= 0:
+            return None
+        return max(0, self.total - self.received) / self.bytes_per_second
 
 
 GIB = 1024**3

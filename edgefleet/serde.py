@@ -100,6 +100,7 @@ def _downloads_to_pb(downloads: tuple[DownloadProgress, ...]) -> list[device_pb2
             total=d.total,
             state=d.state,
             reason=d.reason,
+            bytes_per_second=d.bytes_per_second,
         )
         for d in downloads
     ]
@@ -116,6 +117,7 @@ def _downloads_from_pb(
             d.total,
             d.state[:16],
             d.reason[:REASON_CHARS],
+            d.bytes_per_second,
         )
         for d in _some(messages)
     )

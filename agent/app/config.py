@@ -116,6 +116,10 @@ class AgentConfig:
     smoke_test: bool = True
     # A download that receives nothing for this long is abandoned (resumed at the next sync).
     download_stall_seconds: int = 60
+    # While a download runs, report its progress (percent, rate) this often (0: only at
+    # syncs). Each report is a sync call: a wave of N devices downloading at once adds
+    # N / download_report_seconds calls a second to the controller's load.
+    download_report_seconds: int = 10
     # Before a model is loaded: "size" checks the file's length, "sample" also hashes
     # verify_sample_chunks random chunks, "full" hashes the whole file.
     verify_before_load: str = "sample"
@@ -176,8 +180,10 @@ class AgentConfig:
         parse_sources(self.mirrors)
         if self.peer_listen:
             split_address(self.peer_listen)
-        if self.watch_jitter_seconds < 0:
-            raise ConfigError("watch_jitter_seconds must not be negative")
+        if self.watch_jitter_seconds < 0 or self.download_report_seconds < 0:
+            raise ConfigError(
+                "watch_jitter_seconds and download_report_seconds must not be negative"
+            )
         if self.scrub_interval_hours < 0:
             raise ConfigError("scrub_interval_hours must not be negative")
         if self.verify_before_load not in VERIFY_MODES:

@@ -8,7 +8,7 @@ from typing import Any
 
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.logging import add_service_log_options
-from edgefleet.output import add_output_option, age, print_documents, when
+from edgefleet.output import add_output_option, download, print_documents, when
 
 
 def register(commands: Subcommands) -> None:
@@ -63,8 +63,8 @@ WATCH_SECONDS = 1.0
 
 
 def _watch_downloads(data_dir: Path) -> None:
-    """One line per download each time its progress changes, with the rate measured
-    between two looks and the time left at that rate."""
+    """One line per download each time its progress changes: percent, and the rate the
+    download measured with the time left at that rate."""
     import time
 
     from edgefleet.agent.app.database import AgentDatabase
@@ -72,24 +72,14 @@ def _watch_downloads(data_dir: Path) -> None:
     from edgefleet.agent.sync.progress import load_board
 
     db = AgentDatabase(AgentPaths(data_dir).database)
-    seen: dict[str, tuple[float, int, str]] = {}  # ref -> (when, received, line shown)
+    shown: dict[str, str] = {}  # ref -> line shown last
     try:
         while True:
-            now = time.monotonic()
             for d in load_board(db):
-                ref = f"{d.name}@{d.version}"
-                then, before, shown = seen.get(ref, (now, d.received, ""))
-                rate = (d.received - before) / (now - then) if now > then else 0.0
-                percent = f"{100 * d.received // d.total} %" if d.total else "?"
-                line = f"{ref} {d.state} {percent}"
-                if rate > 0 and d.total:
-                    left = (d.total - d.received) / rate
-                    line += f", {rate / 1048576:.1f} MiB/s, ETA {age(left)}"
-                elif d.reason:
-                    line += f": {d.reason}"
-                if line != shown:
+                line = download(d)
+                if shown.get(f"{d.name}@{d.version}") != line:
                     print(line, flush=True)
-                seen[ref] = (now, d.received, line)
+                shown[f"{d.name}@{d.version}"] = line
             time.sleep(WATCH_SECONDS)
     finally:
         db.dispose()
@@ -180,14 +170,11 @@ def _print_status(doc: dict[str, Any]) -> None:
             f"controller (audit_warn_unacknowledged = {audit['warn_unacknowledged']})",
         )
     line("audit key", audit["key_id"][:16])
+    from edgefleet.fleet import DownloadProgress
+
     for d in doc["downloads"]:
-        percent = 100 * d["received"] / d["total"] if d["total"] else 0
-        why = f": {d['reason']}" if d["reason"] else ""
-        line(
-            "download",
-            f"{d['name']}@{d['version']} {d['state']} {d['received']}/{d['total']} bytes "
-            f"({percent:.0f} %){why}",
-        )
+        progress = DownloadProgress(**d)
+        line("download", f"{download(progress)} ({progress.received}/{progress.total} bytes)")
     if doc["data_used_today"]:
         used = doc["data_used_today"]
         line("data used", f"{used['bytes'] / 1048576:.1f} MiB on {used['day']} (UTC)")

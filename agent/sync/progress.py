@@ -12,6 +12,32 @@ from edgefleet.trust.metadata import ModelManifest
 
 STATE_KEY = "downloads"
 SAVE_EVERY_SECONDS = 2.0
+# The rate is measured over windows of at least this long and smoothed across windows:
+# chunks arrive in bursts (1 MiB messages, a paced link), a rate per chunk would jump.
+RATE_WINDOW_SECONDS = 2.0
+RATE_SMOOTHING = 0.5  # weight of the newest window
+
+
+class _RateMeter:
+    """Bytes per second of one download, from the byte counts it reports."""
+
+    def __init__(self, received: int, now: float) -> None:
+        self.start, self.start_received = now, received
+        self.rate = 0.0
+
+    def update(self, received: int, now: float) -> int:
+        elapsed = now - self.start
+        if received < self.start_received:  # restarted from a lower offset (a repair)
+            self.start, self.start_received, self.rate = now, received, 0.0
+        elif elapsed >= RATE_WINDOW_SECONDS:
+            window = (received - self.start_received) / elapsed
+            self.rate = (
+                window
+                if not self.rate
+                else (RATE_SMOOTHING * window + (1 - RATE_SMOOTHING) * self.rate)
+            )
+            self.start, self.start_received = now, received
+        return round(self.rate)
 
 
 class ProgressBoard:
@@ -20,14 +46,22 @@ class ProgressBoard:
     def __init__(self, db: AgentDatabase) -> None:
         self.db = db
         self._items: dict[str, DownloadProgress] = {}
+        self._rates: dict[str, _RateMeter] = {}
         self._saved_at = 0.0
 
     def update(
         self, manifest: ModelManifest, received: int, state: str = "downloading", reason: str = ""
     ) -> None:
         """Record progress; saved to the database at most every few seconds while moving."""
+        now = time.monotonic()
+        rate = 0
+        if state == "downloading":
+            meter = self._rates.setdefault(manifest.ref, _RateMeter(received, now))
+            rate = meter.update(received, now)
+        else:  # paused or refused: the next transfer measures afresh
+            self._rates.pop(manifest.ref, None)
         self._items[manifest.ref] = DownloadProgress(
-            manifest.name, manifest.version, received, manifest.length, state, reason
+            manifest.name, manifest.version, received, manifest.length, state, reason, rate
         )
         if state != "downloading" or time.monotonic() - self._saved_at > SAVE_EVERY_SECONDS:
             self.save()
@@ -39,6 +73,7 @@ class ProgressBoard:
 
     def done(self, manifest: ModelManifest) -> None:
         """The download finished (installed): forget it."""
+        self._rates.pop(manifest.ref, None)
         if self._items.pop(manifest.ref, None) is not None:
             self.save()
 
@@ -46,10 +81,15 @@ class ProgressBoard:
         """Drop entries of models no longer assigned."""
         for ref in set(self._items) - refs:
             del self._items[ref]
+            self._rates.pop(ref, None)
 
     def items(self) -> tuple[DownloadProgress, ...]:
         """Every download known, by name."""
         return tuple(self._items[ref] for ref in sorted(self._items))
+
+    def moving(self) -> bool:
+        """Whether a download is under way (its progress is worth reporting)."""
+        return any(d.state == "downloading" for d in self._items.values())
 
     def save(self) -> None:
         """Write the board for `edgefleet-agent status`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -187,24 +187,7 @@ class Syncer:
             self.trust = stored
         if self.hooks.renewer is not None:
             await self.hooks.renewer.renew_if_due(datetime.now(UTC))
-        installed = tuple(await asyncio.to_thread(self.registry.installed))
-        active = {m.name: m.sha256 for m in installed if m.active}
-        report = StatusReport(
-            agent_version=__version__,
-            models=installed,
-            audit_head_seq=await asyncio.to_thread(self.audit.head_seq),
-            last_error=(
-                self.last_error
-                if self.last_error is not None
-                else await asyncio.to_thread(db.get_state, LAST_ERROR_KEY)
-            ),
-            bench=await asyncio.to_thread(load_results, db, active),
-            downloads=self.board.items(),
-            data_used_today=self.meter.used_today(),
-            daily_data_budget=self.meter.daily_budget,
-            resources=await asyncio.to_thread(device_resources, self.config, self.blobs),
-            health=await asyncio.to_thread(model_health, db, installed, self.hooks.serving),
-        )
+        report = await self._status_report()
         try:
             desired = await self.client.sync(report)
         except TransportError as e:
@@ -225,6 +208,57 @@ class Syncer:
                 failures.append(e)
         if failures:
             raise failures[0]
+
+    async def _status_report(self) -> StatusReport:
+        """What this device reports at each sync, and while a download runs."""
+        db = self.registry.db
+        installed = tuple(await asyncio.to_thread(self.registry.installed))
+        active = {m.name: m.sha256 for m in installed if m.active}
+        return StatusReport(
+            agent_version=__version__,
+            models=installed,
+            audit_head_seq=await asyncio.to_thread(self.audit.head_seq),
+            last_error=(
+                self.last_error
+                if self.last_error is not None
+                else await asyncio.to_thread(db.get_state, LAST_ERROR_KEY)
+            ),
+            bench=await asyncio.to_thread(load_results, db, active),
+            downloads=self.board.items(),
+            data_used_today=self.meter.used_today(),
+            daily_data_budget=self.meter.daily_budget,
+            resources=await asyncio.to_thread(device_resources, self.config, self.blobs),
+            health=await asyncio.to_thread(model_health, db, installed, self.hooks.serving),
+        )
+
+    @contextlib.asynccontextmanager
+    async def _reporting_progress(self) -> AsyncIterator[None]:
+        """While a download runs, send the status every ``download_report_seconds`` (the
+        same Sync call; its answer is left to the next pass): the controller's `devices
+        list` shows the percent, rate and time left as they move, not once the download
+        is over. A report that fails is not retried: the download goes on."""
+        interval = self.config.download_report_seconds
+
+        async def report_while_moving() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                if not self.board.moving():
+                    continue
+                try:
+                    await self.client.sync(await self._status_report())
+                except EdgefleetError as e:
+                    log.debug("sync.progress_report_failed", reason=str(e))
+
+        if not interval:
+            yield
+            return
+        reporter = asyncio.create_task(report_while_moving())
+        try:
+            yield
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
 
     async def _accept_trust(self, desired: DesiredState) -> None:
         now = datetime.now(UTC)
@@ -284,13 +318,14 @@ class Syncer:
         """Download (or repair, if a damaged copy is in quarantine) and record a version."""
         quarantined = self.blobs.quarantined_of(manifest.sha256).exists()
         try:
-            if quarantined:
-                await self._repair(manifest)
-                if await asyncio.to_thread(self.registry.is_installed, manifest):
-                    return
-            else:
-                await self._check_before_download(manifest)
-                await self._download(manifest)
+            async with self._reporting_progress():
+                if quarantined:
+                    await self._repair(manifest)
+                    if await asyncio.to_thread(self.registry.is_installed, manifest):
+                        return
+                else:
+                    await self._check_before_download(manifest)
+                    await self._download(manifest)
         except TransferPausedError as e:
             self.board.note(manifest, "paused", str(e))
             log.info("model.download_paused", model=manifest.ref, reason=str(e))

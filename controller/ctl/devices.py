@@ -14,6 +14,7 @@ from edgefleet.errors import ConfigError, NotFoundError
 from edgefleet.output import (
     Column,
     add_output_option,
+    download,
     labels,
     print_documents,
     print_list,
@@ -171,9 +172,7 @@ def _describe(v: DeviceView) -> None:
             f"tg {b.generation_tokens_per_second:.0f} tok/s ({b.threads} threads)",
         )
     for d in v.downloads:
-        percent = 100 * d.received / d.total if d.total else 0
-        why = f": {d.reason}" if d.reason else ""
-        line("download", f"{d.name}@{d.version} {d.state} {percent:.0f} %{why}")
+        line("download", f"{download(d)} ({d.received}/{d.total} bytes)")
     if v.daily_data_budget:
         line(
             "data today",
@@ -211,9 +210,7 @@ def _notes(v: DeviceView) -> str:
     notes += [
         f"to run {a.name}@{a.version}" for a in v.assignments if (a.name, a.version) not in active
     ]
-    for d in v.downloads:
-        percent = f" {100 * d.received // d.total} %" if d.total else ""
-        notes.append(f"{d.name}@{d.version} {d.state}{percent}")
+    notes += [download(d, reason=False) for d in v.downloads]
     if v.audit_head_seq > v.audit_stored_seq:
         notes.append(f"audit backlog {v.audit_head_seq - v.audit_stored_seq}")
     if v.last_error:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import envelope_pb2 as edgefleet_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gefleet/v1/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1b\x65\x64gefleet/v1/envelope.proto\"\x1a\n\x18GetTrustBootstrapRequest\"^\n\x0eTrustBootstrap\x12\x30\n\nroot_chain\x18\x01 \x03(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"r\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x18\n\x10\x61udit_public_key\x18\x05 \x01(\t\"\xa1\x02\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x38\n\x06labels\x18\x04 \x03(\x0b\x32(.edgefleet.v1.EnrollResponse.LabelsEntry\x12\x11\n\tsync_port\x18\x05 \x01(\r\x12\x0e\n\x06status\x18\x06 \x01(\t\x12;\n\x15\x61udit_key_attestation\x18\x07 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x0eInstalledModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"\xdc\x01\n\x0b\x42\x65nchResult\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x18\n\x10generated_tokens\x18\x06 \x01(\r\x12 \n\x18prompt_tokens_per_second\x18\x07 \x01(\x01\x12$\n\x1cgeneration_tokens_per_second\x18\x08 \x01(\x01\x12\x13\n\x0bmeasured_at\x18\t \x01(\t\"q\n\x10\x44ownloadProgress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08received\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xae\x01\n\x0f\x44\x65viceResources\x12\x0f\n\x07machine\x18\x01 \x01(\t\x12\x11\n\tcpu_count\x18\x02 \x01(\r\x12\x14\n\x0cmemory_total\x18\x03 \x01(\x04\x12\x15\n\rmemory_budget\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\r\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x11\n\tdisk_free\x18\x07 \x01(\x04\x12\x17\n\x0fmax_model_bytes\x18\x08 \x01(\x04\"\xed\x02\n\x0cStatusReport\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12,\n\x06models\x18\x02 \x03(\x0b\x32\x1c.edgefleet.v1.InstalledModel\x12\x16\n\x0e\x61udit_head_seq\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12(\n\x05\x62\x65nch\x18\x05 \x03(\x0b\x32\x19.edgefleet.v1.BenchResult\x12\x31\n\tdownloads\x18\x06 \x03(\x0b\x32\x1e.edgefleet.v1.DownloadProgress\x12\x17\n\x0f\x64\x61ta_used_today\x18\x07 \x01(\x04\x12\x19\n\x11\x64\x61ily_data_budget\x18\x08 \x01(\x04\x12\x30\n\tresources\x18\t \x01(\x0b\x32\x1d.edgefleet.v1.DeviceResources\x12)\n\x06health\x18\n \x03(\x0b\x32\x19.edgefleet.v1.ModelHealth\"\x94\x01\n\x0bModelHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05smoke\x18\x03 \x01(\t\x12\x14\n\x0csmoke_reason\x18\x04 \x01(\t\x12\x1f\n\x17smoke_tokens_per_second\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\"+\n\nAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x96\x02\n\x0c\x44\x65siredState\x12\x30\n\nroot_chain\x18\x01 \x03(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12/\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12-\n\x07targets\x18\x02 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12-\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x18.edgefleet.v1.Assignment\x12\x17\n\x0f\x61udit_acked_seq\x18\x04 \x01(\x04\x12,\n\x06policy\x18\x05 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\"@\n\x0fReadBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"-\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"q\n\x10PushAuditRequest\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.AuditRecord\x12\x31\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\"U\n\x11PushAuditResponse\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x0e\n\x0cWatchRequest\"\x1a\n\nWatchEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t2\xa7\x04\n\rDeviceService\x12Y\n\x11GetTrustBootstrap\x12&.edgefleet.v1.GetTrustBootstrapRequest\x1a\x1c.edgefleet.v1.TrustBootstrap\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\x12>\n\x04Sync\x12\x1a.edgefleet.v1.StatusReport\x1a\x1a.edgefleet.v1.DesiredState\x12\x44\n\x08ReadBlob\x12\x1d.edgefleet.v1.ReadBlobRequest\x1a\x17.edgefleet.v1.BlobChunk0\x01\x12L\n\tPushAudit\x12\x1e.edgefleet.v1.PushAuditRequest\x1a\x1f.edgefleet.v1.PushAuditResponse\x12\x61\n\x10RenewCertificate\x12%.edgefleet.v1.RenewCertificateRequest\x1a&.edgefleet.v1.RenewCertificateResponse\x12?\n\x05Watch\x12\x1a.edgefleet.v1.WatchRequest\x1a\x18.edgefleet.v1.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gefleet/v1/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1b\x65\x64gefleet/v1/envelope.proto\"\x1a\n\x18GetTrustBootstrapRequest\"^\n\x0eTrustBootstrap\x12\x30\n\nroot_chain\x18\x01 \x03(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"r\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x18\n\x10\x61udit_public_key\x18\x05 \x01(\t\"\xa1\x02\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x38\n\x06labels\x18\x04 \x03(\x0b\x32(.edgefleet.v1.EnrollResponse.LabelsEntry\x12\x11\n\tsync_port\x18\x05 \x01(\r\x12\x0e\n\x06status\x18\x06 \x01(\t\x12;\n\x15\x61udit_key_attestation\x18\x07 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x0eInstalledModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"\xdc\x01\n\x0b\x42\x65nchResult\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x18\n\x10generated_tokens\x18\x06 \x01(\r\x12 \n\x18prompt_tokens_per_second\x18\x07 \x01(\x01\x12$\n\x1cgeneration_tokens_per_second\x18\x08 \x01(\x01\x12\x13\n\x0bmeasured_at\x18\t \x01(\t\"\x8b\x01\n\x10\x44ownloadProgress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08received\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x18\n\x10\x62ytes_per_second\x18\x07 \x01(\x04\"\xae\x01\n\x0f\x44\x65viceResources\x12\x0f\n\x07machine\x18\x01 \x01(\t\x12\x11\n\tcpu_count\x18\x02 \x01(\r\x12\x14\n\x0cmemory_total\x18\x03 \x01(\x04\x12\x15\n\rmemory_budget\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\r\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x11\n\tdisk_free\x18\x07 \x01(\x04\x12\x17\n\x0fmax_model_bytes\x18\x08 \x01(\x04\"\xed\x02\n\x0cStatusReport\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12,\n\x06models\x18\x02 \x03(\x0b\x32\x1c.edgefleet.v1.InstalledModel\x12\x16\n\x0e\x61udit_head_seq\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12(\n\x05\x62\x65nch\x18\x05 \x03(\x0b\x32\x19.edgefleet.v1.BenchResult\x12\x31\n\tdownloads\x18\x06 \x03(\x0b\x32\x1e.edgefleet.v1.DownloadProgress\x12\x17\n\x0f\x64\x61ta_used_today\x18\x07 \x01(\x04\x12\x19\n\x11\x64\x61ily_data_budget\x18\x08 \x01(\x04\x12\x30\n\tresources\x18\t \x01(\x0b\x32\x1d.edgefleet.v1.DeviceResources\x12)\n\x06health\x18\n \x03(\x0b\x32\x19.edgefleet.v1.ModelHealth\"\x94\x01\n\x0bModelHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05smoke\x18\x03 \x01(\t\x12\x14\n\x0csmoke_reason\x18\x04 \x01(\t\x12\x1f\n\x17smoke_tokens_per_second\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\"+\n\nAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x96\x02\n\x0c\x44\x65siredState\x12\x30\n\nroot_chain\x18\x01 \x03(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12/\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12-\n\x07targets\x18\x02 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\x12-\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x18.edgefleet.v1.Assignment\x12\x17\n\x0f\x61udit_acked_seq\x18\x04 \x01(\x04\x12,\n\x06policy\x18\x05 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\"@\n\x0fReadBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"-\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"q\n\x10PushAuditRequest\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.AuditRecord\x12\x31\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\"U\n\x11PushAuditResponse\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.edgefleet.v1.SignedEnvelope\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x0e\n\x0cWatchRequest\"\x1a\n\nWatchEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t2\xa7\x04\n\rDeviceService\x12Y\n\x11GetTrustBootstrap\x12&.edgefleet.v1.GetTrustBootstrapRequest\x1a\x1c.edgefleet.v1.TrustBootstrap\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\x12>\n\x04Sync\x12\x1a.edgefleet.v1.StatusReport\x1a\x1a.edgefleet.v1.DesiredState\x12\x44\n\x08ReadBlob\x12\x1d.edgefleet.v1.ReadBlobRequest\x1a\x17.edgefleet.v1.BlobChunk0\x01\x12L\n\tPushAudit\x12\x1e.edgefleet.v1.PushAuditRequest\x1a\x1f.edgefleet.v1.PushAuditResponse\x12\x61\n\x10RenewCertificate\x12%.edgefleet.v1.RenewCertificateRequest\x1a&.edgefleet.v1.RenewCertificateResponse\x12?\n\x05Watch\x12\x1a.edgefleet.v1.WatchRequest\x1a\x18.edgefleet.v1.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,36 +48,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTALLEDMODEL']._serialized_end=683
   _globals['_BENCHRESULT']._serialized_start=686
   _globals['_BENCHRESULT']._serialized_end=906
-  _globals['_DOWNLOADPROGRESS']._serialized_start=908
-  _globals['_DOWNLOADPROGRESS']._serialized_end=1021
-  _globals['_DEVICERESOURCES']._serialized_start=1024
-  _globals['_DEVICERESOURCES']._serialized_end=1198
-  _globals['_STATUSREPORT']._serialized_start=1201
-  _globals['_STATUSREPORT']._serialized_end=1566
-  _globals['_MODELHEALTH']._serialized_start=1569
-  _globals['_MODELHEALTH']._serialized_end=1717
-  _globals['_ASSIGNMENT']._serialized_start=1719
-  _globals['_ASSIGNMENT']._serialized_end=1762
-  _globals['_DESIREDSTATE']._serialized_start=1765
-  _globals['_DESIREDSTATE']._serialized_end=2043
-  _globals['_READBLOBREQUEST']._serialized_start=2045
-  _globals['_READBLOBREQUEST']._serialized_end=2109
-  _globals['_BLOBCHUNK']._serialized_start=2111
-  _globals['_BLOBCHUNK']._serialized_end=2152
-  _globals['_AUDITRECORD']._serialized_start=2154
-  _globals['_AUDITRECORD']._serialized_end=2199
-  _globals['_PUSHAUDITREQUEST']._serialized_start=2201
-  _globals['_PUSHAUDITREQUEST']._serialized_end=2314
-  _globals['_PUSHAUDITRESPONSE']._serialized_start=2316
-  _globals['_PUSHAUDITRESPONSE']._serialized_end=2401
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=2403
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=2445
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=2447
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=2498
-  _globals['_WATCHREQUEST']._serialized_start=2500
-  _globals['_WATCHREQUEST']._serialized_end=2514
-  _globals['_WATCHEVENT']._serialized_start=2516
-  _globals['_WATCHEVENT']._serialized_end=2542
-  _globals['_DEVICESERVICE']._serialized_start=2545
-  _globals['_DEVICESERVICE']._serialized_end=3096
+  _globals['_DOWNLOADPROGRESS']._serialized_start=909
+  _globals['_DOWNLOADPROGRESS']._serialized_end=1048
+  _globals['_DEVICERESOURCES']._serialized_start=1051
+  _globals['_DEVICERESOURCES']._serialized_end=1225
+  _globals['_STATUSREPORT']._serialized_start=1228
+  _globals['_STATUSREPORT']._serialized_end=1593
+  _globals['_MODELHEALTH']._serialized_start=1596
+  _globals['_MODELHEALTH']._serialized_end=1744
+  _globals['_ASSIGNMENT']._serialized_start=1746
+  _globals['_ASSIGNMENT']._serialized_end=1789
+  _globals['_DESIREDSTATE']._serialized_start=1792
+  _globals['_DESIREDSTATE']._serialized_end=2070
+  _globals['_READBLOBREQUEST']._serialized_start=2072
+  _globals['_READBLOBREQUEST']._serialized_end=2136
+  _globals['_BLOBCHUNK']._serialized_start=2138
+  _globals['_BLOBCHUNK']._serialized_end=2179
+  _globals['_AUDITRECORD']._serialized_start=2181
+  _globals['_AUDITRECORD']._serialized_end=2226
+  _globals['_PUSHAUDITREQUEST']._serialized_start=2228
+  _globals['_PUSHAUDITREQUEST']._serialized_end=2341
+  _globals['_PUSHAUDITRESPONSE']._serialized_start=2343
+  _globals['_PUSHAUDITRESPONSE']._serialized_end=2428
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=2430
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=2472
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=2474
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=2525
+  _globals['_WATCHREQUEST']._serialized_start=2527
+  _globals['_WATCHREQUEST']._serialized_end=2541
+  _globals['_WATCHEVENT']._serialized_start=2543
+  _globals['_WATCHEVENT']._serialized_end=2569
+  _globals['_DEVICESERVICE']._serialized_start=2572
+  _globals['_DEVICESERVICE']._serialized_end=3123
 # @@protoc_insertion_point(module_scope)

@@ -246,6 +246,7 @@ class DownloadProgress(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     received: _builtins.int
@@ -255,6 +256,10 @@ class DownloadProgress(_message.Message):
     lost) or "refused" (pre-flight: memory, disk, size); `reason` says which.
     """
     reason: _builtins.str
+    bytes_per_second: _builtins.int
+    """Transfer rate the device measured over its last few seconds of "downloading" (0 when
+    not moving): with received and total, the time left.
+    """
     def __init__(
         self,
         *,
@@ -264,10 +269,11 @@ class DownloadProgress(_message.Message):
         total: _builtins.int = ...,
         state: _builtins.str = ...,
         reason: _builtins.str = ...,
+        bytes_per_second: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "received", b"received", "state", b"state", "total", b"total", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_per_second", b"bytes_per_second", "name", b"name", "reason", b"reason", "received", b"received", "state", b"state", "total", b"total", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

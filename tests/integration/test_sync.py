@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +85,42 @@ def test_a_paused_download_and_the_data_used_show_at_the_controller(
     assert "tiny@1 paused" in listing
     shown = fleet.ctl("devices", "show", device["device_id"]).stdout
     assert "tiny@1 paused" in shown and "data today:" in shown
+
+
+def test_a_download_moves_at_the_controller_with_its_rate_and_time_left(
+    small_fleet: tuple[Fleet, str],
+) -> None:
+    """While a download runs (paced by a bandwidth cap), the device reports it between
+    syncs: the controller's view shows the percent growing, the rate the device measured
+    (near the cap) and the time left, in `devices list`, `devices show` and JSON."""
+    fleet, _device = small_fleet
+    fleet.stop("agent-gw")
+    cap = 400_000
+    env = {
+        "EDGEFLEET_AGENT_BANDWIDTH_LIMIT_BYTES_PER_SECOND": str(cap),
+        "EDGEFLEET_AGENT_DOWNLOAD_REPORT_SECONDS": "1",
+    }
+    fleet.start_agent("gw", sync_interval=600, env=env)  # no sync pass during the download
+    publish_tiny(fleet, "1", seed=1, rows=250_000)  # about 4 MB: 10 s at the cap
+    fleet.ctl("rollout", "create", "tiny@1", "--selector", "site=lab")
+
+    def measured() -> dict[str, Any] | None:
+        downloads = fleet.devices()[0]["downloads"]
+        moving = [d for d in downloads if d["state"] == "downloading" and d["bytes_per_second"]]
+        return moving[0] if moving else None
+
+    first = wait_for("a download with its measured rate at the controller", measured, 30)
+    assert 0.5 * cap <= first["bytes_per_second"] <= 1.5 * cap, first
+    assert 0 < first["received"] < first["total"]
+
+    def further() -> dict[str, Any] | None:
+        d = measured()
+        return d if d is not None and d["received"] > first["received"] else None
+
+    later = wait_for("the download further along", further, 15)
+    assert later["received"] < later["total"]
+    listing = fleet.ctl("devices", "list").stdout
+    assert re.search(r"tiny@1 downloading \d+ %, \d+ KiB/s, ETA \d+s", listing), listing
+    shown = fleet.ctl("devices", "show", fleet.devices()[0]["device_id"]).stdout
+    assert re.search(r"download: +tiny@1 downloading \d+ %, \d+ KiB/s, ETA \d+s \(\d+/", shown)
+    wait_for("tiny@1 active", lambda: "tiny@1" in active_versions(fleet, "gw") or None, 60)
