@@ -4,17 +4,20 @@ error exit."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from edgefleet import __version__
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.terminal import PrintableStream
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 EXIT_FAILURE = 1
 PRIVATE_UMASK = 0o077
@@ -69,6 +72,8 @@ def time_bound(text: str, now: datetime | None = None) -> str:
     """argparse type for ``--since``/``--until``: an absolute date or time, a time
     relative to now (``-1h``), or ``today``/``yesterday``/``now``; returned as the
     ``YYYY-MM-DDTHH:MM:SSZ`` the audit trail stores. A bare date is its midnight, UTC."""
+    from datetime import UTC, datetime, timedelta  # the commands that take times load it
+
     current = (now or datetime.now(UTC)).replace(microsecond=0)
     midnight = current.replace(hour=0, minute=0, second=0)
     word = text.strip().lower()
@@ -131,6 +136,57 @@ def run_handler(args: argparse.Namespace) -> int:
     """Run the handler the parsed (sub)command registered with :func:`handled_by`."""
     handler: Handler = args.handler
     return handler(args)
+
+
+class CommandGroup(NamedTuple):
+    """Top-level commands one module of a CLI registers (its function ``register``), with
+    the line ``--help`` shows for each: the module is imported only when a command line
+    names one of them, and the CLI's own ``--help`` lists them from here."""
+
+    module: str  # under the CLI's package
+    register: str
+    commands: Mapping[str, str]  # command -> its line in --help (the module passes it on)
+    aliases: Mapping[str, tuple[str, ...]] = {}
+
+    def names(self) -> set[str]:
+        """Every word that runs one of its commands."""
+        return {*self.commands, *(a for names in self.aliases.values() for a in names)}
+
+
+def command_help(groups: Sequence[CommandGroup]) -> dict[str, str]:
+    """Each command's line in --help, for the modules to register their parsers with."""
+    return {name: text for group in groups for name, text in group.commands.items()}
+
+
+def command_named(argv: Sequence[str], options_with_values: Sequence[str]) -> str:
+    """The top-level command a command line names: its first word that is neither an
+    option nor the value of one of the CLI's own options; "" when it names none (help,
+    ``--version``, nothing at all)."""
+    first = argparse.ArgumentParser(add_help=False)
+    for option in options_with_values:
+        first.add_argument(option)
+    _, rest = first.parse_known_args(list(argv))
+    return next((word for word in rest if not word.startswith("-")), "")
+
+
+def add_command_groups(
+    commands: Subcommands, package: str, groups: Sequence[CommandGroup], named: str | None
+) -> None:
+    """Register the group of the command ``named`` alone; every group when ``named`` is
+    None or `completion` (the whole parser); and when the command line names no command
+    of ours (``--help``, a mistake: ``named`` is "" or unknown), only each command's name
+    and line, importing no module — all that the top-level help and argparse's "invalid
+    choice" need."""
+    wanted = [group for group in groups if named in group.names()]
+    if named is not None and named != COMPLETION and not wanted:
+        for group in groups:
+            for name, text in group.commands.items():
+                aliases = group.aliases.get(name, ())
+                commands.add_parser(name, aliases=aliases, help=text, add_help=False)
+        return
+    for group in wanted or groups:
+        module = importlib.import_module(f"{package}.{group.module}")
+        getattr(module, group.register)(commands)
 
 
 def add_completion_command(commands: Subcommands) -> None:

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from edgefleet.agent.cli import GROUPS as AGENT_GROUPS
 from edgefleet.agent.cli.main import _parser as agent_parser
 from edgefleet.cli_support import COMPLETION
+from edgefleet.controller.ctl import GROUPS as CTL_GROUPS
 from edgefleet.controller.ctl.main import _parser as ctl_parser
 
 
@@ -94,6 +96,34 @@ def test_a_client_verb_loads_no_server_code_and_no_logging(verb: tuple[str, ...]
     "entry", ["edgefleet.controller.ctl.main", "edgefleet.agent.cli.main"], ids=["ctl", "agent"]
 )
 def test_help_loads_no_command_s_dependencies(entry: str) -> None:
-    """`--help` builds the parsers only: no gRPC, protobuf, SQLAlchemy or cryptography."""
-    loaded = {m.split(".")[0] for m in _modules_loaded("-m", entry, "--help")}
-    assert loaded & {*SERVER_SIDE, "grpc", "google", "cryptography"} == set()
+    """`--help` loads no command module (it lists each command from the CLI's table of
+    groups), let alone gRPC, protobuf, SQLAlchemy or cryptography."""
+    loaded = _modules_loaded("-m", entry, "--help")
+    assert {m.split(".")[0] for m in loaded} & {
+        *SERVER_SIDE,
+        "grpc",
+        "google",
+        "cryptography",
+    } == set()
+    groups = CTL_GROUPS if "controller" in entry else AGENT_GROUPS
+    package = entry.rsplit(".", 1)[0]
+    assert loaded & {f"{package}.{group.module}" for group in groups} == set()
+
+
+@pytest.mark.parametrize("make", [ctl_parser, agent_parser], ids=["edgefleetctl", "agent"])
+def test_help_from_the_table_is_the_help_of_the_commands(make: object) -> None:
+    """What `--help` lists without loading the commands (names, aliases, lines) is what
+    the loaded commands register: one table is the source of both."""
+    assert callable(make)
+    assert make("").format_help() == make().format_help()
+
+
+@pytest.mark.parametrize(
+    ("make", "command", "group"),
+    [(ctl_parser, "devices", {"devices"}), (agent_parser, "status", {"run", "status"})],
+    ids=["edgefleetctl", "agent"],
+)
+def test_a_named_command_loads_its_group_alone(make: object, command: str, group: set[str]) -> None:
+    assert callable(make)
+    handled = {path[0] for path, parser in _leaves(make(command)) if parser.get_default("handler")}
+    assert handled == group

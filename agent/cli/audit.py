@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Subcommands, handled_by, output_file
 from edgefleet.errors import ConfigError
 
 
 def register(commands: Subcommands) -> None:
     """`audit export`."""
-    audit = commands.add_parser("audit", help="this device's audit log").add_subparsers(
+    audit = commands.add_parser("audit", help=HELP["audit"]).add_subparsers(
         dest="action", required=True
     )
     export = handled_by(

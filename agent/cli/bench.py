@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError
 from edgefleet.speed import DEFAULT_GENERATED_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS
@@ -14,7 +15,7 @@ from edgefleet.speed import DEFAULT_GENERATED_TOKENS, DEFAULT_PROMPT_TOKENS, DEF
 def register(commands: Subcommands) -> None:
     """`bench MODEL`."""
     bench = handled_by(
-        commands.add_parser("bench", help="measure prompt and generation tokens/s of a model"),
+        commands.add_parser("bench", help=HELP["bench"]),
         _cmd_bench,
     )
     bench.add_argument("model")

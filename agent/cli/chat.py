@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.errors import ConfigError, TransportError
 
@@ -17,7 +18,7 @@ TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105 - a variable name
 def register(commands: Subcommands) -> None:
     """`chat MODEL [PROMPT]`."""
     chat = handled_by(
-        commands.add_parser("chat", help="talk to a model through the running agent's API"),
+        commands.add_parser("chat", help=HELP["chat"]),
         _cmd_chat,
     )
     chat.add_argument("model")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Subcommands, handled_by, positive_int
 from edgefleet.logging import add_service_log_options
 from edgefleet.output import add_output_option, download, print_documents, when
@@ -14,15 +15,13 @@ from edgefleet.output import add_output_option, download, print_documents, when
 def register(commands: Subcommands) -> None:
     """`run` and `status`."""
     run_cmd = handled_by(
-        commands.add_parser("run", help="serve the local API and sync with the controller"),
+        commands.add_parser("run", help=HELP["run"]),
         _cmd_run,
     )
     run_cmd.add_argument("--api-listen", help="HOST:PORT of the local API (default 127.0.0.1:8080)")
     run_cmd.add_argument("--sync-interval", type=positive_int, help="seconds between syncs")
     add_service_log_options(run_cmd)
-    status = handled_by(
-        commands.add_parser("status", help="identity, registry and sync state"), _cmd_status
-    )
+    status = handled_by(commands.add_parser("status", help=HELP["status"]), _cmd_status)
     status.add_argument(
         "--watch",
         action="store_true",

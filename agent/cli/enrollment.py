@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Subcommands, handled_by
 
 EXIT_PENDING = 3
@@ -15,9 +16,7 @@ PENDING_POLL_SECONDS = 5.0
 def register(commands: Subcommands) -> None:
     """`enroll` and `fingerprint`."""
     enroll_cmd = handled_by(
-        commands.add_parser(
-            "enroll", help="join the fleet (with a one-time token, or by approval)"
-        ),
+        commands.add_parser("enroll", help=HELP["enroll"]),
         _cmd_enroll,
     )
     enroll_cmd.add_argument("--controller", required=True, help="enrollment HOST:PORT")
@@ -27,9 +26,7 @@ def register(commands: Subcommands) -> None:
         "--wait", type=int, default=0, help="seconds to keep asking while approval is pending"
     )
     handled_by(
-        commands.add_parser(
-            "fingerprint", help="this device's key fingerprint (for preauthorization)"
-        ),
+        commands.add_parser("fingerprint", help=HELP["fingerprint"]),
         _cmd_fingerprint,
     )
 

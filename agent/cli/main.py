@@ -2,7 +2,7 @@
 
 Each command group is one module of this package that registers its parsers and their
 handlers together (``edgefleet.cli_support.handled_by``); this module only puts them in
-order and runs the handler of the command given."""
+order (``GROUPS``), loads the one a command line names and runs its handler."""
 
 from __future__ import annotations
 
@@ -13,34 +13,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgefleet.agent.app import DEFAULT_DATA_DIR
-from edgefleet.agent.cli import PROG, audit, bench, chat, daemon, enrollment, models, tokens
+from edgefleet.agent.cli import GROUPS, PROG
 from edgefleet.cli_support import (
+    add_command_groups,
     add_common_options,
     add_completion_command,
+    command_named,
     run_command,
     run_handler,
 )
 from edgefleet.logging import configure_logging
 
+DATA_DIR = "--data-dir"
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or only the group of ``command`` (see
+    ``add_command_groups``)."""
     parser = argparse.ArgumentParser(prog=PROG, description="The edgefleet agent on a gateway.")
     add_common_options(parser)
     parser.add_argument(
-        "--data-dir",
+        DATA_DIR,
         type=Path,
         default=Path(os.environ.get("EDGEFLEET_AGENT_DATA_DIR", DEFAULT_DATA_DIR)),
         help="state directory (env EDGEFLEET_AGENT_DATA_DIR)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_completion_command(commands)
-    enrollment.register(commands)  # enroll, fingerprint
-    daemon.register(commands)  # run, status
-    models.register(commands)
-    chat.register(commands)
-    tokens.register(commands)
-    audit.register(commands)
-    bench.register(commands)
+    add_command_groups(commands, __package__ or "", GROUPS, command)
     return parser
 
 
@@ -52,11 +52,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edgefleet-agent`."""
-    return run_command(PROG, _parser(), argv, _dispatch)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    given = sys.argv[1:] if argv is None else argv
+    return run_command(PROG, _parser(command_named(given, [DATA_DIR])), argv, _dispatch)
 
 
 if __name__ == "__main__":

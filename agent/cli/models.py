@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Handler, Subcommands, handled_by, positive_int, split_ref
 from edgefleet.errors import NotFoundError, TransportError
 from edgefleet.output import Column, add_output_option, print_documents, print_list
@@ -22,7 +23,7 @@ EXIT_DAMAGED = 1
 
 def register(commands: Subcommands) -> None:
     """`models list|verify|repair|rollback|import`."""
-    models = commands.add_parser("models", help="the local registry").add_subparsers(
+    models = commands.add_parser("models", help=HELP["models"]).add_subparsers(
         dest="action", required=True
     )
     add_output_option(

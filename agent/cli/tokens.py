@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.agent.cli import HELP
 from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.output import Column, add_output_option, print_documents, print_list
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 def register(commands: Subcommands) -> None:
     """`tokens create|list|revoke`."""
-    tokens = commands.add_parser("tokens", help="application tokens for the local API")
+    tokens = commands.add_parser("tokens", help=HELP["tokens"])
     token_actions = tokens.add_subparsers(dest="action", required=True)
     create = handled_by(
         token_actions.add_parser("create", help="a new token (printed once)"), _create

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value
+from edgefleet.controller.ctl import HELP
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError
 from edgefleet.output import Column, add_output_option, print_list, when
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 def register_operator(commands: Subcommands) -> None:
     operator = commands.add_parser(
-        "operator", aliases=["operators"], help="operators"
+        "operator", aliases=["operators"], help=HELP["operator"]
     ).add_subparsers(dest="action", required=True)
     add_output_option(
         handled_by(
@@ -52,7 +53,7 @@ def register_operator(commands: Subcommands) -> None:
 
 
 def register_policy(commands: Subcommands) -> None:
-    policy = commands.add_parser("policy", help="the fleet's signed RBAC policy").add_subparsers(
+    policy = commands.add_parser("policy", help=HELP["policy"]).add_subparsers(
         dest="action", required=True
     )
     handled_by(
@@ -67,9 +68,9 @@ def register_policy(commands: Subcommands) -> None:
 
 
 def register_tokens(commands: Subcommands) -> None:
-    apps = commands.add_parser(
-        "tokens", help="application tokens in the signed policy"
-    ).add_subparsers(dest="action", required=True)
+    apps = commands.add_parser("tokens", help=HELP["tokens"]).add_subparsers(
+        dest="action", required=True
+    )
     app_create = handled_by(
         apps.add_parser("create", help="a token for an application (printed once)"),
         with_client(_tokens_create),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import TIME_HELP, Subcommands, handled_by, output_file, time_bound
+from edgefleet.controller.ctl import HELP
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, TransportError
 from edgefleet.output import Column, print_list, when
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def register(commands: Subcommands) -> None:
-    audit = commands.add_parser("audit", help="audit trail").add_subparsers(
+    audit = commands.add_parser("audit", help=HELP["audit"]).add_subparsers(
         dest="action", required=True
     )
     export = handled_by(

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int
+from edgefleet.controller.ctl import HELP
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.errors import ConfigError, NotFoundError
 from edgefleet.output import (
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def register_token(commands: Subcommands) -> None:
-    token = commands.add_parser("token", help="enrollment tokens").add_subparsers(
+    token = commands.add_parser("token", help=HELP["token"]).add_subparsers(
         dest="action", required=True
     )
     create = handled_by(
@@ -53,7 +54,7 @@ def register_token(commands: Subcommands) -> None:
 
 
 def register_devices(commands: Subcommands) -> None:
-    devices = commands.add_parser("devices", help="enrolled devices").add_subparsers(
+    devices = commands.add_parser("devices", help=HELP["devices"]).add_subparsers(
         dest="action", required=True
     )
     devices_list = handled_by(

@@ -9,6 +9,7 @@ import importlib
 from pathlib import Path
 
 from edgefleet.cli_support import Handler, Subcommands, handled_by, output_file, positive_int
+from edgefleet.controller.ctl import HELP
 
 
 def _ceremony(name: str) -> Handler:
@@ -22,9 +23,9 @@ def _ceremony(name: str) -> Handler:
 
 
 def register(commands: Subcommands) -> None:
-    keys = commands.add_parser(
-        "keys", help="the fleet's signing keys: every change is a new root version"
-    ).add_subparsers(dest="action", required=True)
+    keys = commands.add_parser("keys", help=HELP["keys"]).add_subparsers(
+        dest="action", required=True
+    )
 
     def local(name: str, text: str, handler: Handler) -> argparse.ArgumentParser:
         action = handled_by(keys.add_parser(name, help=text), handler)

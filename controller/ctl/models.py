@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.cli_support import Subcommands, handled_by, output_file, split_ref
+from edgefleet.controller.ctl import HELP
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.ctl.quantize import add_quantize_parser
 from edgefleet.errors import TransportError
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def register_models(commands: Subcommands) -> None:
-    models = commands.add_parser("models", help="the model catalog").add_subparsers(
+    models = commands.add_parser("models", help=HELP["models"]).add_subparsers(
         dest="action", required=True
     )
     publish = handled_by(
@@ -121,9 +122,9 @@ def _models_rm(client: OperatorClient, args: argparse.Namespace) -> int:
 
 
 def register_bundle(commands: Subcommands) -> None:
-    bundle = commands.add_parser(
-        "bundle", help="model bundles for air-gapped sites"
-    ).add_subparsers(dest="action", required=True)
+    bundle = commands.add_parser("bundle", help=HELP["bundle"]).add_subparsers(
+        dest="action", required=True
+    )
     bundle_export = handled_by(
         bundle.add_parser(
             "export", help="one file with NAME@VERSION and its signed metadata chain"
@@ -136,9 +137,9 @@ def register_bundle(commands: Subcommands) -> None:
 
 
 def register_agent_bundle(commands: Subcommands) -> None:
-    agent_bundle = commands.add_parser(
-        "agent-bundle", help="offline install bundles of the agent for gateways"
-    ).add_subparsers(dest="action", required=True)
+    agent_bundle = commands.add_parser("agent-bundle", help=HELP["agent-bundle"]).add_subparsers(
+        dest="action", required=True
+    )
     build = handled_by(
         agent_bundle.add_parser(
             "build", help="the agent, its dependencies and llama.cpp for one platform (network)"

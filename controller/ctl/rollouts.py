@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli_support import Subcommands, handled_by, key_value, positive_int, split_ref
+from edgefleet.controller.ctl import HELP
 from edgefleet.controller.ctl.connect import with_client
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import EXCLUDED, PinView, Plan, RolloutView
@@ -68,7 +69,7 @@ def _add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Subcommands) -> None:
     """The `rollout` command group."""
-    rollout = commands.add_parser("rollout", help="model rollouts").add_subparsers(
+    rollout = commands.add_parser("rollout", help=HELP["rollout"]).add_subparsers(
         dest="action", required=True
     )
     create = handled_by(

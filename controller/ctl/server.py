@@ -8,24 +8,21 @@ from pathlib import Path
 
 from edgefleet.cli_support import Subcommands, handled_by
 from edgefleet.config_files import split_address
+from edgefleet.controller.ctl import HELP
 from edgefleet.errors import TransportError
 from edgefleet.logging import add_service_log_options, configure_logging, service_renderer
 from edgefleet.output import NAME, add_output_option, print_documents
 
 
 def register(commands: Subcommands) -> None:
-    init = handled_by(
-        commands.add_parser("init", help="create a new controller data directory"), _init
-    )
+    init = handled_by(commands.add_parser("init", help=HELP["init"]), _init)
     init.add_argument("--data-dir", type=Path, required=True)
     init.add_argument("--fleet-name", default="edgefleet")
     init.add_argument("--host", action="append", default=[], help="extra name/IP for the TLS cert")
     init.add_argument("--advertise", default="127.0.0.1:7443", help="address operators dial")
     add_output_option(init, name=True)  # name: the root fingerprint alone
 
-    serve = handled_by(
-        commands.add_parser("serve", help="run the controller's gRPC server"), _serve
-    )
+    serve = handled_by(commands.add_parser("serve", help=HELP["serve"]), _serve)
     serve.add_argument("--data-dir", type=Path, required=True)
     serve.add_argument("--listen", help="mTLS HOST:PORT (default 127.0.0.1:7443)")
     serve.add_argument("--enroll-listen", help="enrollment HOST:PORT (default 127.0.0.1:7444)")
@@ -39,9 +36,7 @@ def register(commands: Subcommands) -> None:
     add_service_log_options(serve)
 
     health = handled_by(
-        commands.add_parser(
-            "health", help="exit 0 when a controller's plaintext health port answers SERVING"
-        ),
+        commands.add_parser("health", help=HELP["health"]),
         _health,
     )
     health.add_argument("--address", default="127.0.0.1:7445", help="its health_listen")
