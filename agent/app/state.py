@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.app.paths import AgentPaths
 from edgefleet.agent.audit.log import AuditLog
-from edgefleet.agent.enrollment.enroll import AgentPaths
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.registry.registry import Registry
 

@@ -34,8 +34,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from edgefleet.agent.app.config import load_agent_config
+    from edgefleet.agent.app.paths import AgentPaths
     from edgefleet.agent.app.service import run
-    from edgefleet.agent.enrollment.enroll import AgentPaths
     from edgefleet.logging import configure_logging, service_renderer
 
     AgentPaths(args.data_dir).identity.load()  # not enrolled: say so before anything starts
@@ -67,7 +67,7 @@ def _watch_downloads(data_dir: Path) -> None:
     import time
 
     from edgefleet.agent.app.database import AgentDatabase
-    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.agent.app.paths import AgentPaths
     from edgefleet.agent.sync.progress import load_board
 
     db = AgentDatabase(AgentPaths(data_dir).database)
@@ -94,7 +94,7 @@ def _status_document(data_dir: Path) -> dict[str, Any]:
     from edgefleet.agent.registry.offline import fresh_at
     from edgefleet.agent.sync.metering import USED_KEY
     from edgefleet.agent.sync.progress import load_board
-    from edgefleet.agent.sync.worker import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
+    from edgefleet.agent.sync.state import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
     from edgefleet.trust.metadata import format_time
 
     state = LocalState.open(data_dir)

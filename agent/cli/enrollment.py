@@ -32,8 +32,9 @@ def register(commands: Subcommands) -> None:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
+    from edgefleet.agent.app.paths import AgentPaths
     from edgefleet.agent.cli import PROG
-    from edgefleet.agent.enrollment.enroll import AgentPaths, EnrollmentPending, enroll
+    from edgefleet.agent.enrollment.enroll import EnrollmentPending, enroll
 
     deadline = time.monotonic() + max(0, args.wait)
     while True:
@@ -53,7 +54,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.agent.app.paths import AgentPaths
     from edgefleet.tls import key_fingerprint
 
     key, _ = AgentPaths(args.data_dir).identity.keys()

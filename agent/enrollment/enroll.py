@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import socket
 import ssl
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from edgefleet import __version__
 from edgefleet.agent.app.database import AgentDatabase
+from edgefleet.agent.app.paths import AgentPaths
 from edgefleet.agent.audit.log import AuditLog
-from edgefleet.agent.enrollment.identity import Enrollment, IdentityFiles
+from edgefleet.agent.enrollment.identity import Enrollment
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.registry.offline import mark_fresh
 from edgefleet.agent.registry.registry import Registry
@@ -30,25 +29,6 @@ from edgefleet.tls import cert_sha256, common_name, is_issued_by, key_fingerprin
 from edgefleet.trust.verifier import TrustedState
 
 FINGERPRINT_LENGTH = 64
-
-
-@dataclass(frozen=True)
-class AgentPaths:
-    """Where the agent keeps things under its data directory."""
-
-    data_dir: Path
-
-    @property
-    def identity(self) -> IdentityFiles:
-        return IdentityFiles(self.data_dir / "identity")
-
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "agent.db"
-
-    @property
-    def blobs(self) -> Path:
-        return self.data_dir / "blobs"
 
 
 def fetch_server_certificate(host: str, port: int, timeout: float) -> bytes:

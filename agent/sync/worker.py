@@ -27,6 +27,7 @@ from edgefleet.agent.sync.health import model_health, smoke_or_refuse
 from edgefleet.agent.sync.metering import Meter, TransferPausedError
 from edgefleet.agent.sync.progress import ProgressBoard
 from edgefleet.agent.sync.renewal import CertificateRenewer
+from edgefleet.agent.sync.state import LAST_ERROR_KEY, LAST_SYNC_KEY, RECEIPT_KEY
 from edgefleet.audit import AuditEvent, Checkpoint, verify_receipt
 from edgefleet.errors import (
     AuditChainError,
@@ -48,11 +49,8 @@ from edgefleet.trust.verifier import TrustedState
 log = structlog.get_logger("edgefleet.agent.sync")
 
 SMOKE_RETRY_SECONDS = 3600.0
-LAST_SYNC_KEY = "last_sync"
 CHECKPOINT_SHIPPED_KEY = "checkpoint_shipped_seq"
 MIN_AUDIT_PUSH_BYTES = 64 * 1024
-RECEIPT_KEY = "audit_receipt"
-LAST_ERROR_KEY = "last_error"
 
 
 class ControllerUnreachableError(TransportError):

@@ -22,7 +22,8 @@ from edgefleet.agent.app.database import AgentDatabase
 from edgefleet.agent.audit.log import AuditLog
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.registry.registry import Registry
-from edgefleet.agent.sync.worker import LAST_ERROR_KEY, Syncer, SyncHooks
+from edgefleet.agent.sync.state import LAST_ERROR_KEY
+from edgefleet.agent.sync.worker import Syncer, SyncHooks
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
 from edgefleet.gguf import read_gguf_file
 from edgefleet.rbac import Policy

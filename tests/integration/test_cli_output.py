@@ -228,7 +228,7 @@ def test_status_watch_follows_a_download(fleet: tuple[Fleet, str]) -> None:
     import time
 
     from edgefleet.agent.app.database import AgentDatabase
-    from edgefleet.agent.enrollment.enroll import AgentPaths
+    from edgefleet.agent.app.paths import AgentPaths
     from edgefleet.agent.sync.progress import STATE_KEY
     from tests.harness import BIN
 
