@@ -18,7 +18,6 @@ from edgefleet.agent.app.state import LocalState
 from edgefleet.agent.inference.api import build_app
 from edgefleet.agent.inference.context import ApiContext
 from edgefleet.agent.inference.engine import ChatBackend
-from edgefleet.agent.inference.llama_backend import LlamaBackend
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.agent.inference.smoke import smoke_test
 from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
@@ -144,6 +143,10 @@ def _model_pool(config: AgentConfig, state: LocalState) -> ModelPool:
     """The pool of loaded models; each version is checked against its hashes as it loads."""
 
     def load_model(path: Path) -> ChatBackend:
+        # llama.cpp (and numpy) load with the first model, not with the agent: an agent
+        # that serves no model yet does not carry them (benchmarks/footprint.py).
+        from edgefleet.agent.inference.llama_backend import LlamaBackend
+
         return LlamaBackend(path, config.n_ctx, config.n_threads)
 
     def verify_before_load(manifest: ModelManifest) -> None:

@@ -9,10 +9,10 @@ unless it was trained for that, and no GGUF says so)."""
 from __future__ import annotations
 
 import base64
+import struct
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from edgefleet.agent.inference.api_errors import bad_request
@@ -89,7 +89,8 @@ def parse_embedding_request(body: Any) -> EmbeddingRequest:
 def _encoded(vector: list[float], as_base64: bool) -> list[float] | str:
     if not as_base64:
         return vector
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    # little-endian float32s, as OpenAI's base64 encoding (numpy's "<f4")
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 class EmbeddingsEndpoint(ModelEndpoint):

@@ -145,6 +145,16 @@ class LlamaBackend:
             self._embedding = (context, batch)
         return self._embedding
 
+    def close(self) -> None:
+        """Free the embedding context (it uses the model), then the model and its
+        context: llama.cpp's memory goes now, not when the last reference does."""
+        if self._embedding is not None:
+            context, batch = self._embedding
+            self._embedding = None
+            batch.close()
+            context.close()
+        self._llama.close()
+
     @property
     def n_ctx(self) -> int:
         return int(self._llama.n_ctx())

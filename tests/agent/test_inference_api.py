@@ -51,6 +51,9 @@ class FakeBackend:
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        pass
+
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[tuple[Piece, Generation]]:

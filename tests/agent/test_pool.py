@@ -19,6 +19,9 @@ from tests.edgefleet.trustkit import manifest
 
 
 class Backend:
+    def __init__(self) -> None:
+        self.closed = Event()
+
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: Event
     ) -> Iterator[tuple[Piece, Generation]]:
@@ -34,13 +37,21 @@ class Backend:
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        self.closed.set()
 
-def _pool(budget_mib: int, keep_alive: float = 300) -> tuple[ModelPool, list[Path]]:
+
+def _pool(
+    budget_mib: int, keep_alive: float = 300, backends: dict[str, Backend] | None = None
+) -> tuple[ModelPool, list[Path]]:
     loaded: list[Path] = []
 
     def factory(path: Path) -> ChatBackend:
         loaded.append(path)
-        return Backend()
+        backend = Backend()
+        if backends is not None:
+            backends[path.name] = backend
+        return backend
 
     settings = PoolSettings(
         budget_mib * MIB, context=1024, slots=1, keep_alive_seconds=keep_alive, max_queued=4
@@ -59,8 +70,10 @@ async def _use(pool: ModelPool, name: str, mib: int) -> None:
 
 
 def test_least_recently_used_idle_model_is_evicted() -> None:
-    """With room for two models, loading a third unloads the one used longest ago."""
-    pool, loaded = _pool(budget_mib=400)
+    """With room for two models, loading a third unloads the one used longest ago, and
+    frees its memory (its backend is closed, on its own thread)."""
+    backends: dict[str, Backend] = {}
+    pool, loaded = _pool(budget_mib=400, backends=backends)
 
     async def scenario() -> list[str]:
         await _use(pool, "a", 100)
@@ -71,6 +84,8 @@ def test_least_recently_used_idle_model_is_evicted() -> None:
 
     assert asyncio.run(scenario()) == ["a", "c"]
     assert [p.name for p in loaded] == ["a", "b", "c"]
+    assert backends["b"].closed.wait(5)
+    assert not backends["a"].closed.is_set() and not backends["c"].closed.is_set()
 
 
 def test_model_larger_than_the_budget_is_refused_with_numbers() -> None:
