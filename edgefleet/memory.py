@@ -2,9 +2,13 @@
 
 Computed from GGUF header facts (carried in the signed manifest), so a device can refuse
 a model that will not fit *before* downloading it, and again before loading it.
-Calibrated on SmolLM2-135M Q4_1 (llama.cpp via llama-cpp-python 0.3.36): resident memory
-after a generation was weights + f16 KV cache + 30-31 MiB at n_ctx 512, 2048 and 8192;
-the overhead term is a deliberately generous upper bound on that.
+A loaded model is one llama.cpp context whose ``slots`` sequences are decoded in one
+batch (continuous batching): the weights and the compute buffers are there once, the KV
+cache once per sequence. Calibrated on SmolLM2-135M Q4_1 (llama.cpp via llama-cpp-python
+0.3.36, tests/edgefleet/test_memory.py), every sequence generating: resident memory was
+weights + f16 KV cache + 34 MiB with 1 sequence (n_ctx 512 and 2048), + 36 with 2, + 38
+with 4 and + 44 with 8; the overhead terms are a deliberately generous upper bound on
+that.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from edgefleet.errors import MalformedInputError, ResourceError
 
 MIB = 1024 * 1024
-BASE_OVERHEAD = 64 * MIB
+BASE_OVERHEAD = 64 * MIB  # a context's compute buffers and runtime
+SEQUENCE_OVERHEAD = 4 * MIB  # each sequence of it: output rows, sampler, graph
 F16_BYTES = 2
 
 
@@ -58,8 +63,9 @@ class MemoryEstimate:
 
 
 def estimate_memory(weights: int, kv_per_token: int, context: int, slots: int) -> MemoryEstimate:
-    """Estimate for ``slots`` contexts of ``context`` tokens sharing one mmapped weight file."""
-    overhead = slots * max(BASE_OVERHEAD, weights // 10)
+    """Estimate for one context of ``slots`` sequences of ``context`` tokens each, on one
+    mmapped weight file."""
+    overhead = max(BASE_OVERHEAD, weights // 10) + slots * SEQUENCE_OVERHEAD
     return MemoryEstimate(weights, kv_per_token * context * slots, overhead, context, slots)
 
 

@@ -142,12 +142,12 @@ async def run(config: AgentConfig) -> None:
 def _model_pool(config: AgentConfig, state: LocalState) -> ModelPool:
     """The pool of loaded models; each version is checked against its hashes as it loads."""
 
-    def load_model(path: Path) -> ChatBackend:
+    def load_model(path: Path, slots: int) -> list[ChatBackend]:
         # llama.cpp (and numpy) load with the first model, not with the agent: an agent
         # that serves no model yet does not carry them (benchmarks/footprint.py).
-        from edgefleet.agent.inference.llama_backend import LlamaBackend
+        from edgefleet.agent.inference.llama_backend import load_slots
 
-        return LlamaBackend(path, config.n_ctx, config.n_threads)
+        return list(load_slots(path, config.n_ctx, slots, config.n_threads))
 
     def verify_before_load(manifest: ModelManifest) -> None:
         result = state.registry.verify(

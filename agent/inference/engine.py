@@ -6,7 +6,7 @@ import asyncio
 import ctypes
 import gc
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +92,9 @@ class ChatBackend(Protocol):
         ...
 
 
-BackendFactory = Callable[[Path], ChatBackend]
+# Loads a model for ``slots`` concurrent requests: one backend per slot (with llama.cpp,
+# the sequences of one batched context: edgefleet.agent.inference.llama_backend).
+BackendFactory = Callable[[Path, int], Sequence[ChatBackend]]
 
 
 class _Handoff:
@@ -136,24 +138,21 @@ class _Handoff:
 
 
 class ModelWorker:
-    """One loaded model and the single thread allowed to use it."""
+    """One slot of a loaded model and the single thread that drives it."""
 
-    def __init__(self, name: str, executor: ThreadPoolExecutor, backend: ChatBackend) -> None:
+    def __init__(self, name: str, backend: ChatBackend) -> None:
         self.name = name
-        self.executor = executor
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self.backend = backend
         self.prefix = ""  # the last prompt it served, as text (what its KV cache holds)
 
     @classmethod
-    async def load(cls, name: str, factory: BackendFactory, path: Path) -> ModelWorker:
-        """Create the model's thread and load the model on it."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        try:
-            backend = await asyncio.get_running_loop().run_in_executor(executor, factory, path)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(name, executor, backend)
+    async def load(
+        cls, name: str, factory: BackendFactory, path: Path, slots: int
+    ) -> list[ModelWorker]:
+        """Load the model (off the event loop) and make a worker of each of its slots."""
+        backends = await asyncio.to_thread(factory, path, slots)
+        return [cls(name, backend) for backend in backends]
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams

@@ -2,8 +2,9 @@
 
 A model is loaded only if its estimate (weights + KV cache + overhead) fits the budget
 beside the models already loaded; idle models are evicted least recently used first, and
-unloaded after the keep-alive. Each model has ``slots`` workers (one llama.cpp context and
-thread each); requests wait for a free slot in a queue of bounded length.
+unloaded after the keep-alive. Each model has ``slots`` workers, one per sequence of its
+batched llama.cpp context (``llama_backend``: one decode loop serves them all); requests
+wait for a free slot in a queue of bounded length.
 """
 
 from __future__ import annotations
@@ -189,14 +190,9 @@ class ModelPool:
             file = _file_id(path)
             estimate = self.check_fits_budget(manifest)
             self._evict_for(estimate)
-            workers = []
-            try:
-                for _ in range(self.settings.slots):
-                    workers.append(await ModelWorker.load(manifest.name, self._factory, path))
-            except BaseException:
-                for worker in workers:
-                    worker.close()
-                raise
+            workers = await ModelWorker.load(
+                manifest.name, self._factory, path, self.settings.slots
+            )
             model = LoadedModel(manifest, estimate, workers, path, file)
             for worker in workers:
                 model.free.put_nowait(worker)

@@ -5,7 +5,9 @@ grammar is kept if the grammar accepts it (the common case: one check), and only
 it does not is the grammar applied to the whole vocabulary and the token drawn again.
 Applying the grammar to every candidate at every step costs a third of the speed.
 
-Built by :class:`edgefleet.agent.inference.llama_backend.LlamaBackend`, which imports llama.cpp.
+Built per request by :class:`edgefleet.agent.inference.llama_backend.BatchedLlama`, which
+imports llama.cpp; used only by its decode thread, on the logits of the request's own row
+of each batch.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ PENALTY_WINDOW = 64  # tokens the presence and frequency penalties look back ove
 
 
 class TokenSampler:
-    """Samples one token at a time from the context's last logits; never touched by two
-    threads (it belongs to the slot's worker)."""
+    """Samples one token at a time from one row of the context's logits; never touched by
+    two threads (it belongs to the decode thread once its request is admitted)."""
 
     def __init__(self, lib: Any, internals: Any, vocab: Any, n_vocab: int, params: SamplingParams):
         self._lib = lib
@@ -70,11 +72,12 @@ class TokenSampler:
                 sorted=False,
             )
 
-    def sample(self, ctx: Any) -> int:
-        """The next token, accepted by every sampler of the chain (and the grammar)."""
+    def sample(self, ctx: Any, row: int = -1) -> int:
+        """The next token from the logits of batch row ``row`` (-1: the last), accepted by
+        every sampler of the chain (and the grammar)."""
         if self._grammar is None:
-            return int(self._lib.llama_sampler_sample(self._chain.sampler, ctx, -1))
-        pointer = self._lib.llama_get_logits_ith(ctx, -1)
+            return int(self._lib.llama_sampler_sample(self._chain.sampler, ctx, row))
+        pointer = self._lib.llama_get_logits_ith(ctx, row)
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
         token = self._draw(logits, constrained=False)
         if not self._allowed(token):

@@ -62,9 +62,9 @@ def _run(path: Path, n_threads: int) -> float:
     import threading
 
     from edgefleet.agent.inference.engine import Generation, Prompt, SamplingParams
-    from edgefleet.agent.inference.llama_backend import LlamaBackend
+    from edgefleet.agent.inference.llama_backend import load_slots
 
-    backend = LlamaBackend(path, SMOKE_CONTEXT, n_threads)
+    [backend] = load_slots(path, SMOKE_CONTEXT, 1, n_threads)  # the serving engine, one slot
     params = SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0)
     try:
         stream = backend.generate(Prompt(text=SMOKE_PROMPT), params, threading.Event())
@@ -74,6 +74,8 @@ def _run(path: Path, n_threads: int) -> float:
             first = first or last
     except (ValueError, RuntimeError) as e:
         raise InferenceError(f"generation failed: {e}") from e
+    finally:
+        backend.close()
     if totals.completion_tokens == 0:
         raise InferenceError(f"{path.name} loaded but generated no token")
     span = last - first

@@ -103,9 +103,9 @@ class Harness:
             max_queued=settings.pop("max_queued", 16),
         )
 
-        def factory(path: Path) -> ChatBackend:
+        def factory(path: Path, slots: int) -> list[ChatBackend]:
             backend.loads += 1
-            return backend
+            return [backend] * slots
 
         config = AgentConfig(data_dir=tmp_path, **settings)
         self.ctx = ApiContext(
@@ -356,7 +356,7 @@ def test_parallel_clients_share_slots(tmp_path: Path) -> None:
 
     answers = h.run(scenario)
     assert [len(a.split()) for a in answers] == [5 + n for n in range(8)]
-    assert h.backend.loads == 2  # one context per slot
+    assert h.backend.loads == 1  # one load; its slots are sequences of one batched context
 
 
 def test_model_over_the_memory_budget_is_refused_before_loading(tmp_path: Path) -> None:

@@ -46,12 +46,12 @@ def _pool(
 ) -> tuple[ModelPool, list[Path]]:
     loaded: list[Path] = []
 
-    def factory(path: Path) -> ChatBackend:
+    def factory(path: Path, slots: int) -> list[ChatBackend]:
         loaded.append(path)
         backend = Backend()
         if backends is not None:
             backends[path.name] = backend
-        return backend
+        return [backend] * slots
 
     settings = PoolSettings(
         budget_mib * MIB, context=1024, slots=1, keep_alive_seconds=keep_alive, max_queued=4
@@ -118,9 +118,9 @@ def test_a_model_failing_its_check_before_load_is_never_loaded() -> None:
     """The pool asks the registry to check the file first; a refusal keeps what is loaded."""
     loaded: list[Path] = []
 
-    def factory(path: Path) -> ChatBackend:
+    def factory(path: Path, slots: int) -> list[ChatBackend]:
         loaded.append(path)
-        return Backend()
+        return [Backend() for _ in range(slots)]
 
     def verify(manifest: ModelManifest) -> None:
         if manifest.name == "b":
@@ -147,9 +147,9 @@ def test_a_quarantined_blob_is_never_served_from_memory(tmp_path: Path) -> None:
     refuse = Event()
     loaded: list[Path] = []
 
-    def factory(path: Path) -> ChatBackend:
+    def factory(path: Path, slots: int) -> list[ChatBackend]:
         loaded.append(path)
-        return Backend()
+        return [Backend() for _ in range(slots)]
 
     def verify(_: ModelManifest) -> None:
         if refuse.is_set():
@@ -202,7 +202,7 @@ def test_a_model_whose_blob_changes_while_busy_finishes_then_reloads(tmp_path: P
 def test_a_request_goes_to_the_free_slot_holding_its_prefix() -> None:
     """Of several free slots, the one whose last prompt shares the longest start."""
     settings = PoolSettings(400 * MIB, context=1024, slots=3, keep_alive_seconds=300, max_queued=4)
-    pool = ModelPool(lambda path: Backend(), settings)
+    pool = ModelPool(lambda path, slots: [Backend() for _ in range(slots)], settings)
     m = _model("a", 10)
 
     async def scenario() -> tuple[int, int, int]:

@@ -16,7 +16,7 @@ MEASURE = """
 import asyncio, sys
 from pathlib import Path
 from edgefleet.agent.inference.engine import Prompt, SamplingParams
-from edgefleet.agent.inference.llama_backend import LlamaBackend
+from edgefleet.agent.inference.llama_backend import load_slots
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.memory import MIB
 from tests.edgefleet.trustkit import manifest
@@ -28,7 +28,7 @@ def rss():
 async def main():
     path = Path(sys.argv[1])
     settings = PoolSettings(4096 * MIB, context=1024, slots=2, keep_alive_seconds=0, max_queued=4)
-    pool = ModelPool(lambda p: LlamaBackend(p, 1024, 2), settings)
+    pool = ModelPool(lambda p, n: list(load_slots(p, 1024, n, 2)), settings)
     model = manifest("m", "1", sha="a" * 64, length=path.stat().st_size)
     async def load_use_unload():
         async with pool.slot(model, path) as worker:

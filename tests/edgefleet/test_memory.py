@@ -10,17 +10,29 @@ import pytest
 from edgefleet.bundled import bundled_model_path
 from edgefleet.errors import MalformedInputError
 from edgefleet.gguf import read_gguf_file
-from edgefleet.memory import MIB, estimate_memory, fits, kv_bytes_per_token
+from edgefleet.memory import MIB, SEQUENCE_OVERHEAD, estimate_memory, fits, kv_bytes_per_token
 
 MEASURE = """
-import llama_cpp, sys
+import sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import llama_cpp  # the library is not the model's memory
+from edgefleet.agent.inference.engine import Prompt, SamplingParams
+from edgefleet.agent.inference.llama_backend import BatchedLlama
 def rss():
-    lines = open('/proc/self/status').read().splitlines()
+    lines = Path('/proc/self/status').read_text().splitlines()
     return next(int(l.split()[1]) * 1024 for l in lines if l.startswith('VmRSS'))
+context, slots = int(sys.argv[2]), int(sys.argv[3])
 base = rss()
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=2, verbose=False)
-llm.create_chat_completion(messages=[{'role': 'user', 'content': 'hi ' * 300}], max_tokens=16)
+model = BatchedLlama(Path(sys.argv[1]), context, slots, 2)
+def chat(slot):
+    prompt = Prompt(messages=({'role': 'user', 'content': f'{slot} ' + 'hi ' * 300},))
+    for _ in model.slots[slot].generate(prompt, SamplingParams(max_tokens=16), threading.Event()):
+        pass
+with ThreadPoolExecutor(slots) as pool:  # every sequence generating at once
+    list(pool.map(chat, range(slots)))
 print(rss() - base)
+model.close()
 """
 
 
@@ -46,27 +58,30 @@ def test_negative_facts_are_refused_not_computed() -> None:
 
 
 def test_estimate_scales_with_context_and_slots() -> None:
-    """Doubling slots doubles the KV cache and the per-context overhead, not the weights."""
+    """Doubling slots doubles the KV cache, not the weights nor the context's compute
+    buffers (its sequences are decoded in one batch): only a per-sequence term."""
     one = estimate_memory(100 * MIB, 1000, 2048, 1)
     two = estimate_memory(100 * MIB, 1000, 2048, 2)
     assert two.weights == one.weights and two.kv_cache == 2 * one.kv_cache
+    assert two.overhead == one.overhead + SEQUENCE_OVERHEAD
     assert "weights 100 MiB" in str(one) and "2048 tokens x 1 slot(s)" in str(one)
     assert fits(one, one.total) and not fits(one, one.total, in_use=1)
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("context", [512, 4096])
-def test_estimate_bounds_measured_resident_memory(context: int) -> None:
-    """The estimate is above the memory llama.cpp really uses, and not wildly above it."""
+@pytest.mark.parametrize(("context", "slots"), [(512, 1), (4096, 1), (2048, 4), (1024, 8)])
+def test_estimate_bounds_measured_resident_memory(context: int, slots: int) -> None:
+    """The estimate is above the memory llama.cpp really uses with every sequence of the
+    batched context generating, and not wildly above it."""
     path = bundled_model_path()
     info = read_gguf_file(path)
-    estimate = estimate_memory(path.stat().st_size, info.kv_bytes_per_token, context, 1)
+    estimate = estimate_memory(path.stat().st_size, info.kv_bytes_per_token, context, slots)
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path), str(context)],
+        [sys.executable, "-c", MEASURE, str(path), str(context), str(slots)],
         capture_output=True,
         text=True,
         check=True,
-        timeout=120,
+        timeout=300,
     )
     measured = int(out.stdout.strip().splitlines()[-1])
     assert measured <= estimate.total <= 1.6 * measured, (measured / MIB, str(estimate))
