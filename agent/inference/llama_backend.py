@@ -8,8 +8,8 @@ chunk of the prompt of each sequence still reading one, decodes the batch once (
 weights are read once for all of them), and samples each generating sequence from its
 own row of logits with its own sampler (logit bias, penalties, grammar, top-p,
 temperature, seed), stop strings, logprobs and cancellation. Requests join and leave
-between steps. While others generate, a prompt is read ``PREFILL_CHUNK`` tokens per
-step: a long prompt delays their next token by one chunk's time, not by its own length.
+between steps. While others generate, prompts are read ``PREFILL_CHUNK`` tokens per step:
+a long prompt delays their next token by one chunk's time, not by its own length.
 
 Each slot of the pool is a :class:`SequenceSlot` (the ChatBackend a ModelWorker drives):
 it renders the chat template from the GGUF itself, tokenizes once (so ``prompt_tokens``
@@ -44,7 +44,7 @@ log = structlog.get_logger("agent.inference")
 
 # Tokens per decode (llama.cpp's n_batch and n_ubatch, as llama-cpp-python's default).
 BATCH_TOKENS = 512
-# Prompt tokens a sequence reads per step while other sequences are generating.
+# Prompt tokens read per step (all sequences reading together) while others generate.
 PREFILL_CHUNK = 64
 
 # Embeddings come from a second context on the same weights (no second copy in memory):
@@ -227,11 +227,12 @@ class BatchedLlama:
             token = sequence.next_token
             assert token is not None  # noqa: S101 - selected above
             rows.append((sequence, self._add(sequence.slot, token, logits=True)))
-        room = BATCH_TOKENS - len(generating)
-        chunk = PREFILL_CHUNK if generating else BATCH_TOKENS
+        # prompt tokens of this step, all readers together: a bounded step while others
+        # generate, a full batch when nobody waits for a token
+        room = PREFILL_CHUNK if generating else BATCH_TOKENS
         reading = [s for s in active if s.next_token is None]
         for sequence in reading:
-            take = min(len(sequence.prompt) - sequence.read, chunk, room)
+            take = min(len(sequence.prompt) - sequence.read, room)
             if take <= 0:
                 continue
             for token in sequence.prompt[sequence.read : sequence.read + take]:
