@@ -76,6 +76,8 @@ proto: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.inference
+	$(BIN)/python -m benchmarks.concurrency
+	$(BIN)/python -m benchmarks.footprint
 	$(BIN)/python -m benchmarks.api_surface
 	$(BIN)/python -m benchmarks.audit_append
 	$(BIN)/python -m benchmarks.audit_ingest
