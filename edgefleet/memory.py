@@ -13,6 +13,8 @@ that.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -81,3 +83,18 @@ def require_fit(ref: str, estimate: MemoryEstimate, budget: int) -> MemoryEstima
             f"{ref} needs {estimate}, over the memory budget of {budget / MIB:.0f} MiB"
         )
     return estimate
+
+
+def give_back_freed_memory() -> None:
+    """Return freed memory to the operating system now: collect what still refers to it
+    (an unloaded model, a download's buffers), then ask glibc to release its free heap
+    pages (``malloc_trim``: freed blocks otherwise stay in the process and count in its
+    RSS — 66-68 MiB of the bundled model's ~270 after unloading it, measured by
+    tests/agent/test_pool_memory.py)."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to ask
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

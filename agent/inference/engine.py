@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +12,7 @@ from typing import Protocol, TypeVar
 
 from edgefleet.agent.inference.decoding import Piece, TokenLogprob
 from edgefleet.errors import InferenceError, UntrustedInputError
+from edgefleet.memory import give_back_freed_memory
 
 T = TypeVar("T")
 
@@ -212,17 +211,3 @@ class ModelWorker:
 def _release(backend: ChatBackend) -> None:
     backend.close()
     give_back_freed_memory()
-
-
-def give_back_freed_memory() -> None:
-    """Return freed memory to the operating system now: collect what still refers to an
-    unloaded model, then ask glibc to release its free heap pages (``malloc_trim``: freed
-    blocks otherwise stay in the process and count in its RSS — 68 MB of the bundled
-    model's 270, measured by tests/agent/test_pool_memory.py)."""
-    gc.collect()
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to ask
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)

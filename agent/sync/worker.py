@@ -40,6 +40,7 @@ from edgefleet.errors import (
     UntrustedInputError,
 )
 from edgefleet.fleet import DesiredState, ModelAssignment, StatusReport
+from edgefleet.memory import give_back_freed_memory
 from edgefleet.rbac import Policy
 from edgefleet.trust.envelope import Envelope
 from edgefleet.trust.keys import SigningKey
@@ -338,6 +339,7 @@ class Syncer:
             await self._audit_failure("model.download", manifest.ref, e, outcome="interrupted")
             raise
         await asyncio.to_thread(self.registry.record_installed, manifest)
+        await asyncio.to_thread(give_back_freed_memory)  # the transfer's buffers
         self.board.done(manifest)
         log.info("model.installed", model=manifest.ref)
 
