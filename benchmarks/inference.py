@@ -92,10 +92,8 @@ def through_openai(
             seed=1,
             stream=True,
         )
-        return measure(
-            c.choices[0].delta.content
-            for c in stream
-            if c.choices and c.choices[0].delta.content is not None
+        return measure(  # text only: the role chunk opening a chat stream has content ""
+            c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
         )
 
     return one
