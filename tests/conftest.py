@@ -12,7 +12,7 @@ from sqlalchemy import text
 from edgefleet.bundled import bundled_model_path
 from edgefleet.controller.store.database import Database, reset_scratch_database
 from tests.harness import Fleet, active_models, wait_for
-from tests.integration.fleets import ModelFleet
+from tests.integration.fleets import ModelFleet, one_agent_fleet
 
 
 @pytest.fixture(scope="session")
@@ -51,17 +51,8 @@ def model_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelFleet
 @pytest.fixture
 def small_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
     """A fresh controller and one running agent (site=lab) with nothing rolled out yet."""
-    fleet = Fleet(tmp_path)
-    # Tiny test models have weights but no vocabulary: llama.cpp cannot load them.
-    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"
-    try:
-        fleet.init_controller()
-        fleet.start_controller()
-        device_id = fleet.enroll("gw", {"site": "lab"})
-        fleet.start_agent("gw", sync_interval=1)
-        yield fleet, device_id
-    finally:
-        fleet.stop_all()
+    with one_agent_fleet(tmp_path) as made:
+        yield made
 
 
 # The controller's store tests run against every backend: SQLite and PostgreSQL.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,21 @@ def roll_out_and_wait_active(fleet: Fleet, version: str) -> None:
         lambda: True if f"tiny@{version}" in active_versions(fleet, "gw") else None,
         30,
     )
+
+
+@contextmanager
+def one_agent_fleet(root: Path, **controller_env: str) -> Iterator[tuple[Fleet, str]]:
+    """A fresh controller (with these environment settings) and one running agent gw
+    (site=lab, syncing every second) with nothing rolled out; the device id with it."""
+    fleet = Fleet(root)
+    # Tiny test models have weights but no vocabulary: llama.cpp cannot load them.
+    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"
+    fleet.controller_env.update(controller_env)
+    try:
+        fleet.init_controller()
+        fleet.start_controller()
+        device_id = fleet.enroll("gw", {"site": "lab"})
+        fleet.start_agent("gw", sync_interval=1)
+        yield fleet, device_id
+    finally:
+        fleet.stop_all()

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Fleet, wait_for
-from tests.integration.fleets import active_versions, publish_tiny, roll_out_and_wait_active
+from tests.integration.fleets import (
+    active_versions,
+    one_agent_fleet,
+    publish_tiny,
+    roll_out_and_wait_active,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +30,8 @@ def _installed(fleet: Fleet) -> list[str]:
 def removal_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
     """A controller whose rollouts do not advance by themselves (a long tick): a rollout
     under way stays so while the test looks at it. One agent (site=lab)."""
-    fleet = Fleet(tmp_path)
-    fleet.agent_env["EDGEFLEET_AGENT_SMOKE_TEST"] = "false"  # tiny models cannot generate
-    fleet.controller_env["EDGEFLEET_CONTROLLER_ROLLOUT_TICK_SECONDS"] = "3600"
-    try:
-        fleet.init_controller()
-        fleet.start_controller()
-        device_id = fleet.enroll("gw", {"site": "lab"})
-        fleet.start_agent("gw", sync_interval=1)
-        yield fleet, device_id
-    finally:
-        fleet.stop_all()
+    with one_agent_fleet(tmp_path, EDGEFLEET_CONTROLLER_ROLLOUT_TICK_SECONDS="3600") as made:
+        yield made
 
 
 def test_a_removed_version_leaves_the_catalog_and_the_device(
