@@ -162,10 +162,13 @@ def command_named(argv: Sequence[str], options_with_values: Sequence[str]) -> st
     """The top-level command a command line names: its first word that is neither an
     option nor the value of one of the CLI's own options; "" when it names none (help,
     ``--version``, nothing at all)."""
-    first = argparse.ArgumentParser(add_help=False)
+    first = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     for option in options_with_values:
         first.add_argument(option)
-    _, rest = first.parse_known_args(list(argv))
+    try:
+        _, rest = first.parse_known_args(list(argv))
+    except argparse.ArgumentError:  # e.g. an option without its value: the whole parser
+        return ""  # says so, with the whole usage
     return next((word for word in rest if not word.startswith("-")), "")
 
 

@@ -127,3 +127,12 @@ def test_a_named_command_loads_its_group_alone(make: object, command: str, group
     assert callable(make)
     handled = {path[0] for path, parser in _leaves(make(command)) if parser.get_default("handler")}
     assert handled == group
+
+
+def test_an_option_missing_its_value_is_left_to_the_whole_parser() -> None:
+    """`edgefleetctl --config` names no command: the whole parser answers, with the whole
+    usage, not the pre-parser that looks for the command."""
+    from edgefleet.cli_support import command_named
+
+    assert command_named(["--config"], ["--config"]) == ""
+    assert command_named(["--config", "x.toml", "devices", "list"], ["--config"]) == "devices"

@@ -466,10 +466,6 @@ class SequenceSlot:
         self.slot = slot
 
     @property
-    def n_ctx(self) -> int:
-        return self.model.n_ctx
-
-    @property
     def dimensions(self) -> int:
         return self.model.dimensions
 
@@ -479,17 +475,14 @@ class SequenceSlot:
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return self.model.embed(inputs)
 
-    def tokens(self, prompt: Prompt) -> list[int]:
-        return self.model.tokens(prompt)
-
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[tuple[Piece, Generation]]:
         tokens = self.model.tokens(prompt)
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) >= self.model.n_ctx:
             raise RequestTooLargeError(
                 f"the prompt is {len(tokens)} tokens, more than the model's context of "
-                f"{self.n_ctx} tokens"
+                f"{self.model.n_ctx} tokens"
             )
         sequence = _Sequence(
             slot=self.slot,

@@ -42,7 +42,10 @@ def smoke_test(path: Path, n_threads: int, timeout: float = SMOKE_TIMEOUT_SECOND
             f"{path.name}: the smoke test took longer than {timeout:g} s"
         ) from None
     if child.returncode < 0:
-        name = signal.Signals(-child.returncode).name
+        try:
+            name = signal.Signals(-child.returncode).name
+        except ValueError:
+            name = f"signal {-child.returncode}"
         raise InferenceError(f"{path.name} crashed llama.cpp in the smoke test ({name})")
     try:
         answer = json.loads(child.stdout.decode("utf-8").strip().splitlines()[-1])

@@ -247,6 +247,10 @@ class Syncer:
                     await self.client.sync(await self._status_report())
                 except EdgefleetError as e:
                     log.debug("sync.progress_report_failed", reason=str(e))
+                except Exception as e:  # noqa: BLE001 - best effort: never the download's end
+                    log.warning(
+                        "sync.progress_report_failed", error=type(e).__name__, reason=str(e)
+                    )
 
         if not interval:
             yield
