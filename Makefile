@@ -31,14 +31,21 @@ $(STAMP): pyproject.toml
 	  $(BIN)/python -c '$(LLAMA_CHECK)'; }
 	touch $(STAMP)
 
-# Debian's nginx serves as a real HTTPS mirror in tests and benchmarks; where it cannot be
-# installed (not root, no apt), those tests skip and say why.
+# Debian's packages some tests and benchmarks use: nginx (a real HTTPS mirror), promtool
+# (from prometheus: deploy/monitoring's rules and both /metrics outputs) and chromium with
+# its driver (the console's browser tests). Where they cannot be installed (not root, no
+# apt), those tests skip and say why.
+SYSTEM_PACKAGES := nginx:nginx-light promtool:prometheus chromium:chromium chromedriver:chromium-driver
+
 system-deps:
-	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null || test -x /usr/sbin/$${pair%%:*} || missing="$$missing $${pair#*:}"; \
+	done; \
+	test -z "$$missing" || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends nginx-light; } >/dev/null 2>&1; } || \
-	  echo "nginx could not be installed: mirror tests and benchmarks will skip"
+	      --no-install-recommends $$missing; } >/dev/null 2>&1; } || \
+	  echo "could not install$$missing: the tests that need them will skip"
 
 demo: $(STAMP)
 	$(BIN)/python -m demo

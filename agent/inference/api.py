@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -22,9 +23,11 @@ from edgefleet.agent.inference.embeddings import EmbeddingsEndpoint
 from edgefleet.agent.inference.generation import GenerationEndpoint
 from edgefleet.agent.inference.responses import ResponsesEndpoint
 from edgefleet.agent.registry.registry import ActiveModel
+from edgefleet.agent.sync.state import LAST_SYNC_KEY
 from edgefleet.audit import AuditEvent
 from edgefleet.config_files import is_loopback
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, MalformedInputError
+from edgefleet.trust.metadata import parse_time
 
 log = structlog.get_logger("agent.api")
 
@@ -214,10 +217,27 @@ async def metrics(request: web.Request) -> web.Response:
     for model in loaded:
         m.model_memory.labels(model.manifest.name).set(model.estimate.total)
     m.memory_budget.set(ctx.pool.settings.budget_bytes)
+    m.queue_capacity.set(ctx.pool.settings.max_queued)
     waiting = await asyncio.to_thread(ctx.audit.unacknowledged)
     m.audit_unacknowledged.set(waiting)
     m.audit_backlog_alarm.set(int(waiting >= ctx.config.audit_warn_unacknowledged))
+    m.trust_max_offline.set(ctx.config.max_offline_days * 86400)
+    fresh, synced = await asyncio.to_thread(_sync_moments, ctx)
+    if fresh is not None:
+        m.trust_fresh.set(fresh.timestamp())
+    if synced is not None:
+        m.last_sync.set(synced.timestamp())
     return web.Response(body=m.exposition(), content_type="text/plain", charset="utf-8")
+
+
+def _sync_moments(ctx: ApiContext) -> tuple[datetime | None, datetime | None]:
+    """When trust metadata was last fresh and when the last sync completed."""
+    fresh = ctx.offline.fresh_at() if ctx.offline is not None else None
+    synced = ctx.registry.db.get_state(LAST_SYNC_KEY)
+    try:
+        return fresh, parse_time(synced, LAST_SYNC_KEY) if synced else None
+    except MalformedInputError:
+        return fresh, None
 
 
 def build_app(ctx: ApiContext) -> web.Application:

@@ -62,6 +62,11 @@ class ApiMetrics:
         self.queue_depth = Gauge(
             "edgefleet_queue_depth", "Requests waiting for a model slot", registry=r
         )
+        self.queue_capacity = Gauge(
+            "edgefleet_queue_capacity",
+            "Requests that may wait for a slot before the next is refused with 429 (max_queued)",
+            registry=r,
+        )
         self.loaded_models = Gauge("edgefleet_loaded_models", "Models in memory", registry=r)
         self.model_memory = Gauge(
             "edgefleet_model_memory_bytes",
@@ -81,6 +86,23 @@ class ApiMetrics:
         self.audit_backlog_alarm = Gauge(
             "edgefleet_audit_backlog_alarm",
             "1 while the unacknowledged backlog is at or over audit_warn_unacknowledged",
+            registry=r,
+        )
+
+        self.trust_fresh = Gauge(
+            "edgefleet_trust_fresh_timestamp_seconds",
+            "When trust metadata last verified as fresh (Unix time; absent until the first "
+            "sync or bundle import)",
+            registry=r,
+        )
+        self.trust_max_offline = Gauge(
+            "edgefleet_trust_max_offline_seconds",
+            "How long the device may go without fresh trust metadata (max_offline_days)",
+            registry=r,
+        )
+        self.last_sync = Gauge(
+            "edgefleet_last_sync_timestamp_seconds",
+            "When the last sync with the controller completed (Unix time; absent until then)",
             registry=r,
         )
 

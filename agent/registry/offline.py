@@ -63,6 +63,10 @@ class OfflineGuard:
                 self._read_at = time.monotonic()
             return self._fresh
 
+    def fresh_at(self) -> datetime | None:
+        """When trust metadata last verified as fresh (read at most every few seconds)."""
+        return self._fresh_at()
+
     def check(self, now: datetime | None = None) -> None:
         """Warn (serve mode) or raise StaleTrustError (strict mode) past the limit."""
         fresh = self._fresh_at()

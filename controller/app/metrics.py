@@ -108,6 +108,18 @@ class ControllerMetrics:
             ["answer"],
             registry=r,
         )
+        self.audit_records = Counter(
+            "edgefleet_audit_records_ingested",
+            "Device audit records verified and stored on this replica",
+            registry=r,
+        )
+        self.audit_pushes = Counter(
+            "edgefleet_audit_pushes",
+            "Device audit pushes on this replica, by result: stored (chain verified) or "
+            "tamper (the device's chain is under a tamper alert)",
+            ["result"],
+            registry=r,
+        )
         self.watch_streams = Gauge(
             "edgefleet_watch_streams", "Open device watch streams on this replica", registry=r
         )

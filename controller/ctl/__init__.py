@@ -44,5 +44,8 @@ GROUPS = (
         "access", "register_tokens", {"tokens": "application tokens in the signed policy"}
     ),
     CommandGroup("audit", "register", {"audit": "audit trail"}),
+    CommandGroup(
+        "console", "register", {"console": "the fleet in a web browser, served on this machine"}
+    ),
 )
 HELP = command_help(GROUPS)

@@ -14,7 +14,7 @@ from edgefleet import serde
 from edgefleet.config_files import read_toml, split_address
 from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion, RemovedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
-from edgefleet.controller.fleet.views import TokenView
+from edgefleet.controller.fleet.views import FleetSummary, TokenView
 from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rollouts.views import PinView, Plan, RolloutCreated, RolloutView
@@ -28,6 +28,7 @@ from edgefleet.controller.rpc.serde import (
     removed_from_pb,
     report_from_pb,
     strategy_to_pb,
+    summary_from_pb,
     token_from_pb,
     view_from_pb,
 )
@@ -280,17 +281,44 @@ class OperatorClient:
         request = operator_pb2.GetModelReportRequest(name=name)
         return report_from_pb(self._call(self._stub.GetModelReport, request))
 
-    def list_devices(self, device_id: str = "") -> list[DeviceView]:
-        """Every enrolled device (or only ``device_id``), page by page."""
+    def list_devices(
+        self, device_id: str = "", selector: dict[str, str] | None = None
+    ) -> list[DeviceView]:
+        """Every enrolled device (or only ``device_id``; only those with the ``selector``'s
+        labels), page by page."""
         views: list[DeviceView] = []
         token = ""
         while True:
-            request = operator_pb2.ListDevicesRequest(page_token=token, device_id=device_id)
-            response = self._call(self._stub.ListDevices, request)
-            views.extend(serde.device_view_from_pb(d) for d in response.devices)
-            token = response.next_page_token
+            page, token = self.device_page(token, device_id=device_id, selector=selector)
+            views.extend(page)
             if not token:
                 return views
+
+    def device_page(
+        self,
+        page_token: str = "",
+        size: int = 0,
+        device_id: str = "",
+        selector: dict[str, str] | None = None,
+    ) -> tuple[list[DeviceView], str]:
+        """One page of devices (``size``: 0 for the server's default) and the next page's
+        token ("" after the last)."""
+        request = operator_pb2.ListDevicesRequest(
+            page_token=page_token, page_size=size, device_id=device_id, selector=selector or {}
+        )
+        response = self._call(self._stub.ListDevices, request)
+        views = [serde.device_view_from_pb(d) for d in response.devices]
+        return views, response.next_page_token
+
+    def fleet_summary(self, selector: dict[str, str] | None = None) -> FleetSummary:
+        """Counts over the devices the selector matches (every device: None)."""
+        request = operator_pb2.GetFleetSummaryRequest(selector=selector or {})
+        return summary_from_pb(self._call(self._stub.GetFleetSummary, request))
+
+    def whoami(self) -> tuple[str, str, frozenset[str]]:
+        """The calling operator's name, role and permissions."""
+        response = self._call(self._stub.WhoAmI, operator_pb2.WhoAmIRequest())
+        return response.name, response.role, frozenset(response.permissions)
 
     def export_audit(
         self, device_id: str | None, since: str = "", until: str = ""

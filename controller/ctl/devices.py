@@ -246,12 +246,8 @@ DEVICE_COLUMNS: tuple[Column[DeviceView], ...] = (
 )
 
 
-def _selected(views: list[DeviceView], selector: list[tuple[str, str]]) -> list[DeviceView]:
-    return [v for v in views if all(v.labels.get(k) == value for k, value in selector)]
-
-
 def _devices_list(client: OperatorClient, args: argparse.Namespace) -> int:
-    views = _selected(client.list_devices(), args.selector)
+    views = client.list_devices(selector=dict(args.selector))
     print_list(views, DEVICE_COLUMNS, args.output, asdict, empty="no devices")
     return 0
 

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Select, Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgefleet.controller.audit.log import acked_seq, tamper_reason
+from edgefleet.controller.catalog.quantization.family import device_class
+from edgefleet.controller.fleet.views import FleetSummary
 from edgefleet.controller.rollouts.engine import (
     Judged,
     Judging,
+    aware,
     is_stale,
     judge_report,
     repick_variant,
     write_judgements,
 )
-from edgefleet.controller.rollouts.pins import all_pins, pins_for
+from edgefleet.controller.rollouts.pins import all_pins, pins_for, selector_matches
 from edgefleet.controller.store.database import Database
-from edgefleet.controller.store.schema import Assignment, Device, Model, Pin, Rollout, RolloutTarget
+from edgefleet.controller.store.schema import (
+    Assignment,
+    AuditHead,
+    Device,
+    Model,
+    Pin,
+    Rollout,
+    RolloutTarget,
+)
 from edgefleet.controller.trust.snapshots import Snapshot
 from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
@@ -190,22 +201,84 @@ def write_reports(
         write_judgements(session, judgements)
 
 
+def _selected_ids(
+    session: Session, query: Select[Any], selector: dict[str, str], limit: int | None
+) -> list[str]:
+    ids: list[str] = []
+    rows = session.execute(query.with_only_columns(Device.device_id, Device.labels))
+    for device_id, labels in rows:
+        if selector_matches(selector, labels or {}):
+            ids.append(device_id)
+            if limit is not None and len(ids) >= limit:
+                break
+    return ids
+
+
+def fleet_summary(
+    db: Database, stale_after: timedelta, selector: dict[str, str] | None = None
+) -> FleetSummary:
+    """Counts over the devices carrying the ``selector``'s labels (every device: None)."""
+    now = datetime.now(UTC)
+    states: dict[str, int] = {}
+    classes: dict[str, int] = {}
+    stale = alerts = downloading = backlog = 0
+    with db.session() as session:
+        heads = {
+            chain: (seq, alert)
+            for chain, seq, alert in session.execute(
+                select(AuditHead.chain, AuditHead.last_seq, AuditHead.tamper_alert)
+            )
+        }
+        rows = session.execute(
+            select(
+                Device.device_id,
+                Device.labels,
+                Device.state,
+                Device.last_seen,
+                Device.resources,
+                Device.downloads,
+                Device.audit_head_seq,
+            )
+        )
+        for device_id, labels, state, last_seen, resources, downloads, head_seq in rows:
+            labels = labels or {}
+            if selector and not selector_matches(selector, labels):
+                continue
+            states[state] = states.get(state, 0) + 1
+            stored, alert = heads.get(device_id, (0, False))
+            alerts += bool(alert)
+            if state != "active":
+                continue
+            kind = device_class(labels, resources)
+            classes[kind] = classes.get(kind, 0) + 1
+            seen = aware(last_seen)
+            stale += seen is None or now - seen > stale_after
+            downloading += bool(downloads)
+            backlog += max(0, (head_seq or 0) - stored)
+    return FleetSummary(states, classes, stale, alerts, downloading, backlog)
+
+
 def list_devices(
     db: Database,
     stale_after: timedelta,
     after: str = "",
     limit: int | None = None,
     device_id: str = "",
+    selector: dict[str, str] | None = None,
 ) -> list[DeviceView]:
-    """Enrolled devices by id (those after ``after``, at most ``limit``; or only
-    ``device_id``) with their last reports; silent past ``stale_after``: stale."""
+    """Enrolled devices by id (those after ``after`` carrying the ``selector``'s labels, at
+    most ``limit``; or only ``device_id``) with their last reports; silent past
+    ``stale_after``: stale."""
     now = datetime.now(UTC)
     query = select(Device).where(Device.device_id > after).order_by(Device.device_id)
     if device_id:
         query = query.where(Device.device_id == device_id)
-    if limit is not None:
-        query = query.limit(limit)
     with db.session() as session:
+        if selector:  # labels are JSON: match them here, from the ids and labels alone
+            ids = _selected_ids(session, query, selector, limit)
+            query = select(Device).where(Device.device_id.in_(ids)).order_by(Device.device_id)
+        elif limit is not None:
+            query = query.limit(limit)
         views = []
         pins = all_pins(session)
         for device in session.execute(query).scalars():

@@ -57,6 +57,9 @@ METHOD_RULES: Mapping[str, Rule] = {
     _OPERATOR + "PinModel": _operator("rollouts.manage", wakes_devices=True),
     _OPERATOR + "UnpinModel": _operator("rollouts.manage", wakes_devices=True),
     _OPERATOR + "ListDevices": _operator("devices.read", wakes_devices=False),
+    _OPERATOR + "GetFleetSummary": _operator("devices.read", wakes_devices=False),
+    # Any registered operator may ask who it is (its role decides nothing here).
+    _OPERATOR + "WhoAmI": Rule(frozenset({"operator"})),
     _OPERATOR + "ExportAudit": _operator("audit.export", wakes_devices=False),
     _OPERATOR + "QueryAudit": _operator("audit.read", wakes_devices=False),
     _OPERATOR + "ClearAuditAlert": _operator("audit.manage", wakes_devices=False),
@@ -143,7 +146,11 @@ def authorize(method: str, principal: Principal, permissions: frozenset[str] = f
         if principal.kind == "anonymous":
             raise AuthenticationError(f"{method} needs a client certificate")
         raise PermissionDeniedError(f"{principal.kind} may not call {method}")
-    if principal.kind == "operator" and rule.permission not in permissions:
+    if (
+        principal.kind == "operator"
+        and rule.permission is not None
+        and (rule.permission not in permissions)
+    ):
         raise PermissionDeniedError(
             f"{principal} lacks {rule.permission} for {method.rsplit('/', 1)[-1]}"
         )

@@ -25,7 +25,13 @@ from edgefleet.controller.rollouts.health import active_version, judge, smoke_sp
 from edgefleet.controller.rollouts.pins import all_pins, pins_for, selector_matches
 from edgefleet.controller.rollouts.plan import pick_for, plan_rollout
 from edgefleet.controller.rollouts.strategy import Strategy
-from edgefleet.controller.rollouts.views import Plan, RolloutCreated, RolloutView, TargetView
+from edgefleet.controller.rollouts.views import (
+    ACTION_NEEDS,
+    Plan,
+    RolloutCreated,
+    RolloutView,
+    TargetView,
+)
 from edgefleet.controller.store.database import Database
 from edgefleet.controller.store.schema import Assignment, Device, Model, Rollout, RolloutTarget
 from edgefleet.errors import ConflictError, MalformedInputError, NotFoundError
@@ -35,7 +41,6 @@ from edgefleet.trust.metadata import check_model_name, check_model_version
 ACTIVE = ("running", "paused")
 # pg_try_advisory_xact_lock key of the pass that advances rollouts.
 ADVANCE_LOCK_KEY = 0x6564_6765_0002
-ACTIONS = ("pause", "resume", "abort", "rollback")
 
 
 def aware(moment: datetime | None) -> datetime | None:
@@ -498,20 +503,16 @@ def advance_rollouts(db: Database, stale_after: timedelta, now: datetime | None 
 
 def change_rollout(db: Database, operator: str, rollout_id: int, action: str) -> None:
     """pause | resume | abort | rollback, by an operator (audited)."""
-    if action not in ACTIONS:
-        raise MalformedInputError(f"unknown rollout action {action!r}: one of {', '.join(ACTIONS)}")
+    if action not in ACTION_NEEDS:
+        known = ", ".join(ACTION_NEEDS)
+        raise MalformedInputError(f"unknown rollout action {action!r}: one of {known}")
     with db.session() as session:
         rollout = session.execute(
             select(Rollout).where(Rollout.id == rollout_id).with_for_update()
         ).scalar_one_or_none()
         if rollout is None:
             raise NotFoundError(f"rollout {rollout_id} does not exist")
-        allowed = {
-            "pause": ("running",),
-            "resume": ("paused",),
-            "abort": ("running", "paused", "halted"),
-            "rollback": ("running", "paused", "halted", "completed", "aborted"),
-        }[action]
+        allowed = ACTION_NEEDS[action]
         if rollout.state not in allowed:
             raise ConflictError(
                 f"rollout {rollout_id} is {rollout.state}: {action} needs it {' or '.join(allowed)}"

@@ -10,6 +10,14 @@ from edgefleet.controller.rollouts.strategy import Strategy
 
 EXCLUDED = -1
 
+# What an operator may do to a rollout, and the states each action needs.
+ACTION_NEEDS: dict[str, tuple[str, ...]] = {
+    "pause": ("running",),
+    "resume": ("paused",),
+    "abort": ("running", "paused", "halted"),
+    "rollback": ("running", "paused", "halted", "completed", "aborted"),
+}
+
 
 @dataclass(frozen=True)
 class PlannedDevice:
@@ -73,6 +81,11 @@ class RolloutView:
     created_by: str
     created_at: str
     targets: tuple[TargetView, ...]
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """The actions its state allows."""
+        return tuple(a for a, states in ACTION_NEEDS.items() if self.state in states)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgefleet.controller.catalog.published import CatalogEntry, PublishedVersion, RemovedVersion
 from edgefleet.controller.catalog.quantization.views import ClassSpeed, VersionView
-from edgefleet.controller.fleet.views import TokenView
+from edgefleet.controller.fleet.views import FleetSummary, TokenView
 from edgefleet.controller.rbac.views import OperatorView
 from edgefleet.controller.rollouts.strategy import STRATEGY_SCALARS, Strategy
 from edgefleet.controller.rollouts.views import (
@@ -253,4 +253,26 @@ def removed_from_pb(message: operator_pb2.RemoveModelResponse) -> RemovedVersion
         message.targets_version,
         list(message.devices),
         list(message.rollouts),
+    )
+
+
+def summary_to_pb(summary: FleetSummary) -> operator_pb2.FleetSummary:
+    return operator_pb2.FleetSummary(
+        states=summary.states,
+        classes=summary.classes,
+        stale=summary.stale,
+        tamper_alerts=summary.tamper_alerts,
+        downloading=summary.downloading,
+        audit_backlog=summary.audit_backlog,
+    )
+
+
+def summary_from_pb(message: operator_pb2.FleetSummary) -> FleetSummary:
+    return FleetSummary(
+        states=dict(message.states),
+        classes=dict(message.classes),
+        stale=message.stale,
+        tamper_alerts=message.tamper_alerts,
+        downloading=message.downloading,
+        audit_backlog=message.audit_backlog,
     )

@@ -29,9 +29,15 @@ from edgefleet.controller.audit.log import (
 from edgefleet.controller.catalog.listing import list_catalog
 from edgefleet.controller.catalog.published import PublishedVersion
 from edgefleet.controller.catalog.quantization.family import model_report
-from edgefleet.controller.fleet.devices import list_devices, may_read_blob
+from edgefleet.controller.fleet.devices import fleet_summary, list_devices, may_read_blob
 from edgefleet.controller.fleet.enrollment import EnrollmentRequest, token_id
-from edgefleet.controller.rbac.operators import add_operator, list_operators, remove_operator
+from edgefleet.controller.rbac.operators import (
+    add_operator,
+    held_role,
+    list_operators,
+    remove_operator,
+)
+from edgefleet.controller.rbac.policies import latest_policy
 from edgefleet.controller.rollouts.engine import change_rollout, create_rollout, describe_rollouts
 from edgefleet.controller.rollouts.engine import plan as plan_rollout
 from edgefleet.controller.rollouts.pins import list_pins, pin_model, unpin_model
@@ -46,6 +52,7 @@ from edgefleet.controller.rpc.serde import (
     removed_to_pb,
     report_to_pb,
     strategy_from_pb,
+    summary_to_pb,
     token_to_pb,
     view_to_pb,
 )
@@ -236,6 +243,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         checkpoints = [serde.envelope_from_pb(e) for e in request.checkpoints]
         device = caller().name
         result = await asyncio.to_thread(ingest, self.app.db, device, records, checkpoints)
+        self.app.metrics.audit_records.inc(result.stored)
+        self.app.metrics.audit_pushes.labels("tamper" if result.tamper_reason else "stored").inc()
         self.app.syncs.acked(device, result.acked_seq)
         now = format_time(datetime.now(UTC))
         receipt = sign_receipt(
@@ -436,12 +445,40 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         after = _page_after(request.page_token, str)
         await self.app.syncs.flush()  # show the reports this replica has received
         views = await asyncio.to_thread(
-            list_devices, self.app.db, stale_after, after, size + 1, request.device_id
+            list_devices,
+            self.app.db,
+            stale_after,
+            after,
+            size + 1,
+            request.device_id,
+            dict(request.selector),
         )
         page, more = self._page([serde.device_view_to_pb(v) for v in views], size)
         return operator_pb2.ListDevicesResponse(
             devices=page, next_page_token=page[-1].device_id if more else ""
         )
+
+    async def GetFleetSummary(
+        self, request: operator_pb2.GetFleetSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.FleetSummary:
+        stale_after = timedelta(seconds=self.app.config.stale_after_seconds)
+        await self.app.syncs.flush()
+        summary = await asyncio.to_thread(
+            fleet_summary, self.app.db, stale_after, dict(request.selector)
+        )
+        return summary_to_pb(summary)
+
+    async def WhoAmI(
+        self, request: operator_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.WhoAmIResponse:
+        name = caller().name
+        role, permissions = await asyncio.to_thread(self._held_role, name)
+        return operator_pb2.WhoAmIResponse(name=name, role=role, permissions=sorted(permissions))
+
+    def _held_role(self, name: str) -> tuple[str, frozenset[str]]:
+        with self.app.db.session() as session:
+            policy = latest_policy(session)
+            return held_role(session, name, policy[0] if policy else None)
 
     async def ExportAudit(
         self, request: operator_pb2.ExportAuditRequest, context: grpc.aio.ServicerContext

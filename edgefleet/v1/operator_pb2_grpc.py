@@ -85,6 +85,16 @@ class OperatorServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.GetFleetSummary = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/GetFleetSummary',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.GetFleetSummaryRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.FleetSummary.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/edgefleet.v1.OperatorService/WhoAmI',
+                request_serializer=edgefleet_dot_v1_dot_operator__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_operator__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
         self.ExportAudit = channel.unary_stream(
                 '/edgefleet.v1.OperatorService/ExportAudit',
                 request_serializer=edgefleet_dot_v1_dot_operator__pb2.ExportAuditRequest.SerializeToString,
@@ -258,6 +268,21 @@ class OperatorServiceServicer:
 
     def ListDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFleetSummary(self, request, context):
+        """Counts over the devices a selector matches (every device: empty): by state, by device
+        class, stale, tamper alerts, downloads and audit backlog; one query, any fleet size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """The calling operator: its name, role and permissions (what a console may offer it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -463,6 +488,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=edgefleet_dot_v1_dot_operator__pb2.ListDevicesRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_operator__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'GetFleetSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleetSummary,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.GetFleetSummaryRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.FleetSummary.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=edgefleet_dot_v1_dot_operator__pb2.WhoAmIRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_operator__pb2.WhoAmIResponse.SerializeToString,
             ),
             'ExportAudit': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportAudit,
@@ -841,6 +876,60 @@ class OperatorService:
             '/edgefleet.v1.OperatorService/ListDevices',
             edgefleet_dot_v1_dot_operator__pb2.ListDevicesRequest.SerializeToString,
             edgefleet_dot_v1_dot_operator__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleetSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/GetFleetSummary',
+            edgefleet_dot_v1_dot_operator__pb2.GetFleetSummaryRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.FleetSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.OperatorService/WhoAmI',
+            edgefleet_dot_v1_dot_operator__pb2.WhoAmIRequest.SerializeToString,
+            edgefleet_dot_v1_dot_operator__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

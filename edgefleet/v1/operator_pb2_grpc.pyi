@@ -50,6 +50,12 @@ class OperatorServiceStub:
     """
     UnpinModel: _grpc.UnaryUnaryMultiCallable[_operator_pb2.PinModelRequest, _operator_pb2.PinModelResponse]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]
+    GetFleetSummary: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetFleetSummaryRequest, _operator_pb2.FleetSummary]
+    """Counts over the devices a selector matches (every device: empty): by state, by device
+    class, stale, tamper alerts, downloads and audit backlog; one query, any fleet size.
+    """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_operator_pb2.WhoAmIRequest, _operator_pb2.WhoAmIResponse]
+    """The calling operator: its name, role and permissions (what a console may offer it)."""
     ExportAudit: _grpc.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportAuditChunk]
     """The matching records verbatim, then a trailer with the export header whose manifest
     (counts, chain ends, digest of the records sent) is signed by the audit role.
@@ -123,6 +129,12 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     UnpinModel: _aio.UnaryUnaryMultiCallable[_operator_pb2.PinModelRequest, _operator_pb2.PinModelResponse]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListDevicesRequest, _operator_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    GetFleetSummary: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetFleetSummaryRequest, _operator_pb2.FleetSummary]  # type: ignore[assignment]
+    """Counts over the devices a selector matches (every device: empty): by state, by device
+    class, stale, tamper alerts, downloads and audit backlog; one query, any fleet size.
+    """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_operator_pb2.WhoAmIRequest, _operator_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """The calling operator: its name, role and permissions (what a console may offer it)."""
     ExportAudit: _aio.UnaryStreamMultiCallable[_operator_pb2.ExportAuditRequest, _operator_pb2.ExportAuditChunk]  # type: ignore[assignment]
     """The matching records verbatim, then a trailer with the export header whose manifest
     (counts, chain ends, digest of the records sent) is signed by the audit role.
@@ -253,6 +265,24 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ListDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListDevicesResponse, _abc.Awaitable[_operator_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetFleetSummary(
+        self,
+        request: _operator_pb2.GetFleetSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.FleetSummary, _abc.Awaitable[_operator_pb2.FleetSummary]]:
+        """Counts over the devices a selector matches (every device: empty): by state, by device
+        class, stale, tamper alerts, downloads and audit backlog; one query, any fleet size.
+        """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _operator_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.WhoAmIResponse, _abc.Awaitable[_operator_pb2.WhoAmIResponse]]:
+        """The calling operator: its name, role and permissions (what a console may offer it)."""
 
     @_abc_1.abstractmethod
     def ExportAudit(

@@ -24,6 +24,8 @@ OPERATOR_METHODS = [m.name for m in SERVICES[1].methods]
 
 READ_ROLLOUTS = {"PlanRollout", "GetRollout", "ListRollouts", "ListPins"}
 MANAGE_ROLLOUTS = {"CreateRollout", "ChangeRollout", "PinModel", "UnpinModel"}
+READ_DEVICES = {"ListDevices", "GetFleetSummary", "ListEnrollmentTokens"}
+EVERY_OPERATOR = {"WhoAmI"}  # who am I (a console's question): no permission needed
 # What each built-in role may do, written out by hand: the matrix the code must match.
 EXPECTED = {
     "admin": set(OPERATOR_METHODS),
@@ -33,16 +35,15 @@ EXPECTED = {
         "ExportBundle",
         *MANAGE_ROLLOUTS,
         *READ_ROLLOUTS,
-        "ListDevices",
-        "ListEnrollmentTokens",
+        *READ_DEVICES,
         "GetModelReport",
         "ListModels",
+        *EVERY_OPERATOR,
     },  # no QueryAudit: the audit trail is the auditor's (review hole L14)
     "device-manager": {
         "CreateEnrollmentToken",
-        "ListEnrollmentTokens",
+        *READ_DEVICES,
         "RevokeEnrollmentToken",
-        "ListDevices",
         "LabelDevice",
         "RemoveDevice",
         "SetDeviceState",
@@ -50,24 +51,25 @@ EXPECTED = {
         "GetModelReport",
         "ListModels",
         *READ_ROLLOUTS,
+        *EVERY_OPERATOR,
     },
     "auditor": {
-        "ListDevices",
-        "ListEnrollmentTokens",
+        *READ_DEVICES,
         "ExportAudit",
         "QueryAudit",
         "GetPolicy",
         "GetModelReport",
         "ListModels",
         *READ_ROLLOUTS,
+        *EVERY_OPERATOR,
     },
     "viewer": {
-        "ListDevices",
-        "ListEnrollmentTokens",
+        *READ_DEVICES,
         "GetPolicy",
         "GetModelReport",
         "ListModels",
         *READ_ROLLOUTS,
+        *EVERY_OPERATOR,
     },
 }
 
