@@ -4,24 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Select, Table, bindparam, or_, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Table,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from edgefleet.controller.audit.log import acked_seq, tamper_reason
-from edgefleet.controller.catalog.quantization.family import device_class
+from edgefleet.controller.catalog.quantization.family import DEVICE_CLASS_LABEL
 from edgefleet.controller.fleet.views import FleetSummary
 from edgefleet.controller.rollouts.engine import (
     Judged,
     Judging,
-    aware,
     is_stale,
     judge_report,
     repick_variant,
     write_judgements,
 )
-from edgefleet.controller.rollouts.pins import all_pins, pins_for, selector_matches
+from edgefleet.controller.rollouts.pins import all_pins, pins_for
 from edgefleet.controller.store.database import Database
 from edgefleet.controller.store.schema import (
     Assignment,
@@ -36,6 +46,7 @@ from edgefleet.controller.trust.snapshots import Snapshot
 from edgefleet.errors import NotFoundError
 from edgefleet.fleet import (
     DesiredState,
+    DeviceResources,
     DeviceView,
     ModelAssignment,
     StatusReport,
@@ -201,61 +212,83 @@ def write_reports(
         write_judgements(session, judgements)
 
 
-def _selected_ids(
-    session: Session, query: Select[Any], selector: dict[str, str], limit: int | None
-) -> list[str]:
-    ids: list[str] = []
-    rows = session.execute(query.with_only_columns(Device.device_id, Device.labels))
-    for device_id, labels in rows:
-        if selector_matches(selector, labels or {}):
-            ids.append(device_id)
-            if limit is not None and len(ids) >= limit:
-                break
-    return ids
+def _carrying(selector: dict[str, str] | None) -> list[ColumnElement[bool]]:
+    """SQL conditions: the device carries every label of ``selector`` (JSON lookups that
+    SQLite and PostgreSQL both run)."""
+    labels = type_coerce(Device.labels, JSON)
+    return [labels[key].as_string() == value for key, value in (selector or {}).items()]
 
 
 def fleet_summary(
     db: Database, stale_after: timedelta, selector: dict[str, str] | None = None
 ) -> FleetSummary:
-    """Counts over the devices carrying the ``selector``'s labels (every device: None)."""
-    now = datetime.now(UTC)
-    states: dict[str, int] = {}
-    classes: dict[str, int] = {}
-    stale = alerts = downloading = backlog = 0
+    """Counts over the devices carrying the ``selector``'s labels (every device: None),
+    counted by the database: a few aggregate queries whatever the fleet's size."""
+    matched = _carrying(selector)
+    active = [*matched, Device.state == "active"]
+    cutoff = datetime.now(UTC) - stale_after
+    resources = type_coerce(Device.resources, JSON)
+    head = AuditHead.__table__
     with db.session() as session:
-        heads = {
-            chain: (seq, alert)
-            for chain, seq, alert in session.execute(
-                select(AuditHead.chain, AuditHead.last_seq, AuditHead.tamper_alert)
+        states = {
+            state: count
+            for state, count in session.execute(
+                select(Device.state, func.count()).where(*matched).group_by(Device.state)
             )
         }
-        rows = session.execute(
-            select(
-                Device.device_id,
-                Device.labels,
-                Device.state,
-                Device.last_seen,
-                Device.resources,
-                Device.downloads,
-                Device.audit_head_seq,
-            )
+        classes: dict[str, int] = {}
+        kinds = (
+            type_coerce(Device.labels, JSON)[DEVICE_CLASS_LABEL].as_string(),
+            resources["machine"].as_string(),
+            resources["cpu_count"].as_string(),
+            resources["memory_total"].as_string(),
         )
-        for device_id, labels, state, last_seen, resources, downloads, head_seq in rows:
-            labels = labels or {}
-            if selector and not selector_matches(selector, labels):
-                continue
-            states[state] = states.get(state, 0) + 1
-            stored, alert = heads.get(device_id, (0, False))
-            alerts += bool(alert)
-            if state != "active":
-                continue
-            kind = device_class(labels, resources)
-            classes[kind] = classes.get(kind, 0) + 1
-            seen = aware(last_seen)
-            stale += seen is None or now - seen > stale_after
-            downloading += bool(downloads)
-            backlog += max(0, (head_seq or 0) - stored)
-    return FleetSummary(states, classes, stale, alerts, downloading, backlog)
+        for label, machine, cpus, memory, count in session.execute(
+            select(*kinds, func.count()).where(*active).group_by(*kinds)
+        ):
+            kind = (
+                label
+                or DeviceResources(
+                    machine=machine or "", cpu_count=_whole(cpus), memory_total=_whole(memory)
+                ).device_class
+            )
+            classes[kind] = classes.get(kind, 0) + count
+        stale, downloading, backlog = session.execute(
+            select(
+                func.count().filter(or_(Device.last_seen.is_(None), Device.last_seen < cutoff)),
+                func.count().filter(func.json_array_length(Device.downloads) > 0),  # SQLite, PG
+                func.coalesce(
+                    func.sum(
+                        case(
+                            (
+                                Device.audit_head_seq > func.coalesce(head.c.last_seq, 0),
+                                Device.audit_head_seq - func.coalesce(head.c.last_seq, 0),
+                            ),
+                            else_=0,
+                        )
+                    ),
+                    0,
+                ),
+            )
+            .select_from(Device)
+            .outerjoin(head, head.c.chain == Device.device_id)
+            .where(*active)
+        ).one()
+        alerts = session.scalar(
+            select(func.count())
+            .select_from(Device)
+            .join(head, head.c.chain == Device.device_id)
+            .where(*matched, head.c.tamper_alert.is_(True))
+        )
+    return FleetSummary(states, classes, stale, alerts or 0, downloading, int(backlog))
+
+
+def _whole(value: object) -> int:
+    """A JSON number as the database handed it back (text, int or float)."""
+    try:
+        return int(float(str(value)))
+    except ValueError:
+        return 0
 
 
 def list_devices(
@@ -273,12 +306,10 @@ def list_devices(
     query = select(Device).where(Device.device_id > after).order_by(Device.device_id)
     if device_id:
         query = query.where(Device.device_id == device_id)
+    query = query.where(*_carrying(selector))
+    if limit is not None:
+        query = query.limit(limit)
     with db.session() as session:
-        if selector:  # labels are JSON: match them here, from the ids and labels alone
-            ids = _selected_ids(session, query, selector, limit)
-            query = select(Device).where(Device.device_id.in_(ids)).order_by(Device.device_id)
-        elif limit is not None:
-            query = query.limit(limit)
         views = []
         pins = all_pins(session)
         for device in session.execute(query).scalars():
