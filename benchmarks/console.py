@@ -109,10 +109,12 @@ def _timings(driver: WebDriver, url: str) -> dict[str, float]:
     driver.get(url)
     wait_for(
         "the first paint",
-        lambda: driver.execute_script(
-            "return performance.getEntriesByName('first-contentful-paint').length"
-        )
-        or None,
+        lambda: (
+            driver.execute_script(
+                "return performance.getEntriesByName('first-contentful-paint').length"
+            )
+            or None
+        ),
         30,
         interval=0.05,
     )
