@@ -16,7 +16,7 @@ endif
 LLAMA_CHECK := from edgefleet.bundled import bundled_model_path as p; import llama_cpp; \
 	llama_cpp.Llama(model_path=str(p()), n_ctx=64, n_threads=2, verbose=False).eval([1, 2, 3, 4])
 
-.PHONY: demo test test-fast lint typecheck proto bench fuzz clean system-deps arm64-toolchain wheels-arm64 bundle-arm64 bundle-amd64 arm64-root test-arm64
+.PHONY: demo test test-fast lint typecheck proto bench fuzz clean system-deps screenshots arm64-toolchain wheels-arm64 bundle-arm64 bundle-amd64 arm64-root test-arm64
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.quantization
 	$(BIN)/python -m benchmarks.fleet_load
 	$(BIN)/python -m benchmarks.cli_latency
+	$(BIN)/python -m benchmarks.console
+
+# The console's screenshots in docs/images, taken by its browser tests.
+screenshots: $(STAMP) system-deps
+	EDGEFLEET_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/console
 
 # arm64 gateways (Raspberry Pi): llama-cpp-python cross-built on this x86-64 machine with
 # Debian's cross toolchain, one wheel per CPU target, cached under .cache/arm64.

@@ -308,3 +308,13 @@ def test_an_audit_export_downloaded_from_the_page_verifies_offline(
     )
     assert verified.returncode in (0, 3), verified.stdout + verified.stderr
     assert re.search(rf"record\(s\) in 1 chain\(s\) \({a2}: \d+\): verified", verified.stdout)
+
+
+def test_the_console_listens_on_loopback_only(fleet: Fleet) -> None:
+    refused = fleet.ctl("console", "--listen", "0.0.0.0:8470", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "edgefleetctl: error: --listen 0.0.0.0:8470: the console serves your operator "
+        "credential, so it listens on loopback only (reach it from elsewhere through an SSH "
+        "tunnel)\n"
+    )
