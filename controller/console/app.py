@@ -3,7 +3,7 @@
 The console listens on loopback, where every local user and every web page the
 operator's browser opens can reach it; it holds an operator credential. So:
 
-- every request needs the session cookie, which only the one-time URL printed at start
+- every request needs the session cookie, which only the login URL printed at start
   sets (`/login?token=…`, compared in constant time; HttpOnly, SameSite=Strict);
 - the Host header must name the console itself (a DNS-rebinding page cannot use it);
 - every state-changing request is a POST carrying the session's CSRF token, from the
@@ -51,6 +51,7 @@ class Session:
 
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     hosts: frozenset[str] = frozenset()  # Host headers that name this console
+    origin_host: str = ""  # HOST:PORT as a URL writes it
 
     @property
     def csrf(self) -> str:
@@ -63,11 +64,19 @@ class Session:
     def serve(self, address: str) -> None:
         """Accept requests addressed to ``address`` (HOST:PORT as bound)."""
         host, _, port = address.rpartition(":")
-        names = {host, "localhost"} if host.startswith("127.") else {host}
+        names = {_url_host(host)}
+        if host.startswith("127.") or host == "::1":
+            names.add("localhost")
         self.hosts = frozenset(f"{name}:{port}" for name in names)
+        self.origin_host = f"{_url_host(host)}:{port}"
 
-    def login_url(self, address: str) -> str:
-        return f"http://{address}/login?token={self.secret}"
+    def login_url(self) -> str:
+        return f"http://{self.origin_host}/login?token={self.secret}"
+
+
+def _url_host(host: str) -> str:
+    """An address as a URL's host: IPv6 in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 SESSION = web.AppKey("session", Session)
@@ -102,7 +111,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _headers(
             web.Response(
                 status=401,
-                text="open the console with the one-time URL `edgefleetctl console` printed",
+                text="open the console with the login URL `edgefleetctl console` printed",
             )
         )
     if request.method == "POST":
@@ -146,7 +155,7 @@ def _headers(response: web.StreamResponse) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    """GET /login?token=…: the one-time URL sets the session cookie."""
+    """GET /login?token=…: the login URL sets the session cookie."""
     session = request.app[SESSION]
     if not session.admits(request.query.get("token")):
         raise web.HTTPForbidden(text="this login link is not this console's")

@@ -30,7 +30,7 @@ from edgefleet.controller.console.charts import quantization_chart
 from edgefleet.controller.ctl.client import OperatorClient
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rollouts.views import ACTION_NEEDS, RolloutView
-from edgefleet.errors import MalformedInputError, TransportError
+from edgefleet.errors import MalformedInputError, NotFoundError, TransportError
 from edgefleet.fleet import DeviceView
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -160,7 +160,7 @@ class Pages:
         operator = await self._operator()
         found = await self._call(self.client.list_devices, device_id)
         if not found:
-            raise web.HTTPNotFound(text=f"device {device_id} is not enrolled")
+            raise NotFoundError(f"device {device_id} is not enrolled")
         records: list[dict[str, Any]] = []
         if operator.may("audit.read"):
             raw, _ = await self._call(self.client.query_audit, device_id, "", "", "", "", 20, False)
@@ -204,7 +204,7 @@ class Pages:
         rollout_id = int(request.match_info["rollout_id"])
         action = request.match_info["action"]
         if action not in ACTION_NEEDS:
-            raise web.HTTPNotFound(text=f"no rollout action {action!r}")
+            raise NotFoundError(f"no rollout action {action[:32]!r}: {', '.join(ACTION_NEEDS)}")
         await self._call(self.client.change_rollout, rollout_id, action)
         location = f"/rollouts/{rollout_id}?done={action}"
         return web.Response(status=303, headers={"Location": location})
@@ -328,7 +328,7 @@ class Pages:
             )
             await response.prepare(request)
             blocks = render_export(header, _lines(records), kind)
-            while block := await self._call(next, blocks, b""):
+            while (block := await self._call(next, blocks, None)) is not None:
                 await response.write(block)
             await response.write_eof()
             return response
@@ -365,16 +365,14 @@ class DeviceRow:
         self.to_run = sorted(f"{a.name}@{a.version}" for a in view.assignments)
         self.converged = set(self.running) >= set(self.to_run)
         self.backlog = max(0, view.audit_head_seq - view.audit_stored_seq)
-        failing = [h for h in view.health if h.smoke == "failed" or h.errors]
-        self.health = (
-            "failing"
-            if any(h.smoke == "failed" for h in failing)
-            else "errors"
-            if failing
-            else "ok"
-            if view.health
-            else "unknown"
-        )
+        requests = sum(h.requests for h in view.health)
+        errors = sum(h.errors for h in view.health)
+        if any(h.smoke == "failed" for h in view.health):
+            self.health = "smoke test failed"
+        elif errors:
+            self.health = f"{errors} errors in {requests} requests"
+        else:
+            self.health = "ok" if view.health else "not reported"
 
     @property
     def status(self) -> str:

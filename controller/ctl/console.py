@@ -28,7 +28,7 @@ def register(commands: Subcommands) -> None:
             "console",
             help=HELP["console"],
             description="Serve the fleet console on this machine. It acts with your operator "
-            "credential; open the one-time URL it prints (it sets the session cookie).",
+            "credential; open the login URL it prints (its secret token sets the session cookie).",
         ),
         with_client(_console),
     )
@@ -42,7 +42,7 @@ def register(commands: Subcommands) -> None:
     console.add_argument(
         "--url-file",
         metavar="PATH",
-        help="also write the one-time URL to this file (mode 0600), for scripts",
+        help="also write the login URL to this file (mode 0600), for scripts",
     )
 
 
@@ -66,7 +66,7 @@ async def _serve(client: OperatorClient, args: argparse.Namespace) -> int:
     session = Session()
     runner, bound = await listen_http(build(session, pages.routes, pages.error_page), args.listen)
     session.serve(bound)
-    url = session.login_url(bound)
+    url = session.login_url()
     try:
         if args.url_file:
             from edgefleet.files import write_atomically

@@ -35,7 +35,7 @@ SCREENSHOTS_ENV = "EDGEFLEET_SCREENSHOTS"
 
 @dataclass(frozen=True)
 class Console:
-    """A running `edgefleetctl console`: its base URL and one-time login URL."""
+    """A running `edgefleetctl console`: its base URL and login URL."""
 
     base: str
     login: str

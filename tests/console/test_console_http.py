@@ -292,3 +292,12 @@ def test_the_quantization_chart_escapes_its_labels() -> None:
     assert 'class="point failed"' in svg and 'class="point passed"' in svg
     assert re.search(r"<title>1\.0\+q8_0: 70\.0 MiB, \+0\.40 %</title>", svg)
     assert str(quantization_chart(versions[:1])) == ""
+
+
+def test_the_session_knows_its_address_as_browsers_write_it() -> None:
+    session = Session()
+    session.serve("::1:8470")
+    assert session.hosts == {"[::1]:8470", "localhost:8470"}
+    assert session.login_url() == f"http://[::1]:8470/login?token={session.secret}"
+    session.serve("127.0.0.1:8470")
+    assert session.hosts == {"127.0.0.1:8470", "localhost:8470"}
