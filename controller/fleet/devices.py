@@ -287,7 +287,7 @@ def _whole(value: object) -> int:
     """A JSON number as the database handed it back (text, int or float)."""
     try:
         return int(float(str(value)))
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0
 
 

@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any, cast
 
 from aiohttp import ClientResponse
@@ -301,3 +302,36 @@ def test_the_session_knows_its_address_as_browsers_write_it() -> None:
     assert session.login_url() == f"http://[::1]:8470/login?token={session.secret}"
     session.serve("127.0.0.1:8470")
     assert session.hosts == {"127.0.0.1:8470", "localhost:8470"}
+
+
+class _Form(HTMLParser):
+    """Inputs, selects and labels of a page, and the order of its focusable elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[str] = []
+        self.labels: set[str] = set()
+        self.focusable: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag in ("input", "select") and a.get("type") != "hidden":
+            self.fields.append(a.get("id") or f"<{tag} name={a.get('name')} without id>")
+        if tag == "label" and a.get("for"):
+            self.labels.add(str(a["for"]))
+        if tag in ("a", "button", "input", "select") and a.get("type") != "hidden":
+            self.focusable.append(a.get("href") or tag)
+
+
+def test_every_field_has_a_label_and_the_skip_link_comes_first() -> None:
+    async def test(client: TestClient[Any, Any], session: Session) -> None:
+        await _login(client, session)
+        for path in ("/fleet", "/audit", "/rollouts/plan", "/rollouts/1", "/devices/dev-1"):
+            page = _Form()
+            page.feed(await (await client.get(path)).text())
+            assert page.focusable[0] == "#main", path  # keyboard users skip the navigation
+            unlabelled = [f for f in page.fields if f not in page.labels]
+            assert unlabelled == [], (path, unlabelled)
+            assert page.fields or path in ("/rollouts/1", "/devices/dev-1")
+
+    _run(FakeController(permissions=ADMIN | {"audit.export"}), test)
