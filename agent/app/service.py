@@ -17,7 +17,7 @@ from edgefleet.agent.app.config import AgentConfig, parse_sources
 from edgefleet.agent.app.state import LocalState
 from edgefleet.agent.inference.api import build_app
 from edgefleet.agent.inference.context import ApiContext
-from edgefleet.agent.inference.engine import ChatBackend
+from edgefleet.agent.inference.model_io import ChatBackend
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.agent.inference.smoke import smoke_test
 from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
@@ -143,11 +143,11 @@ def _model_pool(config: AgentConfig, state: LocalState) -> ModelPool:
     """The pool of loaded models; each version is checked against its hashes as it loads."""
 
     def load_model(path: Path, slots: int) -> list[ChatBackend]:
-        # llama.cpp (and numpy) load with the first model, not with the agent: an agent
-        # that serves no model yet does not carry them (benchmarks/footprint.py).
-        from edgefleet.agent.inference.llama_backend import load_slots
+        # Each model in its own runner process: llama.cpp and numpy never load into the
+        # agent, a crash takes the runner only, and an unloaded model's runner exits.
+        from edgefleet.agent.inference.remote import load_runner_slots
 
-        return list(load_slots(path, config.n_ctx, slots, config.n_threads))
+        return list(load_runner_slots(path, config.n_ctx, slots, config.n_threads))
 
     def verify_before_load(manifest: ModelManifest) -> None:
         result = state.registry.verify(

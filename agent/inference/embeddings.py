@@ -17,7 +17,8 @@ from aiohttp import web
 
 from edgefleet.agent.inference.api_errors import bad_request
 from edgefleet.agent.inference.endpoint import ModelEndpoint, Outcome
-from edgefleet.agent.inference.engine import ChatBackend, ModelWorker
+from edgefleet.agent.inference.engine import ModelWorker
+from edgefleet.agent.inference.model_io import ChatBackend
 
 MAX_INPUTS = 256
 EMBEDDING_PARAMETERS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})

@@ -18,7 +18,8 @@ from aiohttp import web
 from edgefleet.agent.inference.api_errors import ApiError, bad_request, http_error
 from edgefleet.agent.inference.context import SUBJECT, ApiContext
 from edgefleet.agent.inference.decoding import Piece
-from edgefleet.agent.inference.engine import Generation, ModelWorker
+from edgefleet.agent.inference.engine import ModelWorker
+from edgefleet.agent.inference.model_io import Generation
 from edgefleet.agent.registry.registry import ActiveModel
 from edgefleet.audit import AuditEvent
 from edgefleet.errors import AuditUnavailableError, EdgefleetError

@@ -15,7 +15,8 @@ from edgefleet.agent.inference.api_errors import ApiError
 from edgefleet.agent.inference.context import ApiContext
 from edgefleet.agent.inference.decoding import Piece
 from edgefleet.agent.inference.endpoint import ModelEndpoint, Outcome, drain
-from edgefleet.agent.inference.engine import Generation, ModelWorker
+from edgefleet.agent.inference.engine import ModelWorker
+from edgefleet.agent.inference.model_io import Generation
 from edgefleet.agent.inference.requests import GenerationRequest, parse_request
 from edgefleet.agent.inference.shapes import ChunkWriter, answer_of, whole
 from edgefleet.canonical import canonical_bytes

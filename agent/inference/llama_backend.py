@@ -36,7 +36,7 @@ import numpy as np
 import structlog
 
 from edgefleet.agent.inference.decoding import OutputAssembler, Piece
-from edgefleet.agent.inference.engine import Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.model_io import Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.sampling import TokenSampler
 from edgefleet.errors import InferenceError, InvalidPromptError, RequestTooLargeError
 
@@ -517,6 +517,10 @@ class SequenceSlot:
 
     def close(self) -> None:
         self.model.release()
+
+    @property
+    def failure(self) -> str:
+        return ""  # in this process: a crash of llama.cpp ends the process
 
 
 def load_slots(path: Path, n_ctx: int, slots: int, n_threads: int) -> list[SequenceSlot]:

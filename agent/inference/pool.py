@@ -18,7 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from edgefleet.agent.inference.engine import BackendFactory, ModelWorker
+from edgefleet.agent.inference.engine import ModelWorker
+from edgefleet.agent.inference.model_io import BackendFactory
 from edgefleet.errors import ResourceError
 from edgefleet.memory import MIB, MemoryEstimate, estimate_memory, fits, require_fit
 from edgefleet.trust.metadata import ModelManifest
@@ -43,6 +44,10 @@ class LoadedModel:
     def file_changed(self) -> bool:
         """True once its blob was quarantined (moved away, maybe repaired since)."""
         return self.file != _file_id(self.path)
+
+    def failure(self) -> str:
+        """Why it can serve nothing more (its model runner died), or ""."""
+        return next((w.backend.failure for w in self.workers if w.backend.failure), "")
 
     free: asyncio.Queue[ModelWorker] = field(default_factory=asyncio.Queue)
     busy: int = 0
@@ -176,6 +181,9 @@ class ModelPool:
     async def _ensure_loaded(self, manifest: ModelManifest, path: Path) -> LoadedModel:
         async with self._load_lock:
             current = self._models.get(manifest.name)
+            if current is not None and (failure := current.failure()):
+                self._retire(manifest.name, failure)  # the next load starts a new runner
+                current = None
             if current is not None and current.manifest.sha256 == manifest.sha256:
                 if not current.file_changed():
                     return current
@@ -234,7 +242,7 @@ class ModelPool:
         idle = [
             n
             for n, m in self._models.items()
-            if m.busy == 0 and (m.last_used < cutoff or m.file_changed())
+            if m.busy == 0 and (m.last_used < cutoff or m.file_changed() or m.failure())
         ]
         for name in idle:
             self._unload(name, "keep-alive expired")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.agent.inference.api_errors import bad_request
-from edgefleet.agent.inference.engine import Prompt, SamplingParams
+from edgefleet.agent.inference.model_io import Prompt, SamplingParams
 from edgefleet.agent.inference.structured import (
     ToolSetup,
     check_schema,

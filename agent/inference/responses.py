@@ -24,8 +24,9 @@ from edgefleet.agent.inference.api_errors import ApiError, bad_request
 from edgefleet.agent.inference.context import ApiContext
 from edgefleet.agent.inference.decoding import Piece
 from edgefleet.agent.inference.endpoint import Outcome, drain
-from edgefleet.agent.inference.engine import Generation, ModelWorker
+from edgefleet.agent.inference.engine import ModelWorker
 from edgefleet.agent.inference.generation import GenerationEndpoint
+from edgefleet.agent.inference.model_io import Generation
 from edgefleet.agent.inference.requests import (
     IGNORED,
     REFUSED,

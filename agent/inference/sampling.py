@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.agent.inference.engine import SamplingParams
+from edgefleet.agent.inference.model_io import SamplingParams
 from edgefleet.errors import InferenceError, InvalidPromptError
 
 PENALTY_WINDOW = 64  # tokens the presence and frequency penalties look back over

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgefleet.agent.inference.api_errors import ApiError
 from edgefleet.agent.inference.decoding import TokenLogprob
-from edgefleet.agent.inference.engine import Generation
+from edgefleet.agent.inference.model_io import Generation
 from edgefleet.agent.inference.requests import GenerationRequest, tool_calls_of
 from edgefleet.agent.inference.structured import validate
 

@@ -64,8 +64,8 @@ def _run(path: Path, n_threads: int) -> float:
     """The test itself, in the child."""
     import threading
 
-    from edgefleet.agent.inference.engine import Generation, Prompt, SamplingParams
     from edgefleet.agent.inference.llama_backend import load_slots
+    from edgefleet.agent.inference.model_io import Generation, Prompt, SamplingParams
 
     [backend] = load_slots(path, SMOKE_CONTEXT, 1, n_threads)  # the serving engine, one slot
     params = SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0)

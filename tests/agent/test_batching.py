@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edgefleet.agent.inference.engine import Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.llama_backend import BatchedLlama, SequenceSlot
+from edgefleet.agent.inference.model_io import Generation, Prompt, SamplingParams
 from edgefleet.bundled import bundled_model_path
 
 pytestmark = pytest.mark.model

@@ -21,7 +21,7 @@ from edgefleet.agent.inference.api import build_app
 from edgefleet.agent.inference.api_errors import ApiError
 from edgefleet.agent.inference.context import ApiContext
 from edgefleet.agent.inference.decoding import Piece
-from edgefleet.agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.model_io import ChatBackend, Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.agent.inference.requests import parse_request
 from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
@@ -34,6 +34,8 @@ from tests.edgefleet.trustkit import manifest
 
 class FakeBackend:
     """Emits `tok0 tok1 …`, optionally slowly; records loads, output and cancellation."""
+
+    failure = ""  # it never dies
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay

@@ -10,7 +10,7 @@ from threading import Event
 import pytest
 
 from edgefleet.agent.inference.decoding import Piece
-from edgefleet.agent.inference.engine import ChatBackend, Generation, Prompt, SamplingParams
+from edgefleet.agent.inference.model_io import ChatBackend, Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.errors import HashMismatchError, ResourceError
 from edgefleet.memory import MIB
@@ -19,6 +19,8 @@ from tests.edgefleet.trustkit import manifest
 
 
 class Backend:
+    failure = ""  # it never dies
+
     def __init__(self) -> None:
         self.closed = Event()
 

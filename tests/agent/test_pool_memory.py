@@ -15,7 +15,7 @@ from edgefleet.bundled import bundled_model_path
 MEASURE = """
 import asyncio, sys
 from pathlib import Path
-from edgefleet.agent.inference.engine import Prompt, SamplingParams
+from edgefleet.agent.inference.model_io import Prompt, SamplingParams
 from edgefleet.agent.inference.llama_backend import load_slots
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
 from edgefleet.memory import MIB

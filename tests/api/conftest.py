@@ -20,9 +20,9 @@ from edgefleet.agent.app.database import AgentDatabase
 from edgefleet.agent.audit.log import AuditLog
 from edgefleet.agent.inference.api import build_app
 from edgefleet.agent.inference.context import ApiContext
-from edgefleet.agent.inference.engine import ChatBackend
-from edgefleet.agent.inference.llama_backend import load_slots
+from edgefleet.agent.inference.model_io import ChatBackend
 from edgefleet.agent.inference.pool import ModelPool, PoolSettings
+from edgefleet.agent.inference.remote import load_runner_slots
 from edgefleet.agent.rbac.policy import DevicePolicy, LocalPolicy
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.registry.registry import Registry
@@ -66,8 +66,8 @@ def local_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
     embed_only, _ = policy.local.create_token("app:embedder", "embedder", ("*",))
     config = AgentConfig(data_dir=root, n_ctx=2048, n_threads=2)
 
-    def load(path: Path, slots: int) -> list[ChatBackend]:
-        return list(load_slots(path, config.n_ctx, slots, config.n_threads))
+    def load(path: Path, slots: int) -> list[ChatBackend]:  # as the agent loads: a runner
+        return list(load_runner_slots(path, config.n_ctx, slots, config.n_threads))
 
     settings = PoolSettings(
         budget_bytes=2048 * MIB, context=2048, slots=2, keep_alive_seconds=600, max_queued=32

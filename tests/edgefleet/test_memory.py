@@ -17,7 +17,7 @@ import sys, threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import llama_cpp  # the library is not the model's memory
-from edgefleet.agent.inference.engine import Prompt, SamplingParams
+from edgefleet.agent.inference.model_io import Prompt, SamplingParams
 from edgefleet.agent.inference.llama_backend import BatchedLlama
 def rss():
     lines = Path('/proc/self/status').read_text().splitlines()
