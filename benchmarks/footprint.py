@@ -1,7 +1,8 @@
 """The agent's resident memory (RSS) through a model's life, black-box, on the bundled model.
 
 One run: a controller and an agent (`edgefleet-agent run`, smoke test on, keep-alive
-short), its RSS read from /proc after it settles at each stage:
+short), the RSS of the agent and of its children (the model runner, while a model is
+loaded) read from /proc after it settles at each stage:
 
   idle            enrolled, serving its API, syncing; no model installed
   after smoke     a version installed, smoke-tested and active, never used
@@ -40,11 +41,18 @@ STAGES = ("idle", "after smoke", "loaded", "after eviction")
 
 
 def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB."""
+    """Resident set size of ``pid`` and of every process under it, in MiB."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+            total = int(line.split()[1]) / 1024
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                total += rss_mib(int(child))
+            except FileNotFoundError:  # it ended meanwhile
+                pass
+    return total
 
 
 def one_run(root: Path) -> dict[str, float]:
