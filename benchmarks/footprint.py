@@ -19,6 +19,7 @@ touched too: it is what `top` and the kernel's OOM killer see.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -48,10 +49,8 @@ def rss_mib(pid: int) -> float:
             total = int(line.split()[1]) / 1024
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         for child in children.read_text().split():
-            try:
+            with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
                 total += rss_mib(int(child))
-            except FileNotFoundError:  # it ended meanwhile
-                pass
     return total
 
 
