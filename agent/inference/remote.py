@@ -111,13 +111,27 @@ class RunnerProcess:
     # --- calls -------------------------------------------------------------------------
     def call(self, message: dict[str, Any]) -> tuple[int, queue.SimpleQueue[dict[str, Any]]]:
         """Send ``message`` as a new call; its answers arrive on the returned queue."""
+        if self.dead:
+            raise InferenceError(self.dead)
         call = next(self._ids)
         answers: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._calls[call] = answers
-        if self.dead:
-            raise InferenceError(self.dead)
-        self.send({**message, "id": call})
+        try:
+            self.send({**message, "id": call})
+        except InferenceError:
+            self.done(call)
+            raise
         return call, answers
+
+    def next_answer(self, answers: queue.SimpleQueue[dict[str, Any]]) -> dict[str, Any] | None:
+        """The call's next answer, None if none came within a moment; once the runner is
+        gone (a call made as it died may never hear), its reason as an error answer."""
+        try:
+            return answers.get(timeout=CANCEL_POLL_SECONDS)
+        except queue.Empty:
+            if self.dead and self.process.poll() is not None:
+                return {"error": self.dead, "kind": "InferenceError"}
+            return None
 
     def done(self, call: int) -> None:
         self._calls.pop(call, None)
@@ -133,15 +147,20 @@ class RunnerProcess:
         """A call with one answer: its result, or its error raised."""
         call, answers = self.call(message)
         try:
-            return _result(answers.get())
+            while (answer := self.next_answer(answers)) is None:
+                pass
+            return _result(answer)
         finally:
             self.done(call)
 
     # --- the end -----------------------------------------------------------------------
     def release(self) -> None:
-        """One slot is closed; the last closes the runner (it exits, its memory with it)."""
-        self._open_slots -= 1
-        if self._open_slots == 0:
+        """One slot is closed; the last closes the runner (it exits, its memory with it).
+        Slots close on their workers' own threads, hence the lock."""
+        with self._send_lock:
+            self._open_slots -= 1
+            last = self._open_slots == 0
+        if last:
             self.close()
 
     def close(self) -> None:
@@ -220,9 +239,7 @@ class RemoteSlot:
                 if cancel.is_set() and not cancelled:  # the runner stops at its next step
                     cancelled = True
                     self.runner.send({"op": "cancel", "id": call})
-                try:
-                    answer = answers.get(timeout=CANCEL_POLL_SECONDS)
-                except queue.Empty:
+                if (answer := self.runner.next_answer(answers)) is None:
                     continue
                 if "error" in answer:
                     ended = True
@@ -243,8 +260,10 @@ class RemoteSlot:
             if not ended:  # left early: stop it there, and wait until this slot is free
                 try:
                     self.runner.send({"op": "cancel", "id": call})
-                    while not (answer := answers.get()).get("end") and "error" not in answer:
-                        pass
+                    while True:
+                        answer = self.runner.next_answer(answers)
+                        if answer is not None and (answer.get("end") or "error" in answer):
+                            break
                 except InferenceError:
                     pass  # the runner is gone: nothing runs in this slot any more
             self.runner.done(call)

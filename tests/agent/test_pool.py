@@ -75,7 +75,7 @@ def test_least_recently_used_idle_model_is_evicted() -> None:
     """With room for two models, loading a third unloads the one used longest ago, and
     frees its memory (its backend is closed, on its own thread)."""
     backends: dict[str, Backend] = {}
-    pool, loaded = _pool(budget_mib=400, backends=backends)
+    pool, loaded = _pool(budget_mib=480, backends=backends)  # two of 209 MiB fit, not three
 
     async def scenario() -> list[str]:
         await _use(pool, "a", 100)

@@ -80,7 +80,7 @@ def db(database: Database) -> Database:
                     evaluation={"variant": variant, "perplexity": perplexity, "passed": True},
                 )
             )
-        for device_id, budget, machine in (("big", 4000, "x86_64"), ("small", 180, "aarch64")):
+        for device_id, budget, machine in (("big", 4000, "x86_64"), ("small", 220, "aarch64")):
             session.add(
                 Device(
                     device_id=device_id,
@@ -123,9 +123,9 @@ def test_variants_are_ordered_best_quality_first(db: Database) -> None:
     ("budget_mib", "disk_mib", "expected", "why"),
     [
         (4000, 10_000, "1.0.0+q8_0", "best quality that fits"),
-        # q8_0 needs 140 + 30 (KV) + 64 (overhead) MiB: 230 MiB leaves it out.
-        (230, 10_000, "1.0.0+q5_1", "best quality that fits"),
-        (190, 10_000, "1.0.0+q4_0", "best quality that fits"),
+        # q8_0 needs 140 + 30 (KV) + 64 (compute) + 40 (its runner) MiB: 270 leaves it out.
+        (270, 10_000, "1.0.0+q5_1", "best quality that fits"),
+        (230, 10_000, "1.0.0+q4_0", "best quality that fits"),
         # Nothing fits: the smallest goes, and the device's pre-flight names the reason.
         (100, 10_000, "1.0.0+q4_0", "no variant fits"),
         # Memory is ample but the disk is not: 140 MiB + 256 MiB reserve > 380 MiB free.
@@ -173,7 +173,7 @@ def test_a_device_whose_budget_shrinks_moves_to_a_smaller_variant(db: Database) 
     with db.session() as session:
         device = session.get(Device, "big")
         assert device is not None
-        device.resources = resources(190)
+        device.resources = resources(230)
         assignment = session.get(Assignment, ("big", "smollm2"))
         assert assignment is not None
         repick_variant(session, device, assignment)
