@@ -19,7 +19,6 @@ touched too: it is what `top` and the kernel's OOM killer see.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from edgefleet.bundled import bundled_model_path
 from edgefleet.gguf import read_gguf_file
 from edgefleet.memory import MIB, estimate_memory
-from tests.harness import Fleet, active_models, http_json, wait_for
+from tests.harness import Fleet, active_models, http_json, tree_rss_mib, wait_for
 
 IDLE_TARGET_MIB = 60
 RETURNED_WITHIN_MIB = 10
@@ -39,19 +38,6 @@ KEEP_ALIVE_SECONDS = 2
 N_CTX = 2048
 SETTLE_SECONDS = 3.0
 STAGES = ("idle", "after smoke", "loaded", "after eviction")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` and of every process under it, in MiB."""
-    total = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total = int(line.split()[1]) / 1024
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
-                total += rss_mib(int(child))
-    return total
 
 
 def one_run(root: Path) -> dict[str, float]:
@@ -68,20 +54,20 @@ def one_run(root: Path) -> dict[str, float]:
         pid = fleet.processes["agent-gw"].pid
         measured: dict[str, float] = {}
         time.sleep(SETTLE_SECONDS)
-        measured["idle"] = rss_mib(pid)
+        measured["idle"] = tree_rss_mib(pid)
 
         model = str(bundled_model_path())
         fleet.ctl("models", "publish", model, "--name", "smollm2", "--version", "1")
         fleet.ctl("rollout", "create", "smollm2@1", "--selector", "site=bench", "--yes")
         wait_for("the model active", lambda: active_models(api, token), 180)
         time.sleep(SETTLE_SECONDS)
-        measured["after smoke"] = rss_mib(pid)
+        measured["after smoke"] = tree_rss_mib(pid)
 
         body = {"model": "smollm2", "max_tokens": 16, "temperature": 0}
         body["messages"] = [{"role": "user", "content": "Say hello."}]
         http_json(f"http://{api}/v1/chat/completions", body, token=token)
         time.sleep(SETTLE_SECONDS)
-        measured["loaded"] = rss_mib(pid)
+        measured["loaded"] = tree_rss_mib(pid)
 
         # The pool's keep-alive job runs every 30 s; the model is idle after 2 s.
         wait_for(
@@ -90,7 +76,7 @@ def one_run(root: Path) -> dict[str, float]:
             90,
         )
         time.sleep(SETTLE_SECONDS)
-        measured["after eviction"] = rss_mib(pid)
+        measured["after eviction"] = tree_rss_mib(pid)
         return measured
     finally:
         fleet.stop_all()

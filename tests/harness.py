@@ -267,6 +267,20 @@ class Fleet:
         return list(json.loads(self.ctl("devices", "list", "--json", quiet=True).stdout))
 
 
+def tree_rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` and of every process under it (an agent and its model
+    runner), in MiB."""
+    total = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            total = int(line.split()[1]) / 1024
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
+                total += tree_rss_mib(int(child))
+    return total
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:

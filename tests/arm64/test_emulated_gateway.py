@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.bundled import bundled_model_path
-from tests.harness import Fleet, free_port, wait_for
+from tests.harness import Fleet, free_port, tree_rss_mib, wait_for
 
 ROOT = os.environ.get("EDGEFLEET_ARM64_ROOT", "")
 BUNDLE = os.environ.get("EDGEFLEET_ARM64_BUNDLE", "")
@@ -82,13 +82,6 @@ def _x86_answer(messages: list[dict[str, str]]) -> str:
     llm = llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=256, verbose=False)
     reply = llm.create_chat_completion(messages=messages, max_tokens=6, temperature=0)  # type: ignore[arg-type]
     return str(reply["choices"][0]["message"]["content"])
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_an_emulated_pi_installs_offline_enrolls_and_serves(gateway: Path, tmp_path: Path) -> None:
@@ -157,9 +150,10 @@ def test_an_emulated_pi_installs_offline_enrolls_and_serves(gateway: Path, tmp_p
         # texts part after about 14 tokens, never within the first few)
         reference = _x86_answer([{"role": "user", "content": "What is the capital of France?"}])
         assert text[:6] == reference[:6], (text, reference)
-        rss = _rss_mib(agent.pid)
+        rss = tree_rss_mib(agent.pid)
         print(f"uname -m: aarch64; the arm64 agent answered {text!r}; resident {rss:.0f} MiB "
-              "with the model loaded (under qemu-user, emulator included)")  # fmt: skip
+              "with the model loaded (the agent and its model runner, under qemu-user, the "
+              "emulator included)")  # fmt: skip
         device = fleet.devices()[0]["device_id"]
         export = tmp_path / "pi-audit.jsonl"
 
