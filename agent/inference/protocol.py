@@ -35,7 +35,10 @@ def read_frame(source: IO[bytes]) -> dict[str, Any] | None:
     body = source.read(length)
     if len(body) < length:
         return None
-    message = orjson.loads(body)
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise MalformedInputError(f"a runner frame that is not JSON ({e})") from None
     if not isinstance(message, dict):
         raise MalformedInputError("a runner frame that is not an object")
     return message
@@ -74,6 +77,23 @@ def piece_to_wire(piece: Piece) -> dict[str, Any]:
             for lp in piece.logprobs
         ],
     }
+
+
+def answer_from_wire(doc: dict[str, Any]) -> tuple[Piece, tuple[int, int, str, int]]:
+    """One token's answer from a runner: the piece and the running counts (prompt tokens,
+    completion tokens, finish reason, cached tokens); MalformedInputError if it is not."""
+    try:
+        piece = piece_from_wire(doc["piece"])
+        t = doc["totals"]
+        counts = (
+            int(t["prompt_tokens"]),
+            int(t["completion_tokens"]),
+            str(t["finish_reason"]),
+            int(t["cached_tokens"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise MalformedInputError(f"a runner answer that is not a token ({e!r})") from None
+    return piece, counts
 
 
 def piece_from_wire(doc: dict[str, Any]) -> Piece:

@@ -21,13 +21,13 @@ from edgefleet import errors
 from edgefleet.agent.inference.decoding import Piece
 from edgefleet.agent.inference.model_io import Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.protocol import (
+    answer_from_wire,
     params_to_wire,
-    piece_from_wire,
     prompt_to_wire,
     read_frame,
     write_frame,
 )
-from edgefleet.errors import EdgefleetError, InferenceError
+from edgefleet.errors import EdgefleetError, InferenceError, MalformedInputError
 
 log = structlog.get_logger("agent.runner")
 
@@ -247,12 +247,16 @@ class RemoteSlot:
                 if answer.get("end"):
                     ended = True
                     return
-                piece = piece_from_wire(answer["piece"])
-                counts = answer["totals"]
-                totals.prompt_tokens = int(counts["prompt_tokens"])
-                totals.completion_tokens = int(counts["completion_tokens"])
-                totals.finish_reason = str(counts["finish_reason"])
-                totals.cached_tokens = int(counts["cached_tokens"])
+                try:
+                    piece, counts = answer_from_wire(answer)
+                except MalformedInputError as e:  # the runner's fault, not the caller's
+                    raise InferenceError(f"{self.runner.name}: {e}") from None
+                (
+                    totals.prompt_tokens,
+                    totals.completion_tokens,
+                    totals.finish_reason,
+                    totals.cached_tokens,
+                ) = counts
                 totals.text += piece.text
                 totals.logprobs.extend(piece.logprobs)
                 yield piece, totals

@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from edgefleet import serde
+from edgefleet.agent.inference.decoding import Piece, TokenLogprob
+from edgefleet.agent.inference.protocol import piece_to_wire, write_frame
 from edgefleet.audit import GENESIS_HASH, AuditEvent, encode_record, record_hash
 from edgefleet.audit_export import build_export
 from edgefleet.bundle import BundleHeader, write_bundle
@@ -86,4 +88,19 @@ def build() -> dict[str, list[bytes]]:
         ],
         "request_body": [json.dumps(chat).encode(), b'{"model": "m", "prompt": ["x"]}'],
         "bundle": [out.getvalue()],
+        "runner_frames": [_runner_frames()],
     }
+
+
+def _runner_frames() -> bytes:
+    """A runner's answers to one generation: a token with its logprobs, then the end."""
+    out = io.BytesIO()
+    piece = Piece(
+        "Hi", [TokenLogprob("Hi", b"Hi", -0.1, (("Hi", b"Hi", -0.1), ("Ho", b"Ho", -2.5)))]
+    )
+    totals = {"prompt_tokens": 5, "completion_tokens": 1, "finish_reason": "length"}
+    write_frame(
+        out, {"id": 1, "piece": piece_to_wire(piece), "totals": {**totals, "cached_tokens": 0}}
+    )
+    write_frame(out, {"id": 1, "end": True})
+    return out.getvalue()

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from edgefleet import serde
 from edgefleet.agent.inference.api_errors import ApiError
+from edgefleet.agent.inference.protocol import answer_from_wire, read_frame
 from edgefleet.agent.inference.requests import parse_request
 from edgefleet.audit import parse_record
 from edgefleet.audit_export import verify_export
@@ -135,6 +136,16 @@ async def _drain(opened: BundleFile, sha256: str) -> None:
         pass
 
 
+def runner_frames(data: bytes) -> None:
+    """What a model runner sends the agent (a runner a hostile model took over may send
+    anything): frames, and each token's answer in them."""
+    stream = io.BytesIO(data)
+    with contextlib.suppress(UntrustedInputError):
+        while (message := read_frame(stream)) is not None:
+            if "piece" in message:
+                answer_from_wire(message)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "gguf": gguf,
     "status_report": status_report,
@@ -144,4 +155,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "signed_metadata": signed_metadata,
     "request_body": request_body,
     "bundle": bundle,
+    "runner_frames": runner_frames,
 }
