@@ -72,11 +72,10 @@ class OutputAssembler:
         entry = None if logprob is None else TokenLogprob(piece, raw, logprob, top)
         self._pending.append((piece, entry))
         held = "".join(p for p, _ in self._pending)
-        for stop in self.stop:
-            at = held.find(stop)
-            if at >= 0:
-                self.stopped = True
-                return self._release(at, final=True)
+        found = [at for at in (held.find(stop) for stop in self.stop) if at >= 0]
+        if found:  # the earliest stop string ends the text, whichever is listed first
+            self.stopped = True
+            return self._release(min(found), final=True)
         return self._release(len(held) - self._stop_prefix_len(held), final=False)
 
     def finish(self) -> Piece:
