@@ -10,9 +10,8 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import delete, func, select
 
-from edgefleet.agent.app.database import AgentDatabase, AuditRow, CheckpointRow
+from edgefleet.agent.app.database import AgentDatabase
 from edgefleet.audit import (
     GENESIS_HASH,
     AuditEvent,
@@ -30,6 +29,8 @@ ACKED_KEY = "audit_acked_seq"
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0
 log = structlog.get_logger("edgefleet.agent.audit")
 INSERT_RECORD = "INSERT INTO audit (seq, canonical, record_sha256) VALUES (?, ?, ?)"
+HEAD = "SELECT seq, record_sha256 FROM audit ORDER BY seq DESC LIMIT 1"
+MAX_SEQ = (1 << 63) - 1  # SQLite's largest integer: "no upper bound"
 
 
 Outcome = int | BaseException
@@ -150,10 +151,8 @@ class AuditLog:
         with self.db.session() as session:
             # Read the head inside the write transaction every batch: a command-line process
             # (`models import`, `tokens create`) may have appended since the last one.
-            last = session.execute(
-                select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
-            ).scalar_one_or_none()
-            seq, prev = (last.seq, last.record_sha256) if last else (0, GENESIS_HASH)
+            last = session.execute(HEAD).fetchone()
+            seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
             now = format_time(datetime.now(UTC))
             rows: list[tuple[int, bytes, str]] = []
             outcomes: list[Outcome] = []
@@ -169,16 +168,14 @@ class AuditLog:
                 seq, prev = seq + 1, record_hash(canonical)
                 rows.append((seq, canonical, prev))
                 outcomes.append(seq)
-            if rows:  # plain DB-API executemany: this is the hot path of every request
-                session.connection().exec_driver_sql(INSERT_RECORD, rows)
+            if rows:  # one executemany: this is the hot path of every request
+                session.executemany(INSERT_RECORD, rows)
         return outcomes
 
     def head_seq(self) -> int:
         """The highest sequence number written."""
         with self.db.session() as session:
-            return int(
-                session.execute(select(func.coalesce(func.max(AuditRow.seq), 0))).scalar_one()
-            )
+            return int(session.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0])
 
     def acked_seq(self) -> int:
         """The highest sequence number the controller has acknowledged."""
@@ -200,10 +197,10 @@ class AuditLog:
         batch: list[tuple[int, bytes]] = []
         size = 0
         with self.db.session() as session:
-            query = select(AuditRow.seq, AuditRow.canonical).where(AuditRow.seq > after)
-            if through is not None:
-                query = query.where(AuditRow.seq <= through)
-            rows = session.execute(query.order_by(AuditRow.seq).limit(limit))
+            rows = session.execute(
+                "SELECT seq, canonical FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after, through if through is not None else MAX_SEQ, limit),
+            )
             for seq, canonical in rows:
                 size += len(canonical)
                 if batch and size > max_bytes:
@@ -214,8 +211,8 @@ class AuditLog:
     def all_records(self) -> list[bytes]:
         """Every record, verbatim, oldest first."""
         with self.db.session() as session:
-            rows = session.execute(select(AuditRow).order_by(AuditRow.seq)).scalars()
-            return [row.canonical for row in rows]
+            rows = session.execute("SELECT canonical FROM audit ORDER BY seq").fetchall()
+            return [bytes(canonical) for (canonical,) in rows]
 
     # --- retention --------------------------------------------------------------------
     def prune_acknowledged(self, keep: int) -> int:
@@ -225,14 +222,15 @@ class AuditLog:
         if cutoff < 1:
             return 0
         with self.db.session() as session:
-            result = session.execute(delete(AuditRow).where(AuditRow.seq <= cutoff))
-            return int(getattr(result, "rowcount", 0) or 0)
+            return session.execute("DELETE FROM audit WHERE seq <= ?", (cutoff,)).rowcount
 
     def record_hash_at(self, seq: int) -> str | None:
         """The stored hash of record ``seq`` (None if absent)."""
         with self.db.session() as session:
-            row = session.get(AuditRow, seq)
-            return row.record_sha256 if row is not None else None
+            row = session.execute(
+                "SELECT record_sha256 FROM audit WHERE seq = ?", (seq,)
+            ).fetchone()
+            return str(row[0]) if row is not None else None
 
     def unacknowledged(self) -> int:
         """Records written but not yet acknowledged by the controller."""
@@ -244,43 +242,45 @@ class AuditLog:
     ) -> Envelope | None:
         """Sign the chain's head when ``every`` records or ``interval_seconds`` have passed."""
         with self.db.session() as session:
-            head = session.execute(
-                select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
-            ).scalar_one_or_none()
+            head = session.execute(HEAD).fetchone()
             last = session.execute(
-                select(CheckpointRow).order_by(CheckpointRow.seq.desc()).limit(1)
-            ).scalar_one_or_none()
-            if head is None or (last is not None and last.seq >= head.seq):
+                "SELECT seq, envelope FROM checkpoints ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if head is None or (last is not None and last[0] >= head[0]):
                 return None
-            last_time = _checkpoint_time(last) if last is not None else None
+            head_seq, head_hash = int(head[0]), str(head[1])
+            last_time = _checkpoint_time(last[1]) if last is not None else None
             elapsed = (datetime.now(UTC) - last_time).total_seconds() if last_time else None
             if (
                 last is not None
-                and head.seq - last.seq < every
+                and head_seq - last[0] < every
                 and (elapsed or 0) < interval_seconds
             ):
                 return None
             checkpoint = Checkpoint(
-                self.device_id, head.seq, head.record_sha256, format_time(datetime.now(UTC))
+                self.device_id, head_seq, head_hash, format_time(datetime.now(UTC))
             )
             envelope = sign_checkpoint(checkpoint, key)
-            session.add(CheckpointRow(seq=head.seq, envelope=envelope.to_json()))
+            session.execute(
+                "INSERT INTO checkpoints (seq, envelope) VALUES (?, ?)",
+                (head_seq, envelope.to_json()),
+            )
             return envelope
 
     def last_checkpoint_seq(self) -> int:
         """The record the newest checkpoint covers (0 before the first)."""
         with self.db.session() as session:
-            return int(session.execute(select(func.max(CheckpointRow.seq))).scalar_one() or 0)
+            return int(session.execute("SELECT max(seq) FROM checkpoints").fetchone()[0] or 0)
 
     def checkpoints_after(self, seq: int) -> list[Envelope]:
         """Signed checkpoints of records after ``seq`` (not yet acknowledged), oldest first."""
         with self.db.session() as session:
             rows = session.execute(
-                select(CheckpointRow).where(CheckpointRow.seq > seq).order_by(CheckpointRow.seq)
-            ).scalars()
-            return [Envelope.from_json(row.envelope) for row in rows]
+                "SELECT envelope FROM checkpoints WHERE seq > ? ORDER BY seq", (seq,)
+            ).fetchall()
+            return [Envelope.from_json(envelope) for (envelope,) in rows]
 
 
-def _checkpoint_time(row: CheckpointRow) -> datetime:
-    payload = Envelope.from_json(row.envelope).payload
+def _checkpoint_time(envelope: bytes) -> datetime:
+    payload = Envelope.from_json(envelope).payload
     return parse_time(Checkpoint.from_payload(payload).time, "checkpoint time")

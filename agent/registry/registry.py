@@ -8,12 +8,11 @@ one (A/B). Every change is audited.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
-
-from edgefleet.agent.app.database import ActiveRow, AgentDatabase, InstalledRow, TrustRow
+from edgefleet.agent.app.database import AgentDatabase, timestamp
 from edgefleet.agent.audit.log import AuditLog
 from edgefleet.agent.registry.blobs import BlobStore
 from edgefleet.agent.registry.integrity import Integrity, check_blob
@@ -25,6 +24,12 @@ from edgefleet.trust.metadata import ModelManifest
 from edgefleet.trust.verifier import TrustedState
 
 HOLD_BACK_PREFIX = "held_back:"
+SAVE_TRUST = "INSERT OR REPLACE INTO trust (name, envelopes) VALUES (?, ?)"
+SELECT_INSTALLED = "SELECT name, version, sha256, length, manifest FROM installed"
+SET_ACTIVE = (
+    "INSERT OR REPLACE INTO active (name, version, previous_version, activated_at) "
+    "VALUES (?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -55,23 +60,19 @@ class Registry:
     def save_trust(self, state: TrustedState) -> None:
         """Persist the verified root chain and targets, exactly as received."""
         with self.db.session() as session:
-            session.merge(
-                TrustRow(name="root", envelopes=_encode_envelopes(list(state.root_chain)))
-            )
+            session.execute(SAVE_TRUST, ("root", _encode_envelopes(list(state.root_chain))))
             for name, envelope in (
                 ("timestamp", state.timestamp_envelope),
                 ("targets", state.targets_envelope),
                 ("policy", state.policy_envelope),
             ):
                 if envelope is not None:
-                    session.merge(TrustRow(name=name, envelopes=_encode_envelopes([envelope])))
+                    session.execute(SAVE_TRUST, (name, _encode_envelopes([envelope])))
 
     def load_trust(self, fingerprint: str) -> TrustedState:
         """Re-verify stored metadata from the pinned fingerprint (no expiry: offline-first)."""
         with self.db.session() as session:
-            stored = {
-                row.name: row.envelopes for row in session.execute(select(TrustRow)).scalars()
-            }
+            stored = dict(session.execute("SELECT name, envelopes FROM trust").fetchall())
         if "root" not in stored:
             raise StorageError("no trusted root is stored: enroll the device first")
         state = TrustedState.bootstrap(fingerprint, _decode_envelopes(stored["root"]), now=_epoch())
@@ -89,22 +90,28 @@ class Registry:
     def is_installed(self, manifest: ModelManifest) -> bool:
         """Tell whether this exact manifest is installed with its blob present."""
         with self.db.session() as session:
-            row = session.get(InstalledRow, (manifest.name, manifest.version))
-            found = row is not None and row.sha256 == manifest.sha256
+            row = session.execute(
+                "SELECT sha256 FROM installed WHERE name = ? AND version = ?",
+                (manifest.name, manifest.version),
+            ).fetchone()
+            found = row is not None and row[0] == manifest.sha256
         return found and self.blobs.has(manifest.sha256, manifest.length)
 
     def record_installed(self, manifest: ModelManifest) -> None:
         """Record a version whose blob was verified and committed."""
         with self.db.session() as session:
-            session.merge(
-                InstalledRow(
-                    name=manifest.name,
-                    version=manifest.version,
-                    sha256=manifest.sha256,
-                    length=manifest.length,
-                    manifest=json.dumps(manifest.to_dict()).encode(),
-                    installed_at=datetime.now(UTC),
-                )
+            session.execute(
+                "INSERT OR REPLACE INTO installed "
+                "(name, version, sha256, length, manifest, installed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    manifest.name,
+                    manifest.version,
+                    manifest.sha256,
+                    manifest.length,
+                    json.dumps(manifest.to_dict()).encode(),
+                    timestamp(datetime.now(UTC)),
+                ),
             )
         self.audit.append(
             AuditEvent(
@@ -119,19 +126,15 @@ class Registry:
     def activate(self, manifest: ModelManifest) -> None:
         """Make an installed version the active one, keeping the previous version."""
         with self.db.session() as session:
-            if session.get(InstalledRow, (manifest.name, manifest.version)) is None:
+            if _installed(session, manifest.name, manifest.version) is None:
                 raise NotFoundError(f"{manifest.ref} is not installed")
-            current = session.get(ActiveRow, manifest.name)
-            previous = current.version if current else None
+            current = _active(session, manifest.name)
+            previous = current[0] if current else None
             if previous == manifest.version:
                 return
-            session.merge(
-                ActiveRow(
-                    name=manifest.name,
-                    version=manifest.version,
-                    previous_version=previous,
-                    activated_at=datetime.now(UTC),
-                )
+            session.execute(
+                SET_ACTIVE,
+                (manifest.name, manifest.version, previous, timestamp(datetime.now(UTC))),
             )
         self.audit.append(
             AuditEvent(
@@ -146,43 +149,39 @@ class Registry:
     def active_version(self, name: str) -> str | None:
         """The active version of ``name``, if any."""
         with self.db.session() as session:
-            row = session.get(ActiveRow, name)
-            return row.version if row else None
+            row = _active(session, name)
+            return str(row[0]) if row else None
 
     def active_models(self) -> list[ActiveModel]:
         """Every active model with the path of its verified blob."""
         with self.db.session() as session:
             rows = session.execute(
-                select(InstalledRow)
-                .join(
-                    ActiveRow,
-                    (ActiveRow.name == InstalledRow.name)
-                    & (ActiveRow.version == InstalledRow.version),
-                )
-                .order_by(InstalledRow.name)
-            ).scalars()
-            manifests = [ModelManifest.from_dict(json.loads(r.manifest)) for r in rows]
+                "SELECT installed.manifest FROM installed JOIN active ON "
+                "active.name = installed.name AND active.version = installed.version "
+                "ORDER BY installed.name"
+            ).fetchall()
+            manifests = [ModelManifest.from_dict(json.loads(manifest)) for (manifest,) in rows]
         return [ActiveModel(m, str(self.blobs.path_of(m.sha256))) for m in manifests]
 
     def installed(self) -> list[InstalledModel]:
         """Every installed version, flagged when active."""
         with self.db.session() as session:
-            active = {r.name: r.version for r in session.execute(select(ActiveRow)).scalars()}
+            active = dict(session.execute("SELECT name, version FROM active").fetchall())
             rows = session.execute(
-                select(InstalledRow).order_by(InstalledRow.name, InstalledRow.version)
-            ).scalars()
+                "SELECT name, version, sha256 FROM installed ORDER BY name, version"
+            ).fetchall()
             return [
-                InstalledModel(r.name, r.version, r.sha256, active.get(r.name) == r.version)
-                for r in rows
+                InstalledModel(name, version, sha256, active.get(name) == version)
+                for name, version, sha256 in rows
             ]
 
     def manifests(self) -> list[ModelManifest]:
         """The manifest of every installed version."""
         with self.db.session() as session:
             rows = session.execute(
-                select(InstalledRow).order_by(InstalledRow.name, InstalledRow.version)
-            ).scalars()
-            return [ModelManifest.from_dict(json.loads(r.manifest)) for r in rows]
+                "SELECT manifest FROM installed ORDER BY name, version"
+            ).fetchall()
+            return [ModelManifest.from_dict(json.loads(manifest)) for (manifest,) in rows]
 
     # --- integrity --------------------------------------------------------------------
     def verify(self, manifest: ModelManifest, mode: str, sample: int = 8) -> Integrity:
@@ -228,24 +227,16 @@ class Registry:
         the controller assigns another version.
         """
         with self.db.session() as session:
-            current = session.get(ActiveRow, name)
+            current = _active(session, name)
             if current is None:
                 raise NotFoundError(f"no version of {name} is active")
-            previous = current.previous_version
+            rolled_back, previous = current
             if previous is None:
                 raise ConflictError(f"{name} has no previous version to roll back to")
-            row = session.get(InstalledRow, (name, previous))
+            row = _installed(session, name, previous)
             if row is None or not self.blobs.has(row.sha256, row.length):
                 raise ConflictError(f"{name}@{previous} is no longer installed intact")
-            rolled_back = current.version
-            session.merge(
-                ActiveRow(
-                    name=name,
-                    version=previous,
-                    previous_version=rolled_back,
-                    activated_at=datetime.now(UTC),
-                )
-            )
+            session.execute(SET_ACTIVE, (name, previous, rolled_back, timestamp(datetime.now(UTC))))
         self.db.set_state(HOLD_BACK_PREFIX + name, rolled_back)
         self.audit.append(
             AuditEvent(
@@ -262,28 +253,32 @@ class Registry:
         Return what was removed; each removal is audited."""
         removed: list[tuple[str, str, bool, str | None]] = []
         with self.db.session() as session:
-            rows = list(session.execute(select(InstalledRow)).scalars())
+            rows = [_Installed(*r) for r in session.execute(SELECT_INSTALLED).fetchall()]
             for row in rows:
                 if f"{row.name}@{row.version}" in listed:
                     continue
-                active = session.get(ActiveRow, row.name)
-                was_active = active is not None and active.version == row.version
+                active = _active(session, row.name)
+                was_active = active is not None and active[0] == row.version
                 fallback = None
                 if active is not None and was_active:
-                    previous = active.previous_version
+                    previous = active[1]
                     if (
                         previous
                         and f"{row.name}@{previous}" in listed
-                        and session.get(InstalledRow, (row.name, previous)) is not None
+                        and _installed(session, row.name, previous) is not None
                     ):
-                        active.version, active.previous_version = previous, None
-                        active.activated_at = datetime.now(UTC)
+                        now = timestamp(datetime.now(UTC))
+                        session.execute(SET_ACTIVE, (row.name, previous, None, now))
                         fallback = previous
                     else:
-                        session.delete(active)
-                elif active is not None and active.previous_version == row.version:
-                    active.previous_version = None
-                session.delete(row)
+                        session.execute("DELETE FROM active WHERE name = ?", (row.name,))
+                elif active is not None and active[1] == row.version:
+                    session.execute(
+                        "UPDATE active SET previous_version = NULL WHERE name = ?", (row.name,)
+                    )
+                session.execute(
+                    "DELETE FROM installed WHERE name = ? AND version = ?", (row.name, row.version)
+                )
                 removed.append((row.name, row.version, was_active, fallback))
             dropped = {(name, version) for name, version, _, _ in removed}
             still_used = set().union(
@@ -317,7 +312,34 @@ class Registry:
         self.db.set_state(HOLD_BACK_PREFIX + name, "")
 
 
-def _blobs_of(row: InstalledRow) -> set[str]:
+@dataclass(frozen=True)
+class _Installed:
+    """A row of the ``installed`` table."""
+
+    name: str
+    version: str
+    sha256: str
+    length: int
+    manifest: bytes
+
+
+def _installed(session: sqlite3.Connection, name: str, version: str) -> _Installed | None:
+    row = session.execute(
+        SELECT_INSTALLED + " WHERE name = ? AND version = ?",
+        (name, version),
+    ).fetchone()
+    return _Installed(*row) if row is not None else None
+
+
+def _active(session: sqlite3.Connection, name: str) -> tuple[str, str | None] | None:
+    """(version, previous version) of the active row of ``name``."""
+    row = session.execute(
+        "SELECT version, previous_version FROM active WHERE name = ?", (name,)
+    ).fetchone()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _blobs_of(row: _Installed) -> set[str]:
     """The blobs an installed version stands on: the model and its chunk index."""
     manifest = ModelManifest.from_dict(json.loads(row.manifest))
     return {manifest.sha256, manifest.chunks_sha256} - {""}
