@@ -7,7 +7,8 @@ Same model, threads and max_tokens for the three paths, levels and rounds interl
           has no parallel decoding (one `Llama` behind a lock; its docs offer none), so N
           requests are served one after another;
   (b)     the ceiling: the same model decoding N sequences in one batch, in process, with
-          llama.cpp's low-level API (llama_batch, llama_decode, a greedy sampler).
+          llama.cpp's low-level API (llama_batch, llama_decode, a greedy sampler), from
+          the same prompt tokens the servers evaluate (the GGUF's chat template applied).
 Aggregate tokens/s = N x max_tokens / (time from sending the N requests to the last
 token). Also: the batching gain (b at N)/(b at 1) — what this machine gives batching at
 all (a 2-vCPU VM little; a Raspberry Pi 5, bound by memory bandwidth, several-fold) —
@@ -111,7 +112,7 @@ def in_process_batched(threads: int, n_ctx: int, max_tokens: int) -> Callable[[i
     batch: Any = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
     greedy = llama_cpp.llama_sampler_init_greedy()
     memory = llama_cpp.llama_get_memory(ctx.ctx)
-    prompts = [list(model.tokenize(prompt(i).encode(), True, False)) for i in range(max(LEVELS))]
+    prompts = [templated_tokens(model, prompt(i)) for i in range(max(LEVELS))]
 
     def add(token: int, pos: int, seq: int, logits: bool) -> int:
         b = batch.batch
@@ -141,6 +142,22 @@ def in_process_batched(threads: int, n_ctx: int, max_tokens: int) -> Callable[[i
         return Level(n * max_tokens, time.perf_counter() - started)
 
     return level
+
+
+def templated_tokens(model: Any, text: str) -> list[int]:
+    """The tokens the agent and llama_cpp.server evaluate for one user message: the GGUF's
+    chat template applied (the raw text would be a quarter as long, and the ceiling would
+    read shorter prompts than the servers it bounds)."""
+    from llama_cpp import llama_chat_format
+
+    eos, bos = model.token_eos(), model.token_bos()
+    formatter = llama_chat_format.Jinja2ChatFormatter(
+        template=model.metadata()["tokenizer.chat_template"],
+        eos_token=model.token_get_text(eos) if eos != -1 else "",
+        bos_token=model.token_get_text(bos) if bos != -1 else "",
+    )
+    rendered = formatter(messages=[{"role": "user", "content": text}])
+    return list(model.tokenize(rendered.prompt.encode(), not rendered.added_special, True))
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -14,6 +14,10 @@ idle; loaded ≤ weights + KV cache + 40 MB over idle (what the model adds: its 
 KV cache, and at most 40 MB for compute buffers and the libraries it loads). Medians of
 --runs runs (each a fresh agent). RSS counts the pages of shared libraries the agent
 touched too: it is what `top` and the kernel's OOM killer see.
+
+It also prints the floor under the idle figure: the same interpreter with the libraries
+the agent holds resident imported (gRPC, aiohttp, cryptography, structlog, APScheduler,
+prometheus_client, …) and none of the agent's code.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +43,45 @@ KEEP_ALIVE_SECONDS = 2
 N_CTX = 2048
 SETTLE_SECONDS = 3.0
 STAGES = ("idle", "after smoke", "loaded", "after eviction")
+# What the idle agent holds imported, its own code aside: the floor under its idle RSS.
+RESIDENT_LIBRARIES = (
+    "asyncio",
+    "sqlite3",
+    "structlog",
+    "aiohttp.web",
+    "grpc.aio",
+    "google.protobuf",
+    "cryptography.x509",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "apscheduler.schedulers.asyncio",
+    "prometheus_client",
+    "orjson",
+    "rfc8785",
+)
+FLOOR_SCRIPT = """
+import importlib, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+bare = rss()
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(bare, rss())
+"""
+
+
+def library_floor() -> tuple[float, float]:
+    """RSS (MiB) of this interpreter bare, and with the agent's resident libraries
+    imported and nothing else: what no change to the agent's own code can go under."""
+    result = subprocess.run(
+        [sys.executable, "-c", FLOOR_SCRIPT, *RESIDENT_LIBRARIES],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    bare, libraries = result.stdout.split()
+    return float(bare), float(libraries)
 
 
 def one_run(root: Path) -> dict[str, float]:
@@ -107,9 +151,21 @@ def main() -> int:
     }
     if args.json:
         print(
-            json.dumps({"runs": runs, "median_mib": median, "estimate_mib": estimate.total / MIB})
+            json.dumps(
+                {
+                    "runs": runs,
+                    "median_mib": median,
+                    "estimate_mib": estimate.total / MIB,
+                    "library_floor_mib": library_floor()[1],
+                }
+            )
         )
+    bare, libraries = library_floor()
     print(f"agent RSS in MiB, median of {args.runs} runs; the pool's estimate: {estimate}")
+    print(
+        f"floor: a bare interpreter {bare:.0f}; with the libraries the agent holds resident "
+        f"and none of its code {libraries:.0f} ({', '.join(RESIDENT_LIBRARIES)})"
+    )
     print(f"{'stage':<16}{'RSS':>8}{'target ≤':>10}")
     failed = False
     for stage, (value, limit) in checks.items():
