@@ -172,7 +172,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=AgentConfig(data_dir=Path(".")).n_threads)
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(
         f"model {bundled_model_path().name}, threads {args.threads}, n_ctx {args.n_ctx} per "
