@@ -74,6 +74,11 @@ class AgentConfig:
     n_parallel: int = 1
     keep_alive_seconds: int = 300
     max_queued_requests: int = 16
+    # A model runner with requests in flight that sends nothing for this long (a decode
+    # that never returns: a hostile model, a wedged llama.cpp) is killed and its requests
+    # fail; the next request starts a new one. Longer than the slowest legitimate step
+    # (a 512-token prompt chunk of the largest model on the slowest board).
+    runner_stall_seconds: int = 300
     # Bearer tokens and RBAC on the local API; off is allowed on loopback only.
     api_auth: bool = True
     # With api_auth off, browser pages may call the API only from these origins
@@ -153,6 +158,7 @@ class AgentConfig:
             "n_parallel",
             "keep_alive_seconds",
             "max_queued_requests",
+            "runner_stall_seconds",
             "audit_checkpoint_every",
             "audit_checkpoint_seconds",
             "audit_keep_acknowledged",

@@ -147,7 +147,11 @@ def _model_pool(config: AgentConfig, state: LocalState) -> ModelPool:
         # agent, a crash takes the runner only, and an unloaded model's runner exits.
         from edgefleet.agent.inference.remote import load_runner_slots
 
-        return list(load_runner_slots(path, config.n_ctx, slots, config.n_threads))
+        return list(
+            load_runner_slots(
+                path, config.n_ctx, slots, config.n_threads, config.runner_stall_seconds
+            )
+        )
 
     def verify_before_load(manifest: ModelManifest) -> None:
         result = state.registry.verify(

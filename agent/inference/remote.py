@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,22 @@ log = structlog.get_logger("agent.runner")
 LOAD_TIMEOUT_SECONDS = 600.0
 EXIT_WAIT_SECONDS = 10.0
 CANCEL_POLL_SECONDS = 0.1
+STALL_SECONDS = 300.0  # the agent's `runner_stall_seconds` default
 
 
 class RunnerProcess:
     """One model runner: started loaded, then serving calls until closed or dead."""
 
-    def __init__(self, path: Path, n_ctx: int, slots: int, n_threads: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        n_ctx: int,
+        slots: int,
+        n_threads: int,
+        stall_seconds: float = STALL_SECONDS,
+    ) -> None:
         self.name = path.name
+        self.stall_seconds = stall_seconds
         command = [sys.executable, "-m", "edgefleet.agent.inference.runner", str(path)]
         command += [str(n_ctx), str(slots), str(n_threads)]
         self.process = subprocess.Popen(
@@ -55,6 +65,7 @@ class RunnerProcess:
         self._said: collections.deque[str] = collections.deque(maxlen=20)  # its stderr
         self._ready: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.dead: str = ""  # why it is gone, once it is
+        self._heard = time.monotonic()  # when it last sent a frame (or was first asked)
         self._open_slots = slots
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
@@ -81,6 +92,7 @@ class RunnerProcess:
         first = True
         try:
             while (message := read_frame(self.process.stdout)) is not None:
+                self._heard = time.monotonic()
                 if first:
                     self._ready.put(message)
                     first = False
@@ -115,6 +127,8 @@ class RunnerProcess:
             raise InferenceError(self.dead)
         call = next(self._ids)
         answers: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        if not self._calls:  # nothing was in flight: its silence until now was not a stall
+            self._heard = time.monotonic()
         self._calls[call] = answers
         try:
             self.send({**message, "id": call})
@@ -131,7 +145,24 @@ class RunnerProcess:
         except queue.Empty:
             if self.dead and self.process.poll() is not None:
                 return {"error": self.dead, "kind": "InferenceError"}
+            self._kill_if_stalled()
             return None
+
+    def _kill_if_stalled(self) -> None:
+        """Calls are waiting and the runner has said nothing for ``stall_seconds``: its
+        decode never returned. Kill it; the reader then fails every call with why."""
+        silent = time.monotonic() - self._heard
+        if silent < self.stall_seconds or self.process.poll() is not None:
+            return
+        with self._send_lock:
+            if self.dead:
+                return
+            self.dead = (
+                f"{self.name}: the model runner sent nothing for {silent:.0f} s with "
+                "requests in flight and was stopped"
+            )
+        log.error("runner.stalled", model=self.name, pid=self.process.pid, seconds=round(silent))
+        self._kill()
 
     def done(self, call: int) -> None:
         self._calls.pop(call, None)
@@ -280,6 +311,8 @@ class RemoteSlot:
         return self.runner.dead
 
 
-def load_runner_slots(path: Path, n_ctx: int, slots: int, n_threads: int) -> list[RemoteSlot]:
+def load_runner_slots(
+    path: Path, n_ctx: int, slots: int, n_threads: int, stall_seconds: float = STALL_SECONDS
+) -> list[RemoteSlot]:
     """The pool's factory: the model loaded in its own runner process, ``slots`` sequences."""
-    return RunnerProcess(path, n_ctx, slots, n_threads).slots
+    return RunnerProcess(path, n_ctx, slots, n_threads, stall_seconds).slots

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,40 @@ def test_a_crash_ends_the_runner_and_its_requests_not_the_agent() -> None:
     finally:
         pool.close()
     assert "crashed its model runner (SIGSEGV)" in reason
+    assert second != first and text
+
+
+@pytest.mark.model
+def test_a_runner_that_stops_answering_is_stopped_and_the_next_request_gets_a_new_one() -> None:
+    """A decode that never returns (here the runner is frozen with SIGSTOP mid-stream)
+    would hold its slot, and every request after it, for ever: after the stall limit the
+    agent kills the runner, the request fails saying so, and the next one loads anew."""
+    path = bundled_model_path()
+    model = manifest("m", "1", sha="a" * 64, length=path.stat().st_size)
+    settings = PoolSettings(4096 * MIB, context=1024, slots=2, keep_alive_seconds=0, max_queued=8)
+    pool = ModelPool(lambda p, n: list(load_runner_slots(p, 1024, n, 2, 1.5)), settings)
+
+    async def main() -> tuple[str, float, int, int, str]:
+        async with pool.slot(model, path) as worker:
+            first = worker.backend.runner.process  # type: ignore[attr-defined]
+            stream = worker.stream(Prompt(text="Count: 1, 2, 3,"), SamplingParams(max_tokens=400))
+            with pytest.raises(InferenceError) as stalled:
+                async for _ in stream:
+                    if first.poll() is None:
+                        os.kill(first.pid, signal.SIGSTOP)
+                        frozen_at = asyncio.get_running_loop().time()
+            waited = asyncio.get_running_loop().time() - frozen_at
+        async with pool.slot(model, path) as worker:
+            second = worker.backend.runner.process.pid  # type: ignore[attr-defined]
+            result = await worker.complete(Prompt(text="Once upon a time"), GREEDY)
+        return str(stalled.value), waited, first.pid, second, result.text
+
+    try:
+        reason, waited, first, second, text = asyncio.run(main())
+    finally:
+        pool.close()
+    assert re.search(r"sent nothing for \d+ s with requests in flight and was stopped", reason)
+    assert 1.5 <= waited < 10
     assert second != first and text
 
 
