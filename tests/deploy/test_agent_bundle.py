@@ -96,13 +96,16 @@ def test_a_signed_bundle_installs_with_no_network(built: Path, tmp_path: Path) -
         ).returncode
         == 0
     )
+    # The gateway's install holds llama.cpp and none of the controller's stack (SQLAlchemy
+    # included: the agent's database is on sqlite3), and the running agent's modules load.
     probe = (
-        "import importlib.util as u; "
-        "print(u.find_spec('llama_cpp') is not None, u.find_spec('alembic') is None)"
+        "import importlib.util as u; import edgefleet.agent.app.service; "
+        "print(u.find_spec('llama_cpp') is not None, "
+        "*(u.find_spec(m) is None for m in ('alembic', 'sqlalchemy', 'psycopg')))"
     )
     assert subprocess.run(
         [str(agent / "python"), "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.split() == ["True", "True"]
+    ).stdout.split() == ["True", "True", "True", "True"]
 
 
 def _refused(site: Path, fingerprint: str, prefix: Path, reason: str) -> None:
