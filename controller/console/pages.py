@@ -252,10 +252,14 @@ class Pages:
             self._call(self.client.model_report, name),
             self._call(self.client.list_models, name),
         )
-        where = {}
-        for entry in entries:
-            shown = await self._call(self.client.list_models, name, entry.version)
-            where[entry.version] = shown[0] if shown else entry
+        # the devices running each version: one call per version, made at once
+        shown = await asyncio.gather(
+            *(self._call(self.client.list_models, name, entry.version) for entry in entries)
+        )
+        where = {
+            entry.version: found[0] if found else entry
+            for entry, found in zip(entries, shown, strict=True)
+        }
         return self._page(
             request,
             "model.html",
