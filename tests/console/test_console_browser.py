@@ -79,10 +79,18 @@ def _login(driver: WebDriver, running: Console) -> None:
 
 
 def _text(driver: WebDriver, css: str) -> str:
+    """The first match's text ('' if none); read again when the page swapped its live part
+    (every 3 s) or reloaded between finding the element and reading it."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    for _ in range(10):
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return str(found[0].text) if found else ""
+        except StaleElementReferenceException:
+            continue
+    return ""
 
 
 def _device_id(fleet: Fleet, name: str) -> str:
