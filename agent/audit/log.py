@@ -225,7 +225,10 @@ class AuditLog:
             return session.execute("DELETE FROM audit WHERE seq <= ?", (cutoff,)).rowcount
 
     def record_hash_at(self, seq: int) -> str | None:
-        """The stored hash of record ``seq`` (None if absent)."""
+        """The stored hash of record ``seq`` (None if absent — also for a number no record
+        can have: the controller's acknowledgement is a uint64, SQLite's integers int64)."""
+        if not 1 <= seq <= MAX_SEQ:
+            return None
         with self.db.session() as session:
             row = session.execute(
                 "SELECT record_sha256 FROM audit WHERE seq = ?", (seq,)

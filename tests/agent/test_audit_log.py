@@ -107,3 +107,15 @@ def test_a_storage_failure_drops_no_record_and_is_visible(
     assert [f.result(timeout=10) for f in futures] == [2, 3, 4, 5, 6]
     assert log.failure == ""
     assert verify_chain("dev-1", log.all_records()) == 6
+
+
+def test_an_acknowledgement_no_record_can_have_matches_nothing(tmp_path: Path) -> None:
+    """The controller's acknowledgement is a uint64; past SQLite's int64 (or ≤ 0) it names
+    no record — not an OverflowError out of the sync pass — and moves nothing."""
+    log = AuditLog(AgentDatabase(tmp_path / "a.db"), "dev-1")
+    log.append(AuditEvent("a", "b", "c", "ok"))
+    for seq in (2**64 - 1, 2**63, 0, -1):
+        assert log.record_hash_at(seq) is None
+    log.set_acked(2**64 - 1)  # clamped to the head
+    assert log.acked_seq() == 1
+    assert log.record_hash_at(1) is not None
