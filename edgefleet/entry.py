@@ -9,7 +9,7 @@ import os
 import sys
 
 # Imported only by the controller and the operator CLI (the `controller` extra).
-CONTROLLER_ONLY = ("alembic", "grpc_health", "grpc_reflection")
+CONTROLLER_ONLY = ("sqlalchemy", "alembic", "grpc_health", "grpc_reflection")
 
 
 def _missing_controller_extra() -> str | None:

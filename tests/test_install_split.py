@@ -12,6 +12,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # distribution name -> the top-level module it provides, where they differ
@@ -69,7 +71,7 @@ def test_no_agent_module_loads_controller_code() -> None:
     """Import every module of the agent in a fresh interpreter: no controller module,
     Alembic, matplotlib or psycopg gets loaded. (grpc itself imports grpc_health and
     grpc_reflection when they happen to be installed; the test above shows the agent's
-    own code never does.)"""
+    own code never does; SQLAlchemy is the controller's alone.)"""
     script = (
         "import importlib, json, pkgutil, sys\n"
         "import edgefleet\n"
@@ -89,17 +91,19 @@ def test_no_agent_module_loads_controller_code() -> None:
     )
     assert "edgefleet.agent.app.service" in loaded  # the walk reached the agent
     tops = {m.split(".")[0] for m in loaded}
-    assert not tops & {"controller", "alembic", "matplotlib", "psycopg"}
+    assert not tops & {"controller", "sqlalchemy", "alembic", "matplotlib", "psycopg"}
     assert not [m for m in loaded if m.startswith("edgefleet.controller")]
 
 
-def test_edgefleetctl_without_the_controller_extra_says_what_to_install() -> None:
-    """On a gateway (agent only), `edgefleetctl` is one line, not a traceback."""
+@pytest.mark.parametrize("absent", ["sqlalchemy", "alembic", "grpc_health"])
+def test_edgefleetctl_without_the_controller_extra_says_what_to_install(absent: str) -> None:
+    """On a gateway (agent only), `edgefleetctl` is one line, not a traceback, whichever
+    module of the extra is absent."""
     script = (
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('alembic', 'grpc_health', 'grpc_reflection'):\n"
+        f"        if name.split('.')[0] == {absent!r}:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from edgefleet.entry import edgefleetctl\n"
