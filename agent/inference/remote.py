@@ -66,6 +66,9 @@ class RunnerProcess:
         self._ready: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.dead: str = ""  # why it is gone, once it is
         self._heard = time.monotonic()  # when it last sent a frame (or was first asked)
+        # Not the send lock: a sender blocked writing to a frozen runner's full pipe holds
+        # that one, and the kill is what unblocks it.
+        self._stall_lock = threading.Lock()
         self._open_slots = slots
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
@@ -154,7 +157,7 @@ class RunnerProcess:
         silent = time.monotonic() - self._heard
         if silent < self.stall_seconds or self.process.poll() is not None:
             return
-        with self._send_lock:
+        with self._stall_lock:
             if self.dead:
                 return
             self.dead = (

@@ -96,6 +96,48 @@ def test_a_runner_that_stops_answering_is_stopped_and_the_next_request_gets_a_ne
     assert second != first and text
 
 
+@pytest.mark.model
+@pytest.mark.timeout(60)  # broken, it hangs: the writer's lock held the kill back
+def test_a_stalled_runner_is_stopped_while_a_request_is_stuck_writing_to_it() -> None:
+    """A frozen runner stops reading its pipe: a large request written to it blocks its
+    sender mid-write. The request waiting beside it still stops the runner after the stall
+    limit, which unblocks the writer, and both fail saying so."""
+    path = bundled_model_path()
+    model = manifest("m", "1", sha="a" * 64, length=path.stat().st_size)
+    settings = PoolSettings(4096 * MIB, context=1024, slots=2, keep_alive_seconds=0, max_queued=8)
+    pool = ModelPool(lambda p, n: list(load_runner_slots(p, 1024, n, 2, 1.5)), settings)
+
+    async def large_request_to(runner: subprocess.Popen[bytes]) -> str:
+        while runner.poll() is None and os.path.exists(f"/proc/{runner.pid}"):
+            if Path(f"/proc/{runner.pid}/stat").read_text().split(") ")[1][0] == "T":
+                break  # stopped: its pipe fills and stays full
+            await asyncio.sleep(0.01)
+        async with pool.slot(model, path) as worker:
+            with pytest.raises(InferenceError) as failed:
+                await worker.complete(Prompt(text="word " * 100_000), GREEDY)
+        return str(failed.value)
+
+    async def main() -> tuple[str, str, float]:
+        started = asyncio.get_running_loop().time()
+        async with pool.slot(model, path) as worker:
+            runner = worker.backend.runner.process  # type: ignore[attr-defined]
+            writer = asyncio.create_task(large_request_to(runner))
+            stream = worker.stream(Prompt(text="Count: 1, 2, 3,"), SamplingParams(max_tokens=400))
+            with pytest.raises(InferenceError) as stalled:
+                async for _ in stream:
+                    if runner.poll() is None:
+                        os.kill(runner.pid, signal.SIGSTOP)
+            written = await asyncio.wait_for(writer, 20)
+        return str(stalled.value), written, asyncio.get_running_loop().time() - started
+
+    try:
+        waiting, writing, seconds = asyncio.run(main())
+    finally:
+        pool.close()
+    assert "was stopped" in waiting and "was stopped" in writing, (waiting, writing)
+    assert seconds < 20
+
+
 MEASURE = """
 import asyncio, sys
 from pathlib import Path
