@@ -149,6 +149,7 @@ def main() -> int:
         ),
         "after eviction": (median["after eviction"], median["idle"] + RETURNED_WITHIN_MIB),
     }
+    bare, libraries = library_floor()
     if args.json:
         print(
             json.dumps(
@@ -156,11 +157,10 @@ def main() -> int:
                     "runs": runs,
                     "median_mib": median,
                     "estimate_mib": estimate.total / MIB,
-                    "library_floor_mib": library_floor()[1],
+                    "library_floor_mib": libraries,
                 }
             )
         )
-    bare, libraries = library_floor()
     print(f"agent RSS in MiB, median of {args.runs} runs; the pool's estimate: {estimate}")
     print(
         f"floor: a bare interpreter {bare:.0f}; with the libraries the agent holds resident "

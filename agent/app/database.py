@@ -3,7 +3,7 @@ library's `sqlite3`.
 
 The controller keeps SQLAlchemy (SQLite or PostgreSQL, Alembic migrations); a gateway's
 database is always one local SQLite file with six small tables, and SQLAlchemy's Core and
-ORM cost the agent 22 MiB of resident memory it holds all day (issue 22:
+ORM held 18 MiB of the agent's resident memory all day (idle 96 → 78 MiB without it,
 ``benchmarks/footprint.py``). The conventions are the same: a ``session()`` that commits
 or rolls back, the pragmas set on connect, every transaction ``BEGIN IMMEDIATE``. The
 tables are the ones SQLAlchemy created before (same names, columns and types), so a data
