@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -35,7 +36,9 @@ from typing import Any
 import numpy as np
 import structlog
 
+from edgefleet.agent.inference.chat_template import ChatTemplate
 from edgefleet.agent.inference.decoding import OutputAssembler, Piece
+from edgefleet.agent.inference.llama_library import llama_module
 from edgefleet.agent.inference.model_io import Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.sampling import TokenSampler
 from edgefleet.errors import InferenceError, InvalidPromptError, RequestTooLargeError
@@ -57,12 +60,29 @@ PREFILL_CHUNK = 64
 EMBED_CONTEXT = 512
 EMBED_SEQUENCES = 32
 
-# A GGUF without a chat template is rendered as ChatML (what most small models expect).
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# ggml.h's ggml_log_level (llama-cpp-python's _logger.py has an older table)
+_LOG_WARN, _LOG_ERROR, _LOG_CONTINUED = 3, 4, 5
+_log_callback: Any = None  # the ctypes callback llama.cpp holds: it must outlive every call
+
+
+def _route_logs(lib: Any) -> None:
+    """llama.cpp's warnings and errors to stderr (the agent keeps a runner's last lines
+    for its error messages), its chatter (a line per tensor at load) nowhere. The
+    package's ``__init__`` would have installed its own callback; it is not run."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    shown = [False]
+
+    def write(level: int, text: bytes, _user_data: Any) -> None:
+        if level != _LOG_CONTINUED:
+            shown[0] = level in (_LOG_WARN, _LOG_ERROR)
+        if shown[0]:
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+    _log_callback = lib.llama_log_callback(write)
+    lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
 
 _END = object()  # the last item of a sequence's results
 
@@ -88,8 +108,9 @@ class BatchedLlama:
     """One model, one llama.cpp context of ``slots`` sequences, one decode thread."""
 
     def __init__(self, path: Path, n_ctx: int, slots: int, n_threads: int) -> None:
-        import llama_cpp  # imported here: an agent serving no model never loads llama.cpp
-        from llama_cpp import _internals, llama_chat_format
+        # imported here: an agent serving no model never loads llama.cpp
+        llama_cpp, _internals = llama_module("llama_cpp"), llama_module("_internals")
+        _route_logs(llama_cpp)
 
         self._lib: Any = llama_cpp
         self._internals: Any = _internals
@@ -119,11 +140,16 @@ class BatchedLlama:
         self._n_vocab = int(self._model.n_vocab())
         self.metadata: dict[str, str] = self._model.metadata()
         eos, bos = self._model.token_eos(), self._model.token_bos()
-        self._formatter: Any = llama_chat_format.Jinja2ChatFormatter(
-            template=self.metadata.get("tokenizer.chat_template") or CHATML,
-            eos_token=self._model.token_get_text(eos) if eos != -1 else "",
-            bos_token=self._model.token_get_text(bos) if bos != -1 else "",
-        )
+        try:
+            self._template = ChatTemplate(
+                self.metadata.get("tokenizer.chat_template"),
+                eos_token=self._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=self._model.token_get_text(bos) if bos != -1 else "",
+            )
+        except InvalidPromptError as e:
+            self._ctx.close()
+            model.close()
+            raise InferenceError(f"cannot load {path.name}: {e}") from e
         self._embedding: tuple[Any, Any] | None = None  # (context, batch), made on first use
         self._embedding_lock = threading.Lock()
         self._held: list[list[int]] = [[] for _ in range(slots)]  # each sequence's KV cells
@@ -151,15 +177,8 @@ class BatchedLlama:
         """The prompt as the model sees it: chat messages through the GGUF's template."""
         if prompt.text is not None:
             return list(self._model.tokenize(prompt.text.encode("utf-8"), True, False))
-        try:
-            rendered = self._formatter(messages=[dict(m) for m in prompt.messages])
-        except Exception as e:  # noqa: BLE001 - a template raises whatever it likes
-            raise InvalidPromptError(
-                f"the model's chat template refused the conversation: {str(e)[:200]}"
-            ) from e
-        return list(
-            self._model.tokenize(rendered.prompt.encode("utf-8"), not rendered.added_special, True)
-        )
+        rendered = self._template.render(prompt.messages)
+        return list(self._model.tokenize(rendered.encode("utf-8"), False, True))
 
     def sampler(self, params: SamplingParams) -> TokenSampler:
         """A request's own sampler (it checks the request's logit bias and grammar)."""
@@ -418,7 +437,7 @@ class BatchedLlama:
             params.pooling_type = self.pooling
             params.n_threads = self.n_threads
             params.n_threads_batch = self.n_threads_batch
-            from llama_cpp._utils import suppress_stdout_stderr
+            suppress_stdout_stderr = llama_module("_utils").suppress_stdout_stderr
 
             try:
                 with suppress_stdout_stderr(disable=False):  # llama.cpp notes the pooling

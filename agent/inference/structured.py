@@ -108,10 +108,12 @@ def _at(schema: dict[str, Any], where: str) -> dict[str, Any]:
 
 def compile_grammar(schema: Mapping[str, Any], param: str) -> str:
     """GBNF for ``schema`` (already checked); 400 if the converter still refuses it."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from edgefleet.agent.inference.llama_library import llama_module
 
+    # the converter alone (pure Python): not llama.cpp, numpy and the rest (+33 MiB)
+    converter = llama_module("llama_grammar").json_schema_to_gbnf
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        return str(converter(json.dumps(schema)))
     except (ValueError, AssertionError, KeyError, TypeError, RecursionError) as e:
         raise bad_request(f"the schema cannot be compiled to a grammar: {e}", param) from e
 
