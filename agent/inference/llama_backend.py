@@ -23,9 +23,9 @@ prompt, a growing conversation: only the new suffix is evaluated, reported as
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
+import math
+import os
 import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -33,17 +33,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import structlog
-
 from edgefleet.agent.inference.chat_template import ChatTemplate
 from edgefleet.agent.inference.decoding import OutputAssembler, Piece
-from edgefleet.agent.inference.llama_library import llama_module
+from edgefleet.agent.inference.llama_handles import Batch, Context, Model, bindings
 from edgefleet.agent.inference.model_io import Generation, Prompt, SamplingParams
 from edgefleet.agent.inference.sampling import TokenSampler
 from edgefleet.errors import InferenceError, InvalidPromptError, RequestTooLargeError
 
-log = structlog.get_logger("agent.inference")
+
+def _log_failure(error: BaseException) -> None:
+    """A decode that failed (its requests fail with it). structlog is imported here: a
+    runner does not otherwise load it (5 MiB)."""
+    import structlog
+
+    log = structlog.get_logger("agent.inference")
+    log.error("decode.failed", error=type(error).__name__, reason=str(error))
+
 
 # Tokens per decode (llama.cpp's n_batch, as llama-cpp-python's default), computed in
 # micro-batches of UBATCH_TOKENS (n_ubatch): half of llama.cpp's 512, which on the bundled
@@ -59,30 +64,6 @@ PREFILL_CHUNK = 64
 # up to EMBED_CONTEXT tokens per input and per decode, EMBED_SEQUENCES inputs per decode.
 EMBED_CONTEXT = 512
 EMBED_SEQUENCES = 32
-
-# ggml.h's ggml_log_level (llama-cpp-python's _logger.py has an older table)
-_LOG_WARN, _LOG_ERROR, _LOG_CONTINUED = 3, 4, 5
-_log_callback: Any = None  # the ctypes callback llama.cpp holds: it must outlive every call
-
-
-def _route_logs(lib: Any) -> None:
-    """llama.cpp's warnings and errors to stderr (the agent keeps a runner's last lines
-    for its error messages), its chatter (a line per tensor at load) nowhere. The
-    package's ``__init__`` would have installed its own callback; it is not run."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-    shown = [False]
-
-    def write(level: int, text: bytes, _user_data: Any) -> None:
-        if level != _LOG_CONTINUED:
-            shown[0] = level in (_LOG_WARN, _LOG_ERROR)
-        if shown[0]:
-            sys.stderr.write(text.decode("utf-8", errors="replace"))
-
-    _log_callback = lib.llama_log_callback(write)
-    lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
-
 
 _END = object()  # the last item of a sequence's results
 
@@ -108,49 +89,29 @@ class BatchedLlama:
     """One model, one llama.cpp context of ``slots`` sequences, one decode thread."""
 
     def __init__(self, path: Path, n_ctx: int, slots: int, n_threads: int) -> None:
-        # imported here: an agent serving no model never loads llama.cpp
-        llama_cpp, _internals = llama_module("llama_cpp"), llama_module("_internals")
-        _route_logs(llama_cpp)
-
-        self._lib: Any = llama_cpp
-        self._internals: Any = _internals
+        self._lib: Any = bindings()  # here: an agent serving no model never loads llama.cpp
         self.n_ctx = n_ctx  # per sequence
         self.n_threads = n_threads
-        self.n_threads_batch = multiprocessing.cpu_count()  # llama-cpp-python's default
-        model: Any
+        self.n_threads_batch = os.cpu_count() or 1  # llama-cpp-python's default
+        self._model = model = Model(path)
         try:
-            model = _internals.LlamaModel(
-                path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
-            )
-        except (ValueError, RuntimeError, OSError) as e:
-            raise InferenceError(f"cannot load {path.name}: {e}") from e
-        self._model = model
-        try:
-            self._ctx: Any = _internals.LlamaContext(
-                model=model, params=self._context_params(slots), verbose=False
-            )
-        except (ValueError, RuntimeError) as e:
-            model.close()
-            raise InferenceError(f"cannot create a context for {path.name}: {e}") from e
-        self._batch: Any = _internals.LlamaBatch(
-            n_tokens=BATCH_TOKENS, embd=0, n_seq_max=1, verbose=False
-        )
-        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
-        self._vocab = self._model.vocab
-        self._n_vocab = int(self._model.n_vocab())
-        self.metadata: dict[str, str] = self._model.metadata()
-        eos, bos = self._model.token_eos(), self._model.token_bos()
-        try:
+            self._ctx = Context(model, self._context_params(slots), path.name)
+            self._batch = Batch(self._lib, BATCH_TOKENS, 1)
+            self._vocab = model.vocab
+            self._n_vocab = model.n_vocab
+            self.metadata: dict[str, str] = model.metadata()
             self._template = ChatTemplate(
                 self.metadata.get("tokenizer.chat_template"),
-                eos_token=self._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=self._model.token_get_text(bos) if bos != -1 else "",
+                eos_token=model.token_text(model.eos),
+                bos_token=model.token_text(model.bos),
             )
         except InvalidPromptError as e:
-            self._ctx.close()
-            model.close()
+            self._free()
             raise InferenceError(f"cannot load {path.name}: {e}") from e
-        self._embedding: tuple[Any, Any] | None = None  # (context, batch), made on first use
+        except BaseException:
+            self._free()
+            raise
+        self._embedding: tuple[Context, Batch] | None = None  # made on first use
         self._embedding_lock = threading.Lock()
         self._held: list[list[int]] = [[] for _ in range(slots)]  # each sequence's KV cells
         self._inbox: deque[_Sequence] = deque()
@@ -176,13 +137,13 @@ class BatchedLlama:
     def tokens(self, prompt: Prompt) -> list[int]:
         """The prompt as the model sees it: chat messages through the GGUF's template."""
         if prompt.text is not None:
-            return list(self._model.tokenize(prompt.text.encode("utf-8"), True, False))
+            return self._model.tokenize(prompt.text.encode("utf-8"), True, False)
         rendered = self._template.render(prompt.messages)
-        return list(self._model.tokenize(rendered.encode("utf-8"), False, True))
+        return self._model.tokenize(rendered.encode("utf-8"), False, True)
 
     def sampler(self, params: SamplingParams) -> TokenSampler:
         """A request's own sampler (it checks the request's logit bias and grammar)."""
-        return TokenSampler(self._lib, self._internals, self._vocab, self._n_vocab, params)
+        return TokenSampler(self._lib, self._vocab, self._n_vocab, params)
 
     def submit(self, sequence: _Sequence) -> None:
         """Hand a request to the decode thread; it joins the batch at the next step."""
@@ -209,7 +170,7 @@ class BatchedLlama:
             try:
                 active = self._step(active)
             except Exception as e:  # noqa: BLE001 - fail these requests, keep serving
-                log.error("decode.failed", error=type(e).__name__, reason=str(e))
+                _log_failure(e)
                 for sequence in active:
                     if not sequence.done:
                         self._fail(sequence, InferenceError(f"generation failed: {e}"))
@@ -225,7 +186,7 @@ class BatchedLlama:
             if a != b:
                 break
             common += 1
-        if not self._lib.llama_memory_seq_rm(self._memory, sequence.slot, common, -1):
+        if not self._lib.llama_memory_seq_rm(self._ctx.memory, sequence.slot, common, -1):
             self._forget(sequence.slot)  # the cache cannot be cut there: evaluate it all
             common = 0
         del held[common:]
@@ -233,7 +194,7 @@ class BatchedLlama:
         return sequence
 
     def _forget(self, slot: int) -> None:
-        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._lib.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
         self._held[slot].clear()
 
     def _step(self, active: list[_Sequence]) -> list[_Sequence]:
@@ -243,8 +204,7 @@ class BatchedLlama:
                 sequence.totals.finish_reason = "cancelled"
                 self._finish(sequence)
         active = [s for s in active if not s.done]
-        batch = self._batch.batch
-        batch.n_tokens = 0
+        self._batch.clear()
         rows: list[tuple[_Sequence, int]] = []
         generating = [s for s in active if s.next_token is not None]
         for sequence in generating:
@@ -265,7 +225,7 @@ class BatchedLlama:
             room -= take
             if sequence.read == len(sequence.prompt):
                 rows.append((sequence, row))
-        if batch.n_tokens == 0:
+        if self._batch.size == 0:
             return active
         self._ctx.decode(self._batch)
         for sequence, row in rows:
@@ -277,14 +237,8 @@ class BatchedLlama:
 
     def _add(self, slot: int, token: int, logits: bool) -> int:
         """Append ``token`` of sequence ``slot`` to the batch; return its row."""
-        batch, held = self._batch.batch, self._held[slot]
-        row = int(batch.n_tokens)
-        batch.token[row] = token
-        batch.pos[row] = len(held)
-        batch.seq_id[row][0] = slot
-        batch.n_seq_id[row] = 1
-        batch.logits[row] = logits
-        batch.n_tokens = row + 1
+        held = self._held[slot]
+        row = self._batch.add(token, len(held), slot, logits)
         held.append(token)
         return row
 
@@ -295,7 +249,7 @@ class BatchedLlama:
             totals.finish_reason = "cancelled"
             self._finish(sequence)
             return
-        token = sequence.sampler.sample(self._ctx.ctx, row)
+        token = sequence.sampler.sample(self._ctx.handle, row)
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             totals.finish_reason = "stop"
             self._finish(sequence)
@@ -343,7 +297,9 @@ class BatchedLlama:
     ) -> tuple[float, tuple[tuple[str, bytes, float], ...]]:
         """The sampled token's log-probability under the model (before sampling's
         truncation and temperature) and the ``top`` most likely alternatives."""
-        pointer = self._lib.llama_get_logits_ith(self._ctx.ctx, row)
+        import numpy as np  # only for requests that ask for log-probabilities
+
+        pointer = self._lib.llama_get_logits_ith(self._ctx.handle, row)
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
         peak = logits.max()
         log_probs = logits - peak - np.log(np.exp(logits - peak).sum())
@@ -381,11 +337,11 @@ class BatchedLlama:
 
     @property
     def dimensions(self) -> int:
-        return int(self._model.n_embd())
+        return self._model.n_embd
 
     def embedding_tokens(self, text: str) -> list[int]:
         """An input string as the embedding context sees it."""
-        return list(self._model.tokenize(text.encode("utf-8"), True, False))
+        return self._model.tokenize(text.encode("utf-8"), True, False)
 
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """One L2-normalised vector per tokenized input; as many inputs per decode as fit.
@@ -413,21 +369,20 @@ class BatchedLlama:
                 ):
                     used += len(inputs[end])
                     end += 1
-                batch.reset()
+                batch.clear()
                 for seq, tokens in enumerate(inputs[start:end]):
-                    batch.add_sequence(tokens, seq, True)
-                context.kv_cache_clear()
+                    batch.add_sequence(tokens, seq)
+                context.clear()
                 context.decode(batch)
                 for seq in range(end - start):
-                    pointer = self._lib.llama_get_embeddings_seq(context.ctx, seq)
-                    vector = np.ctypeslib.as_array(pointer, shape=(self.dimensions,))
-                    vector = vector.astype(np.float64)
-                    norm = np.linalg.norm(vector)
-                    vectors.append((vector / norm if norm > 0 else vector).tolist())
+                    pointer = self._lib.llama_get_embeddings_seq(context.handle, seq)
+                    vector = pointer[: self.dimensions]
+                    norm = math.sqrt(math.fsum(v * v for v in vector))
+                    vectors.append([v / norm for v in vector] if norm > 0 else vector)
                 start = end
             return vectors
 
-    def _embedding_context(self) -> tuple[Any, Any]:
+    def _embedding_context(self) -> tuple[Context, Batch]:
         if self._embedding is None:
             params = self._lib.llama_context_default_params()
             params.n_ctx = params.n_batch = params.n_ubatch = EMBED_CONTEXT
@@ -437,19 +392,8 @@ class BatchedLlama:
             params.pooling_type = self.pooling
             params.n_threads = self.n_threads
             params.n_threads_batch = self.n_threads_batch
-            suppress_stdout_stderr = llama_module("_utils").suppress_stdout_stderr
-
-            try:
-                with suppress_stdout_stderr(disable=False):  # llama.cpp notes the pooling
-                    context = self._internals.LlamaContext(
-                        model=self._model, params=params, verbose=False
-                    )
-            except ValueError as e:
-                raise InferenceError(f"cannot create an embedding context: {e}") from e
-            batch = self._internals.LlamaBatch(
-                n_tokens=EMBED_CONTEXT, embd=0, n_seq_max=EMBED_SEQUENCES, verbose=False
-            )
-            self._embedding = (context, batch)
+            context = Context(self._model, params, "embeddings")
+            self._embedding = (context, Batch(self._lib, EMBED_CONTEXT, EMBED_SEQUENCES))
         return self._embedding
 
     # --- unloading ------------------------------------------------------------------
@@ -477,9 +421,14 @@ class BatchedLlama:
                 self._embedding = None
                 batch.close()
                 context.close()
-        self._batch.close()
-        self._ctx.close()
-        self._model.close()
+        self._free()
+
+    def _free(self) -> None:
+        """The generation context and batch, then the model (a context goes before its
+        model); what a failed load made so far."""
+        for owner in ("_batch", "_ctx", "_model"):
+            if (handle := getattr(self, owner, None)) is not None:
+                handle.close()
 
 
 class SequenceSlot:

@@ -95,15 +95,19 @@ class _Runner:
 
 
 def main(argv: list[str]) -> int:
-    source, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but frames on the pipe
+    # Nothing but frames on the pipe: the frames get their own descriptor, and whatever
+    # else writes to descriptor 1 (Python's print, a C library's printf) goes to stderr.
+    source, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     path, n_ctx, slots, n_threads = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     from edgefleet.agent.inference.llama_backend import load_slots
 
     try:
         loaded = load_slots(path, n_ctx, slots, n_threads)
     except Exception as e:  # noqa: BLE001 - said to the agent, then the runner ends
-        write_frame(out, {"error": f"cannot load {path.name}: {e}"})
+        said = str(e) if isinstance(e, EdgefleetError) else f"cannot load {path.name}: {e}"
+        write_frame(out, {"error": said})
         os._exit(1)
     write_frame(out, {"ready": True, "dimensions": loaded[0].dimensions, "pid": os.getpid()})
     runner = _Runner(list(loaded), out)

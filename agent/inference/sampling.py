@@ -7,7 +7,8 @@ Applying the grammar to every candidate at every step costs a third of the speed
 
 Built per request by :class:`edgefleet.agent.inference.llama_backend.BatchedLlama`, which
 imports llama.cpp; used only by its decode thread, on the logits of the request's own row
-of each batch.
+of each batch. numpy is imported by the first request with a grammar (the whole
+vocabulary's candidates are copied with it), not by the runner.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import math
 import random
 from typing import Any
 
-import numpy as np
-
+from edgefleet.agent.inference.llama_handles import SamplerChain
 from edgefleet.agent.inference.model_io import SamplingParams
 from edgefleet.errors import InferenceError, InvalidPromptError
 
@@ -29,10 +29,10 @@ class TokenSampler:
     """Samples one token at a time from one row of the context's logits; never touched by
     two threads (it belongs to the decode thread once its request is admitted)."""
 
-    def __init__(self, lib: Any, internals: Any, vocab: Any, n_vocab: int, params: SamplingParams):
+    def __init__(self, lib: Any, vocab: Any, n_vocab: int, params: SamplingParams):
         self._lib = lib
         self._n_vocab = n_vocab
-        self._chain = internals.LlamaSampler()
+        self._chain = chain = SamplerChain(lib)
         self._grammar: Any = None
         if params.logit_bias:
             outside = [t for t, _ in params.logit_bias if not 0 <= t < n_vocab]
@@ -42,20 +42,24 @@ class TokenSampler:
                     f"logit_bias names token {outside[0]}; this model's tokens are 0 to "
                     f"{n_vocab - 1}"
                 )
-            self._chain.add_logit_bias(n_vocab, dict(params.logit_bias))
+            biases = dict(params.logit_bias)  # the last bias given for a token wins
+            table = (lib.llama_logit_bias * len(biases))()
+            for entry, (token, bias) in zip(table, biases.items(), strict=True):
+                entry.token, entry.bias = token, bias
+            chain.add(lib.llama_sampler_init_logit_bias(n_vocab, len(biases), table))
         if params.presence_penalty or params.frequency_penalty:
-            self._chain.add_penalties(
+            chain.add(lib.llama_sampler_init_penalties(
                 n_vocab, PENALTY_WINDOW, 1.0, params.frequency_penalty, params.presence_penalty
-            )
+            ))  # fmt: skip
         if params.temperature == 0.0:
-            self._chain.add_greedy()
+            chain.add(lib.llama_sampler_init_greedy())
         else:
-            self._chain.add_top_k(40)
-            self._chain.add_top_p(params.top_p, 1)
-            self._chain.add_min_p(0.05, 1)
-            self._chain.add_temp(params.temperature)
+            chain.add(lib.llama_sampler_init_top_k(40))
+            chain.add(lib.llama_sampler_init_top_p(params.top_p, 1))
+            chain.add(lib.llama_sampler_init_min_p(0.05, 1))
+            chain.add(lib.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
-            self._chain.add_dist(seed & 0xFFFFFFFF)
+            chain.add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         if params.grammar is not None:
             self._grammar = lib.llama_sampler_init_grammar(
                 vocab, params.grammar.encode("utf-8"), b"root"
@@ -63,7 +67,7 @@ class TokenSampler:
             if not self._grammar:  # llama.cpp could not parse it: never sample unconstrained
                 self.close()
                 raise InferenceError("the output grammar could not be loaded")
-            self._all = internals.LlamaTokenDataArray(n_vocab=n_vocab)
+            self._all = _Candidates(lib, n_vocab)
             self._one = (lib.llama_token_data * 1)()
             self._one_array = lib.llama_token_data_array(
                 data=ctypes.cast(self._one, lib.llama_token_data_p),
@@ -76,28 +80,27 @@ class TokenSampler:
         """The next token from the logits of batch row ``row`` (-1: the last), accepted by
         every sampler of the chain (and the grammar)."""
         if self._grammar is None:
-            return int(self._lib.llama_sampler_sample(self._chain.sampler, ctx, row))
-        pointer = self._lib.llama_get_logits_ith(ctx, row)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+            return int(self._lib.llama_sampler_sample(self._chain.handle, ctx, row))
+        logits = self._lib.llama_get_logits_ith(ctx, row)
         token = self._draw(logits, constrained=False)
         if not self._allowed(token):
             token = self._draw(logits, constrained=True)
         self._lib.llama_sampler_accept(self._grammar, token)
-        self._lib.llama_sampler_accept(self._chain.sampler, token)
+        self._lib.llama_sampler_accept(self._chain.handle, token)
         return token
 
-    def _draw(self, logits: np.ndarray[Any, Any], constrained: bool) -> int:
+    def _draw(self, logits: Any, constrained: bool) -> int:
         candidates = self._all
-        candidates.copy_logits(logits)
-        array = ctypes.byref(candidates.candidates)
+        candidates.fill(logits)
+        array = ctypes.byref(candidates.array)
         if constrained:
             self._lib.llama_sampler_apply(self._grammar, array)
-        self._lib.llama_sampler_apply(self._chain.sampler, array)
-        chosen = candidates.candidates.selected
-        if constrained and math.isinf(float(candidates.candidates_data.logit[chosen])):
+        self._lib.llama_sampler_apply(self._chain.handle, array)
+        chosen = candidates.array.selected
+        if constrained and math.isinf(float(candidates.data["logit"][chosen])):
             # every token is forbidden: a grammar that cannot go on (never a 200)
             raise InferenceError("the output grammar allows no further token")
-        return int(candidates.candidates_data.id[chosen])
+        return int(candidates.data["id"][chosen])
 
     def _allowed(self, token: int) -> bool:
         one = self._one[0]
@@ -111,3 +114,29 @@ class TokenSampler:
         if self._grammar:
             self._lib.llama_sampler_free(self._grammar)
             self._grammar = None
+
+
+class _Candidates:
+    """The whole vocabulary as a ``llama_token_data_array``, refilled from a row of
+    logits before each pass (a pass reorders and masks it)."""
+
+    def __init__(self, lib: Any, n_vocab: int) -> None:
+        import numpy as np  # the first request with a grammar imports it, not the runner
+
+        self._np = np
+        layout = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        self.data = np.zeros(n_vocab, dtype=layout)
+        self._ids = np.arange(n_vocab, dtype=np.intc)
+        self.n_vocab = n_vocab
+        self.array = lib.llama_token_data_array(
+            data=self.data.ctypes.data_as(lib.llama_token_data_p),
+            size=n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+
+    def fill(self, logits: Any) -> None:
+        self.data["id"] = self._ids
+        self.data["logit"] = self._np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        self.data["p"] = 0.0
+        self.array.size, self.array.selected, self.array.sorted = self.n_vocab, -1, False

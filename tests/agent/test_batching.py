@@ -81,10 +81,17 @@ def test_a_greedy_request_gives_the_same_tokens_alone_and_among_seven_others(
 
 
 def test_cancelling_one_stream_disturbs_no_other(model: BatchedLlama) -> None:
+    # Each prompt is read once, alone, and both runs below reuse it from the KV cache: how
+    # prompts are chunked into steps depends on when each thread's request arrives, and
+    # llama.cpp's results for one row are not bit-identical across batch shapes (a near
+    # tie then flips: "a simple yet profound truth" against "... soul", seen once in five
+    # runs of the suite). What is compared is then what cancellation could disturb.
     _forget_prefixes(model)
+    for i in range(4):
+        _run(model.slots[i], _chat(PROMPTS[i]), SamplingParams(max_tokens=1, temperature=0.0))
     with ThreadPoolExecutor(4) as pool:
         undisturbed = list(pool.map(lambda i: _run(model.slots[i], _chat(PROMPTS[i])), range(4)))
-    _forget_prefixes(model)
+    assert all(g.cached_tokens == g.prompt_tokens - 1 for g in undisturbed)
     cancel = threading.Event()
     with ThreadPoolExecutor(4) as pool:
         cancelled = pool.submit(_run, model.slots[0], _chat(PROMPTS[0]), GREEDY, cancel, 3)
@@ -92,6 +99,7 @@ def test_cancelling_one_stream_disturbs_no_other(model: BatchedLlama) -> None:
         stopped = cancelled.result()
         finished = [f.result() for f in others]
     assert stopped.finish_reason == "cancelled" and stopped.completion_tokens < 24
+    assert all(g.cached_tokens == g.prompt_tokens - 1 for g in finished)
     assert [g.text for g in finished] == [g.text for g in undisturbed[1:]]
     assert all(g.finish_reason == u.finish_reason for g, u in zip(finished, undisturbed[1:]))
 

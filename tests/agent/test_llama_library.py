@@ -1,18 +1,24 @@
-"""llama-cpp-python's submodules without its package's __init__: the agent's JSON-schema
-compiler loads neither llama.cpp nor numpy (it loaded both, +33 MiB, for the rest of the
-agent's life); a runner loads the bindings and `_internals`, not the high-level API; a
-later plain `import llama_cpp` in the same process still gets the whole package; llama.cpp's
-load-time chatter stays out of the runner's stderr (the agent quotes its last lines)."""
+"""llama.cpp through its ctypes bindings alone: the agent's JSON-schema compiler loads
+neither llama.cpp nor numpy (it loaded both, +33 MiB, for the rest of the agent's life);
+a runner loads the bindings, not llama-cpp-python's high-level API, numpy or structlog; a
+later plain `import llama_cpp` in the same process still gets the whole package;
+llama.cpp's load-time chatter stays out of the runner's stderr (the agent quotes its last
+lines), and a model it refuses is refused with llama.cpp's reason."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.inference.llama_backend import load_slots
 from edgefleet.agent.inference.llama_library import llama_module
+from edgefleet.agent.inference.remote import load_runner_slots
 from edgefleet.bundled import bundled_model_path
+from edgefleet.errors import InferenceError
+from tests.ggufkit import write_gguf_with_facts
 
 GRAMMAR_ONLY = """
 import sys
@@ -39,7 +45,7 @@ prompt = Prompt(messages=({"role": "user", "content": "Hi!"},))
 greedy = SamplingParams(max_tokens=4, temperature=0.0)
 *_, (_, totals) = slot.generate(prompt, greedy, threading.Event())
 assert totals.completion_tokens > 0
-heavy = ("llama_cpp.llama", "llama_cpp.llama_chat_format", "diskcache", "sqlite3")
+heavy = ("llama_cpp.llama", "llama_cpp._internals", "numpy", "structlog", "diskcache")
 print(",".join(sorted(m for m in heavy if m in sys.modules)) or "-")
 slot.close()
 """
@@ -60,7 +66,7 @@ def test_compiling_a_schema_loads_neither_llama_cpp_nor_numpy() -> None:
 
 
 @pytest.mark.model
-def test_a_runner_loads_the_bindings_not_the_high_level_api() -> None:
+def test_a_runner_loads_the_bindings_and_no_more() -> None:
     [loaded] = _run(RUNNER_IMPORTS, str(bundled_model_path()))
     assert loaded == "-"
 
@@ -80,3 +86,25 @@ def test_llama_cpp_chatter_stays_out_of_the_runners_stderr() -> None:
     _, stderr = runner.communicate(b"", timeout=120)  # stdin closed: load, then exit
     assert runner.returncode == 0
     assert b"llama_context" not in stderr and b"llama_model_loader" not in stderr, stderr[-500:]
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("junk", "cannot load m.gguf: bad GGUF version: 0"),
+        (
+            "unknown architecture",
+            "cannot load m.gguf: error loading model: unknown model architecture: 'nosucharch'",
+        ),
+    ],
+)
+def test_a_model_llama_cpp_refuses_says_why(tmp_path: Path, content: str, said: str) -> None:
+    path = tmp_path / "m.gguf"
+    if content == "junk":
+        path.write_bytes(b"GGUF" + b"\0" * 60)
+    else:
+        write_gguf_with_facts(path, {}, arch="nosucharch")
+    for load in (load_slots, load_runner_slots):  # in process, and through a runner
+        with pytest.raises(InferenceError) as caught:
+            load(path, 512, 1, 1)
+        assert str(caught.value) == said
