@@ -6,7 +6,8 @@ loaded) read from /proc after it settles at each stage:
 
   idle            enrolled, serving its API, syncing; no model installed
   after smoke     a version installed, smoke-tested and active, never used
-  loaded          after one chat completion (the model in the pool)
+  loaded          after two chat completions, one under a JSON schema (the model in the
+                  pool)
   after eviction  the keep-alive expired and the pool unloaded it
 
 Targets (issue 22): idle ≤ 60 MB; after the smoke test and after eviction within 10 MB of
@@ -109,6 +110,14 @@ def one_run(root: Path) -> dict[str, float]:
 
         body = {"model": "smollm2", "max_tokens": 16, "temperature": 0}
         body["messages"] = [{"role": "user", "content": "Say hello."}]
+        http_json(f"http://{api}/v1/chat/completions", body, token=token)
+        # and one under a JSON schema: the agent compiles it to a grammar (which once
+        # loaded all of llama.cpp and numpy into the agent for good)
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "n", "schema": schema},
+        }
         http_json(f"http://{api}/v1/chat/completions", body, token=token)
         time.sleep(SETTLE_SECONDS)
         measured["loaded"] = tree_rss_mib(pid)

@@ -7,12 +7,12 @@ Applying the grammar to every candidate at every step costs a third of the speed
 
 Built per request by :class:`edgefleet.agent.inference.llama_backend.BatchedLlama`, which
 imports llama.cpp; used only by its decode thread, on the logits of the request's own row
-of each batch. numpy is imported by the first request with a grammar (the whole
-vocabulary's candidates are copied with it), not by the runner.
+of each batch.
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
 import math
 import random
@@ -97,10 +97,10 @@ class TokenSampler:
             self._lib.llama_sampler_apply(self._grammar, array)
         self._lib.llama_sampler_apply(self._chain.handle, array)
         chosen = candidates.array.selected
-        if constrained and math.isinf(float(candidates.data["logit"][chosen])):
+        if constrained and math.isinf(candidates.entries[chosen].logit):
             # every token is forbidden: a grammar that cannot go on (never a 200)
             raise InferenceError("the output grammar allows no further token")
-        return int(candidates.data["id"][chosen])
+        return int(candidates.entries[chosen].id)
 
     def _allowed(self, token: int) -> bool:
         one = self._one[0]
@@ -118,25 +118,27 @@ class TokenSampler:
 
 class _Candidates:
     """The whole vocabulary as a ``llama_token_data_array``, refilled from a row of
-    logits before each pass (a pass reorders and masks it)."""
+    logits before each pass (a pass reorders and masks it). Filled by strided copies
+    through memoryviews (0.7 ms for 49,152 tokens here), not numpy: a runner that served
+    one request under a schema kept numpy's 14 MiB."""
 
     def __init__(self, lib: Any, n_vocab: int) -> None:
-        import numpy as np  # the first request with a grammar imports it, not the runner
-
-        self._np = np
-        layout = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
-        self.data = np.zeros(n_vocab, dtype=layout)
-        self._ids = np.arange(n_vocab, dtype=np.intc)
         self.n_vocab = n_vocab
+        self.entries = (lib.llama_token_data * n_vocab)()  # (id int32, logit float, p float)
+        raw = memoryview(self.entries).cast("B")
+        self._ints, self._floats = raw.cast("i"), raw.cast("f")
+        self._ids = array.array("i", range(n_vocab))
+        self._zeros = array.array("f", bytes(4 * n_vocab))
         self.array = lib.llama_token_data_array(
-            data=self.data.ctypes.data_as(lib.llama_token_data_p),
+            data=ctypes.cast(self.entries, lib.llama_token_data_p),
             size=n_vocab,
             selected=-1,
             sorted=False,
         )
 
     def fill(self, logits: Any) -> None:
-        self.data["id"] = self._ids
-        self.data["logit"] = self._np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
-        self.data["p"] = 0.0
+        row = ctypes.cast(logits, ctypes.POINTER(ctypes.c_float * self.n_vocab)).contents
+        self._ints[0::3] = self._ids
+        self._floats[1::3] = memoryview(row).cast("B").cast("f")
+        self._floats[2::3] = self._zeros
         self.array.size, self.array.selected, self.array.sorted = self.n_vocab, -1, False

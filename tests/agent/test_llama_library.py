@@ -1,7 +1,8 @@
 """llama.cpp through its ctypes bindings alone: the agent's JSON-schema compiler loads
 neither llama.cpp nor numpy (it loaded both, +33 MiB, for the rest of the agent's life);
-a runner loads the bindings, not llama-cpp-python's high-level API, numpy or structlog; a
-later plain `import llama_cpp` in the same process still gets the whole package;
+a runner loads the bindings, not llama-cpp-python's high-level API, numpy or structlog
+(a request under a grammar neither); a later plain `import llama_cpp` in the same process
+still gets the whole package;
 llama.cpp's load-time chatter stays out of the runner's stderr (the agent quotes its last
 lines), and a model it refuses is refused with llama.cpp's reason."""
 
@@ -45,6 +46,9 @@ prompt = Prompt(messages=({"role": "user", "content": "Hi!"},))
 greedy = SamplingParams(max_tokens=4, temperature=0.0)
 *_, (_, totals) = slot.generate(prompt, greedy, threading.Event())
 assert totals.completion_tokens > 0
+shaped = SamplingParams(max_tokens=4, temperature=0.0, grammar='root ::= "yes" | "no"')
+*_, (_, totals) = slot.generate(prompt, shaped, threading.Event())
+assert totals.text in ("yes", "no"), totals.text
 heavy = ("llama_cpp.llama", "llama_cpp._internals", "numpy", "structlog", "diskcache")
 print(",".join(sorted(m for m in heavy if m in sys.modules)) or "-")
 slot.close()
