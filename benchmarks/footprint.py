@@ -43,7 +43,6 @@ LOADED_MARGIN_MIB = 40
 KEEP_ALIVE_SECONDS = 2
 N_CTX = 2048
 SETTLE_SECONDS = 3.0
-STAGES = ("idle", "after smoke", "loaded", "after eviction")
 # What the idle agent holds imported, its own code aside: the floor under its idle RSS.
 RESIDENT_LIBRARIES = (
     "asyncio",
@@ -85,6 +84,14 @@ def library_floor() -> tuple[float, float]:
     return float(bare), float(libraries)
 
 
+def process_rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` alone (without its model runner), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def one_run(root: Path) -> dict[str, float]:
     """RSS at each stage of one fresh agent."""
     fleet = Fleet(root)
@@ -121,6 +128,7 @@ def one_run(root: Path) -> dict[str, float]:
         http_json(f"http://{api}/v1/chat/completions", body, token=token)
         time.sleep(SETTLE_SECONDS)
         measured["loaded"] = tree_rss_mib(pid)
+        measured["loaded: the agent alone"] = process_rss_mib(pid)
 
         # The pool's keep-alive job runs every 30 s; the model is idle after 2 s.
         wait_for(
@@ -145,7 +153,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
             runs.append(one_run(Path(tmp)))
         print(f"run {number + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in runs[-1].items()))
-    median = {stage: statistics.median(r[stage] for r in runs) for stage in STAGES}
+    median = {stage: statistics.median(r[stage] for r in runs) for stage in runs[0]}
     info = read_gguf_file(bundled_model_path())
     size = bundled_model_path().stat().st_size
     estimate = estimate_memory(size, info.kv_bytes_per_token, N_CTX, 1)
@@ -171,6 +179,8 @@ def main() -> int:
             )
         )
     print(f"agent RSS in MiB, median of {args.runs} runs; the pool's estimate: {estimate}")
+    alone = median["loaded: the agent alone"]
+    print(f"loaded: the agent {alone:.0f} + its model runner {median['loaded'] - alone:.0f}")
     print(
         f"floor: a bare interpreter {bare:.0f}; with the libraries the agent holds resident "
         f"and none of its code {libraries:.0f} ({', '.join(RESIDENT_LIBRARIES)})"

@@ -23,8 +23,10 @@ from edgefleet.errors import MalformedInputError, ResourceError
 MIB = 1024 * 1024
 BASE_OVERHEAD = 64 * MIB  # a context's compute buffers and runtime
 SEQUENCE_OVERHEAD = 4 * MIB  # each sequence of it: output rows, sampler, graph
-# The model's runner process itself: an interpreter, numpy and llama.cpp (40 MiB measured
-# after their import on x86-64, before any model; tests/edgefleet/test_memory.py).
+# The model's runner process itself: an interpreter, llama.cpp and its ctypes bindings,
+# jinja2 (28.5 MiB measured after their import on x86-64, before any model; 51 while the
+# runner imported numpy and llama-cpp-python's wrappers): kept at 40 so that an estimate
+# stays above what tests/edgefleet/test_memory.py measures on every machine.
 RUNNER_OVERHEAD = 40 * MIB
 F16_BYTES = 2
 

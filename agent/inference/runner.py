@@ -7,8 +7,8 @@ then serves requests read from stdin until told to exit or stdin closes. So:
 
 - a model that crashes llama.cpp mid-request kills its runner, not the agent: the
   requests in flight fail, the pool drops the model, the next request loads it again;
-- an unloaded model gives back everything it took, llama.cpp and numpy included: the
-  runner exits (in-process, the libraries stayed: +29 MiB after eviction);
+- an unloaded model gives back everything it took, llama.cpp included: the runner exits
+  (in-process, the libraries stayed: +29 MiB after eviction);
 - the decode loop shares its interpreter with no HTTP server, sync or audit writer.
 
 Messages both ways are frames: a 4-byte big-endian length, then a JSON object (not
