@@ -376,6 +376,8 @@ class BatchedLlama:
                 context.decode(batch)
                 for seq in range(end - start):
                     pointer = self._lib.llama_get_embeddings_seq(context.handle, seq)
+                    if not pointer:  # no pooled vector (never with the pooling set above)
+                        raise InferenceError("llama.cpp gave no embedding for an input")
                     vector = pointer[: self.dimensions]
                     norm = math.sqrt(math.fsum(v * v for v in vector))
                     vectors.append([v / norm for v in vector] if norm > 0 else vector)
