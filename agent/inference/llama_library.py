@@ -32,8 +32,8 @@ class _DeferredPackage(ModuleType):
     """The package before its ``__init__`` ran: the first missing name runs it."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # probes (copy, inspect, pickle) do not load it all
-            raise AttributeError(name)
+        if name.startswith("__") and name != "__all__":  # probes (copy, inspect, pickle)
+            raise AttributeError(name)  # do not load it all; `import *` does
         with _lock:
             if type(self) is _DeferredPackage:
                 self.__class__ = ModuleType  # type: ignore[assignment]
