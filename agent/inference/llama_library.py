@@ -5,12 +5,12 @@
 chat handler, diskcache (and with it sqlite3). Measured on this project's pinned version:
 +33.4 MiB of RSS for that import, where the JSON-schema-to-GBNF converter the agent needs
 (``llama_grammar``, pure Python) costs nothing and the runner's ctypes bindings
-(``llama_cpp.llama_cpp``, with libllama) 7.3-7.5 MiB. So the agent and its runners import the submodules they use
-through :func:`llama_module`: the package is put in ``sys.modules`` as the real module
-object, its ``__init__`` deferred until something asks it for a name it does not hold
-yet. A plain ``import llama_cpp`` later in the same process (a benchmark, a test) then
-gets the whole package at its first ``llama_cpp.Llama``, sharing the submodules already
-loaded.
+(``llama_cpp.llama_cpp``, with libllama) 7.3-7.5 MiB. So the agent and its runners
+import the submodules they use through :func:`llama_module`: the package is put in
+``sys.modules`` as the real module object, its ``__init__`` deferred until something
+asks it for a name it does not hold yet. A plain ``import llama_cpp`` later in the same
+process (a benchmark, a test) then gets the whole package at its first
+``llama_cpp.Llama``, sharing the submodules already loaded.
 """
 
 from __future__ import annotations
