@@ -35,7 +35,14 @@ from pathlib import Path
 from edgefleet.bundled import bundled_model_path
 from edgefleet.gguf import read_gguf_file
 from edgefleet.memory import MIB, estimate_memory
-from tests.harness import Fleet, active_models, http_json, tree_rss_mib, wait_for
+from tests.harness import (
+    Fleet,
+    active_models,
+    http_json,
+    process_rss_mib,
+    tree_rss_mib,
+    wait_for,
+)
 
 IDLE_TARGET_MIB = 60
 RETURNED_WITHIN_MIB = 10
@@ -82,14 +89,6 @@ def library_floor() -> tuple[float, float]:
     )
     bare, libraries = result.stdout.split()
     return float(bare), float(libraries)
-
-
-def process_rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` alone (without its model runner), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def one_run(root: Path) -> dict[str, float]:

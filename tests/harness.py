@@ -267,13 +267,18 @@ class Fleet:
         return list(json.loads(self.ctl("devices", "list", "--json", quiet=True).stdout))
 
 
+def process_rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` alone, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def tree_rss_mib(pid: int) -> float:
     """Resident set size of ``pid`` and of every process under it (an agent and its model
     runner), in MiB."""
-    total = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total = int(line.split()[1]) / 1024
+    total = process_rss_mib(pid)
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         for child in children.read_text().split():
             with contextlib.suppress(FileNotFoundError):  # it ended meanwhile

@@ -31,7 +31,8 @@ from edgefleet.errors import InferenceError
 _LOG_WARN, _LOG_ERROR, _LOG_CONTINUED = 3, 4, 5
 _log_lock = threading.Lock()
 _log_callback: Any = None  # the ctypes callback llama.cpp holds: it must outlive every call
-_log_state: dict[str, Any] = {"shown": False, "errors": []}  # errors since the last reset
+# whether the current message is shown / is an error, and the errors since the last reset
+_log_state: dict[str, Any] = {"shown": False, "error": False, "errors": []}
 
 
 def bindings() -> Any:
@@ -90,7 +91,6 @@ class Model:
         self.vocab: Any = lib.llama_model_get_vocab(handle)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         self.n_embd = int(lib.llama_model_n_embd(handle))
-        self.n_ctx_train = int(lib.llama_model_n_ctx_train(handle))
         self.bos = int(lib.llama_vocab_bos(self.vocab))
         self.eos = int(lib.llama_vocab_eos(self.vocab))
 

@@ -92,10 +92,10 @@ class TokenSampler:
     def _draw(self, logits: Any, constrained: bool) -> int:
         candidates = self._all
         candidates.fill(logits)
-        array = ctypes.byref(candidates.array)
+        whole = ctypes.byref(candidates.array)
         if constrained:
-            self._lib.llama_sampler_apply(self._grammar, array)
-        self._lib.llama_sampler_apply(self._chain.handle, array)
+            self._lib.llama_sampler_apply(self._grammar, whole)
+        self._lib.llama_sampler_apply(self._chain.handle, whole)
         chosen = candidates.array.selected
         if constrained and math.isinf(candidates.entries[chosen].logit):
             # every token is forbidden: a grammar that cannot go on (never a 200)
