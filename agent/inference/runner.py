@@ -32,7 +32,7 @@ from edgefleet.agent.inference.protocol import (
     write_frame,
 )
 from edgefleet.errors import EdgefleetError
-from edgefleet.memory import give_back_freed_memory
+from edgefleet.memory import trim_heap
 
 
 class _Runner:
@@ -58,12 +58,13 @@ class _Runner:
 
     def end(self) -> None:
         """A call was answered: once none is left, give the C heap's freed pages back (a
-        grammar's vocabulary-wide pass alone leaves ~13 MiB of them in llama.cpp's arenas)."""
+        grammar's vocabulary-wide pass alone leaves ~13 MiB of them in llama.cpp's arenas;
+        what llama.cpp frees is C memory, so no garbage collection first)."""
         with self.busy_lock:
             self.busy -= 1
             if self.busy:
                 return
-        give_back_freed_memory()
+        trim_heap()
 
     def generate(self, call: int, message: dict[str, Any]) -> None:
         cancel = self.cancels[call]

@@ -70,7 +70,7 @@ class TokenSampler:
             self._all = _Candidates(lib, n_vocab)
             self._one = (lib.llama_token_data * 1)()
             self._one_array = lib.llama_token_data_array(
-                data=ctypes.cast(self._one, lib.llama_token_data_p),
+                data=_pointer(lib, self._one),
                 size=1,
                 selected=-1,
                 sorted=False,
@@ -130,15 +130,22 @@ class _Candidates:
         self._ids = array.array("i", range(n_vocab))
         self._zeros = array.array("f", bytes(4 * n_vocab))
         self.array = lib.llama_token_data_array(
-            data=ctypes.cast(self.entries, lib.llama_token_data_p),
+            data=_pointer(lib, self.entries),
             size=n_vocab,
             selected=-1,
             sorted=False,
         )
 
     def fill(self, logits: Any) -> None:
-        row = ctypes.cast(logits, ctypes.POINTER(ctypes.c_float * self.n_vocab)).contents
+        row = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(logits.contents))
         self._ints[0::3] = self._ids
         self._floats[1::3] = memoryview(row).cast("B").cast("f")
         self._floats[2::3] = self._zeros
         self.array.size, self.array.selected, self.array.sorted = self.n_vocab, -1, False
+
+
+def _pointer(lib: Any, entries: Any) -> Any:
+    """A ``llama_token_data *`` to ``entries``, which its owner keeps alive.
+    ``ctypes.cast(entries, …)`` would tie the two in a reference cycle: each sampler's
+    49,152-token array (0.6 MiB) then outlived its request until a garbage collection."""
+    return ctypes.cast(ctypes.addressof(entries), lib.llama_token_data_p)
