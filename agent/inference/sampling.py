@@ -129,6 +129,7 @@ class _Candidates:
         self._ints, self._floats = raw.cast("i"), raw.cast("f")
         self._ids = array.array("i", range(n_vocab))
         self._zeros = array.array("f", bytes(4 * n_vocab))
+        self._row = ctypes.c_float * n_vocab  # a row of logits
         self.array = lib.llama_token_data_array(
             data=_pointer(lib, self.entries),
             size=n_vocab,
@@ -137,7 +138,7 @@ class _Candidates:
         )
 
     def fill(self, logits: Any) -> None:
-        row = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(logits.contents))
+        row = self._row.from_address(ctypes.addressof(logits.contents))
         self._ints[0::3] = self._ids
         self._floats[1::3] = memoryview(row).cast("B").cast("f")
         self._floats[2::3] = self._zeros
