@@ -241,10 +241,14 @@ def test_status_watch_follows_a_download(fleet: tuple[Fleet, str]) -> None:
         db.set_state(STATE_KEY, json.dumps([entry]))
 
     board(10 << 20, 0)
+    # Ctrl-C on a terminal: SIGINT as a foreground command receives it. Under a suite run
+    # as a background job (`make test &`) SIGINT is inherited ignored, and an interpreter
+    # started that way never turns it into KeyboardInterrupt.
     watch = subprocess.Popen(
         [str(BIN / "edgefleet-agent"), "--data-dir", str(fleet_.agent_dir("gw")), "status",
          "--watch"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         time.sleep(2.5)
