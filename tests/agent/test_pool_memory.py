@@ -72,7 +72,9 @@ def test_an_unloaded_model_returns_its_memory() -> None:
 @pytest.mark.model
 def test_a_runner_gives_back_what_a_request_freed() -> None:
     """A grammar's vocabulary-wide pass leaves ~13 MiB of freed blocks in llama.cpp's
-    arenas: once its last call is answered the runner hands them back (malloc_trim)."""
+    arenas: once its last call is answered the runner hands them back (malloc_trim), and
+    no sampler's 0.6 MiB candidate array waits for a garbage collection (13.8 MiB held
+    without the trim, 6.3 with it while ctypes.cast made each array a reference cycle)."""
     runner = RunnerProcess(bundled_model_path(), 1024, 2, 2)
     try:
         chat = Prompt(messages=({"role": "user", "content": "Say hello."},))
