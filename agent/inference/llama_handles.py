@@ -3,8 +3,8 @@ llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``) and nothing else.
 
 llama-cpp-python's own wrappers (``_internals``) import numpy for the one class that
 needs it: numpy costs a runner 14 MiB of RSS (measured: ``import numpy`` after the
-bindings) for every loaded model, and the engine needs it only for what few requests ask
-(log-probabilities, the grammar's second pass), which import it then. Each owner frees
+bindings) for every loaded model, and the engine needs it only for requests that ask for
+log-probabilities, which import it then. Each owner frees
 its handle once (``close`` twice is harmless) and turns llama.cpp's failures into
 ``InferenceError`` with llama.cpp's own reason where it logged one.
 
